@@ -1,0 +1,115 @@
+"""dlib's 5-point face landmark predictor (ensemble of regression trees), in numpy.
+
+A port of ``dlib::shape_predictor::operator()`` evaluated on arrays built by
+:mod:`models.shape_predictor`. Details that keep it identical to dlib:
+
+* pixel features are integer grey ``(r + g + b) // 3`` read at the nearest pixel
+  (``floor(x + 0.5)``), 0 outside the image;
+* the reference-to-current similarity transform is Umeyama's least squares,
+  computed in float64 and applied in float32, as dlib does;
+* tree outputs are added to the shape sequentially in float32 (``cumsum`` keeps
+  dlib's summation order; a pairwise sum would round differently).
+
+Output points (dlib order): 0/1 outer/inner corner of the eye on the image's
+right, 2/3 outer/inner corner of the eye on the image's left, 4 base of the nose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from matcher.errors import ModelMissing
+
+
+@dataclass(frozen=True)
+class Rect:
+    """dlib's integer rectangle with inclusive right/bottom edges."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares similarity (Umeyama 1991, eqs. 34-43) mapping src points onto dst.
+
+    Returns:
+        (M, t) with dst ~= src @ M.T + t, M a 2x2 scaled rotation.
+    """
+    src = np.asarray(src, np.float64)
+    dst = np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    sc, dc = src - mu_s, dst - mu_d
+    sigma_s = (sc**2).sum() / len(src)
+    cov = dc.T @ sc / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    s = np.eye(2)
+    det = np.linalg.det(cov)
+    if det < 0 or (det == 0 and np.linalg.det(u) * np.linalg.det(vt) < 0):
+        s[1, 1] = -1
+    r = u @ s @ vt
+    c = np.trace(np.diag(d) @ s) / sigma_s if sigma_s else 1.0
+    m = c * r
+    return m, mu_d - m @ mu_s
+
+
+class LandmarkPredictor:
+    """Five-point landmarks inside a face rectangle. Thread-safe (read-only arrays)."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.exists():
+            raise ModelMissing(f"landmark model {path.name} not found; run `make setup`")
+        with np.load(path) as z:
+            self._initial = z["initial_shape"].reshape(-1, 2)
+            self._split_idx = z["split_idx"]
+            self._thresh = z["split_thresh"]
+            self._leaves = z["leaf_values"]
+            self._anchor = z["anchor_idx"]
+            self._deltas = z["deltas"]
+        self._depth = int(np.log2(self._leaves.shape[2]))
+        self._trees = np.arange(self._leaves.shape[1])
+
+    def predict(self, grey: np.ndarray, rect: Rect) -> np.ndarray:
+        """Predict landmarks.
+
+        Args:
+            grey: (H, W) integer-valued grey image, ``(r+g+b)//3`` of the RGB image.
+            rect: the face rectangle (dlib detector convention).
+
+        Returns:
+            (5, 2) float64 landmark coordinates, rounded to whole pixels like dlib's.
+        """
+        h, w = grey.shape
+        sx, sy = float(rect.right - rect.left), float(rect.bottom - rect.top)
+        shape = self._initial.astype(np.float32).copy()
+        for c in range(self._split_idx.shape[0]):
+            m, _ = similarity_transform(self._initial, shape)
+            m32 = m.astype(np.float32)
+            pts = self._deltas[c] @ m32.T + shape[self._anchor[c]]  # float32, normalised coords
+            px = np.floor(pts[:, 0].astype(np.float64) * sx + rect.left + 0.5).astype(np.int64)
+            py = np.floor(pts[:, 1].astype(np.float64) * sy + rect.top + 0.5).astype(np.int64)
+            inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+            feats = np.zeros(len(px), np.float32)
+            feats[inside] = grey[py[inside], px[inside]]
+            node = np.zeros(len(self._trees), np.int64)
+            idx, thr = self._split_idx[c], self._thresh[c]
+            for _ in range(self._depth):
+                split = idx[self._trees, node]
+                go_left = (feats[split[:, 0]] - feats[split[:, 1]]) > thr[self._trees, node]
+                node = np.where(go_left, 2 * node + 1, 2 * node + 2)
+            leaves = self._leaves[c][self._trees, node - idx.shape[1]]  # (T, P*2)
+            stacked = np.concatenate([shape.reshape(1, -1), leaves], axis=0)
+            shape = np.cumsum(stacked, axis=0, dtype=np.float32)[-1].reshape(-1, 2)
+        out = np.empty(shape.shape, np.float64)
+        out[:, 0] = np.floor(shape[:, 0].astype(np.float64) * sx + rect.left + 0.5)
+        out[:, 1] = np.floor(shape[:, 1].astype(np.float64) * sy + rect.top + 0.5)
+        return out
+
+
+def grey_for_landmarks(rgb: np.ndarray) -> np.ndarray:
+    """dlib's ``get_pixel_intensity`` of an RGB pixel: integer mean of the channels."""
+    return (rgb.astype(np.uint16).sum(axis=2) // 3).astype(np.uint8)

@@ -1,0 +1,87 @@
+"""The one error hierarchy of Tambua.
+
+Every failure the service reports is a :class:`TambuaError` subclass carrying a
+stable machine-readable ``reason`` and whether a retry can help. The service
+layer maps each class to one gRPC status code in one place; nothing else in the
+code base decides status codes.
+"""
+
+from __future__ import annotations
+
+
+class TambuaError(Exception):
+    """Base of every error Tambua reports to a caller.
+
+    Attributes:
+        reason: stable upper-case identifier, e.g. ``"NO_FACE"``; clients branch on it.
+        message: human-readable explanation (never contains biometric data).
+        retriable: whether the same request may succeed later.
+    """
+
+    retriable = False
+    default_reason = "INTERNAL"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class InvalidInput(TambuaError):
+    """The request or its payload is malformed (bad bytes, wrong sizes, unknown enum)."""
+
+    default_reason = "INVALID_INPUT"
+
+
+class ImageDecodeError(InvalidInput):
+    """The image bytes cannot be decoded (``IMAGE_UNDECODABLE``, ``IMAGE_TRUNCATED``, ...)."""
+
+    default_reason = "IMAGE_UNDECODABLE"
+
+
+class QualityError(InvalidInput):
+    """The sample decoded but fails a quality gate; ``reason`` says which one."""
+
+    default_reason = "LOW_QUALITY"
+
+
+class TemplateFormatError(InvalidInput):
+    """Serialised template bytes are corrupt or of an unknown format version."""
+
+    default_reason = "TEMPLATE_CORRUPT"
+
+
+class ModelMismatch(TambuaError):
+    """A template was made by another model or template version than the one expected."""
+
+    default_reason = "MODEL_MISMATCH"
+
+
+class NotFound(TambuaError):
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(TambuaError):
+    default_reason = "ALREADY_EXISTS"
+
+
+class Overloaded(TambuaError):
+    retriable = True
+    default_reason = "OVERLOADED"
+
+
+class NotReady(TambuaError):
+    """A component is still loading (models, gallery)."""
+
+    retriable = True
+    default_reason = "NOT_READY"
+
+
+class ModelMissing(NotReady):
+    """A model file is absent: run ``make setup`` (``python -m models.build``)."""
+
+    retriable = False
+    default_reason = "MODEL_MISSING"
