@@ -1,0 +1,268 @@
+"""Accuracy of a modality on a labelled image set, by the standard protocols.
+
+Usage::
+
+    python -m bench.accuracy --modality face --root DIR --layout {folders,lfw-pairs} \\
+        --json OUT [--plot PNG]
+
+Layouts:
+    folders    every subfolder of DIR is one identity; genuine pairs are all pairs
+               within an identity, impostor pairs all pairs across identities.
+    lfw-pairs  DIR holds ``pairs.txt`` (first line ``FOLDS N``, then per fold N matched
+               and N mismatched lines) and ``lfw/NAME/NAME_NNNN.jpg``; accuracy is the
+               LFW protocol (threshold chosen on the other folds, mean over folds).
+
+Output keys (stable; every modality reports them): ``eer``, ``fnmr_at_fmr`` (map
+over 1e-2/1e-3/1e-4 where the impostor count allows), ``accuracy`` (lfw-pairs),
+``tar_at_far_1e-3``, ``failure_to_enrol``, ``genuine_pairs``, ``impostor_pairs``,
+``rank1`` (gallery = first sorted sample of each identity, probes = the rest),
+``extract_ms_median``. A failure to enrol scores as a non-match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bench import metrics
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".pgm", ".ppm"}
+FMR_TARGETS = (1e-2, 1e-3, 1e-4)
+
+
+@dataclass(frozen=True)
+class Modality:
+    """How the tool extracts and compares one modality.
+
+    Attributes:
+        name: CLI name.
+        make_extractor: () -> object with ``extract(bytes)`` returning a template with ``.vector``.
+        score: (A (n,d), B (n,d)) -> (n,) similarity, higher = more alike.
+        score_meaning: human description written into the JSON.
+    """
+
+    name: str
+    make_extractor: Callable[[], object]
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    score_meaning: str
+
+
+def _face_extractor():
+    from enroll.face.pipeline import FaceExtractor
+
+    return FaceExtractor()
+
+
+MODALITIES = {
+    "face": Modality(
+        "face",
+        _face_extractor,
+        lambda a, b: -np.linalg.norm(a - b, axis=1),
+        "negative Euclidean distance of dlib ResNet embeddings (dlib's same-person threshold: -0.6)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Images, identities and the comparison pairs of one evaluation."""
+
+    images: list[Path]
+    identity: list[str]
+    genuine: np.ndarray  # (G, 2) image indices
+    impostor: np.ndarray  # (I, 2)
+    folds: np.ndarray | None = None  # per pair in [genuine; impostor] order (lfw-pairs)
+
+
+def load_folders(root: Path) -> PairSet:
+    images, ids = [], []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
+            images.append(f)
+            ids.append(sub.name)
+    if not images:
+        raise SystemExit(f"no images under {root}")
+    idx = np.arange(len(images))
+    a, b = np.triu_indices(len(images), k=1)
+    same = np.array(ids)[a] == np.array(ids)[b]
+    return PairSet(images, ids, np.stack([idx[a[same]], idx[b[same]]], 1), np.stack([a[~same], b[~same]], 1))
+
+
+def load_lfw_pairs(root: Path) -> PairSet:
+    lines = (root / "pairs.txt").read_text().split("\n")
+    n_folds, per = (int(x) for x in lines[0].split())
+    index: dict[Path, int] = {}
+    images, ids = [], []
+
+    def img(name: str, num: str) -> int:
+        p = root / "lfw" / name / f"{name}_{int(num):04d}.jpg"
+        if p not in index:
+            index[p] = len(images)
+            images.append(p)
+            ids.append(name)
+        return index[p]
+
+    gen, imp, gen_fold, imp_fold = [], [], [], []
+    rows = [ln.split() for ln in lines[1:] if ln.strip()]
+    if len(rows) != n_folds * 2 * per:
+        raise SystemExit(f"pairs.txt: expected {n_folds * 2 * per} pairs, found {len(rows)}")
+    for k, r in enumerate(rows):
+        fold = k // (2 * per)
+        if len(r) == 3:
+            gen.append((img(r[0], r[1]), img(r[0], r[2])))
+            gen_fold.append(fold)
+        else:
+            imp.append((img(r[0], r[1]), img(r[2], r[3])))
+            imp_fold.append(fold)
+    return PairSet(images, ids, np.array(gen), np.array(imp), np.array(gen_fold + imp_fold))
+
+
+def extract_all(modality: Modality, images: list[Path], progress: bool):
+    """Extract every image; returns (vectors (n,d) with NaN rows for failures, ok mask, ms list, reasons)."""
+    from tqdm import tqdm
+
+    extractor = modality.make_extractor()
+    vecs, ok, ms = [], [], []
+    reasons: collections.Counter[str] = collections.Counter()
+    for p in tqdm(images, desc=f"extract {modality.name}", unit="img", disable=not progress, file=sys.stderr):
+        data = p.read_bytes()
+        t0 = time.perf_counter()
+        try:
+            tpl = extractor.extract(data)
+            ms.append((time.perf_counter() - t0) * 1000)
+            vecs.append(tpl.vector)
+            ok.append(True)
+        except Exception as e:  # noqa: BLE001 - every failure is a failure to enrol, tallied by reason
+            reasons[getattr(e, "reason", type(e).__name__)] += 1
+            vecs.append(None)
+            ok.append(False)
+    dim = next((v.size for v in vecs if v is not None), 1)
+    out = np.full((len(images), dim), np.nan, np.float32)
+    for i, v in enumerate(vecs):
+        if v is not None:
+            out[i] = v
+    return out, np.array(ok), ms, dict(reasons)
+
+
+def pair_scores(modality: Modality, vecs: np.ndarray, ok: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    if len(pairs) == 0:
+        return np.empty(0)
+    s = np.full(len(pairs), -np.inf)
+    good = ok[pairs[:, 0]] & ok[pairs[:, 1]]
+    for start in range(0, int(good.sum()), 1_000_000):
+        sel = np.nonzero(good)[0][start : start + 1_000_000]
+        s[sel] = modality.score(vecs[pairs[sel, 0]], vecs[pairs[sel, 1]])
+    return s
+
+
+def rank1_of(vecs: np.ndarray, ok: np.ndarray, images: list[Path], ids: list[str]) -> tuple[float, int]:
+    by_id: dict[str, list[int]] = collections.defaultdict(list)
+    for i, name in enumerate(ids):
+        by_id[name].append(i)
+    gallery = [sorted(v, key=lambda i: images[i].name)[0] for v in by_id.values()]
+    gallery = [g for g in gallery if ok[g]]
+    probes = [i for v in by_id.values() if len(v) > 1 for i in sorted(v, key=lambda i: images[i].name)[1:]]
+    gset = set(gallery)
+    probes = [p for p in probes if p not in gset]
+    if not gallery or not probes:
+        return float("nan"), 0
+    pv = np.nan_to_num(vecs[probes])
+    r = metrics.rank1(vecs[gallery], [ids[g] for g in gallery], pv, [ids[p] for p in probes], ok[probes])
+    return r, len(probes)
+
+
+def evaluate(modality: Modality, pairs: PairSet, progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
+    vecs, ok, ms, reasons = extract_all(modality, pairs.images, progress)
+    gen = pair_scores(modality, vecs, ok, pairs.genuine)
+    imp = pair_scores(modality, vecs, ok, pairs.impostor)
+    result: dict = {
+        "modality": modality.name,
+        "score": modality.score_meaning,
+        "images": len(pairs.images),
+        "genuine_pairs": int(len(gen)),
+        "impostor_pairs": int(len(imp)),
+        "failure_to_enrol": float(1.0 - ok.mean()),
+        "failure_reasons": reasons,
+        "eer": metrics.eer(gen, imp),
+        "fnmr_at_fmr": {},
+        "thresholds_at_fmr": {},
+        "zero_fmr": metrics.zero_fmr(gen, imp),
+        "extract_ms_median": float(np.median(ms)) if ms else None,
+    }
+    for target in FMR_TARGETS:
+        if len(imp) * target >= 1:  # at least one impostor may match at that rate
+            fnmr, thr = metrics.fnmr_at_fmr(gen, imp, target)
+            result["fnmr_at_fmr"][f"{target:g}"] = fnmr
+            result["thresholds_at_fmr"][f"{target:g}"] = thr
+    result["tar_at_far_1e-3"] = (
+        1.0 - result["fnmr_at_fmr"]["0.001"] if "0.001" in result["fnmr_at_fmr"] else None
+    )
+    if pairs.folds is not None:
+        scores = np.concatenate([gen, imp])
+        same = np.concatenate([np.ones(len(gen), bool), np.zeros(len(imp), bool)])
+        acc, acc_std = metrics.kfold_accuracy(scores, same, pairs.folds)
+        result["accuracy"], result["accuracy_std"] = acc, acc_std
+        result["folds"] = int(len(np.unique(pairs.folds)))
+    else:
+        result["accuracy"] = None
+    result["rank1"], result["rank1_probes"] = rank1_of(vecs, ok, pairs.images, pairs.identity)
+    return result, gen, imp
+
+
+def plot_det(gen: np.ndarray, imp: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    _, fmr, fnmr = metrics.fmr_fnmr(gen, imp)
+    floor = 0.5 / max(len(imp), 1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.loglog(np.maximum(fmr, floor), np.maximum(fnmr, 0.5 / max(len(gen), 1)), lw=1.5)
+    ax.set_xlabel("FMR (false match rate)")
+    ax.set_ylabel("FNMR (false non-match rate)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Biometric accuracy by the standard protocols.")
+    parser.add_argument("--modality", required=True, choices=sorted(MODALITIES))
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--layout", required=True, choices=["folders", "lfw-pairs"])
+    parser.add_argument("--json", required=True, type=Path, help="where to write the results")
+    parser.add_argument("--plot", type=Path, help="DET curve PNG")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        parser.error(f"--root {args.root} is not a folder")
+    # One request at a time on one core is the deployment we measure; keep BLAS/OMP quiet.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    pairs = load_lfw_pairs(args.root) if args.layout == "lfw-pairs" else load_folders(args.root)
+    modality = MODALITIES[args.modality]
+    result, gen, imp = evaluate(modality, pairs, progress=not args.no_progress)
+    result["root"] = str(args.root)
+    result["layout"] = args.layout
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot_det(gen, imp, args.plot, f"{modality.name}: {args.root.name}")
+    summary = {k: result[k] for k in ("eer", "accuracy", "tar_at_far_1e-3", "rank1", "failure_to_enrol")}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

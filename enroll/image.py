@@ -1,0 +1,92 @@
+"""Image bytes -> RGB pixels, for every modality.
+
+Pillow decodes (PNG, JPEG, TIFF, BMP, PGM/PPM, ...), honours the EXIF orientation
+tag and reports truncated files instead of padding them with grey as decoders
+often do silently. Every failure is an :class:`ImageDecodeError` with its own reason.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from matcher.errors import ImageDecodeError
+
+MAX_PIXELS = 50_000_000  # a 50 MP photo; anything larger is refused before decoding
+MIN_SIDE = 16
+
+Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves with a clear reason
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded image.
+
+    Attributes:
+        rgb: (H, W, 3) uint8 RGB, orientation applied.
+        format: the container format Pillow detected, e.g. ``"JPEG"``.
+        was_grey: the source had a single channel.
+    """
+
+    rgb: np.ndarray
+    format: str
+    was_grey: bool
+
+    def __post_init__(self) -> None:
+        if self.rgb.dtype != np.uint8 or self.rgb.ndim != 3 or self.rgb.shape[2] != 3:
+            raise ValueError("rgb must be (H, W, 3) uint8")
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = a.max() or 1.0
+        return Image.fromarray((a * (255.0 / hi)).round().astype(np.uint8))
+    if im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        a = (a - a.min()) / ((a.max() - a.min()) or 1.0) * 255.0
+        return Image.fromarray(a.round().astype(np.uint8))
+    return im
+
+
+def decode_image(data: bytes) -> DecodedImage:
+    """Decode image bytes.
+
+    Raises:
+        ImageDecodeError: ``IMAGE_EMPTY``, ``IMAGE_UNDECODABLE``, ``IMAGE_TRUNCATED``,
+            ``IMAGE_TOO_LARGE`` or ``IMAGE_TOO_SMALL``.
+    """
+    if not data:
+        raise ImageDecodeError("no image bytes were sent", "IMAGE_EMPTY")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))
+            fmt = im.format or "unknown"
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageDecodeError(
+                    f"image is {im.width}x{im.height}, over the {MAX_PIXELS} pixel limit", "IMAGE_TOO_LARGE"
+                )
+            im.load()
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError("bytes are not an image in a supported format", "IMAGE_UNDECODABLE") from e
+    except OSError as e:
+        if "truncated" in str(e).lower():
+            raise ImageDecodeError("image file is truncated", "IMAGE_TRUNCATED") from e
+        raise ImageDecodeError(f"image could not be decoded ({type(e).__name__})", "IMAGE_UNDECODABLE") from e
+    except (ValueError, SyntaxError, EOFError) as e:
+        raise ImageDecodeError(f"image could not be decoded ({type(e).__name__})", "IMAGE_UNDECODABLE") from e
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not reject a good image
+        pass
+    was_grey = im.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    im = _to_8bit(im)
+    rgb = np.asarray(im.convert("RGB"))
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        raise ImageDecodeError(f"image is {rgb.shape[1]}x{rgb.shape[0]}, too small", "IMAGE_TOO_SMALL")
+    return DecodedImage(np.ascontiguousarray(rgb), fmt, was_grey)

@@ -1,0 +1,90 @@
+"""Templates: the typed, versioned result of extraction that galleries store and compare.
+
+A template records the model that made it; a gallery or comparator accepts only
+templates of its own model. The binary form is self-describing and validated on
+load (magic, format version, model id, dimension, finite values).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from matcher.errors import ModelMismatch, TemplateFormatError
+
+_MAGIC = b"TMBT"
+_FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sHB")  # magic, format version, model id length
+_MODALITIES = ("face", "fingerprint", "iris")
+
+
+@dataclass(frozen=True)
+class EmbeddingTemplate:
+    """A fixed-length float32 embedding (face now; any modality compared by distance).
+
+    Attributes:
+        model_id: e.g. ``"face/dlib-resnet-v1"``; the part before ``/`` is the modality.
+        vector: (D,) float32, finite.
+        quality: 0..100 sample quality score of the source image.
+    """
+
+    model_id: str
+    vector: np.ndarray = field(repr=False)
+    quality: int = 0
+
+    def __post_init__(self) -> None:
+        v = np.asarray(self.vector)
+        if v.ndim != 1 or v.size == 0 or v.dtype != np.float32:
+            raise TemplateFormatError("template vector must be a non-empty 1-D float32 array", "TEMPLATE_INVALID")
+        if not np.all(np.isfinite(v)):
+            raise TemplateFormatError("template vector has non-finite values", "TEMPLATE_INVALID")
+        if self.modality not in _MODALITIES or not self.model_id.isascii() or len(self.model_id) > 64:
+            raise TemplateFormatError(f"unknown model id {self.model_id!r}", "TEMPLATE_INVALID")
+        if not 0 <= self.quality <= 100:
+            raise TemplateFormatError("quality must be within 0..100", "TEMPLATE_INVALID")
+        v.setflags(write=False)
+
+    @property
+    def modality(self) -> str:
+        return self.model_id.split("/", 1)[0]
+
+    def require_model(self, model_id: str) -> None:
+        """Raise :class:`ModelMismatch` unless this template was made by ``model_id``."""
+        if self.model_id != model_id:
+            raise ModelMismatch(f"template made by {self.model_id}, expected {model_id}")
+
+    def to_bytes(self) -> bytes:
+        mid = self.model_id.encode("ascii")
+        return (
+            _HEADER.pack(_MAGIC, _FORMAT_VERSION, len(mid))
+            + mid
+            + struct.pack("<BH", self.quality, self.vector.size)
+            + self.vector.astype("<f4").tobytes()
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "EmbeddingTemplate":
+        """Parse and validate serialised template bytes.
+
+        Raises:
+            TemplateFormatError: corrupt bytes or an unknown format version.
+        """
+        if len(data) < _HEADER.size:
+            raise TemplateFormatError("template bytes too short")
+        magic, version, n = _HEADER.unpack_from(data)
+        if magic != _MAGIC:
+            raise TemplateFormatError("not a Tambua template")
+        if version != _FORMAT_VERSION:
+            raise TemplateFormatError(f"template format version {version} is not supported", "TEMPLATE_VERSION")
+        off = _HEADER.size
+        try:
+            model_id = bytes(data[off : off + n]).decode("ascii")
+            quality, dim = struct.unpack_from("<BH", data, off + n)
+        except (UnicodeDecodeError, struct.error) as e:
+            raise TemplateFormatError("template header is corrupt") from e
+        body = data[off + n + 3 :]
+        if len(body) != 4 * dim:
+            raise TemplateFormatError(f"template body has {len(body)} bytes, expected {4 * dim}")
+        return cls(model_id, np.frombuffer(body, "<f4").astype(np.float32), quality)
