@@ -73,6 +73,10 @@ class LandmarkPredictor:
         self._depth = int(np.log2(self._leaves.shape[2]))
         self._trees = np.arange(self._leaves.shape[1])
 
+    def box_for(self, points: np.ndarray) -> Rect:
+        """The box in which this predictor's mean shape best fits ``points`` (scale + shift)."""
+        return box_from_mean_shape(self._initial, points)
+
     def predict(self, grey: np.ndarray, rect: Rect) -> np.ndarray:
         """Predict landmarks.
 
@@ -108,6 +112,23 @@ class LandmarkPredictor:
         out[:, 0] = np.floor(shape[:, 0].astype(np.float64) * sx + rect.left + 0.5)
         out[:, 1] = np.floor(shape[:, 1].astype(np.float64) * sy + rect.top + 0.5)
         return out
+
+
+def box_from_mean_shape(mean: np.ndarray, points: np.ndarray) -> Rect:
+    """Least-squares box (x0, y0, side) such that ``points ~= (x0, y0) + side * mean``.
+
+    Args:
+        mean: (P, 2) point positions in unit-box coordinates.
+        points: (P, 2) observed image points.
+    """
+    n = len(mean)
+    a = np.zeros((2 * n, 3))
+    a[0::2, 0] = 1
+    a[1::2, 1] = 1
+    a[0::2, 2] = mean[:, 0]
+    a[1::2, 2] = mean[:, 1]
+    x0, y0, side = np.linalg.lstsq(a, np.asarray(points, np.float64).reshape(-1), rcond=None)[0]
+    return Rect(int(round(x0)), int(round(y0)), int(round(x0 + side)), int(round(y0 + side)))
 
 
 def grey_for_landmarks(rgb: np.ndarray) -> np.ndarray:
