@@ -24,12 +24,14 @@ class DetectorParams:
     """MTCNN parameters (the published defaults).
 
     Attributes:
-        min_face: smallest face side searched for, in pixels of the detection image.
+        min_face: smallest face side searched for, in pixels of the detection image
+            (32: below the 40 px quality gate, so small faces are still found and
+            reported as too small; 20, the paper's value, costs 1.8x the time).
         factor: pyramid scale step.
         thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
     """
 
-    min_face: int = 20
+    min_face: int = 32
     factor: float = 0.709
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
 
@@ -135,9 +137,12 @@ class FaceDetector:
         scale = 12.0 / p.min_face
         min_side = min(h, w) * scale
         found = []
+        level = img
         while min_side >= 12:
             hs, ws = int(h * scale + 1), int(w * scale + 1)
-            resized = cv2.resize(img, (ws, hs), interpolation=cv2.INTER_AREA)
+            # Each level is shrunk from the previous one: area averaging of the full image
+            # at every scale cost more than all the P-Net runs together.
+            level = resized = cv2.resize(level, (ws, hs), interpolation=cv2.INTER_AREA)
             out = self._pnet.run(_normalise(resized[None]))
             prob, reg = out["prob"][0, 1], out["reg"][0]
             ys, xs = np.nonzero(prob >= p.thresholds[0])
@@ -167,7 +172,7 @@ class FaceDetector:
         Returns:
             Detections sorted by box area, largest first; empty when none.
         """
-        t1, t2, t3 = self.params.thresholds
+        _, t2, t3 = self.params.thresholds
         boxes = self._stage1(img)
         if len(boxes):
             out = self._rnet.run(_normalise(_crops(img, boxes, 24)))

@@ -133,4 +133,7 @@ def box_from_mean_shape(mean: np.ndarray, points: np.ndarray) -> Rect:
 
 def grey_for_landmarks(rgb: np.ndarray) -> np.ndarray:
     """dlib's ``get_pixel_intensity`` of an RGB pixel: integer mean of the channels."""
-    return (rgb.astype(np.uint16).sum(axis=2) // 3).astype(np.uint8)
+    total = rgb[..., 0].astype(np.uint16)
+    total += rgb[..., 1]
+    total += rgb[..., 2]
+    return (total // 3).astype(np.uint8)  # channel adds: sum(axis=2) is 5x slower
