@@ -25,13 +25,16 @@ class DetectorParams:
 
     Attributes:
         min_face: smallest face side searched for, in pixels of the detection image
-            (32: below the 40 px quality gate, so small faces are still found and
-            reported as too small; 20, the paper's value, costs 1.8x the time).
+            (the paper's 20).
+        min_face_fraction: and at least this fraction of the image's shorter side: in a
+            640x480 photo faces under 34 px are below the 40 px quality gate anyway,
+            and skipping the two finest pyramid levels halves the detection time.
         factor: pyramid scale step.
         thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
     """
 
-    min_face: int = 32
+    min_face: int = 20
+    min_face_fraction: float = 0.07
     factor: float = 0.709
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
 
@@ -131,10 +134,10 @@ class FaceDetector:
         self._rnet = OnnxModel(model_dir / "face_detect_mtcnn_rnet.onnx", threads)
         self._onet = OnnxModel(model_dir / "face_detect_mtcnn_onet.onnx", threads)
 
-    def _stage1(self, img: np.ndarray) -> np.ndarray:
+    def _stage1(self, img: np.ndarray, grid_offset: float) -> np.ndarray:
         p = self.params
         h, w = img.shape[:2]
-        scale = 12.0 / p.min_face
+        scale = 12.0 / max(p.min_face, p.min_face_fraction * min(h, w)) * grid_offset
         min_side = min(h, w) * scale
         found = []
         level = img
@@ -166,14 +169,22 @@ class FaceDetector:
     def detect(self, img: np.ndarray) -> list[Detection]:
         """Detect faces in an RGB uint8 image, largest first.
 
+        P-Net sees the face only at the pyramid's discrete scales, and a face that
+        falls between them can be missed. When nothing is found, the pyramid is
+        run once more shifted by half a step (costs time on faceless images only).
+
         Args:
             img: (H, W, 3) uint8 RGB.
 
         Returns:
             Detections sorted by box area, largest first; empty when none.
         """
+        dets = self._detect(img, 1.0)
+        return dets or self._detect(img, self.params.factor**0.5)
+
+    def _detect(self, img: np.ndarray, grid_offset: float) -> list[Detection]:
         _, t2, t3 = self.params.thresholds
-        boxes = self._stage1(img)
+        boxes = self._stage1(img, grid_offset)
         if len(boxes):
             out = self._rnet.run(_normalise(_crops(img, boxes, 24)))
             score = out["prob"][:, 1]

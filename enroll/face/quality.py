@@ -39,7 +39,7 @@ class FaceQualityConfig:
     min_sharpness: float = 6.0
     dark_mean: float = 35.0
     bright_mean: float = 225.0
-    max_yaw: float = 1.0
+    max_yaw: float = 1.2
     blank_std: float = 4.0
 
     def __post_init__(self) -> None:
