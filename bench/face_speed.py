@@ -33,17 +33,22 @@ def photo_640x480(face_path: Path = DEFAULT_FACE) -> bytes:
     return buf.getvalue()
 
 
-def _median_ms(fn, repeat: int) -> float:
-    fn()  # warm-up
+def _times_ms(fn, repeat: int) -> list[float]:
+    for _ in range(5):  # warm-up: first runs pay allocation and cache misses
+        fn()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return times
 
 
-def measure(repeat: int = 30, batch: int = 16) -> dict:
+def _median_ms(fn, repeat: int) -> float:
+    return statistics.median(_times_ms(fn, repeat))
+
+
+def measure(repeat: int = 50, batch: int = 16) -> dict:
     from enroll.face.pipeline import FaceExtractor
     from enroll.image import decode_image
 
@@ -51,13 +56,15 @@ def measure(repeat: int = 30, batch: int = 16) -> dict:
     data = photo_640x480()
     img = decode_image(data)
     face = fx.align(img)
-    single = _median_ms(lambda: fx.extract(data), repeat)
+    single_times = _times_ms(lambda: fx.extract(data), repeat)
+    single = statistics.median(single_times)
     batch_ms = _median_ms(lambda: fx.extract_batch([data] * batch), max(3, repeat // 5)) / batch
     small = img.rgb
     return {
         "image": "640x480 JPEG, one face",
         "threads": 1,
         "extract_ms_median": single,
+        "extract_ms_min": min(single_times),
         "decode_ms_median": _median_ms(lambda: decode_image(data), repeat),
         "detect_ms_median": _median_ms(lambda: fx._detector.detect(small), repeat),
         "align_ms_median": _median_ms(lambda: fx.align(img), repeat),
@@ -72,7 +79,7 @@ def measure(repeat: int = 30, batch: int = 16) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", type=Path, required=True)
-    p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--repeat", type=int, default=50)
     args = p.parse_args(argv)
     result = measure(args.repeat)
     args.json.parent.mkdir(parents=True, exist_ok=True)

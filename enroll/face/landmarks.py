@@ -65,13 +65,22 @@ class LandmarkPredictor:
             raise ModelMissing(f"landmark model {path.name} not found; run `make setup`")
         with np.load(path) as z:
             self._initial = z["initial_shape"].reshape(-1, 2)
-            self._split_idx = z["split_idx"]
-            self._thresh = z["split_thresh"]
-            self._leaves = z["leaf_values"]
+            split_idx = z["split_idx"]  # (C, T, S, 2)
+            thresh = z["split_thresh"]  # (C, T, S)
+            leaves = z["leaf_values"]  # (C, T, L, P*2)
             self._anchor = z["anchor_idx"]
             self._deltas = z["deltas"]
-        self._depth = int(np.log2(self._leaves.shape[2]))
-        self._trees = np.arange(self._leaves.shape[1])
+        c, t, s, _ = split_idx.shape
+        # Flattened per cascade so each tree level is three 1-D takes (numpy call overhead,
+        # not arithmetic, dominates here).
+        self._idx1 = np.ascontiguousarray(split_idx[..., 0].reshape(c, t * s))
+        self._idx2 = np.ascontiguousarray(split_idx[..., 1].reshape(c, t * s))
+        self._thresh = np.ascontiguousarray(thresh.reshape(c, t * s))
+        self._leaves = np.ascontiguousarray(leaves.reshape(c, t * leaves.shape[2], -1))
+        self._n_splits, self._n_leaves = s, leaves.shape[2]
+        self._depth = int(np.log2(self._n_leaves))
+        self._split_base = np.arange(t) * s
+        self._leaf_base = np.arange(t) * self._n_leaves - s
 
     def box_for(self, points: np.ndarray) -> Rect:
         """The box in which this predictor's mean shape best fits ``points`` (scale + shift)."""
@@ -90,7 +99,7 @@ class LandmarkPredictor:
         h, w = grey.shape
         sx, sy = float(rect.right - rect.left), float(rect.bottom - rect.top)
         shape = self._initial.astype(np.float32).copy()
-        for c in range(self._split_idx.shape[0]):
+        for c in range(len(self._idx1)):
             m, _ = similarity_transform(self._initial, shape)
             m32 = m.astype(np.float32)
             pts = self._deltas[c] @ m32.T + shape[self._anchor[c]]  # float32, normalised coords
@@ -99,13 +108,13 @@ class LandmarkPredictor:
             inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
             feats = np.zeros(len(px), np.float32)
             feats[inside] = grey[py[inside], px[inside]]
-            node = np.zeros(len(self._trees), np.int64)
-            idx, thr = self._split_idx[c], self._thresh[c]
+            node = np.zeros(len(self._split_base), np.int64)
+            idx1, idx2, thr = self._idx1[c], self._idx2[c], self._thresh[c]
             for _ in range(self._depth):
-                split = idx[self._trees, node]
-                go_left = (feats[split[:, 0]] - feats[split[:, 1]]) > thr[self._trees, node]
-                node = np.where(go_left, 2 * node + 1, 2 * node + 2)
-            leaves = self._leaves[c][self._trees, node - idx.shape[1]]  # (T, P*2)
+                lin = self._split_base + node
+                go_left = (feats[idx1[lin]] - feats[idx2[lin]]) > thr[lin]
+                node = 2 * node + 2 - go_left
+            leaves = self._leaves[c][self._leaf_base + node]  # (T, P*2)
             stacked = np.concatenate([shape.reshape(1, -1), leaves], axis=0)
             shape = np.cumsum(stacked, axis=0, dtype=np.float32)[-1].reshape(-1, 2)
         out = np.empty(shape.shape, np.float64)
