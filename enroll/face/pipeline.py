@@ -9,6 +9,8 @@ MTCNN landmarks, constants below) before the predictor runs.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,19 +142,34 @@ class FaceExtractor:
         face = self.align(decode_image(data))
         return self._template(face, self.embed([face])[0])
 
-    def extract_batch(self, items: list[bytes]) -> list[EmbeddingTemplate | TambuaError]:
-        """Extract many images (bulk import): per-item result or error, embeddings batched.
+    def extract_batch(self, items: list[bytes], workers: int | None = None) -> list[EmbeddingTemplate | TambuaError]:
+        """Extract many images (bulk import): per-item result or error.
+
+        Decoding, detection and alignment run on a thread pool (onnxruntime, OpenCV and
+        most numpy work release the GIL); embeddings run in batches of 32.
+
+        Args:
+            items: encoded images.
+            workers: threads for the per-image stages (default: all cores).
 
         Returns:
             One entry per input, in order: the template, or the error that item raised.
         """
         results: list[EmbeddingTemplate | TambuaError | None] = [None] * len(items)
         faces: list[tuple[int, AlignedFace]] = []
-        for i, data in enumerate(items):
+
+        def prepare(data: bytes) -> AlignedFace | TambuaError:
             try:
-                faces.append((i, self.align(decode_image(data))))
+                return self.align(decode_image(data))
             except TambuaError as e:
-                results[i] = e
+                return e
+
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            for i, out in enumerate(pool.map(prepare, items)):
+                if isinstance(out, TambuaError):
+                    results[i] = out
+                else:
+                    faces.append((i, out))
         for start in range(0, len(faces), 32):
             chunk = faces[start : start + 32]
             vectors = self.embed([f for _, f in chunk])
