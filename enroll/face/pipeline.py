@@ -170,6 +170,7 @@ class FaceExtractor:
                     results[i] = out
                 else:
                     faces.append((i, out))
+        log.info("face batch: %d images, %d aligned, %d rejected", len(items), len(faces), len(items) - len(faces))
         for start in range(0, len(faces), 32):
             chunk = faces[start : start + 32]
             vectors = self.embed([f for _, f in chunk])
