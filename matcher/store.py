@@ -1,0 +1,221 @@
+"""Durable subject store: SQLite in WAL mode, every write committed with a full sync.
+
+The store is the system of record; FAISS indexes are rebuilt from it at start. A
+write returns only after SQLite has synced it (``synchronous=FULL``), so an
+enrolment acknowledged to a caller survives a killed process or a power cut.
+Subject ids are the caller's opaque strings: no names or personal data are stored.
+
+Template bytes pass through a :class:`Sealer` before they reach the disk; the
+default stores them as they are, and encryption at rest plugs in there.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from matcher.errors import AlreadyExists, InvalidInput, NotFound
+from matcher.templates import EmbeddingTemplate
+
+SCHEMA_VERSION = 1
+MAX_ID_LEN = 128
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subjects (
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    linked TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (partition, subject_id)
+);
+CREATE TABLE IF NOT EXISTS templates (
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (partition, subject_id, modality, position),
+    FOREIGN KEY (partition, subject_id) REFERENCES subjects (partition, subject_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
+"""
+
+
+class Sealer(Protocol):
+    """Turns template bytes into what is stored, and back (encryption at rest plugs in here)."""
+
+    def seal(self, data: bytes) -> bytes: ...
+
+    def open(self, data: bytes) -> bytes: ...
+
+
+class PlainSealer:
+    """Stores template bytes unchanged."""
+
+    def seal(self, data: bytes) -> bytes:
+        return data
+
+    def open(self, data: bytes) -> bytes:
+        return data
+
+
+@dataclass(frozen=True)
+class StoredTemplate:
+    """One template of a subject. ``position``: 0 face; 1-10 fingers (ISO/IEC 19794-4); 1/2 iris right/left."""
+
+    modality: str
+    position: int
+    template: EmbeddingTemplate
+
+    def __post_init__(self) -> None:
+        if self.modality != self.template.modality:
+            raise InvalidInput(f"{self.modality} sample carries a {self.template.modality} template")
+        if not 0 <= self.position <= 10:
+            raise InvalidInput(f"position {self.position} is out of range")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """An enrolled subject.
+
+    Attributes:
+        subject_id: the caller's opaque id.
+        partition: gallery partition (one deployment may serve several operations).
+        templates: the stored templates.
+        linked: subject ids this enrolment was adjudicated against ("enrol anyway").
+        created_ns: enrolment time, Unix nanoseconds.
+    """
+
+    subject_id: str
+    partition: str
+    templates: tuple[StoredTemplate, ...]
+    linked: tuple[str, ...] = ()
+    created_ns: int = field(default_factory=time.time_ns)
+
+    def __post_init__(self) -> None:
+        for name, value in (("subject id", self.subject_id), ("partition", self.partition)):
+            if not isinstance(value, str) or len(value) > MAX_ID_LEN or not value.isprintable():
+                raise InvalidInput(f"{name} must be printable text of at most {MAX_ID_LEN} characters")
+        if not self.subject_id:
+            raise InvalidInput("subject id is empty")
+        if not self.templates:
+            raise InvalidInput("a subject needs at least one template")
+        keys = [(t.modality, t.position) for t in self.templates]
+        if len(set(keys)) != len(keys):
+            raise InvalidInput("two samples for the same modality and position")
+
+
+class SubjectStore:
+    """SQLite-backed subject store. Thread-safe: one connection, calls serialised by a lock.
+
+    Args:
+        path: database file (created with its folder when missing).
+        sealer: wraps template bytes on their way to and from disk.
+    """
+
+    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._sealer = sealer or PlainSealer()
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # WAL + FULL: committed means on disk
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise RuntimeError(f"store schema {row[0]} is not the supported {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, subject: Subject) -> None:
+        """Store a subject and its templates in one synced transaction.
+
+        Raises:
+            AlreadyExists: the subject id is taken in that partition.
+        """
+        rows = [
+            (subject.partition, subject.subject_id, t.modality, t.position, t.template.model_id,
+             self._sealer.seal(t.template.to_bytes()))
+            for t in subject.templates
+        ]
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT INTO subjects VALUES (?, ?, ?, ?)",
+                    (subject.partition, subject.subject_id, subject.created_ns, json.dumps(list(subject.linked))),
+                )
+                self._db.executemany("INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError as e:
+                self._db.execute("ROLLBACK")
+                raise AlreadyExists(f"subject {subject.subject_id!r} is already enrolled") from e
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+
+    def delete(self, partition: str, subject_id: str) -> None:
+        """Delete a subject and its templates.
+
+        Raises:
+            NotFound: no such subject.
+        """
+        with self._lock:
+            cur = self._db.execute("DELETE FROM subjects WHERE partition=? AND subject_id=?", (partition, subject_id))
+            if cur.rowcount == 0:
+                raise NotFound(f"subject {subject_id!r} is not enrolled")
+
+    def get(self, partition: str, subject_id: str) -> Subject:
+        """Return a subject with its templates.
+
+        Raises:
+            NotFound: no such subject.
+        """
+        with self._lock:
+            row = self._db.execute(
+                "SELECT created_ns, linked FROM subjects WHERE partition=? AND subject_id=?", (partition, subject_id)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"subject {subject_id!r} is not enrolled")
+            trows = self._db.execute(
+                "SELECT modality, position, data FROM templates WHERE partition=? AND subject_id=? "
+                "ORDER BY modality, position",
+                (partition, subject_id),
+            ).fetchall()
+        templates = tuple(
+            StoredTemplate(m, p, EmbeddingTemplate.from_bytes(self._sealer.open(d))) for m, p, d in trows
+        )
+        return Subject(subject_id, partition, templates, tuple(json.loads(row[1])), row[0])
+
+    def templates(self, model_id: str) -> Iterator[tuple[str, str, int, EmbeddingTemplate]]:
+        """Every stored template of one model as (partition, subject_id, position, template): index rebuilds."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT partition, subject_id, position, data FROM templates WHERE model_id=? "
+                "ORDER BY partition, subject_id, position",
+                (model_id,),
+            ).fetchall()
+        for partition, subject_id, position, data in rows:
+            yield partition, subject_id, position, EmbeddingTemplate.from_bytes(self._sealer.open(data))
+
+    def count(self, partition: str | None = None) -> int:
+        """Number of enrolled subjects, in one partition or in all."""
+        with self._lock:
+            if partition is None:
+                return self._db.execute("SELECT COUNT(*) FROM subjects").fetchone()[0]
+            return self._db.execute("SELECT COUNT(*) FROM subjects WHERE partition=?", (partition,)).fetchone()[0]

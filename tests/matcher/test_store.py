@@ -1,0 +1,134 @@
+"""The subject store: round trips, ids, deletes, concurrency, and nothing acknowledged lost on SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from matcher.errors import AlreadyExists, InvalidInput, NotFound
+from matcher.store import StoredTemplate, Subject, SubjectStore
+from matcher.templates import EmbeddingTemplate
+
+MODEL = "face/dlib-resnet-v1"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _subject(sid: str, partition: str = "default", seed: int = 0) -> Subject:
+    vec = np.random.default_rng(seed).normal(size=128).astype(np.float32)
+    return Subject(sid, partition, (StoredTemplate("face", 0, EmbeddingTemplate(MODEL, vec, 80)),))
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SubjectStore(tmp_path / "db" / "tambua.sqlite")
+    yield s
+    s.close()
+
+
+def test_round_trip_and_reopen(tmp_path):
+    path = tmp_path / "s.sqlite"
+    s = SubjectStore(path)
+    subj = _subject("A-1", seed=3)
+    s.add(subj)
+    s.close()
+    s = SubjectStore(path)
+    got = s.get("default", "A-1")
+    assert got.subject_id == "A-1" and got.created_ns == subj.created_ns
+    np.testing.assert_array_equal(got.templates[0].template.vector, subj.templates[0].template.vector)
+    assert [t[1] for t in s.templates(MODEL)] == ["A-1"]
+    assert list(s.templates("face/other")) == []
+    s.close()
+
+
+def test_ids_are_per_partition(store):
+    store.add(_subject("A-1", "camp-1"))
+    store.add(_subject("A-1", "camp-2"))
+    with pytest.raises(AlreadyExists):
+        store.add(_subject("A-1", "camp-1"))
+    assert store.count() == 2 and store.count("camp-1") == 1
+
+
+def test_failed_add_writes_nothing(store):
+    store.add(_subject("A-1"))
+    with pytest.raises(AlreadyExists):
+        store.add(_subject("A-1", seed=9))
+    assert store.count() == 1
+    np.testing.assert_array_equal(
+        store.get("default", "A-1").templates[0].template.vector, _subject("A-1").templates[0].template.vector
+    )
+
+
+def test_delete(store):
+    store.add(_subject("A-1"))
+    store.delete("default", "A-1")
+    with pytest.raises(NotFound):
+        store.get("default", "A-1")
+    with pytest.raises(NotFound):
+        store.delete("default", "A-1")
+    assert list(store.templates(MODEL)) == []
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: _subject(""), id="empty-id"),
+        pytest.param(lambda: _subject("x" * 200), id="long-id"),
+        pytest.param(lambda: _subject("bad\nid"), id="control-char"),
+        pytest.param(lambda: Subject("A", "default", ()), id="no-templates"),
+    ],
+)
+def test_invalid_subjects(make):
+    with pytest.raises(InvalidInput):
+        make()
+
+
+def test_parallel_adds_lose_nothing(store):
+    def worker(k: int) -> None:
+        for i in range(25):
+            store.add(_subject(f"T{k}-{i}", seed=k * 100 + i))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.count() == 200
+
+
+def test_acknowledged_writes_survive_sigkill(tmp_path):
+    path = tmp_path / "kill.sqlite"
+    writer = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from tests.matcher.test_store import _subject
+        from matcher.store import SubjectStore
+        s = SubjectStore({str(path)!r})
+        i = 0
+        while True:
+            s.add(_subject(f"K-{{i}}", seed=i))
+            print(i, flush=True)  # the acknowledgement
+            i += 1
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    acked = []
+    for line in proc.stdout:
+        acked.append(int(line))
+        if len(acked) == 40:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    s = SubjectStore(path)
+    for i in acked:
+        s.get("default", f"K-{i}")
+    assert s.count() >= len(acked)
+    s.close()
