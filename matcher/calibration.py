@@ -1,0 +1,108 @@
+"""Score meaning and thresholds: distances <-> false-match rates measured on real data.
+
+Each model has a calibration file (``matcher/calibration/<model id with / as ->.json``),
+written by ``python -m bench.calibrate`` from every impostor pair of a labelled set.
+Thresholds are configured as rates and turned into distances here, never hard-coded.
+
+Scores: at the API a higher score means more alike; for embedding models the score is
+``1 / (1 + distance)`` (1 for identical templates), a monotone map of the distance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from matcher.errors import InvalidInput, ModelMissing
+
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+
+
+def score_of_distance(distance: float) -> float:
+    """The API score of an embedding distance (higher = more alike, in (0, 1])."""
+    return 1.0 / (1.0 + max(float(distance), 0.0))
+
+
+def distance_of_score(score: float) -> float:
+    return 1.0 / score - 1.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured FMR-versus-distance table of one model (FMR decreasing with distance).
+
+    Attributes:
+        model_id: the model measured.
+        fmr: (n,) false-match rates, decreasing.
+        distance: (n,) distance thresholds giving those rates, decreasing.
+        source: where and how it was measured.
+    """
+
+    model_id: str
+    fmr: np.ndarray
+    distance: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        if len(self.fmr) < 2 or len(self.fmr) != len(self.distance):
+            raise ValueError("a calibration needs at least two rows")
+        if np.any(np.diff(self.fmr) >= 0) or np.any(np.diff(self.distance) > 0):
+            raise ValueError("calibration rows must have decreasing FMR and distance")
+
+    @classmethod
+    def load(cls, model_id: str, folder: Path = CALIBRATION_DIR) -> "Calibration":
+        path = folder / (model_id.replace("/", "-") + ".json")
+        if not path.exists():
+            raise ModelMissing(f"no calibration for {model_id}: run python -m bench.calibrate")
+        data = json.loads(path.read_text())
+        rows = data["table"]
+        return cls(
+            data["model_id"],
+            np.array([r["fmr"] for r in rows]),
+            np.array([r["distance"] for r in rows]),
+            data.get("measured_on", ""),
+        )
+
+    @property
+    def min_fmr(self) -> float:
+        return float(self.fmr[-1])
+
+    def distance_at_fmr(self, fmr: float) -> float:
+        """Distance threshold (match when below) for a target FMR, log-linear between rows.
+
+        Raises:
+            InvalidInput: the target is outside the measured range.
+        """
+        if not self.min_fmr <= fmr <= self.fmr[0]:
+            raise InvalidInput(f"FMR {fmr:g} is outside the measured range {self.min_fmr:.1g}..{self.fmr[0]:g}")
+        # np.interp needs increasing x: use -log10(fmr)
+        return float(np.interp(-math.log10(fmr), -np.log10(self.fmr), self.distance))
+
+    def fmr_at_distance(self, distance: float) -> float:
+        """FMR of a comparison at this distance; clamped to the measured range."""
+        x = -np.log10(self.fmr)
+        # distance decreases along the table: interpolate on reversed arrays
+        lg = float(np.interp(distance, self.distance[::-1], x[::-1]))
+        return float(10 ** (-lg))
+
+    def fpir_at_distance(self, distance: float, gallery_size: int) -> float:
+        """False-positive identification rate of a 1:N search against ``gallery_size`` non-mates.
+
+        With independent comparisons, FPIR = 1 - (1 - FMR)^N.
+        """
+        fmr = self.fmr_at_distance(distance)
+        return float(-math.expm1(max(gallery_size, 1) * math.log1p(-fmr)))
+
+    def distance_at_fpir(self, fpir: float, gallery_size: int) -> float:
+        """Threshold keeping a 1:N search's FPIR at ``fpir`` for the given gallery size.
+
+        Raises:
+            InvalidInput: the per-comparison FMR this needs is below the measured range
+                (the gallery is too large for that FPIR with this model alone).
+        """
+        fmr = -math.expm1(math.log1p(-fpir) / max(gallery_size, 1))
+        return self.distance_at_fmr(fmr)
