@@ -5,9 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup models test bench accuracy clean
+PROTOS := $(wildcard proto/tambua/v1/*.proto)
 
-setup: $(STAMP) models
+.PHONY: setup models proto test bench clean
+
+setup: $(STAMP) models proto
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +20,13 @@ $(STAMP): pyproject.toml
 models: $(STAMP)
 	$(BIN)/python -m models.build
 
+# Stubs are generated, never edited or committed: tambua/v1/*_pb2*.py
+proto: $(STAMP) tambua/v1/__init__.py
+
+tambua/v1/__init__.py: $(PROTOS)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	touch $@
+
 test: setup
 	$(BIN)/python -m pytest -q
 
@@ -25,4 +34,4 @@ bench: setup
 	$(BIN)/python -m pytest bench --benchmark-enable -q
 
 clean:
-	rm -rf $(VENV) models/build
+	rm -rf $(VENV) models/build tambua/v1

@@ -85,3 +85,9 @@ class ModelMissing(NotReady):
 
     retriable = False
     default_reason = "MODEL_MISSING"
+
+
+class Unimplemented(TambuaError):
+    """The request is valid but asks for something not built yet (e.g. a modality)."""
+
+    default_reason = "UNIMPLEMENTED"
