@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 PROTOS := $(wildcard proto/tambua/v1/*.proto)
 
-.PHONY: setup models proto test bench clean
+.PHONY: setup models proto run test bench clean
 
 setup: $(STAMP) models proto
 
@@ -26,6 +26,9 @@ proto: $(STAMP) tambua/v1/__init__.py
 tambua/v1/__init__.py: $(PROTOS)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 	touch $@
+
+run: setup
+	$(BIN)/tambua serve
 
 test: setup
 	$(BIN)/python -m pytest -q

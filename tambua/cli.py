@@ -1,0 +1,124 @@
+"""The ``tambua`` command: ``serve`` and client commands (a stable contract for other tooling).
+
+Client commands take ``--address HOST:PORT`` (default ``localhost:50051``); ``--json`` prints
+one JSON object on stdout. Errors exit non-zero with the gRPC status name and the reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+def _stub(address: str):
+    from tambua.v1 import tambua_pb2_grpc
+
+    return tambua_pb2_grpc.MatcherStub(grpc.insecure_channel(address))
+
+
+def _face(path: str):
+    from tambua.v1 import tambua_pb2 as pb
+
+    return pb.Sample(modality=pb.FACE, position=0, image=Path(path).read_bytes())
+
+
+def _candidates(msgs) -> list[dict]:
+    return [{"subject_id": c.subject_id, "score": c.score, "fpir": c.fpir} for c in msgs]
+
+
+def _print(obj: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(obj))
+    else:
+        for k, v in obj.items():
+            print(f"{k}: {v}")
+
+
+def _error(e: grpc.RpcError) -> int:
+    reason = ""
+    status = rpc_status.from_call(e)
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                reason = info.reason
+    print(f"error: {e.code().name} {reason}: {e.details()}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tambua", description="Tambua biometric matching service.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="run the service")
+    s.add_argument("--config", type=Path)
+    s.add_argument("--port", type=int)
+    s.add_argument("--data-dir", type=Path)
+    s.add_argument("--metrics-port", type=int)
+
+    def client(name: str, help_: str):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--address", default="localhost:50051")
+        c.add_argument("--json", action="store_true")
+        c.add_argument("--partition", default="")
+        return c
+
+    c = client("enroll", "enrol a subject (deduplicated first)")
+    c.add_argument("--subject", required=True)
+    c.add_argument("--face", required=True)
+    c.add_argument("--force", action="store_true", help="enrol anyway after adjudication")
+    c = client("identify", "1:N search")
+    c.add_argument("--face", required=True)
+    c = client("verify", "1:1 against an enrolled subject")
+    c.add_argument("--subject", required=True)
+    c.add_argument("--face", required=True)
+    c = client("delete", "delete a subject")
+    c.add_argument("--subject", required=True)
+    client("stats", "gallery statistics")
+    args = p.parse_args(argv)
+
+    if args.command == "serve":
+        from tambua.config import Config
+        from tambua.server import serve
+
+        serve(Config.load(args.config, port=args.port, data_dir=args.data_dir, metrics_port=args.metrics_port))
+        return 0
+
+    from tambua.v1 import tambua_pb2 as pb
+
+    stub = _stub(args.address)
+    try:
+        if args.command == "enroll":
+            r = stub.Enroll(pb.EnrollRequest(subject_id=args.subject, samples=[_face(args.face)],
+                                             partition=args.partition, force=args.force), timeout=60)
+            out = {"outcome": pb.EnrollResponse.Outcome.Name(r.outcome), "subject_id": r.subject_id,
+                   "candidates": _candidates(r.candidates)}
+        elif args.command == "identify":
+            r = stub.Identify(pb.IdentifyRequest(samples=[_face(args.face)], partition=args.partition), timeout=60)
+            out = {"candidates": _candidates(r.candidates)}
+        elif args.command == "verify":
+            r = stub.Verify(pb.VerifyRequest(subject_id=args.subject, samples=[_face(args.face)],
+                                             partition=args.partition), timeout=60)
+            out = {"match": r.match, "score": r.score, "fmr": r.fmr}
+        elif args.command == "delete":
+            stub.DeleteSubject(pb.SubjectRequest(subject_id=args.subject, partition=args.partition), timeout=30)
+            out = {"deleted": args.subject}
+        else:
+            r = stub.Stats(pb.StatsRequest(), timeout=30)
+            out = {"subjects": r.subjects, "templates_by_model": dict(r.templates_by_model)}
+    except grpc.RpcError as e:
+        return _error(e)
+    except OSError as e:
+        print(f"error: cannot read image: {e.strerror}", file=sys.stderr)
+        return 2
+    _print(out, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

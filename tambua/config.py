@@ -1,0 +1,69 @@
+"""The one service configuration: defaults, then a TOML file, then ``TAMBUA_*`` environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from matcher.engine import Thresholds
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated at construction; passed into constructors, never read from globals.
+
+    Attributes:
+        host / port: gRPC listen address (port 0 picks a free port).
+        metrics_port: Prometheus HTTP port (0 picks a free one, -1 disables).
+        data_dir: folder of the subject store.
+        workers: gRPC worker threads (requests in flight).
+        max_message_mb: largest request accepted.
+        verify_fmr / dedup_fpir / max_candidates: decision rates (see the model cards).
+        grace_s: seconds in-flight requests get at shutdown.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9464
+    data_dir: Path = Path("tambua-data")
+    workers: int = 8
+    max_message_mb: int = 32
+    verify_fmr: float = 1e-3
+    dedup_fpir: float = 1e-2
+    max_candidates: int = 10
+    grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
+            raise ValueError("ports must be within 0..65535 (metrics_port -1 disables)")
+        if self.workers < 1 or self.max_message_mb < 1:
+            raise ValueError("workers and max_message_mb must be positive")
+        self.thresholds  # noqa: B018 - validates the rates
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(self.verify_fmr, self.dedup_fpir, self.max_candidates)
+
+    @classmethod
+    def load(cls, path: Path | None = None, env: dict[str, str] | None = None, **overrides) -> "Config":
+        """Defaults < file (TOML, keys as the attributes) < ``TAMBUA_<ATTR>`` env < explicit overrides."""
+        values: dict = {}
+        if path is not None:
+            values.update(tomllib.loads(Path(path).read_text()))
+        env = os.environ if env is None else env
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(fields)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
+        for name in fields:
+            if f"TAMBUA_{name.upper()}" in env:
+                values[name] = env[f"TAMBUA_{name.upper()}"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        typed = {}
+        for name, value in values.items():
+            default = fields[name].default
+            typed[name] = Path(value) if isinstance(default, Path) else type(default)(value)
+        return cls(**typed)

@@ -1,0 +1,226 @@
+"""The gRPC server: servicer (proto <-> engine), errors, request ids, metrics, health, reflection.
+
+``create_server(config, engine)`` returns ``(server, port)`` so tests bind to port 0.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import signal
+import threading
+import time
+import uuid
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+
+from matcher.engine import Engine, SampleInput
+from matcher.errors import InvalidInput, QualityError
+from tambua.config import Config
+from tambua.status import code_of, rich_status
+from tambua.v1 import tambua_pb2 as pb
+from tambua.v1 import tambua_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+_MODALITY = {pb.FACE: "face", pb.FINGER: "finger", pb.IRIS: "iris"}
+_MODALITY_PB = {v: k for k, v in _MODALITY.items()}
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Matcher"].full_name
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the current request id to every log record (``%(request_id)s``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+class Metrics:
+    """Prometheus metrics on an injected registry (a fresh one per test)."""
+
+    def __init__(self, registry: CollectorRegistry, engine: Engine) -> None:
+        self.rpcs = Counter("tambua_rpc_total", "RPCs by method and status", ["method", "code"], registry=registry)
+        self.latency = Histogram(
+            "tambua_rpc_seconds", "RPC latency", ["method"], registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.rejections = Counter("tambua_quality_rejections_total", "Samples rejected by reason", ["reason"],
+                                  registry=registry)
+
+        class _Gallery:
+            def collect(self_inner):
+                g = GaugeMetricFamily("tambua_gallery_templates", "Indexed templates", labels=["modality"])
+                for modality, gallery in engine.galleries.items():
+                    g.add_metric([modality], gallery.size())
+                yield g
+
+        registry.register(_Gallery())
+
+
+def _samples(msgs) -> list[SampleInput]:
+    out = []
+    for s in msgs:
+        if s.modality not in _MODALITY:
+            raise InvalidInput("sample modality is missing or unknown")
+        kind = s.WhichOneof("data")
+        out.append(SampleInput(_MODALITY[s.modality], s.position,
+                               image=s.image if kind == "image" else None,
+                               template=s.template if kind == "template" else None))
+    return out
+
+
+def _template_pb(t) -> pb.Template:
+    return pb.Template(modality=_MODALITY_PB[t.modality], position=t.position, model_id=t.template.model_id,
+                       data=t.template.to_bytes(), quality=t.template.quality)
+
+
+def _rpc(method):
+    """Wraps a servicer method: request id, metrics, and the one error-to-status mapping."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        md = dict(context.invocation_metadata() or ())
+        token = request_id.set(md.get("x-request-id") or uuid.uuid4().hex[:16])
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return method(self, request, context)
+        except Exception as e:  # noqa: BLE001 - every error leaves through the one mapping
+            code = code_of(e)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("%s failed", method.__name__)
+            else:
+                log.info("%s rejected: %s", method.__name__, getattr(e, "reason", code.name))
+                if isinstance(e, QualityError) or getattr(e, "reason", "").startswith("IMAGE_"):
+                    self.metrics.rejections.labels(e.reason).inc()
+            context.abort_with_status(rpc_status.to_status(rich_status(e)))
+        finally:
+            self.metrics.rpcs.labels(method.__name__, code.name).inc()
+            self.metrics.latency.labels(method.__name__).observe(time.perf_counter() - start)
+            request_id.reset(token)
+
+    return wrapper
+
+
+class MatcherServicer(pb_grpc.MatcherServicer):
+    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    def _model_ids(self) -> list[str]:
+        return [e.model_id for e in self.engine.extractors.values()]
+
+    @_rpc
+    def Enroll(self, request, context):
+        r = self.engine.enroll(request.subject_id, request.partition or "default", _samples(request.samples),
+                               force=request.force, adjudicated=tuple(request.adjudicated_candidates))
+        return pb.EnrollResponse(
+            outcome=pb.EnrollResponse.ENROLLED if r.outcome == "ENROLLED" else pb.EnrollResponse.DUPLICATE,
+            subject_id=r.subject_id,
+            candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in r.candidates],
+            templates=[_template_pb(t) for t in r.templates],
+            model_ids=self._model_ids(),
+        )
+
+    @_rpc
+    def Identify(self, request, context):
+        within = frozenset(request.within_subject_ids) if request.within_subject_ids else None
+        cands = self.engine.identify(request.partition or "default", _samples(request.samples),
+                                     request.max_candidates, within)
+        return pb.IdentifyResponse(
+            candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in cands],
+            model_ids=self._model_ids(),
+        )
+
+    @_rpc
+    def Verify(self, request, context):
+        r = self.engine.verify(request.subject_id, request.partition or "default", _samples(request.samples))
+        return pb.VerifyResponse(match=r.match, score=r.score, fmr=r.fmr, model_ids=[r.model_id])
+
+    @_rpc
+    def Compare(self, request, context):
+        a, b = self.engine.templates_of(_samples([request.a, request.b]))
+        r = self.engine.compare(a.template, b.template)
+        return pb.CompareResponse(score=r.score, fmr=r.fmr, model_id=r.model_id)
+
+    @_rpc
+    def Extract(self, request, context):
+        return pb.ExtractResponse(templates=[_template_pb(t) for t in self.engine.templates_of(_samples(request.samples))])
+
+    @_rpc
+    def GetSubject(self, request, context):
+        s = self.engine.store.get(request.partition or "default", request.subject_id)
+        return pb.GetSubjectResponse(subject_id=s.subject_id, partition=s.partition,
+                                     templates=[_template_pb(t) for t in s.templates],
+                                     created_unix_ms=s.created_ns // 1_000_000, linked_subject_ids=list(s.linked))
+
+    @_rpc
+    def DeleteSubject(self, request, context):
+        self.engine.delete(request.partition or "default", request.subject_id)
+        return pb.DeleteSubjectResponse()
+
+    @_rpc
+    def Stats(self, request, context):
+        return pb.StatsResponse(
+            subjects=self.engine.store.count(),
+            templates_by_model={g.model_id: g.size() for g in self.engine.galleries.values()},
+        )
+
+
+def create_server(config: Config, engine: Engine, registry: CollectorRegistry | None = None):
+    """Build (not start) the server.
+
+    Returns:
+        (server, port, metrics_port): the bound ports (config ports may be 0); metrics -1 when disabled.
+    """
+    registry = registry or CollectorRegistry()
+    metrics = Metrics(registry, engine)
+    limit = config.max_message_mb * 1024 * 1024
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.workers),
+        options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+    )
+    pb_grpc.add_MatcherServicer_to_server(MatcherServicer(engine, metrics), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    metrics_port = -1
+    if config.metrics_port >= 0:
+        http, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+        metrics_port = http.server_port
+    return server, port, metrics_port
+
+
+def serve(config: Config) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully (in-flight requests get ``grace_s``)."""
+    from enroll.face.pipeline import FaceExtractor
+    from matcher.store import SubjectStore
+
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    store = SubjectStore(config.data_dir / "subjects.sqlite")
+    engine = Engine(store, {"face": FaceExtractor()}, config.thresholds)
+    server, port, metrics_port = create_server(config, engine)
+    server.start()
+    log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, port, metrics_port, store.count())
+    print(f"tambua listening on {config.host}:{port}", flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop(config.grace_s).wait()
+    store.close()

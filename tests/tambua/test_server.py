@@ -1,0 +1,152 @@
+"""A real `tambua serve` process on a free port, driven over gRPC with real ORL faces."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tambua.v1 import tambua_pb2 as pb
+from tambua.v1 import tambua_pb2_grpc as pb_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tambua.cli", "serve", "--port", "0", "--metrics-port", "-1",
+             "--data-dir", str(self.data_dir)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        line = self.proc.stdout.readline()
+        m = re.search(r"listening on (\S+)", line)
+        assert m, f"server did not start: {line!r}"
+        self.address = m.group(1)
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = pb_grpc.MatcherStub(self.channel)
+
+    def kill(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.channel.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        self.channel.close()
+
+
+def face(orl: Path, person: int, shot: int) -> pb.Sample:
+    return pb.Sample(modality=pb.FACE, image=(orl / f"s{person}" / f"{shot}.pgm").read_bytes())
+
+
+@pytest.fixture
+def server(tmp_path, orl, models):
+    s = Server(tmp_path / "data")
+    s.start()
+    yield s
+    s.stop()
+
+
+def _enroll(stub, sid, sample, force=False):
+    return stub.Enroll(pb.EnrollRequest(subject_id=sid, samples=[sample], force=force), timeout=60)
+
+
+def test_enrol_dedup_verify_delete_and_survive_sigkill(server, orl):
+    stub = server.stub
+    health = health_pb2_grpc.HealthStub(server.channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="")).status == health_pb2.HealthCheckResponse.SERVING
+    for person in range(1, 9):
+        r = _enroll(stub, f"P{person}", face(orl, person, 1))
+        assert r.outcome == pb.EnrollResponse.ENROLLED and r.model_ids == ["face/dlib-resnet-v1"]
+    dup = _enroll(stub, "again", face(orl, 3, 5))
+    assert dup.outcome == pb.EnrollResponse.DUPLICATE and dup.candidates[0].subject_id == "P3"
+    assert stub.Verify(pb.VerifyRequest(subject_id="P5", samples=[face(orl, 5, 8)])).match
+    assert not stub.Verify(pb.VerifyRequest(subject_id="P5", samples=[face(orl, 6, 8)])).match
+    stub.DeleteSubject(pb.SubjectRequest(subject_id="P8"))
+    before = stub.Identify(pb.IdentifyRequest(samples=[face(orl, 2, 9)])).candidates
+    server.kill()
+    server.start()
+    stub = server.stub
+    assert stub.Stats(pb.StatsRequest()).subjects == 7
+    after = stub.Identify(pb.IdentifyRequest(samples=[face(orl, 2, 9)])).candidates
+    assert [(c.subject_id, round(c.score, 6)) for c in after] == [(c.subject_id, round(c.score, 6)) for c in before]
+    with pytest.raises(grpc.RpcError) as e:
+        stub.GetSubject(pb.SubjectRequest(subject_id="P8"))
+    assert e.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "sample, code",
+    [
+        pytest.param(pb.Sample(modality=pb.FACE, image=b""), grpc.StatusCode.INVALID_ARGUMENT, id="empty"),
+        pytest.param(pb.Sample(modality=pb.FACE, image=b"not an image"), grpc.StatusCode.INVALID_ARGUMENT, id="junk"),
+        pytest.param(pb.Sample(modality=pb.FINGER, position=2, image=b"x"), grpc.StatusCode.UNIMPLEMENTED, id="finger"),
+        pytest.param(pb.Sample(image=b"x"), grpc.StatusCode.INVALID_ARGUMENT, id="no-modality"),
+        pytest.param(pb.Sample(modality=pb.FACE, template=b"TMBT\x01"), grpc.StatusCode.INVALID_ARGUMENT,
+                     id="bad-template"),
+        pytest.param(pb.Sample(modality=pb.FACE, image=b"\0" * (33 * 1024 * 1024)),
+                     grpc.StatusCode.RESOURCE_EXHAUSTED, id="oversized"),
+    ],
+)
+def test_bad_input_gets_a_status_and_stores_nothing(server, sample, code):
+    with pytest.raises(grpc.RpcError) as e:
+        _enroll(server.stub, "bad", sample)
+    assert e.value.code() is code
+    assert e.value.details()
+    assert server.stub.Stats(pb.StatsRequest()).subjects == 0
+
+
+def test_parallel_enrolments(server, orl):
+    outcomes = []
+
+    def same(i):
+        outcomes.append(_enroll(server.stub, f"same-{i}", face(orl, 11, 1 + i % 4)).outcome)
+
+    def other(person):
+        outcomes.append(_enroll(server.stub, f"O{person}", face(orl, person, 1)).outcome)
+
+    threads = [threading.Thread(target=same, args=(i,)) for i in range(6)]
+    threads += [threading.Thread(target=other, args=(p,)) for p in range(20, 26)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count(pb.EnrollResponse.ENROLLED) == 7
+    assert server.stub.Stats(pb.StatsRequest()).subjects == 7
+
+
+def test_cli_contract(server, orl, capsys):
+    from tambua.cli import main
+
+    img = str(orl / "s7" / "1.pgm")
+    assert main(["enroll", "--address", server.address, "--subject", "C7", "--face", img, "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"outcome": "ENROLLED", "subject_id": "C7", "candidates": []}
+    assert main(["verify", "--address", server.address, "--subject", "C7", "--face", str(orl / "s7" / "2.pgm"),
+                 "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["match"] is True and set(v) == {"match", "score", "fmr"}
+    assert main(["identify", "--address", server.address, "--face", img, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["candidates"][0]["subject_id"] == "C7"
+    assert main(["delete", "--address", server.address, "--subject", "nobody"]) != 0
+    assert "NOT_FOUND" in capsys.readouterr().err
+    assert main(["stats", "--address", server.address, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["subjects"] == 1
