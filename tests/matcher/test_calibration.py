@@ -39,9 +39,25 @@ def test_fpir_grows_with_gallery(cal):
 
 def test_out_of_range_targets_are_refused(cal):
     with pytest.raises(InvalidInput):
-        cal.distance_at_fmr(1e-9)
+        cal.distance_at_fmr(0.5)
     with pytest.raises(InvalidInput):
-        cal.distance_at_fpir(0.001, 10_000_000)
+        cal.distance_at_fmr(0.0)
+
+
+def test_gaussian_tail_predicts_the_measured_tail(cal):
+    # fit without the last two rows, predict them
+    short = Calibration(cal.model_id, cal.fmr[:-2], cal.distance[:-2], "")
+    for f, d in zip(cal.fmr[-2:], cal.distance[-2:]):
+        assert short.distance_at_fmr(f) == pytest.approx(d, abs=0.01)
+
+
+def test_extrapolation_lets_large_galleries_deduplicate(cal):
+    assert cal.fmr_at_distance(0.2) < 1e-10
+    assert cal.fpir_at_distance(0.2, 1_000_000) < 1e-3
+    assert cal.distance_at_fpir(0.01, 1_000_000) < cal.distance[-1]
+    # monotone across the table edge
+    edge = cal.distance[-1]
+    assert cal.fmr_at_distance(edge - 0.01) <= cal.fmr_at_distance(edge) <= cal.fmr_at_distance(edge + 0.01)
 
 
 def test_scores(cal):
