@@ -62,6 +62,9 @@ class FlatGallery:
         self._next_id = 0
         self._subject_of: dict[int, tuple[str, str]] = {}
         self._ids_of: dict[tuple[str, str], list[int]] = {}
+        # Most templates any subject of a partition has had (an upper bound after removals):
+        # how many rows to fetch so that k distinct subjects come back.
+        self._per_subject: dict[str, int] = {}
 
     def _vector(self, t: EmbeddingTemplate) -> np.ndarray:
         t.require_model(self.model_id)
@@ -80,7 +83,9 @@ class FlatGallery:
             self._next_id += 1
             index.add_with_ids(vec, np.array([key], np.int64))
             self._subject_of[key] = (partition, subject_id)
-            self._ids_of.setdefault((partition, subject_id), []).append(key)
+            keys = self._ids_of.setdefault((partition, subject_id), [])
+            keys.append(key)
+            self._per_subject[partition] = max(self._per_subject.get(partition, 1), len(keys))
 
     def remove(self, partition: str, subject_id: str) -> int:
         """Remove every template of a subject; returns how many were removed."""
@@ -118,8 +123,7 @@ class FlatGallery:
                 if not keys:
                     return [[] for _ in probes]
                 params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(np.array(keys, np.int64)))
-            per_subject = max(len(v) for (p, _), v in self._ids_of.items() if p == partition)
-            kk = min(index.ntotal, k * per_subject)
+            kk = min(index.ntotal, k * self._per_subject[partition])
             faiss.omp_set_num_threads(1 if len(probes) == 1 else (os.cpu_count() or 1))
             dist, ids = index.search(x, kk, params=params)
             subject_of = self._subject_of

@@ -147,23 +147,31 @@ class SubjectStore:
         Raises:
             AlreadyExists: the subject id is taken in that partition.
         """
+        self.add_many([subject])
+
+    def add_many(self, subjects: list[Subject]) -> None:
+        """Store several subjects in one synced transaction (bulk import): all or none.
+
+        Raises:
+            AlreadyExists: a subject id is taken; nothing is stored.
+        """
+        heads = [(s.partition, s.subject_id, s.created_ns, json.dumps(list(s.linked))) for s in subjects]
         rows = [
-            (subject.partition, subject.subject_id, t.modality, t.position, t.template.model_id,
+            (s.partition, s.subject_id, t.modality, t.position, t.template.model_id,
              self._sealer.seal(t.template.to_bytes()))
-            for t in subject.templates
+            for s in subjects
+            for t in s.templates
         ]
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    "INSERT INTO subjects VALUES (?, ?, ?, ?)",
-                    (subject.partition, subject.subject_id, subject.created_ns, json.dumps(list(subject.linked))),
-                )
+                self._db.executemany("INSERT INTO subjects VALUES (?, ?, ?, ?)", heads)
                 self._db.executemany("INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?)", rows)
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError as e:
                 self._db.execute("ROLLBACK")
-                raise AlreadyExists(f"subject {subject.subject_id!r} is already enrolled") from e
+                what = f"subject {subjects[0].subject_id!r} is" if len(subjects) == 1 else "a subject of the batch is"
+                raise AlreadyExists(f"{what} already enrolled") from e
             except BaseException:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")

@@ -22,3 +22,13 @@ def test_cli_small_gallery(tmp_path):
     assert flat["index"] == "flat" and flat["recall_at_10"] == 1.0 and flat["mate_rank1"] == 1.0
     assert flat["bytes_per_template"] >= 512
     assert hnsw["recall_at_10"] >= 0.9
+
+
+def test_service_identify_bench_small(tmp_path):
+    from bench import service
+
+    out = tmp_path / "svc.json"
+    assert service.main(["--gallery", "500", "--queries", "20", "--json", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["gallery"] == 500 and run["mate_rank1"] == 1.0
+    assert run["identify_rpc"]["p50_ms"] >= run["pure_search"]["p50_ms"] > 0

@@ -132,3 +132,12 @@ def test_acknowledged_writes_survive_sigkill(tmp_path):
         s.get("default", f"K-{i}")
     assert s.count() >= len(acked)
     s.close()
+
+
+def test_add_many_is_all_or_nothing(store):
+    store.add(_subject("B-2"))
+    with pytest.raises(AlreadyExists):
+        store.add_many([_subject("B-1"), _subject("B-2"), _subject("B-3")])
+    assert store.count() == 1
+    store.add_many([_subject(f"C-{i}", seed=i) for i in range(100)])
+    assert store.count() == 101

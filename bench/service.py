@@ -1,0 +1,106 @@
+"""Identify latency over gRPC beside pure search: ``python -m bench.service --gallery 10000 100000 --json OUT``.
+
+A real server (in this process, on a free loopback port) over a store bulk-loaded with
+synthetic face templates drawn like ``bench.search``'s. Probes are sent as templates,
+so the numbers are the service's matching path (parse, search, scoring, gRPC), not
+face extraction (see ``bench.face_speed`` for that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from bench.search import STATS_DIR, draw
+from matcher.engine import Engine
+from matcher.store import StoredTemplate, Subject, SubjectStore
+from matcher.templates import EmbeddingTemplate
+
+MODEL = "face/dlib-resnet-v1"
+
+
+class _TemplateOnly:
+    """Stands in for the face extractor: this benchmark sends templates, never images."""
+
+    model_id = MODEL
+
+    def extract(self, data: bytes) -> EmbeddingTemplate:  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+def _percentiles(ms: list[float]) -> dict:
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def run(n: int, queries: int, workdir: Path) -> dict:
+    from tambua.config import Config
+    from tambua.server import create_server
+    from tambua.v1 import tambua_pb2 as pb
+    from tambua.v1 import tambua_pb2_grpc as pb_grpc
+
+    xb = draw(STATS_DIR / "face.stats.npz", n, seed=1)
+    store = SubjectStore(workdir / f"g{n}.sqlite")
+    t0 = time.perf_counter()
+    for start in range(0, n, 10_000):
+        store.add_many([
+            Subject(f"S{i}", "default", (StoredTemplate("face", 0, EmbeddingTemplate(MODEL, xb[i])),))
+            for i in range(start, min(n, start + 10_000))
+        ])
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    engine = Engine(store, {"face": _TemplateOnly()})
+    rebuild_s = time.perf_counter() - t0
+    server, port, _ = create_server(Config(port=0, metrics_port=-1), engine)
+    server.start()
+    stub = pb_grpc.MatcherStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    rng = np.random.default_rng(2)
+    mates = rng.choice(n, queries, replace=False)
+    probes = [EmbeddingTemplate(MODEL, (xb[m] + rng.normal(0, 0.02, xb.shape[1])).astype(np.float32)) for m in mates]
+    rpc_ms, search_ms, hits = [], [], 0
+    for m, p in zip(mates, probes):
+        req = pb.IdentifyRequest(samples=[pb.Sample(modality=pb.FACE, template=p.to_bytes())], max_candidates=10)
+        t0 = time.perf_counter()
+        resp = stub.Identify(req, timeout=30)
+        rpc_ms.append((time.perf_counter() - t0) * 1000)
+        hits += resp.candidates[0].subject_id == f"S{m}"
+        t0 = time.perf_counter()
+        engine.galleries["face"].search("default", [p], 10)
+        search_ms.append((time.perf_counter() - t0) * 1000)
+    server.stop(0)
+    store.close()
+    return {
+        "gallery": n,
+        "bulk_load_s": load_s,
+        "gallery_rebuild_s": rebuild_s,
+        "identify_rpc": _percentiles(rpc_ms),
+        "pure_search": _percentiles(search_ms),
+        "service_overhead_p50_ms": float(np.percentile(rpc_ms, 50) - np.percentile(search_ms, 50)),
+        "mate_rank1": hits / queries,
+        "queries": queries,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gallery", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--json", required=True, type=Path)
+    args = p.parse_args(argv)
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.gallery:
+            runs.append(run(n, args.queries, Path(tmp)))
+            print(json.dumps(runs[-1]), flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
