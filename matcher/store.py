@@ -221,6 +221,11 @@ class SubjectStore:
         for partition, subject_id, position, data in rows:
             yield partition, subject_id, position, EmbeddingTemplate.from_bytes(self._sealer.open(data))
 
+    def count_by_partition(self) -> dict[str, int]:
+        """Number of enrolled subjects in each partition."""
+        with self._lock:
+            return dict(self._db.execute("SELECT partition, COUNT(*) FROM subjects GROUP BY partition").fetchall())
+
     def count(self, partition: str | None = None) -> int:
         """Number of enrolled subjects, in one partition or in all."""
         with self._lock:

@@ -173,6 +173,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         return pb.StatsResponse(
             subjects=self.engine.store.count(),
             templates_by_model={g.model_id: g.size() for g in self.engine.galleries.values()},
+            subjects_by_partition=self.engine.store.count_by_partition(),
         )
 
 

@@ -54,6 +54,7 @@ def test_ids_are_per_partition(store):
     with pytest.raises(AlreadyExists):
         store.add(_subject("A-1", "camp-1"))
     assert store.count() == 2 and store.count("camp-1") == 1
+    assert store.count_by_partition() == {"camp-1": 1, "camp-2": 1}
 
 
 def test_failed_add_writes_nothing(store):
