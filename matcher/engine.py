@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,6 +28,17 @@ log = logging.getLogger(__name__)
 
 SUPPORTED = ("face",)
 MODALITIES = ("face", "finger", "iris")
+
+
+class Observer(Protocol):
+    """Receives stage timings (the service layer turns them into metrics)."""
+
+    def timing(self, stage: str, modality: str, seconds: float) -> None: ...
+
+
+class _NoObserver:
+    def timing(self, stage: str, modality: str, seconds: float) -> None:
+        pass
 
 
 class Extractor(Protocol):
@@ -95,6 +107,7 @@ class Engine:
         extractors: one extractor per supported modality.
         thresholds: decision rates.
         calibrations: per model id; loaded from ``matcher/calibration`` when absent.
+        observer: receives ``extract`` and ``search`` timings per modality.
     """
 
     def __init__(
@@ -103,7 +116,9 @@ class Engine:
         extractors: dict[str, Extractor],
         thresholds: Thresholds = Thresholds(),
         calibrations: dict[str, Calibration] | None = None,
+        observer: Observer | None = None,
     ) -> None:
+        self.observer = observer or _NoObserver()
         self.store = store
         self.extractors = extractors
         self.thresholds = thresholds
@@ -132,7 +147,9 @@ class Engine:
                 raise Unimplemented(f"{s.modality} matching is not available yet")
             ex = self.extractors[s.modality]
             if s.image is not None:
+                t0 = time.perf_counter()
                 tpl = ex.extract(s.image)
+                self.observer.timing("extract", s.modality, time.perf_counter() - t0)
             else:
                 tpl = EmbeddingTemplate.from_bytes(s.template)  # type: ignore[arg-type]
                 tpl.require_model(ex.model_id)
@@ -149,7 +166,9 @@ class Engine:
         gallery = self.galleries["face"]
         cal = self.calibrations[face.template.model_id]
         n = max(gallery.size(partition), 1)
+        t0 = time.perf_counter()
         hits = gallery.search(partition, [face.template], k, within)[0]
+        self.observer.timing("search", "face", time.perf_counter() - t0)
         return [ScoredCandidate(h.subject_id, score_of_distance(h.distance), cal.fpir_at_distance(h.distance, n))
                 for h in hits]
 

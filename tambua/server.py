@@ -53,6 +53,10 @@ class Metrics:
             "tambua_rpc_seconds", "RPC latency", ["method"], registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.stages = Histogram(
+            "tambua_stage_seconds", "Extraction and search time", ["stage", "modality"], registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+        )
         self.rejections = Counter("tambua_quality_rejections_total", "Samples rejected by reason", ["reason"],
                                   registry=registry)
 
@@ -64,6 +68,9 @@ class Metrics:
                 yield g
 
         registry.register(_Gallery())
+
+    def timing(self, stage: str, modality: str, seconds: float) -> None:
+        self.stages.labels(stage, modality).observe(seconds)
 
 
 def _samples(msgs) -> list[SampleInput]:
@@ -185,6 +192,7 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
     """
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry, engine)
+    engine.observer = metrics
     limit = config.max_message_mb * 1024 * 1024
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),

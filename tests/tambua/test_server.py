@@ -10,14 +10,25 @@ import sys
 import threading
 from pathlib import Path
 
+import io
+
 import grpc
+import numpy as np
 import pytest
+from PIL import Image
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from matcher.templates import EmbeddingTemplate
 from tambua.v1 import tambua_pb2 as pb
 from tambua.v1 import tambua_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels.squeeze()).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 class Server:
@@ -102,6 +113,14 @@ def test_enrol_dedup_verify_delete_and_survive_sigkill(server, orl):
                      id="bad-template"),
         pytest.param(pb.Sample(modality=pb.FACE, image=b"\0" * (33 * 1024 * 1024)),
                      grpc.StatusCode.RESOURCE_EXHAUSTED, id="oversized"),
+        pytest.param(pb.Sample(modality=pb.FACE, image=_png(np.full((300, 400, 3), 128, np.uint8) +
+                                                           np.arange(400, dtype=np.uint8)[None, :, None] // 4)),
+                     grpc.StatusCode.INVALID_ARGUMENT, id="no-face"),
+        pytest.param(pb.Sample(modality=pb.FACE, template=EmbeddingTemplate(
+            "face/other-v2", np.ones(128, np.float32)).to_bytes()), grpc.StatusCode.FAILED_PRECONDITION,
+            id="other-model-template"),
+        pytest.param(pb.Sample(modality=pb.FACE, image=_png(np.zeros((8000, 7000, 1), np.uint8).repeat(1, 2))),
+                     grpc.StatusCode.INVALID_ARGUMENT, id="oversized-pixels"),
     ],
 )
 def test_bad_input_gets_a_status_and_stores_nothing(server, sample, code):
