@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from matcher.calibration import Calibration, score_of_distance
-from matcher.errors import InvalidInput, ModelMismatch, NotFound, Unimplemented
+from matcher.errors import DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, Unimplemented
 from matcher.gallery import FlatGallery, Gallery
 from matcher.store import StoredTemplate, Subject, SubjectStore
 from matcher.templates import EmbeddingTemplate
@@ -137,12 +137,19 @@ class Engine:
         with self._locks_guard:
             return self._locks.setdefault(partition, threading.Lock())
 
-    def templates_of(self, samples: list[SampleInput]) -> tuple[StoredTemplate, ...]:
+    @staticmethod
+    def check_deadline(deadline: float | None) -> None:
+        """Abandon the request when its deadline (``time.monotonic()`` seconds) has passed."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("the request's deadline passed before it completed")
+
+    def templates_of(self, samples: list[SampleInput], deadline: float | None = None) -> tuple[StoredTemplate, ...]:
         """Extract (or parse and check) every sample's template."""
         if not samples:
             raise InvalidInput("the request has no samples")
         out = []
         for s in samples:
+            self.check_deadline(deadline)
             if s.modality not in SUPPORTED:
                 raise Unimplemented(f"{s.modality} matching is not available yet")
             ex = self.extractors[s.modality]
@@ -173,9 +180,13 @@ class Engine:
                 for h in hits]
 
     def enroll(self, subject_id: str, partition: str, samples: list[SampleInput], force: bool = False,
-               adjudicated: tuple[str, ...] = ()) -> EnrollResult:
-        """Deduplicate, then store. A duplicate stores nothing unless ``force``."""
-        templates = self.templates_of(samples)
+               adjudicated: tuple[str, ...] = (), deadline: float | None = None) -> EnrollResult:
+        """Deduplicate, then store. A duplicate stores nothing unless ``force``.
+
+        A request whose deadline passes before the write stores nothing: its caller has
+        stopped waiting and would never learn of the enrolment.
+        """
+        templates = self.templates_of(samples, deadline)
         face = self._face(templates)
         subject = Subject(subject_id, partition, templates, tuple(adjudicated))
         with self._lock(partition):
@@ -183,18 +194,21 @@ class Engine:
                           if c.fpir <= self.thresholds.dedup_fpir]
             if candidates and not force:
                 return EnrollResult("DUPLICATE", subject_id, tuple(candidates), templates)
+            self.check_deadline(deadline)
             self.store.add(subject)  # synced to disk before we answer
             for t in templates:
                 self.galleries[t.modality].add(partition, subject_id, t.template)
         return EnrollResult("ENROLLED", subject_id, tuple(candidates), templates)
 
     def identify(self, partition: str, samples: list[SampleInput], max_candidates: int = 0,
-                 within: frozenset[str] | None = None) -> list[ScoredCandidate]:
-        face = self._face(self.templates_of(samples))
+                 within: frozenset[str] | None = None, deadline: float | None = None) -> list[ScoredCandidate]:
+        face = self._face(self.templates_of(samples, deadline))
+        self.check_deadline(deadline)
         return self._candidates(partition, face, max_candidates or self.thresholds.max_candidates, within)
 
-    def verify(self, subject_id: str, partition: str, samples: list[SampleInput]) -> VerifyResult:
-        probe = self._face(self.templates_of(samples))
+    def verify(self, subject_id: str, partition: str, samples: list[SampleInput],
+               deadline: float | None = None) -> VerifyResult:
+        probe = self._face(self.templates_of(samples, deadline))
         subject = self.store.get(partition, subject_id)
         enrolled = [t for t in subject.templates if t.modality == "face"]
         if not enrolled:

@@ -73,6 +73,13 @@ class Overloaded(TambuaError):
     default_reason = "OVERLOADED"
 
 
+class DeadlineExceeded(TambuaError):
+    """The caller's deadline passed; the work was abandoned and nothing was stored."""
+
+    retriable = True
+    default_reason = "DEADLINE_EXCEEDED"
+
+
 class NotReady(TambuaError):
     """A component is still loading (models, gallery)."""
 

@@ -85,6 +85,12 @@ def _samples(msgs) -> list[SampleInput]:
     return out
 
 
+def _deadline(context) -> float | None:
+    """The call's deadline on ``time.monotonic()``'s clock, or None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 def _template_pb(t) -> pb.Template:
     return pb.Template(modality=_MODALITY_PB[t.modality], position=t.position, model_id=t.template.model_id,
                        data=t.template.to_bytes(), quality=t.template.quality)
@@ -129,7 +135,8 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     @_rpc
     def Enroll(self, request, context):
         r = self.engine.enroll(request.subject_id, request.partition or "default", _samples(request.samples),
-                               force=request.force, adjudicated=tuple(request.adjudicated_candidates))
+                               force=request.force, adjudicated=tuple(request.adjudicated_candidates),
+                               deadline=_deadline(context))
         return pb.EnrollResponse(
             outcome=pb.EnrollResponse.ENROLLED if r.outcome == "ENROLLED" else pb.EnrollResponse.DUPLICATE,
             subject_id=r.subject_id,
@@ -142,7 +149,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     def Identify(self, request, context):
         within = frozenset(request.within_subject_ids) if request.within_subject_ids else None
         cands = self.engine.identify(request.partition or "default", _samples(request.samples),
-                                     request.max_candidates, within)
+                                     request.max_candidates, within, _deadline(context))
         return pb.IdentifyResponse(
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in cands],
             model_ids=self._model_ids(),
@@ -150,18 +157,20 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @_rpc
     def Verify(self, request, context):
-        r = self.engine.verify(request.subject_id, request.partition or "default", _samples(request.samples))
+        r = self.engine.verify(request.subject_id, request.partition or "default", _samples(request.samples),
+                               _deadline(context))
         return pb.VerifyResponse(match=r.match, score=r.score, fmr=r.fmr, model_ids=[r.model_id])
 
     @_rpc
     def Compare(self, request, context):
-        a, b = self.engine.templates_of(_samples([request.a, request.b]))
+        a, b = self.engine.templates_of(_samples([request.a, request.b]), _deadline(context))
         r = self.engine.compare(a.template, b.template)
         return pb.CompareResponse(score=r.score, fmr=r.fmr, model_id=r.model_id)
 
     @_rpc
     def Extract(self, request, context):
-        return pb.ExtractResponse(templates=[_template_pb(t) for t in self.engine.templates_of(_samples(request.samples))])
+        templates = self.engine.templates_of(_samples(request.samples), _deadline(context))
+        return pb.ExtractResponse(templates=[_template_pb(t) for t in templates])
 
     @_rpc
     def GetSubject(self, request, context):

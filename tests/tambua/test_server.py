@@ -169,3 +169,30 @@ def test_cli_contract(server, orl, capsys):
     assert "NOT_FOUND" in capsys.readouterr().err
     assert main(["stats", "--address", server.address, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["subjects"] == 1
+
+
+def test_expired_deadline_stores_nothing(server, orl):
+    import time
+
+    with pytest.raises(grpc.RpcError) as e:
+        server.stub.Enroll(pb.EnrollRequest(subject_id="late", samples=[face(orl, 12, 1)]), timeout=0.005)
+    assert e.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(1.0)  # let the abandoned handler run to its end
+    assert server.stub.Stats(pb.StatsRequest()).subjects == 0
+
+
+def test_extract_then_enrol_compare_and_get_by_template(server, orl):
+    stub = server.stub
+    (tpl,) = stub.Extract(pb.ExtractRequest(samples=[face(orl, 13, 1)])).templates
+    assert tpl.model_id == "face/dlib-resnet-v1" and 0 < tpl.quality <= 100
+    as_sample = pb.Sample(modality=pb.FACE, template=tpl.data)
+    assert stub.Enroll(pb.EnrollRequest(subject_id="T13", samples=[as_sample])).outcome == pb.EnrollResponse.ENROLLED
+    same = stub.Compare(pb.CompareRequest(a=face(orl, 13, 2), b=as_sample))
+    other = stub.Compare(pb.CompareRequest(a=face(orl, 14, 2), b=as_sample))
+    assert same.score > other.score and same.fmr < 1e-3 < other.fmr
+    got = stub.GetSubject(pb.SubjectRequest(subject_id="T13"))
+    assert got.templates[0].data == tpl.data and got.created_unix_ms > 0
+    forced = stub.Enroll(pb.EnrollRequest(subject_id="T13b", samples=[face(orl, 13, 3)], force=True,
+                                          adjudicated_candidates=["T13"]))
+    assert forced.outcome == pb.EnrollResponse.ENROLLED and forced.candidates[0].subject_id == "T13"
+    assert list(stub.GetSubject(pb.SubjectRequest(subject_id="T13b")).linked_subject_ids) == ["T13"]
