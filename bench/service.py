@@ -1,9 +1,9 @@
 """Identify latency over gRPC beside pure search: ``python -m bench.service --gallery 10000 100000 --json OUT``.
 
 A real server (in this process, on a free loopback port) over a store bulk-loaded with
-synthetic face templates drawn like ``bench.search``'s. Probes are sent as templates,
-so the numbers are the service's matching path (parse, search, scoring, gRPC), not
-face extraction (see ``bench.face_speed`` for that).
+synthetic face templates drawn like ``bench.search``'s. Probes are sent as templates
+(the service's matching path: parse, search, scoring, gRPC) and, with ``--image-probes
+DIR``, also as real photos from DIR (extraction + search: what a registration app sees).
 """
 
 from __future__ import annotations
@@ -25,20 +25,11 @@ from matcher.templates import EmbeddingTemplate
 MODEL = "face/dlib-resnet-v1"
 
 
-class _TemplateOnly:
-    """Stands in for the face extractor: this benchmark sends templates, never images."""
-
-    model_id = MODEL
-
-    def extract(self, data: bytes) -> EmbeddingTemplate:  # pragma: no cover - never called
-        raise NotImplementedError
-
-
 def _percentiles(ms: list[float]) -> dict:
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def run(n: int, queries: int, workdir: Path) -> dict:
+def run(n: int, queries: int, workdir: Path, images: list[bytes]) -> dict:
     from tambua.config import Config
     from tambua.server import create_server
     from tambua.v1 import tambua_pb2 as pb
@@ -54,7 +45,9 @@ def run(n: int, queries: int, workdir: Path) -> dict:
         ])
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    engine = Engine(store, {"face": _TemplateOnly()})
+    from enroll.face.pipeline import FaceExtractor
+
+    engine = Engine(store, {"face": FaceExtractor()})
     rebuild_s = time.perf_counter() - t0
     server, port, _ = create_server(Config(port=0, metrics_port=-1), engine)
     server.start()
@@ -72,6 +65,12 @@ def run(n: int, queries: int, workdir: Path) -> dict:
         t0 = time.perf_counter()
         engine.galleries["face"].search("default", [p], 10)
         search_ms.append((time.perf_counter() - t0) * 1000)
+    image_ms = []
+    for img in images:
+        req = pb.IdentifyRequest(samples=[pb.Sample(modality=pb.FACE, image=img)], max_candidates=10)
+        t0 = time.perf_counter()
+        stub.Identify(req, timeout=30)
+        image_ms.append((time.perf_counter() - t0) * 1000)
     server.stop(0)
     store.close()
     return {
@@ -83,6 +82,7 @@ def run(n: int, queries: int, workdir: Path) -> dict:
         "service_overhead_p50_ms": float(np.percentile(rpc_ms, 50) - np.percentile(search_ms, 50)),
         "mate_rank1": hits / queries,
         "queries": queries,
+        **({"identify_rpc_image_probe": _percentiles(image_ms), "image_queries": len(image_ms)} if image_ms else {}),
     }
 
 
@@ -90,12 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gallery", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--image-probes", type=Path, help="folder of face photos sent as image probes (recursive)")
     p.add_argument("--json", required=True, type=Path)
     args = p.parse_args(argv)
+    images = []
+    if args.image_probes:
+        files = sorted(f for f in args.image_probes.rglob("*") if f.suffix.lower() in {".jpg", ".png", ".pgm"})
+        images = [f.read_bytes() for f in files[: args.queries]]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.gallery:
-            runs.append(run(n, args.queries, Path(tmp)))
+            runs.append(run(n, args.queries, Path(tmp), images))
             print(json.dumps(runs[-1]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")

@@ -1,6 +1,7 @@
 """The ``tambua`` command: ``serve`` and client commands (a stable contract for other tooling).
 
-Client commands take ``--address HOST:PORT`` (default ``localhost:50051``); ``--json`` prints
+Client commands take ``--address HOST:PORT`` (default ``$TAMBUA_ADDRESS``, else
+``localhost:50051``); ``--json`` prints
 one JSON object on stdout. Errors exit non-zero with the gRPC status name and the reason on stderr.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def client(name: str, help_: str):
         c = sub.add_parser(name, help=help_)
-        c.add_argument("--address", default="localhost:50051")
+        c.add_argument("--address", default=os.environ.get("TAMBUA_ADDRESS", "localhost:50051"),
+                       help="server HOST:PORT (default $TAMBUA_ADDRESS or localhost:50051)")
         c.add_argument("--json", action="store_true")
         c.add_argument("--partition", default="")
         return c

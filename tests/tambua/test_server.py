@@ -196,3 +196,42 @@ def test_extract_then_enrol_compare_and_get_by_template(server, orl):
                                           adjudicated_candidates=["T13"]))
     assert forced.outcome == pb.EnrollResponse.ENROLLED and forced.candidates[0].subject_id == "T13"
     assert list(stub.GetSubject(pb.SubjectRequest(subject_id="T13b")).linked_subject_ids) == ["T13"]
+
+
+def _two_faces_jpeg(orl: Path) -> bytes:
+    a, b = (np.asarray(Image.open(orl / f"s{p}" / "1.pgm").convert("L").resize((184, 224))) for p in (15, 16))
+    canvas = np.full((320, 480), 200, np.uint8)
+    canvas[48:272, 20:204], canvas[48:272, 276:460] = a, b
+    buf = io.BytesIO()
+    Image.fromarray(canvas).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_two_faces_truncated_and_unknown_subject_over_grpc(server, orl):
+    whole = (orl / "s17" / "1.pgm").read_bytes()
+    jpeg = io.BytesIO()
+    Image.open(orl / "s17" / "1.pgm").save(jpeg, format="JPEG")
+    cases = {
+        "MULTIPLE_FACES": pb.Sample(modality=pb.FACE, image=_two_faces_jpeg(orl)),
+        "IMAGE_TRUNCATED": pb.Sample(modality=pb.FACE, image=jpeg.getvalue()[: len(jpeg.getvalue()) // 2]),
+    }
+    for reason, sample in cases.items():
+        with pytest.raises(grpc.RpcError) as e:
+            _enroll(server.stub, "bad", sample)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT, reason
+        assert reason in _reason(e.value), e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        server.stub.Verify(pb.VerifyRequest(subject_id="nobody", samples=[pb.Sample(modality=pb.FACE, image=whole)]))
+    assert e.value.code() is grpc.StatusCode.NOT_FOUND and "nobody" in e.value.details()
+    assert server.stub.Stats(pb.StatsRequest()).subjects == 0
+
+
+def _reason(err: grpc.RpcError) -> str:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    info = error_details_pb2.ErrorInfo()
+    for detail in rpc_status.from_call(err).details:
+        if detail.Unpack(info):
+            return info.reason
+    return ""
