@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m bench.accuracy --modality face --root DIR --layout {folders,lfw-pairs} \\
-        --json OUT [--plot PNG]
+    python -m bench.accuracy --modality {face,fingerprint} --root DIR --layout {folders,lfw-pairs} \\
+        [--protocol {all,fvc}] --json OUT [--plot PNG]
 
 Layouts:
     folders    every subfolder of DIR is one identity; genuine pairs are all pairs
@@ -11,6 +11,13 @@ Layouts:
     lfw-pairs  DIR holds ``pairs.txt`` (first line ``FOLDS N``, then per fold N matched
                and N mismatched lines) and ``lfw/NAME/NAME_NNNN.jpg``; accuracy is the
                LFW protocol (threshold chosen on the other folds, mean over folds).
+
+Protocols (folders layout):
+    all        genuine = every pair within an identity, impostor = every pair across.
+    fvc        the FVC 2000-2004 protocol (default for fingerprints): genuine = every
+               pair of impressions of a finger, impostor = the first impression of each
+               finger against the first of every other; the same measures over all
+               cross-finger pairs go under ``all_impostors``.
 
 Output keys (stable; every modality reports them): ``eer``, ``fnmr_at_fmr`` (map
 over 1e-2/1e-3/1e-4 where the impostor count allows), ``accuracy`` (lfw-pairs),
@@ -45,15 +52,20 @@ class Modality:
 
     Attributes:
         name: CLI name.
-        make_extractor: () -> object with ``extract(bytes)`` returning a template with ``.vector``.
-        score: (A (n,d), B (n,d)) -> (n,) similarity, higher = more alike.
+        make_extractor: () -> object with ``extract(bytes)`` returning a template.
+        prepare: list of templates (None for a failure to enrol) -> comparable features.
+        score: (features, pairs (n, 2) indices into them) -> (n,) similarity, higher =
+            more alike; only called on pairs whose both sides enrolled.
         score_meaning: human description written into the JSON.
+        default_protocol: ``all`` or ``fvc`` for the folders layout.
     """
 
     name: str
     make_extractor: Callable[[], object]
-    score: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    prepare: Callable[[list], object]
+    score: Callable[[object, np.ndarray], np.ndarray]
     score_meaning: str
+    default_protocol: str = "all"
 
 
 def _face_extractor():
@@ -62,12 +74,48 @@ def _face_extractor():
     return FaceExtractor()
 
 
+def _stack_vectors(templates: list) -> np.ndarray:
+    dim = next((t.vector.size for t in templates if t is not None), 1)
+    out = np.full((len(templates), dim), np.nan, np.float32)
+    for i, t in enumerate(templates):
+        if t is not None:
+            out[i] = t.vector
+    return out
+
+
+def _finger_extractor():
+    from enroll.finger.pipeline import FingerExtractor
+
+    return FingerExtractor()
+
+
+def _cylinders(templates: list) -> list:
+    from matcher import mcc
+
+    return [None if t is None else mcc.encode(t.minutiae) for t in templates]
+
+
+def _mcc_scores(cyl: list, pairs: np.ndarray) -> np.ndarray:
+    from matcher import mcc
+
+    return np.array([mcc.similarity(cyl[a], cyl[b]) for a, b in pairs], np.float64)
+
+
 MODALITIES = {
     "face": Modality(
         "face",
         _face_extractor,
-        lambda a, b: -np.linalg.norm(a - b, axis=1),
+        _stack_vectors,
+        lambda v, pairs: -np.linalg.norm(v[pairs[:, 0]] - v[pairs[:, 1]], axis=1),
         "negative Euclidean distance of dlib ResNet embeddings (dlib's same-person threshold: -0.6)",
+    ),
+    "fingerprint": Modality(
+        "fingerprint",
+        _finger_extractor,
+        _cylinders,
+        _mcc_scores,
+        "MCC (bit-based, LSS-R) similarity of LEADER minutiae, 0..1",
+        default_protocol="fvc",
     ),
 }
 
@@ -81,9 +129,10 @@ class PairSet:
     genuine: np.ndarray  # (G, 2) image indices
     impostor: np.ndarray  # (I, 2)
     folds: np.ndarray | None = None  # per pair in [genuine; impostor] order (lfw-pairs)
+    all_impostors: np.ndarray | None = None  # fvc protocol: every cross-identity pair
 
 
-def load_folders(root: Path) -> PairSet:
+def load_folders(root: Path, protocol: str = "all") -> PairSet:
     images, ids = [], []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         for f in sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
@@ -94,7 +143,13 @@ def load_folders(root: Path) -> PairSet:
     idx = np.arange(len(images))
     a, b = np.triu_indices(len(images), k=1)
     same = np.array(ids)[a] == np.array(ids)[b]
-    return PairSet(images, ids, np.stack([idx[a[same]], idx[b[same]]], 1), np.stack([a[~same], b[~same]], 1))
+    impostor = np.stack([a[~same], b[~same]], 1)
+    if protocol == "fvc":
+        first = {ids.index(name) for name in set(ids)}  # images are sorted within each identity
+        is_first = np.array([i in first for i in range(len(images))])
+        return PairSet(images, ids, np.stack([idx[a[same]], idx[b[same]]], 1),
+                       impostor[is_first[impostor[:, 0]] & is_first[impostor[:, 1]]], all_impostors=impostor)
+    return PairSet(images, ids, np.stack([idx[a[same]], idx[b[same]]], 1), impostor)
 
 
 def load_lfw_pairs(root: Path) -> PairSet:
@@ -127,44 +182,38 @@ def load_lfw_pairs(root: Path) -> PairSet:
 
 
 def extract_all(modality: Modality, images: list[Path], progress: bool):
-    """Extract every image; returns (vectors (n,d) with NaN rows for failures, ok mask, ms list, reasons)."""
+    """Extract every image; returns (templates with None for failures, ok mask, ms list, reasons)."""
     from tqdm import tqdm
 
     extractor = modality.make_extractor()
-    vecs, ok, ms = [], [], []
+    templates, ms = [], []
     reasons: collections.Counter[str] = collections.Counter()
     for p in tqdm(images, desc=f"extract {modality.name}", unit="img", disable=not progress, file=sys.stderr):
         data = p.read_bytes()
         t0 = time.perf_counter()
         try:
-            tpl = extractor.extract(data)
+            templates.append(extractor.extract(data))
             ms.append((time.perf_counter() - t0) * 1000)
-            vecs.append(tpl.vector)
-            ok.append(True)
         except Exception as e:  # noqa: BLE001 - every failure is a failure to enrol, tallied by reason
             reasons[getattr(e, "reason", type(e).__name__)] += 1
-            vecs.append(None)
-            ok.append(False)
-    dim = next((v.size for v in vecs if v is not None), 1)
-    out = np.full((len(images), dim), np.nan, np.float32)
-    for i, v in enumerate(vecs):
-        if v is not None:
-            out[i] = v
-    return out, np.array(ok), ms, dict(reasons)
+            templates.append(None)
+    return templates, np.array([t is not None for t in templates]), ms, dict(reasons)
 
 
-def pair_scores(modality: Modality, vecs: np.ndarray, ok: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+def pair_scores(modality: Modality, features, ok: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Scores of ``pairs``; a pair with a failure to enrol scores -inf (a non-match)."""
     if len(pairs) == 0:
         return np.empty(0)
     s = np.full(len(pairs), -np.inf)
-    good = ok[pairs[:, 0]] & ok[pairs[:, 1]]
-    for start in range(0, int(good.sum()), 1_000_000):
-        sel = np.nonzero(good)[0][start : start + 1_000_000]
-        s[sel] = modality.score(vecs[pairs[sel, 0]], vecs[pairs[sel, 1]])
+    good = np.nonzero(ok[pairs[:, 0]] & ok[pairs[:, 1]])[0]
+    for start in range(0, len(good), 1_000_000):
+        sel = good[start : start + 1_000_000]
+        s[sel] = modality.score(features, pairs[sel])
     return s
 
 
-def rank1_of(vecs: np.ndarray, ok: np.ndarray, images: list[Path], ids: list[str]) -> tuple[float, int]:
+def rank1_of(modality: Modality, features, ok: np.ndarray, images: list[Path], ids: list[str]) -> tuple[float, int]:
+    """Closed-set rank-1: gallery = first sorted sample of each identity, probes = the rest."""
     by_id: dict[str, list[int]] = collections.defaultdict(list)
     for i, name in enumerate(ids):
         by_id[name].append(i)
@@ -175,15 +224,30 @@ def rank1_of(vecs: np.ndarray, ok: np.ndarray, images: list[Path], ids: list[str
     probes = [p for p in probes if p not in gset]
     if not gallery or not probes:
         return float("nan"), 0
-    pv = np.nan_to_num(vecs[probes])
-    r = metrics.rank1(vecs[gallery], [ids[g] for g in gallery], pv, [ids[p] for p in probes], ok[probes])
-    return r, len(probes)
+    pairs = np.array([(p, g) for p in probes for g in gallery])
+    scores = pair_scores(modality, features, ok, pairs).reshape(len(probes), len(gallery))
+    best = np.array(gallery)[np.argmax(scores, axis=1)]
+    hit = np.array([ok[p] and ids[b] == ids[p] for p, b in zip(probes, best)])
+    return float(hit.mean()), len(probes)
+
+
+def _error_rates(gen: np.ndarray, imp: np.ndarray) -> dict:
+    out: dict = {"eer": metrics.eer(gen, imp), "fnmr_at_fmr": {}, "thresholds_at_fmr": {},
+                 "zero_fmr": metrics.zero_fmr(gen, imp), "impostor_pairs": int(len(imp))}
+    for target in FMR_TARGETS:
+        if len(imp) * target >= 1:  # at least one impostor may match at that rate
+            fnmr, thr = metrics.fnmr_at_fmr(gen, imp, target)
+            out["fnmr_at_fmr"][f"{target:g}"] = fnmr
+            out["thresholds_at_fmr"][f"{target:g}"] = thr
+    return out
 
 
 def evaluate(modality: Modality, pairs: PairSet, progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
-    vecs, ok, ms, reasons = extract_all(modality, pairs.images, progress)
-    gen = pair_scores(modality, vecs, ok, pairs.genuine)
-    imp = pair_scores(modality, vecs, ok, pairs.impostor)
+    templates, ok, ms, reasons = extract_all(modality, pairs.images, progress)
+    features = modality.prepare(templates)
+    gen = pair_scores(modality, features, ok, pairs.genuine)
+    imp = pair_scores(modality, features, ok, pairs.impostor)
+    rates = _error_rates(gen, imp)
     result: dict = {
         "modality": modality.name,
         "score": modality.score_meaning,
@@ -192,20 +256,17 @@ def evaluate(modality: Modality, pairs: PairSet, progress: bool = True) -> tuple
         "impostor_pairs": int(len(imp)),
         "failure_to_enrol": float(1.0 - ok.mean()),
         "failure_reasons": reasons,
-        "eer": metrics.eer(gen, imp),
-        "fnmr_at_fmr": {},
-        "thresholds_at_fmr": {},
-        "zero_fmr": metrics.zero_fmr(gen, imp),
+        "eer": rates["eer"],
+        "fnmr_at_fmr": rates["fnmr_at_fmr"],
+        "thresholds_at_fmr": rates["thresholds_at_fmr"],
+        "zero_fmr": rates["zero_fmr"],
         "extract_ms_median": float(np.median(ms)) if ms else None,
     }
-    for target in FMR_TARGETS:
-        if len(imp) * target >= 1:  # at least one impostor may match at that rate
-            fnmr, thr = metrics.fnmr_at_fmr(gen, imp, target)
-            result["fnmr_at_fmr"][f"{target:g}"] = fnmr
-            result["thresholds_at_fmr"][f"{target:g}"] = thr
     result["tar_at_far_1e-3"] = (
         1.0 - result["fnmr_at_fmr"]["0.001"] if "0.001" in result["fnmr_at_fmr"] else None
     )
+    if pairs.all_impostors is not None:
+        result["all_impostors"] = _error_rates(gen, pair_scores(modality, features, ok, pairs.all_impostors))
     if pairs.folds is not None:
         scores = np.concatenate([gen, imp])
         same = np.concatenate([np.ones(len(gen), bool), np.zeros(len(imp), bool)])
@@ -214,7 +275,7 @@ def evaluate(modality: Modality, pairs: PairSet, progress: bool = True) -> tuple
         result["folds"] = int(len(np.unique(pairs.folds)))
     else:
         result["accuracy"] = None
-    result["rank1"], result["rank1_probes"] = rank1_of(vecs, ok, pairs.images, pairs.identity)
+    result["rank1"], result["rank1_probes"] = rank1_of(modality, features, ok, pairs.images, pairs.identity)
     return result, gen, imp
 
 
@@ -242,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modality", required=True, choices=sorted(MODALITIES))
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--layout", required=True, choices=["folders", "lfw-pairs"])
+    parser.add_argument("--protocol", choices=["all", "fvc"], help="folders layout (default: the modality's)")
     parser.add_argument("--json", required=True, type=Path, help="where to write the results")
     parser.add_argument("--plot", type=Path, help="DET curve PNG")
     parser.add_argument("--no-progress", action="store_true")
@@ -250,11 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--root {args.root} is not a folder")
     # One request at a time on one core is the deployment we measure; keep BLAS/OMP quiet.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    pairs = load_lfw_pairs(args.root) if args.layout == "lfw-pairs" else load_folders(args.root)
     modality = MODALITIES[args.modality]
+    protocol = args.protocol or modality.default_protocol
+    pairs = load_lfw_pairs(args.root) if args.layout == "lfw-pairs" else load_folders(args.root, protocol)
     result, gen, imp = evaluate(modality, pairs, progress=not args.no_progress)
     result["root"] = str(args.root)
     result["layout"] = args.layout
+    result["protocol"] = protocol if args.layout == "folders" else "lfw"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:

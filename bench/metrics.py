@@ -68,13 +68,3 @@ def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> t
         t = best_accuracy_threshold(scores[train], same[train])
         accs.append(float(np.mean((scores[test] >= t) == same[test])))
     return float(np.mean(accs)), float(np.std(accs))
-
-
-def rank1(gallery: np.ndarray, gallery_ids: list, probes: np.ndarray, probe_ids: list, probe_ok: np.ndarray) -> float:
-    """Closed-set rank-1 identification rate by Euclidean distance; failed probes count as misses."""
-    if len(probes) == 0:
-        return float("nan")
-    d = ((probes[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
-    best = np.argmin(d, axis=1)
-    hits = np.array([gallery_ids[b] == pid for b, pid in zip(best, probe_ids)]) & probe_ok
-    return float(hits.mean())

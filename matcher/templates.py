@@ -17,7 +17,37 @@ from matcher.errors import ModelMismatch, TemplateFormatError
 _MAGIC = b"TMBT"
 _FORMAT_VERSION = 1
 _HEADER = struct.Struct("<4sHB")  # magic, format version, model id length
-_MODALITIES = ("face", "fingerprint", "iris")
+_FIELDS = struct.Struct("<BH")  # quality, dimension
+_MODALITIES = ("face", "finger", "iris")
+
+
+def pack_header(magic: bytes, model_id: str, fields: struct.Struct, *values) -> bytes:
+    """Magic, format version, model id, then the caller's fixed fields."""
+    mid = model_id.encode("ascii")
+    return _HEADER.pack(magic, _FORMAT_VERSION, len(mid)) + mid + fields.pack(*values)
+
+
+def unpack_header(data: bytes, magic: bytes, fields: struct.Struct) -> tuple[str, tuple, bytes]:
+    """Validate magic and version; return (model id, the fixed fields, the body after them).
+
+    Raises:
+        TemplateFormatError: too short, another kind of template, an unknown format
+            version (``TEMPLATE_VERSION``) or a corrupt header.
+    """
+    if len(data) < _HEADER.size:
+        raise TemplateFormatError("template bytes too short")
+    found, version, n = _HEADER.unpack_from(data)
+    if found != magic:
+        raise TemplateFormatError(f"not a Tambua template of this kind (magic {found!r}, expected {magic!r})")
+    if version != _FORMAT_VERSION:
+        raise TemplateFormatError(f"template format version {version} is not supported", "TEMPLATE_VERSION")
+    off = _HEADER.size
+    try:
+        model_id = bytes(data[off : off + n]).decode("ascii")
+        values = fields.unpack_from(data, off + n)
+    except (UnicodeDecodeError, struct.error) as e:
+        raise TemplateFormatError("template header is corrupt") from e
+    return model_id, values, bytes(data[off + n + fields.size :])
 
 
 @dataclass(frozen=True)
@@ -56,13 +86,9 @@ class EmbeddingTemplate:
             raise ModelMismatch(f"template made by {self.model_id}, expected {model_id}")
 
     def to_bytes(self) -> bytes:
-        mid = self.model_id.encode("ascii")
-        return (
-            _HEADER.pack(_MAGIC, _FORMAT_VERSION, len(mid))
-            + mid
-            + struct.pack("<BH", self.quality, self.vector.size)
-            + self.vector.astype("<f4").tobytes()
-        )
+        return pack_header(_MAGIC, self.model_id, _FIELDS, self.quality, self.vector.size) + self.vector.astype(
+            "<f4"
+        ).tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "EmbeddingTemplate":
@@ -71,20 +97,7 @@ class EmbeddingTemplate:
         Raises:
             TemplateFormatError: corrupt bytes or an unknown format version.
         """
-        if len(data) < _HEADER.size:
-            raise TemplateFormatError("template bytes too short")
-        magic, version, n = _HEADER.unpack_from(data)
-        if magic != _MAGIC:
-            raise TemplateFormatError("not a Tambua template")
-        if version != _FORMAT_VERSION:
-            raise TemplateFormatError(f"template format version {version} is not supported", "TEMPLATE_VERSION")
-        off = _HEADER.size
-        try:
-            model_id = bytes(data[off : off + n]).decode("ascii")
-            quality, dim = struct.unpack_from("<BH", data, off + n)
-        except (UnicodeDecodeError, struct.error) as e:
-            raise TemplateFormatError("template header is corrupt") from e
-        body = data[off + n + 3 :]
+        model_id, (quality, dim), body = unpack_header(data, _MAGIC, _FIELDS)
         if len(body) != 4 * dim:
             raise TemplateFormatError(f"template body has {len(body)} bytes, expected {4 * dim}")
         return cls(model_id, np.frombuffer(body, "<f4").astype(np.float32), quality)

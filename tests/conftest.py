@@ -44,3 +44,18 @@ def lfw() -> Path:
 @pytest.fixture(scope="session")
 def orl() -> Path:
     return require(ORL)
+
+
+FINGERPRINT = SHARED_DATA / "fingerprint"
+
+
+@pytest.fixture(scope="session")
+def fingerprints() -> Path:
+    return require(FINGERPRINT)
+
+
+@pytest.fixture(scope="session")
+def finger_extractor(models):
+    from enroll.finger.pipeline import FingerExtractor
+
+    return FingerExtractor(models)

@@ -26,10 +26,3 @@ def test_failure_to_enrol_counts_as_non_match():
     g = np.array([5.0, -np.inf])
     i = np.array([1.0, 2.0])
     assert metrics.fnmr_at_fmr(g, i, 0.0)[0] == 0.5
-
-
-def test_rank1():
-    gallery = np.array([[0.0, 0], [10, 10]])
-    probes = np.array([[1.0, 0], [9, 9], [0, 1]])
-    r = metrics.rank1(gallery, ["a", "b"], probes, ["a", "b", "b"], np.array([True, True, True]))
-    assert r == pytest.approx(2 / 3)

@@ -1,0 +1,1 @@
+"""Fingerprint image -> minutiae template: segmentation, quality gates, LEADER minutiae (ONNX)."""

@@ -1,0 +1,59 @@
+"""Minutiae by LEADER (ONNX) on the segmented foreground of a 500 dpi image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from enroll.finger.segment import Foreground
+from enroll.onnx_model import OnnxModel
+
+_MULTIPLE = 32  # the network downsamples five times
+_MARGIN = 16  # px kept around the foreground: the network sees the finger's edge as it was trained
+_DETECT = 0.55  # a minutia is an NMS peak of the quality channel at or above this
+_ENDING = 0.5  # type channel: >= 0.5 ridge ending, else bifurcation
+_BORDER = 8  # px: minutiae this close to the foreground edge are the edge, not the finger
+
+
+class LeaderMinutiae:
+    """Finds minutiae: (N, 5) float32 rows of x, y, angle (rad, counter-clockwise from +x,
+    y down), type (1 ending, 0 bifurcation), quality (0..1), best first.
+
+    Args:
+        path: the optimised LEADER graph built by ``models.build``.
+        expected_sha256: the manifest's hash of it.
+    """
+
+    def __init__(self, path: Path, expected_sha256: str | None = None) -> None:
+        self.model = OnnxModel(path, threads=1, expected_sha256=expected_sha256)
+
+    def __call__(self, grey: np.ndarray, fg: Foreground, max_minutiae: int = 150) -> np.ndarray:
+        h, w = grey.shape
+        x0, y0, x1, y1 = fg.bbox
+        x0, y0 = max(0, x0 - _MARGIN), max(0, y0 - _MARGIN)
+        x1, y1 = min(w, x1 + _MARGIN), min(h, y1 + _MARGIN)
+        crop = grey[y0:y1, x0:x1].astype(np.float32)
+        background = float(np.median(grey[~fg.mask])) if (~fg.mask).any() else float(crop[0, 0])
+        ch, cw = crop.shape
+        ph, pw = -(-ch // _MULTIPLE) * _MULTIPLE, -(-cw // _MULTIPLE) * _MULTIPLE
+        top, left = (ph - ch) // 2, (pw - cw) // 2
+        canvas = np.full((ph, pw), background, np.float32)
+        canvas[top:top + ch, left:left + cw] = crop
+        out = next(iter(self.model.run(canvas[None, :, :, None]).values()))[0]
+        out = out[top:top + ch, left:left + cw]
+        ys, xs = np.nonzero(out[..., 3] >= _DETECT)
+        keep = _inside(fg.mask, xs + x0, ys + y0)
+        ys, xs = ys[keep], xs[keep]
+        rows = np.stack([
+            xs + x0, ys + y0, out[ys, xs, 1], (out[ys, xs, 2] >= _ENDING).astype(np.float32), out[ys, xs, 3],
+        ], axis=1).astype(np.float32)
+        return rows[np.argsort(-rows[:, 4], kind="stable")][:max_minutiae]
+
+
+def _inside(mask: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """True where a point lies at least ``_BORDER`` px inside the foreground."""
+    import cv2
+
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((2 * _BORDER + 1, 2 * _BORDER + 1), np.uint8))
+    return inner[ys, xs].astype(bool)

@@ -1,0 +1,83 @@
+"""Fingerprint minutiae templates: the typed, versioned output of finger extraction.
+
+Stored as minutiae (what ISO/IEC 19794-2 carries too); the cylinders MCC compares are
+derived from them deterministically (:mod:`matcher.mcc`) and cached by galleries.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from matcher.errors import ModelMismatch, TemplateFormatError
+from matcher.templates import pack_header, unpack_header
+
+_MAGIC = b"TMBM"
+_FIELDS = struct.Struct("<BHHHH")  # quality, width, height, dpi, minutiae count
+MAX_MINUTIAE = 255
+
+
+@dataclass(frozen=True)
+class MinutiaeTemplate:
+    """Minutiae of one finger impression.
+
+    Attributes:
+        model_id: e.g. ``"finger/leader-mcc-v1"``.
+        minutiae: (N, 5) float32 rows: x, y (pixels at 500 dpi, y down), angle (radians,
+            counter-clockwise from +x as seen on the image, in [-pi, pi)), type (1 ridge
+            ending, 0 bifurcation), quality (0..1).
+        width / height: the image size the coordinates refer to (500 dpi).
+        quality: 0..100 sample quality score.
+    """
+
+    model_id: str
+    minutiae: np.ndarray = field(repr=False)
+    width: int
+    height: int
+    quality: int = 0
+
+    def __post_init__(self) -> None:
+        m = np.asarray(self.minutiae)
+        if m.ndim != 2 or m.shape[1] != 5 or m.dtype != np.float32 or len(m) > MAX_MINUTIAE:
+            raise TemplateFormatError("minutiae must be an (N<=255, 5) float32 array", "TEMPLATE_INVALID")
+        if not np.all(np.isfinite(m)):
+            raise TemplateFormatError("minutiae have non-finite values", "TEMPLATE_INVALID")
+        if not (0 < self.width <= 65535 and 0 < self.height <= 65535):
+            raise TemplateFormatError("template image size is out of range", "TEMPLATE_INVALID")
+        if len(m) and (m[:, 0].min() < 0 or m[:, 1].min() < 0 or m[:, 0].max() >= self.width
+                       or m[:, 1].max() >= self.height or np.abs(m[:, 2]).max() > np.pi + 1e-4):
+            raise TemplateFormatError("a minutia lies outside the image or has a bad angle", "TEMPLATE_INVALID")
+        if not self.model_id.startswith("finger/") or not self.model_id.isascii() or len(self.model_id) > 64:
+            raise TemplateFormatError(f"unknown model id {self.model_id!r}", "TEMPLATE_INVALID")
+        if not 0 <= self.quality <= 100:
+            raise TemplateFormatError("quality must be within 0..100", "TEMPLATE_INVALID")
+        m.setflags(write=False)
+
+    @property
+    def modality(self) -> str:
+        return "finger"
+
+    def require_model(self, model_id: str) -> None:
+        """Raise :class:`ModelMismatch` unless this template was made by ``model_id``."""
+        if self.model_id != model_id:
+            raise ModelMismatch(f"template made by {self.model_id}, expected {model_id}")
+
+    def to_bytes(self) -> bytes:
+        head = pack_header(_MAGIC, self.model_id, _FIELDS, self.quality, self.width, self.height, 500,
+                           len(self.minutiae))
+        return head + self.minutiae.astype("<f4").tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "MinutiaeTemplate":
+        """Parse and validate serialised template bytes.
+
+        Raises:
+            TemplateFormatError: corrupt bytes or an unknown format version.
+        """
+        model_id, (quality, width, height, _dpi, count), body = unpack_header(data, _MAGIC, _FIELDS)
+        if len(body) != 20 * count:
+            raise TemplateFormatError(f"template body has {len(body)} bytes, expected {20 * count}")
+        rows = np.frombuffer(body, "<f4").astype(np.float32).reshape(count, 5)
+        return cls(model_id, rows, width, height, quality)
