@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench.accuracy --modality {face,fingerprint} --root DIR --layout {folders,lfw-pairs} \\
+    python -m bench.accuracy --modality {face,fingerprint,fingerprint-nbis} --root DIR --layout {folders,lfw-pairs} \\
         [--protocol {all,fvc}] --json OUT [--plot PNG]
 
 Layouts:
@@ -57,7 +57,12 @@ class Modality:
         score: (features, pairs (n, 2) indices into them) -> (n,) similarity, higher =
             more alike; only called on pairs whose both sides enrolled.
         score_meaning: human description written into the JSON.
+        to_distance: score -> the model's calibration distance (lower = more alike).
         default_protocol: ``all`` or ``fvc`` for the folders layout.
+        shortlist_ranks: optional (templates, gallery indices, probe indices) -> rank of
+            each probe's mate in the modality's 1:N shortlist (-1 when not shortlisted).
+        tail_model: how the calibration extrapolates below its smallest measured rate
+            (see :class:`matcher.calibration.Calibration`).
     """
 
     name: str
@@ -65,7 +70,10 @@ class Modality:
     prepare: Callable[[list], object]
     score: Callable[[object, np.ndarray], np.ndarray]
     score_meaning: str
+    to_distance: Callable[[np.ndarray], np.ndarray]
     default_protocol: str = "all"
+    shortlist_ranks: Callable[[list, list[int], list[int], list[str]], np.ndarray] | None = None
+    tail_model: str = "gaussian"
 
 
 def _face_extractor():
@@ -95,10 +103,37 @@ def _cylinders(templates: list) -> list:
     return [None if t is None else mcc.encode(t.minutiae) for t in templates]
 
 
+def _finger_shortlist_ranks(templates: list, gallery: list[int], probes: list[int], ids: list[str]) -> np.ndarray:
+    from matcher.finger_index import FingerIndex
+
+    index = FingerIndex()
+    for g in gallery:
+        index.add("bench", str(g), 1, templates[g].minutiae)
+    owner = {ids[g]: str(g) for g in gallery}
+    ranks = []
+    for p in probes:
+        found = index.shortlist("bench", 1, templates[p].minutiae, len(gallery)) if templates[p] is not None else []
+        mate = owner.get(ids[p])
+        ranks.append(found.index(mate) if mate in found else -1)
+    return np.array(ranks)
+
+
 def _mcc_scores(cyl: list, pairs: np.ndarray) -> np.ndarray:
     from matcher import mcc
 
     return np.array([mcc.similarity(cyl[a], cyl[b]) for a, b in pairs], np.float64)
+
+
+def _nbis_extractor():
+    from bench.nbis import NbisExtractor
+
+    return NbisExtractor()
+
+
+def _bozorth3(templates: list, pairs: np.ndarray) -> np.ndarray:
+    from bench.nbis import bozorth3_scores
+
+    return bozorth3_scores(templates, pairs)
 
 
 MODALITIES = {
@@ -108,6 +143,7 @@ MODALITIES = {
         _stack_vectors,
         lambda v, pairs: -np.linalg.norm(v[pairs[:, 0]] - v[pairs[:, 1]], axis=1),
         "negative Euclidean distance of dlib ResNet embeddings (dlib's same-person threshold: -0.6)",
+        lambda s: -s,
     ),
     "fingerprint": Modality(
         "fingerprint",
@@ -115,6 +151,19 @@ MODALITIES = {
         _cylinders,
         _mcc_scores,
         "MCC (bit-based, LSS-R) similarity of LEADER minutiae, 0..1",
+        lambda s: 1.0 - s,
+        default_protocol="fvc",
+        shortlist_ranks=_finger_shortlist_ranks,
+        tail_model="floor",
+    ),
+    # The NIST baseline, measured beside ours on the same pairs (bench/nbis.py; extra "nbis").
+    "fingerprint-nbis": Modality(
+        "fingerprint-nbis",
+        _nbis_extractor,
+        lambda templates: templates,
+        _bozorth3,
+        "NIST Bozorth3 score of NBIS mindtct minutiae (NIST's suggested match threshold: 40)",
+        lambda s: -s,
         default_protocol="fvc",
     ),
 }
@@ -132,10 +181,20 @@ class PairSet:
     all_impostors: np.ndarray | None = None  # fvc protocol: every cross-identity pair
 
 
-def load_folders(root: Path, protocol: str = "all") -> PairSet:
+def load_exclusions(path: Path | None) -> set[str]:
+    """Image paths (``set/folder/file``, relative to the data root) to leave out: known label
+    noise, one per line, ``#`` comments. Results name the file; both runs are reported."""
+    if path is None:
+        return set()
+    return {line.split("#")[0].split()[0] for line in path.read_text().splitlines() if line.split("#")[0].strip()}
+
+
+def load_folders(root: Path, protocol: str = "all", exclude: set[str] = frozenset()) -> PairSet:
     images, ids = [], []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         for f in sorted(p for p in sub.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
+            if f"{root.name}/{f.relative_to(root).as_posix()}" in exclude:
+                continue
             images.append(f)
             ids.append(sub.name)
     if not images:
@@ -212,8 +271,8 @@ def pair_scores(modality: Modality, features, ok: np.ndarray, pairs: np.ndarray)
     return s
 
 
-def rank1_of(modality: Modality, features, ok: np.ndarray, images: list[Path], ids: list[str]) -> tuple[float, int]:
-    """Closed-set rank-1: gallery = first sorted sample of each identity, probes = the rest."""
+def closed_set(ok: np.ndarray, images: list[Path], ids: list[str]) -> tuple[list[int], list[int]]:
+    """Gallery = first sorted sample of each identity that enrolled, probes = the others."""
     by_id: dict[str, list[int]] = collections.defaultdict(list)
     for i, name in enumerate(ids):
         by_id[name].append(i)
@@ -221,7 +280,12 @@ def rank1_of(modality: Modality, features, ok: np.ndarray, images: list[Path], i
     gallery = [g for g in gallery if ok[g]]
     probes = [i for v in by_id.values() if len(v) > 1 for i in sorted(v, key=lambda i: images[i].name)[1:]]
     gset = set(gallery)
-    probes = [p for p in probes if p not in gset]
+    return gallery, [p for p in probes if p not in gset]
+
+
+def rank1_of(modality: Modality, features, ok: np.ndarray, images: list[Path], ids: list[str]) -> tuple[float, int]:
+    """Closed-set rank-1 (failed probes count as misses)."""
+    gallery, probes = closed_set(ok, images, ids)
     if not gallery or not probes:
         return float("nan"), 0
     pairs = np.array([(p, g) for p in probes for g in gallery])
@@ -276,6 +340,13 @@ def evaluate(modality: Modality, pairs: PairSet, progress: bool = True) -> tuple
     else:
         result["accuracy"] = None
     result["rank1"], result["rank1_probes"] = rank1_of(modality, features, ok, pairs.images, pairs.identity)
+    if modality.shortlist_ranks is not None:
+        gallery, probes = closed_set(ok, pairs.images, pairs.identity)
+        ranks = modality.shortlist_ranks(templates, gallery, probes, pairs.identity)
+        result["shortlist_hit_rate_at_penetration"] = {
+            f"{pen:g}": float(np.mean((ranks >= 0) & (ranks < max(1, round(pen * len(gallery))))))
+            for pen in (0.01, 0.05)
+        }
     return result, gen, imp
 
 
@@ -304,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--layout", required=True, choices=["folders", "lfw-pairs"])
     parser.add_argument("--protocol", choices=["all", "fvc"], help="folders layout (default: the modality's)")
+    parser.add_argument("--exclude", type=Path, help="file of known mislabelled images to leave out")
     parser.add_argument("--json", required=True, type=Path, help="where to write the results")
     parser.add_argument("--plot", type=Path, help="DET curve PNG")
     parser.add_argument("--no-progress", action="store_true")
@@ -314,11 +386,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     modality = MODALITIES[args.modality]
     protocol = args.protocol or modality.default_protocol
-    pairs = load_lfw_pairs(args.root) if args.layout == "lfw-pairs" else load_folders(args.root, protocol)
+    exclude = load_exclusions(args.exclude)
+    pairs = load_lfw_pairs(args.root) if args.layout == "lfw-pairs" else load_folders(args.root, protocol, exclude)
     result, gen, imp = evaluate(modality, pairs, progress=not args.no_progress)
     result["root"] = str(args.root)
     result["layout"] = args.layout
     result["protocol"] = protocol if args.layout == "folders" else "lfw"
+    result["excluded"] = sorted(e for e in exclude if e.startswith(args.root.name + "/"))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:

@@ -2,12 +2,14 @@
 
 Usage::
 
-    python -m bench.calibrate --modality face --root DIR --layout {folders,lfw-pairs} --out FILE.json
+    python -m bench.calibrate --modality {face,fingerprint} --root DIR [DIR ...] \\
+        --layout {folders,lfw-pairs} --out FILE.json
 
 Every image of the set is extracted; every cross-identity pair of enrolled images is
 an impostor comparison and every same-identity pair a genuine one (far more pairs
 than a verification protocol uses, so the table reaches lower false-match rates).
-The output holds the impostor distance distribution's lower tail (distance at each
+Several roots pool their images (identities are per root, so every pair across two
+sets is an impostor pair). The output holds the impostor distance distribution's lower tail (distance at each
 FMR from 1e-1 down to what the pair count supports) and the FNMR there; the
 service turns configured FMR/FPIR targets into thresholds with it
 (:mod:`matcher.calibration`).
@@ -22,24 +24,24 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.accuracy import MODALITIES, extract_all, load_folders, load_lfw_pairs
+from bench.accuracy import (MODALITIES, Modality, extract_all, load_exclusions, load_folders, load_lfw_pairs,
+                            pair_scores)
 
 
-def distance_tables(vecs: np.ndarray, ids: list[str], ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All pairwise Euclidean distances, split into (genuine, impostor), sorted."""
-    v = vecs[ok].astype(np.float64)
-    labels = np.array(ids)[ok]
-    sq = (v**2).sum(1)
+def distance_tables(modality: Modality, features, ids: list[str], ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Calibration distances of every pair of enrolled images, split into (genuine, impostor), sorted."""
+    labels = np.array(ids)
+    good = np.nonzero(ok)[0]
     gen, imp = [], []
-    for start in range(0, len(v), 512):
-        block = v[start : start + 512]
-        d2 = sq[start : start + 512, None] + sq[None, :] - 2 * block @ v.T
-        d = np.sqrt(np.maximum(d2, 0))
-        rows = np.arange(start, start + len(block))[:, None]
-        upper = np.arange(len(v))[None, :] > rows
-        same = labels[start : start + 512, None] == labels[None, :]
-        gen.append(d[upper & same])
-        imp.append(d[upper & ~same])
+    for start in range(0, len(good), 256):
+        rows = good[start : start + 256]
+        a, b = np.meshgrid(rows, good, indexing="ij")
+        upper = b > a
+        pairs = np.stack([a[upper], b[upper]], 1)
+        d = modality.to_distance(pair_scores(modality, features, ok, pairs))
+        same = labels[pairs[:, 0]] == labels[pairs[:, 1]]
+        gen.append(d[same])
+        imp.append(d[~same])
     return np.sort(np.concatenate(gen)), np.sort(np.concatenate(imp))
 
 
@@ -69,25 +71,36 @@ def table(genuine: np.ndarray, impostor: np.ndarray) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Measure a score-to-FMR table on a labelled image set.")
     p.add_argument("--modality", required=True, choices=sorted(MODALITIES))
-    p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--root", required=True, type=Path, nargs="+")
     p.add_argument("--layout", required=True, choices=["folders", "lfw-pairs"])
+    p.add_argument("--exclude", type=Path, help="file of known mislabelled images to leave out")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    pairs = load_lfw_pairs(args.root) if args.layout == "lfw-pairs" else load_folders(args.root)
+    images, ids = [], []
+    exclude = load_exclusions(args.exclude)
+    for root in args.root:
+        pairs = load_lfw_pairs(root) if args.layout == "lfw-pairs" else load_folders(root, exclude=exclude)
+        images += pairs.images
+        ids += [f"{root.name}/{i}" for i in pairs.identity]
     modality = MODALITIES[args.modality]
-    vecs, ok, _, reasons = extract_all(modality, pairs.images, not args.no_progress)
-    genuine, impostor = distance_tables(vecs, pairs.identity, ok)
-    extractor_model = modality.make_extractor().model_id
+    templates, ok, _, reasons = extract_all(modality, images, not args.no_progress)
+    genuine, impostor = distance_tables(modality, modality.prepare(templates), ids, ok)
+    extractor_model = next(t.model_id for t in templates if t is not None)
+    roots = " ".join(str(r) for r in args.root)
     result = {
         "model_id": extractor_model,
-        "measured_on": f"{args.root.name} ({args.layout}), {int(ok.sum())} images enrolled of {len(ok)}",
+        "measured_on": f"{', '.join(r.name for r in args.root)} ({args.layout}), "
+                       f"{int(ok.sum())} images enrolled of {len(ok)}",
         "measured_at": datetime.date.today().isoformat(),
-        "command": f"python -m bench.calibrate --modality {args.modality} --root {args.root} --layout {args.layout}",
+        "command": f"python -m bench.calibrate --modality {args.modality} --root {roots} --layout {args.layout}"
+                   + (f" --exclude {args.exclude}" if args.exclude else ""),
+        "excluded": sorted(exclude),
         "genuine_pairs": int(len(genuine)),
         "impostor_pairs": int(len(impostor)),
         "failure_reasons": reasons,
         "table": table(genuine, impostor),
+        "tail_model": modality.tail_model,
         # the impostor distribution's lower tail, for interpolating FMR at any distance
         "impostor_quantiles": {
             f"{q:g}": float(np.quantile(impostor, q)) for q in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5)

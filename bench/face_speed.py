@@ -76,16 +76,21 @@ def measure(repeat: int = 50, batch: int = 16) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def speed_cli(doc: str, measure_fn, repeat: int, argv: list[str] | None = None) -> int:
+    """The shared ``--json OUT [--repeat N]`` command line of the speed tools."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--json", type=Path, required=True)
-    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--repeat", type=int, default=repeat)
     args = p.parse_args(argv)
-    result = measure(args.repeat)
+    result = measure_fn(args.repeat)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return speed_cli(__doc__, measure, 50, argv)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def run(n: int, queries: int, workdir: Path, images: list[bytes]) -> dict:
         rpc_ms.append((time.perf_counter() - t0) * 1000)
         hits += resp.candidates[0].subject_id == f"S{m}"
         t0 = time.perf_counter()
-        engine.galleries["face"].search("default", [p], 10)
+        engine.matchers["face"].search("default", 0, p, 10)
         search_ms.append((time.perf_counter() - t0) * 1000)
     image_ms = []
     for img in images:

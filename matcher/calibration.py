@@ -41,16 +41,23 @@ class Calibration:
         fmr: (n,) false-match rates, decreasing.
         distance: (n,) distance thresholds giving those rates, decreasing.
         source: where and how it was measured.
+        tail_model: below the smallest measured rate, ``gaussian`` extrapolates with
+            :attr:`tail` (embeddings, whose impostor distances are near-normal); ``floor``
+            claims no rate below the smallest measured one (heavy-tailed scores such as
+            MCC's, where a normal fit to the bulk would promise rates the data never showed).
     """
 
     model_id: str
     fmr: np.ndarray
     distance: np.ndarray
     source: str
+    tail_model: str = "gaussian"
 
     def __post_init__(self) -> None:
         if len(self.fmr) < 2 or len(self.fmr) != len(self.distance):
             raise ValueError("a calibration needs at least two rows")
+        if self.tail_model not in ("gaussian", "floor"):
+            raise ValueError(f"unknown tail model {self.tail_model!r}")
         if np.any(np.diff(self.fmr) >= 0) or np.any(np.diff(self.distance) > 0):
             raise ValueError("calibration rows must have decreasing FMR and distance")
 
@@ -78,6 +85,7 @@ class Calibration:
             np.array([r["fmr"] for r in rows]),
             np.array([r["distance"] for r in rows]),
             data.get("measured_on", ""),
+            data.get("tail_model", "gaussian"),
         )
 
     @property
@@ -96,6 +104,8 @@ class Calibration:
         if not 0 < fmr <= self.fmr[0]:
             raise InvalidInput(f"FMR {fmr:g} is outside (0, {self.fmr[0]:g}]")
         if fmr < self.min_fmr:
+            if self.tail_model == "floor":
+                return float(self.distance[-1])  # the strictest threshold the data supports
             return min(float(self.tail.inv_cdf(fmr)), float(self.distance[-1]))
         # np.interp needs increasing x: use -log10(fmr)
         return float(np.interp(-math.log10(fmr), -np.log10(self.fmr), self.distance))
@@ -108,6 +118,8 @@ class Calibration:
         1:N deduplication over large galleries relies on).
         """
         if distance < self.distance[-1]:
+            if self.tail_model == "floor":
+                return self.min_fmr
             return min(float(self.tail.cdf(distance)), self.min_fmr)
         x = -np.log10(self.fmr)
         # distance decreases along the table: interpolate on reversed arrays

@@ -1,7 +1,17 @@
 """The matching engine: enrol with deduplication, identify, verify, compare, delete.
 
 Pure domain logic (no grpc): the service layer translates requests into these calls.
-The store is the system of record; galleries are rebuilt from it at start.
+The store is the system of record; each modality's matcher (its in-memory gallery) is
+rebuilt from it at start.
+
+Evidence from several samples (a face and up to ten fingers) is fused per subject:
+each comparison gives a false-match rate from its model's calibration, and the rates
+of one subject are combined by the truncated product method (Zaykin et al., 2002): only
+rates at or below ``FUSION_TAU`` count, so the bulk of impostor comparisons, where a
+calibrated rate is least reliable, adds no evidence, while two or three fingers that each
+match moderately add up. The result is one subject-level FMR. The score reported is ``-log10`` of that FMR (higher = more alike,
+comparable across modalities); 1:N rates are ``FPIR = 1 - (1 - FMR)^N`` over the N
+subjects of the partition.
 
 Deduplication and insertion of one partition run under that partition's lock, so two
 concurrent enrolments of the same new person cannot both pass the duplicate check:
@@ -11,23 +21,24 @@ the second one searches a gallery that already holds the first.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
-from matcher.calibration import Calibration, score_of_distance
+from matcher.calibration import Calibration
 from matcher.errors import DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, Unimplemented
-from matcher.gallery import FlatGallery, Gallery
+from matcher.modalities import EmbeddingMatcher, MinutiaeMatcher, ModalityMatcher
 from matcher.store import StoredTemplate, Subject, SubjectStore
-from matcher.templates import EmbeddingTemplate
+from matcher.templates import Template
 
 log = logging.getLogger(__name__)
 
-SUPPORTED = ("face",)
 MODALITIES = ("face", "finger", "iris")
+POSITIONS = {"face": range(0, 1), "finger": range(0, 11), "iris": range(0, 3)}
+_MIN_FMR = 1e-300
+FUSION_TAU = 1e-3
 
 
 class Observer(Protocol):
@@ -44,7 +55,7 @@ class _NoObserver:
 class Extractor(Protocol):
     model_id: str
 
-    def extract(self, data: bytes) -> EmbeddingTemplate: ...
+    def extract(self, data: bytes) -> Template: ...
 
 
 @dataclass(frozen=True)
@@ -55,12 +66,16 @@ class SampleInput:
     position: int = 0
     image: bytes | None = None
     template: bytes | None = None
+    dpi: int = 0
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise InvalidInput("sample modality is missing or unknown")
         if (self.image is None) == (self.template is None):
             raise InvalidInput("a sample carries either image bytes or a template")
+        if self.position not in POSITIONS[self.modality]:
+            raise InvalidInput(f"position {self.position} is not valid for {self.modality} "
+                               "(face 0; finger 1-10 as in ISO/IEC 19794-4, 0 unknown; iris 1 right, 2 left)")
 
 
 @dataclass(frozen=True)
@@ -99,14 +114,54 @@ class VerifyResult:
     model_id: str
 
 
+def fuse(fmrs: list[float], tau: float = FUSION_TAU) -> float:
+    """Truncated product method: P(product of the rates <= tau is this small | impostor).
+
+    One rate at or below ``tau`` is returned unchanged; rates above it add nothing.
+    """
+    if not fmrs:
+        return 1.0
+    kept = [max(f, _MIN_FMR) for f in fmrs if f <= tau]
+    if not kept:
+        return 1.0
+    big_l = len(fmrs)
+    log_w, log_tau = sum(math.log(f) for f in kept), math.log(tau)
+    total = 0.0
+    for k in range(1, big_l + 1):
+        weight = math.comb(big_l, k) * (1.0 - tau) ** (big_l - k)
+        if log_w <= k * log_tau:
+            x = k * log_tau - log_w  # >= 0
+            term, series = 1.0, 1.0
+            for s in range(1, k):
+                term *= x / s
+                series += term
+            total += weight * math.exp(log_w) * series
+        else:
+            total += weight * tau**k
+    return min(1.0, total)
+
+
+def evidence(fmr: float) -> float:
+    """The API score of a false-match rate: -log10(FMR), higher = more alike."""
+    return max(0.0, -math.log10(max(fmr, _MIN_FMR)))
+
+
+def default_matcher(modality: str, extractor: Extractor) -> ModalityMatcher:
+    """The matcher for an extractor's model, with the model's calibration file."""
+    cal = Calibration.load(extractor.model_id)
+    if modality == "finger":
+        return MinutiaeMatcher(extractor.model_id, cal)
+    return EmbeddingMatcher(modality, extractor.model_id, getattr(extractor, "dim", 128), cal)
+
+
 class Engine:
     """Enrolment, search and verification over one store. Thread-safe.
 
     Args:
         store: the durable subject store.
-        extractors: one extractor per supported modality.
+        extractors: one extractor per supported modality (``face``, ``finger``).
         thresholds: decision rates.
-        calibrations: per model id; loaded from ``matcher/calibration`` when absent.
+        matchers: per modality; built from each extractor's model when absent.
         observer: receives ``extract`` and ``search`` timings per modality.
     """
 
@@ -115,23 +170,25 @@ class Engine:
         store: SubjectStore,
         extractors: dict[str, Extractor],
         thresholds: Thresholds = Thresholds(),
-        calibrations: dict[str, Calibration] | None = None,
+        matchers: dict[str, ModalityMatcher] | None = None,
         observer: Observer | None = None,
     ) -> None:
         self.observer = observer or _NoObserver()
         self.store = store
         self.extractors = extractors
         self.thresholds = thresholds
-        self.calibrations = calibrations or {e.model_id: Calibration.load(e.model_id) for e in extractors.values()}
-        self.galleries: dict[str, Gallery] = {}
+        self.matchers = matchers or {m: default_matcher(m, ex) for m, ex in extractors.items()}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        for modality, ex in extractors.items():
-            gallery = FlatGallery(ex.model_id, 128)
-            for partition, subject_id, _pos, tpl in store.templates(ex.model_id):
-                gallery.add(partition, subject_id, tpl)
-            self.galleries[modality] = gallery
-            log.info("gallery %s loaded: %d templates", ex.model_id, gallery.size())
+        self._subjects = store.count_by_partition()
+        for modality, matcher in self.matchers.items():
+            for partition, subject_id, position, tpl in store.templates(matcher.model_id):
+                matcher.add(partition, subject_id, position, tpl)
+            log.info("gallery %s loaded: %d templates", matcher.model_id, matcher.size())
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [m.model_id for m in self.matchers.values()]
 
     def _lock(self, partition: str) -> threading.Lock:
         with self._locks_guard:
@@ -143,41 +200,57 @@ class Engine:
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the request's deadline passed before it completed")
 
-    def templates_of(self, samples: list[SampleInput], deadline: float | None = None) -> tuple[StoredTemplate, ...]:
-        """Extract (or parse and check) every sample's template."""
+    def _matcher(self, modality: str) -> ModalityMatcher:
+        if modality not in self.matchers:
+            raise Unimplemented(f"{modality} matching is not available yet")
+        return self.matchers[modality]
+
+    def templates_of(self, samples: list[SampleInput], deadline: float | None = None,
+                     one_per_position: bool = True) -> tuple[StoredTemplate, ...]:
+        """Extract (or parse and check) every sample's template.
+
+        ``one_per_position``: a subject's samples (enrol, identify, verify) hold at most one
+        per modality and position; Compare's two samples may be of the same finger.
+        """
         if not samples:
             raise InvalidInput("the request has no samples")
+        keys = [(s.modality, s.position) for s in samples]
+        if one_per_position and len(set(keys)) != len(keys):
+            raise InvalidInput("two samples for the same modality and position")
         out = []
         for s in samples:
             self.check_deadline(deadline)
-            if s.modality not in SUPPORTED:
-                raise Unimplemented(f"{s.modality} matching is not available yet")
-            ex = self.extractors[s.modality]
+            matcher = self._matcher(s.modality)
             if s.image is not None:
                 t0 = time.perf_counter()
-                tpl = ex.extract(s.image)
+                ex = self.extractors[s.modality]
+                tpl = ex.extract(s.image, dpi=s.dpi) if s.modality == "finger" else ex.extract(s.image)
                 self.observer.timing("extract", s.modality, time.perf_counter() - t0)
             else:
-                tpl = EmbeddingTemplate.from_bytes(s.template)  # type: ignore[arg-type]
-                tpl.require_model(ex.model_id)
+                tpl = matcher.parse(s.template)  # type: ignore[arg-type]
             out.append(StoredTemplate(s.modality, s.position, tpl))
         return tuple(out)
 
-    def _face(self, templates: tuple[StoredTemplate, ...]) -> StoredTemplate:
-        faces = [t for t in templates if t.modality == "face"]
-        if len(faces) != 1:
-            raise InvalidInput("exactly one face sample is needed")
-        return faces[0]
+    def _subject_fmr(self, partition: str, subject_id: str, templates: tuple[StoredTemplate, ...]) -> float | None:
+        fmrs = [f for t in templates
+                if (f := self.matchers[t.modality].fmr_against(partition, subject_id, t.position, t.template))
+                is not None]
+        return fuse(fmrs) if fmrs else None
 
-    def _candidates(self, partition: str, face: StoredTemplate, k: int, within=None) -> list[ScoredCandidate]:
-        gallery = self.galleries["face"]
-        cal = self.calibrations[face.template.model_id]
-        n = max(gallery.size(partition), 1)
-        t0 = time.perf_counter()
-        hits = gallery.search(partition, [face.template], k, within)[0]
-        self.observer.timing("search", "face", time.perf_counter() - t0)
-        return [ScoredCandidate(h.subject_id, score_of_distance(h.distance), cal.fpir_at_distance(h.distance, n))
-                for h in hits]
+    def _candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
+                    within: frozenset[str] | None = None) -> list[ScoredCandidate]:
+        """Shortlist per sample, then every shortlisted subject scored on all samples."""
+        shortlist: set[str] = set()
+        for t in templates:
+            t0 = time.perf_counter()
+            hits = self.matchers[t.modality].search(partition, t.position, t.template, k, within)
+            self.observer.timing("search", t.modality, time.perf_counter() - t0)
+            shortlist.update(s for s, _ in hits)
+        n = max(self._subjects.get(partition, 0), 1)
+        scored = sorted((fmr, sid) for sid in shortlist
+                        if (fmr := self._subject_fmr(partition, sid, templates)) is not None)
+        return [ScoredCandidate(sid, evidence(fmr), float(-math.expm1(n * math.log1p(-min(fmr, 1 - 1e-16)))))
+                for fmr, sid in scored[:k]]
 
     def enroll(self, subject_id: str, partition: str, samples: list[SampleInput], force: bool = False,
                adjudicated: tuple[str, ...] = (), deadline: float | None = None) -> EnrollResult:
@@ -187,45 +260,58 @@ class Engine:
         stopped waiting and would never learn of the enrolment.
         """
         templates = self.templates_of(samples, deadline)
-        face = self._face(templates)
+        if any(t.position == 0 and t.modality == "finger" for t in templates):
+            raise InvalidInput("an enrolled finger needs its position (1 right thumb ... 10 left little)")
         subject = Subject(subject_id, partition, templates, tuple(adjudicated))
         with self._lock(partition):
-            candidates = [c for c in self._candidates(partition, face, self.thresholds.max_candidates)
+            candidates = [c for c in self._candidates(partition, templates, self.thresholds.max_candidates)
                           if c.fpir <= self.thresholds.dedup_fpir]
             if candidates and not force:
                 return EnrollResult("DUPLICATE", subject_id, tuple(candidates), templates)
             self.check_deadline(deadline)
             self.store.add(subject)  # synced to disk before we answer
             for t in templates:
-                self.galleries[t.modality].add(partition, subject_id, t.template)
+                self.matchers[t.modality].add(partition, subject_id, t.position, t.template)
+            self._subjects[partition] = self._subjects.get(partition, 0) + 1
         return EnrollResult("ENROLLED", subject_id, tuple(candidates), templates)
 
     def identify(self, partition: str, samples: list[SampleInput], max_candidates: int = 0,
                  within: frozenset[str] | None = None, deadline: float | None = None) -> list[ScoredCandidate]:
-        face = self._face(self.templates_of(samples, deadline))
+        return self.identify_templates(partition, self.templates_of(samples, deadline), max_candidates, within,
+                                       deadline)
+
+    def identify_templates(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,
+                           within: frozenset[str] | None = None,
+                           deadline: float | None = None) -> list[ScoredCandidate]:
+        """1:N search with templates already extracted (:meth:`templates_of`)."""
         self.check_deadline(deadline)
-        return self._candidates(partition, face, max_candidates or self.thresholds.max_candidates, within)
+        return self._candidates(partition, templates, max_candidates or self.thresholds.max_candidates, within)
 
     def verify(self, subject_id: str, partition: str, samples: list[SampleInput],
                deadline: float | None = None) -> VerifyResult:
-        probe = self._face(self.templates_of(samples, deadline))
-        subject = self.store.get(partition, subject_id)
-        enrolled = [t for t in subject.templates if t.modality == "face"]
-        if not enrolled:
-            raise NotFound(f"subject {subject_id!r} has no face template")
-        return self.compare(probe.template, enrolled[0].template)
+        """1:1 against an enrolled subject: every sample against the subject's template of the
+        same modality and position, fused, decided at the configured FMR."""
+        templates = self.templates_of(samples, deadline)
+        self.store.get(partition, subject_id)  # NotFound for an unknown subject
+        fmr = self._subject_fmr(partition, subject_id, templates)
+        if fmr is None:
+            wanted = ", ".join(f"{t.modality} {t.position}" for t in templates)
+            raise NotFound(f"subject {subject_id!r} has no enrolled template for {wanted}")
+        return VerifyResult(fmr <= self.thresholds.verify_fmr, evidence(fmr), fmr, templates[0].template.model_id)
 
-    def compare(self, a: EmbeddingTemplate, b: EmbeddingTemplate) -> VerifyResult:
-        """1:1 decision at the configured FMR. ``fmr`` is clamped to the calibrated range."""
-        if a.model_id != b.model_id:
-            raise ModelMismatch(f"cannot compare {a.model_id} with {b.model_id}")
-        cal = self.calibrations[a.model_id]
-        d = float(np.linalg.norm(a.vector - b.vector))
-        threshold = cal.distance_at_fmr(self.thresholds.verify_fmr)
-        return VerifyResult(d < threshold, score_of_distance(d), cal.fmr_at_distance(d), a.model_id)
+    def compare(self, a: StoredTemplate, b: StoredTemplate) -> VerifyResult:
+        """1:1 decision on two samples of one modality at the configured FMR."""
+        if a.modality != b.modality:
+            raise InvalidInput(f"cannot compare a {a.modality} sample with a {b.modality} sample")
+        matcher = self.matchers[a.modality]
+        if a.template.model_id != b.template.model_id:
+            raise ModelMismatch(f"cannot compare {a.template.model_id} with {b.template.model_id}")
+        fmr = matcher.fmr(a.template, b.template)
+        return VerifyResult(fmr <= self.thresholds.verify_fmr, evidence(fmr), fmr, a.template.model_id)
 
     def delete(self, partition: str, subject_id: str) -> None:
         with self._lock(partition):
             self.store.delete(partition, subject_id)
-            for g in self.galleries.values():
-                g.remove(partition, subject_id)
+            for m in self.matchers.values():
+                m.remove(partition, subject_id)
+            self._subjects[partition] = max(0, self._subjects.get(partition, 1) - 1)

@@ -100,6 +100,34 @@ def _hull_distance(xy: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.where(inside, unsigned, -unsigned)
 
 
+def _to_math(minutiae: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Image rows (y down) -> (xy with y up, theta)."""
+    m = np.asarray(minutiae, np.float64).reshape(-1, minutiae.shape[1] if len(minutiae) else 3)
+    return np.stack([m[:, 0], -m[:, 1]], axis=1), m[:, 2].copy()
+
+
+def _cells(xy: np.ndarray, theta: np.ndarray, gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Cell centres of every cylinder, (N, cells, 2), turned with the minutia direction."""
+    cos, sin = np.cos(theta)[:, None], np.sin(theta)[:, None]
+    return np.stack([xy[:, :1] + cos * gx - sin * gy, xy[:, 1:] + sin * gx + cos * gy], axis=2)
+
+
+def _contributions(xy: np.ndarray, theta: np.ndarray, cells: np.ndarray, sigma_s: float = SIGMA_S) -> np.ndarray:
+    """Summed spatial x angular contributions of the other minutiae: (N, ND, cells)."""
+    n = len(xy)
+    d2 = ((cells[:, :, None, :] - xy[None, None, :, :]) ** 2).sum(-1)  # (N, cells, N)
+    spatial = np.exp(-d2 / (2 * sigma_s**2)) / (sigma_s * sqrt(2 * pi))
+    spatial[d2 > (3 * sigma_s) ** 2] = 0.0
+    spatial *= (1.0 - np.eye(n))[:, None, :]  # a minutia does not count in its own cylinder
+    angular = _angular_contribution(_wrap(theta[:, None] - theta[None, :]))  # (N, N, ND)
+    return np.einsum("icn,inl->ilc", spatial, angular)
+
+
+def _enough_neighbours(xy: np.ndarray) -> np.ndarray:
+    dist = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+    return (dist <= R + 3 * SIGMA_S).sum(1) - 1 >= MIN_M
+
+
 def encode(minutiae: np.ndarray) -> Cylinders:
     """Build the cylinders of one template.
 
@@ -107,36 +135,47 @@ def encode(minutiae: np.ndarray) -> Cylinders:
         minutiae: (N, >=3) rows of x, y (image pixels, y down), angle (radians,
             counter-clockwise from +x as seen on the image).
     """
-    m = np.asarray(minutiae, np.float64)
-    xy = np.stack([m[:, 0], -m[:, 1]], axis=1) if len(m) else np.zeros((0, 2))
-    theta = m[:, 2] if len(m) else np.zeros(0)
-    n = len(m)
+    xy, theta = _to_math(minutiae)
+    n = len(xy)
     if n == 0:
         empty = np.zeros((0, _WORDS), np.uint64)
         return Cylinders(np.zeros((0, 2)), np.zeros(0), empty, empty.copy())
-    cos, sin = np.cos(theta), np.sin(theta)
-    # Cell centres of every cylinder: (N, NS*NS, 2), turned with the minutia direction.
-    gx, gy = _GX.ravel(), _GY.ravel()
-    cells = np.stack([xy[:, :1] + cos[:, None] * gx - sin[:, None] * gy,
-                      xy[:, 1:] + sin[:, None] * gx + cos[:, None] * gy], axis=2)
+    cells = _cells(xy, theta, _GX.ravel(), _GY.ravel())
     inside = _hull_distance(xy, cells.reshape(-1, 2)).reshape(n, NS * NS) >= -OMEGA
     valid_cells = inside & _IN_DISC[None, :]
-    # Contribution of every other minutia t to every cell of cylinder i.
-    d2 = ((cells[:, :, None, :] - xy[None, None, :, :]) ** 2).sum(-1)  # (N, cells, N)
-    spatial = np.exp(-d2 / (2 * SIGMA_S**2)) / (SIGMA_S * sqrt(2 * pi))
-    spatial[d2 > (3 * SIGMA_S) ** 2] = 0.0
-    spatial *= (1.0 - np.eye(n))[:, None, :]  # a minutia does not count in its own cylinder
-    angular = _angular_contribution(_wrap(theta[:, None] - theta[None, :]))  # (N, N, ND)
-    total = np.einsum("icn,inl->ilc", spatial, angular)  # (N, ND, cells)
-    bits = (total >= MU_PSI) & valid_cells[:, None, :]
-    dist = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
-    neighbours = (dist <= R + 3 * SIGMA_S).sum(1) - 1
-    ok = (valid_cells.sum(1) >= MIN_VC * _N_DISC) & (neighbours >= MIN_M)
+    bits = (_contributions(xy, theta, cells) >= MU_PSI) & valid_cells[:, None, :]
+    ok = (valid_cells.sum(1) >= MIN_VC * _N_DISC) & _enough_neighbours(xy)
     packed_bits = np.packbits(bits.reshape(n, -1), axis=1).view(np.uint64)
     valid_layers = np.repeat(valid_cells[:, None, :], ND, axis=1).reshape(n, -1)
     packed_valid = np.packbits(valid_layers, axis=1).view(np.uint64)
     return Cylinders(xy[ok], theta[ok], np.ascontiguousarray(packed_bits[ok]),
                      np.ascontiguousarray(packed_valid[ok]))
+
+
+# Index codes (Cappelli, Ferrara, Maltoni, "Fingerprint indexing based on Minutia
+# Cylinder-Code", TPAMI 2011): a coarser 8 x 8 grid, only the 52 cells inside the disc,
+# no validity mask, 52 x 6 = 312 bits, zero-padded to 512 for FAISS's fast popcount path.
+INDEX_NS = 8
+INDEX_BITS = 312
+INDEX_BYTES = 64
+INDEX_SIGMA_S = 14.0  # wider than the matching sigma: denser codes (92 of 312 bits set) vote better
+INDEX_MU_PSI = 0.005  # FCJ hit rate at 5% penetration 0.89 -> 0.91 with both changes
+_IDX_OFFSETS = (np.arange(INDEX_NS) - (INDEX_NS - 1) / 2.0) * (2.0 * R / INDEX_NS)
+_IGX, _IGY = np.meshgrid(_IDX_OFFSETS, _IDX_OFFSETS)
+_IDX_DISC = np.hypot(_IGX, _IGY).ravel() <= R
+
+
+def index_codes(minutiae: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-minutia index codes: ((M, 64) uint8 packed bits, (M,) directions)."""
+    xy, theta = _to_math(minutiae)
+    if len(xy) == 0:
+        return np.zeros((0, INDEX_BYTES), np.uint8), np.zeros(0)
+    cells = _cells(xy, theta, _IGX.ravel()[_IDX_DISC], _IGY.ravel()[_IDX_DISC])
+    bits = (_contributions(xy, theta, cells, INDEX_SIGMA_S) >= INDEX_MU_PSI).reshape(len(xy), -1)  # (N, 312)
+    padded = np.zeros((len(xy), INDEX_BYTES * 8), bool)
+    padded[:, :INDEX_BITS] = bits
+    ok = _enough_neighbours(xy)
+    return np.ascontiguousarray(np.packbits(padded, axis=1)[ok]), theta[ok]
 
 
 def local_similarities(a: Cylinders, b: Cylinders) -> np.ndarray:
@@ -156,7 +195,7 @@ def local_similarities(a: Cylinders, b: Cylinders) -> np.ndarray:
 
 
 def _z(v: np.ndarray | float, mu: float, tau: float) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-tau * (v - mu)))
+    return 1.0 / (1.0 + np.exp(np.clip(-tau * (v - mu), -60.0, 60.0)))
 
 
 def n_pairs(na: int, nb: int) -> int:
@@ -169,9 +208,34 @@ def similarity(a: Cylinders, b: Cylinders) -> float:
     if len(a) == 0 or len(b) == 0:
         return 0.0
     gamma = local_similarities(a, b)
+    return _consolidate(a, b, gamma, _one_to_one(gamma, min(len(a), len(b))))
+
+
+def _one_to_one(gamma: np.ndarray, n: int) -> np.ndarray:
+    """The best local pairs, greedily, each minutia used once (flat indices into ``gamma``).
+
+    The paper's LSS picks the top pairs even when they share a minutia; forcing one-to-one
+    pairs (a greedy stand-in for its LSA assignment) measured 3.33% -> 3.07% EER on FCJ.
+    """
+    order = np.argsort(-gamma, axis=None, kind="stable")
+    rows, cols = np.unravel_index(order, gamma.shape)
+    used_a, used_b = np.zeros(gamma.shape[0], bool), np.zeros(gamma.shape[1], bool)
+    picked = []
+    for f, i, j in zip(order.tolist(), rows.tolist(), cols.tolist()):
+        if used_a[i] or used_b[j]:
+            continue
+        used_a[i] = used_b[j] = True
+        picked.append(f)
+        if len(picked) == n:
+            break
+    return np.array(picked, dtype=np.int64)
+
+
+def _consolidate(a: Cylinders, b: Cylinders, gamma: np.ndarray, flat: np.ndarray) -> float:
+    """Relaxation over the selected local pairs (flat indices into ``gamma``), then the
+    mean of the ``n_pairs`` most efficient ones."""
     n_p = min(n_pairs(len(a), len(b)), gamma.size)
-    n_r = min(len(a), len(b))
-    flat = np.argsort(-gamma, axis=None, kind="stable")[:n_r]
+    n_r = len(flat)
     ra, rb = np.unravel_index(flat, gamma.shape)
     lam0 = gamma[ra, rb]
     if n_r < 2:

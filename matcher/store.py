@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
-from matcher.templates import EmbeddingTemplate
+from matcher.templates import Template, parse_template
 
 SCHEMA_VERSION = 1
 MAX_ID_LEN = 128
@@ -73,7 +73,7 @@ class StoredTemplate:
 
     modality: str
     position: int
-    template: EmbeddingTemplate
+    template: Template
 
     def __post_init__(self) -> None:
         if self.modality != self.template.modality:
@@ -206,11 +206,11 @@ class SubjectStore:
                 (partition, subject_id),
             ).fetchall()
         templates = tuple(
-            StoredTemplate(m, p, EmbeddingTemplate.from_bytes(self._sealer.open(d))) for m, p, d in trows
+            StoredTemplate(m, p, parse_template(self._sealer.open(d))) for m, p, d in trows
         )
         return Subject(subject_id, partition, templates, tuple(json.loads(row[1])), row[0])
 
-    def templates(self, model_id: str) -> Iterator[tuple[str, str, int, EmbeddingTemplate]]:
+    def templates(self, model_id: str) -> Iterator[tuple[str, str, int, Template]]:
         """Every stored template of one model as (partition, subject_id, position, template): index rebuilds."""
         with self._lock:
             rows = self._db.execute(
@@ -219,7 +219,7 @@ class SubjectStore:
                 (model_id,),
             ).fetchall()
         for partition, subject_id, position, data in rows:
-            yield partition, subject_id, position, EmbeddingTemplate.from_bytes(self._sealer.open(data))
+            yield partition, subject_id, position, parse_template(self._sealer.open(data))
 
     def count_by_partition(self) -> dict[str, int]:
         """Number of enrolled subjects in each partition."""

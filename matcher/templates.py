@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
 from matcher.errors import ModelMismatch, TemplateFormatError
+
+if TYPE_CHECKING:
+    from matcher.minutiae import MinutiaeTemplate
 
 _MAGIC = b"TMBT"
 _FORMAT_VERSION = 1
@@ -101,3 +105,21 @@ class EmbeddingTemplate:
         if len(body) != 4 * dim:
             raise TemplateFormatError(f"template body has {len(body)} bytes, expected {4 * dim}")
         return cls(model_id, np.frombuffer(body, "<f4").astype(np.float32), quality)
+
+
+Template = Union["EmbeddingTemplate", "MinutiaeTemplate"]
+
+
+def parse_template(data: bytes) -> "Template":
+    """Parse any Tambua template by its magic (embedding ``TMBT`` or minutiae ``TMBM``).
+
+    Raises:
+        TemplateFormatError: not a Tambua template, or corrupt.
+    """
+    from matcher.minutiae import MinutiaeTemplate
+
+    kinds = {_MAGIC: EmbeddingTemplate, b"TMBM": MinutiaeTemplate}
+    kind = kinds.get(bytes(data[:4]))
+    if kind is None:
+        raise TemplateFormatError("not a Tambua template")
+    return kind.from_bytes(data)

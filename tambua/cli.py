@@ -24,10 +24,26 @@ def _stub(address: str):
     return tambua_pb2_grpc.MatcherStub(grpc.insecure_channel(address))
 
 
-def _face(path: str):
+def _finger_arg(text: str) -> tuple[int, str]:
+    """``POS=IMG`` with POS 1-10 (1 right thumb ... 10 left little, ISO/IEC 19794-4) or 0 unknown."""
+    pos, sep, path = text.partition("=")
+    if not sep or not pos.isdigit() or not 0 <= int(pos) <= 10 or not path:
+        raise argparse.ArgumentTypeError(f"expected POS=IMG with POS 0-10, got {text!r}")
+    return int(pos), path
+
+
+def _samples(args) -> list:
+    """The request's samples from --face and repeated --finger POS=IMG."""
     from tambua.v1 import tambua_pb2 as pb
 
-    return pb.Sample(modality=pb.FACE, position=0, image=Path(path).read_bytes())
+    out = []
+    if args.face:
+        out.append(pb.Sample(modality=pb.FACE, position=0, image=Path(args.face).read_bytes()))
+    for pos, path in args.finger or []:
+        out.append(pb.Sample(modality=pb.FINGER, position=pos, image=Path(path).read_bytes(), dpi=args.dpi))
+    if not out:
+        raise SystemExit("error: give --face IMG and/or --finger POS=IMG")
+    return out
 
 
 def _candidates(msgs) -> list[dict]:
@@ -71,15 +87,20 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--partition", default="")
         return c
 
+    def samples(c):
+        c.add_argument("--face", help="face photo")
+        c.add_argument("--finger", type=_finger_arg, action="append", metavar="POS=IMG",
+                       help="finger image at position POS (1 right thumb ... 10 left little); repeatable")
+        c.add_argument("--dpi", type=int, default=0, help="finger scan resolution (default 500)")
+
     c = client("enroll", "enrol a subject (deduplicated first)")
     c.add_argument("--subject", required=True)
-    c.add_argument("--face", required=True)
+    samples(c)
     c.add_argument("--force", action="store_true", help="enrol anyway after adjudication")
-    c = client("identify", "1:N search")
-    c.add_argument("--face", required=True)
+    samples(client("identify", "1:N search"))
     c = client("verify", "1:1 against an enrolled subject")
     c.add_argument("--subject", required=True)
-    c.add_argument("--face", required=True)
+    samples(c)
     c = client("delete", "delete a subject")
     c.add_argument("--subject", required=True)
     client("stats", "gallery statistics")
@@ -97,15 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     stub = _stub(args.address)
     try:
         if args.command == "enroll":
-            r = stub.Enroll(pb.EnrollRequest(subject_id=args.subject, samples=[_face(args.face)],
+            r = stub.Enroll(pb.EnrollRequest(subject_id=args.subject, samples=_samples(args),
                                              partition=args.partition, force=args.force), timeout=60)
             out = {"outcome": pb.EnrollResponse.Outcome.Name(r.outcome), "subject_id": r.subject_id,
                    "candidates": _candidates(r.candidates)}
         elif args.command == "identify":
-            r = stub.Identify(pb.IdentifyRequest(samples=[_face(args.face)], partition=args.partition), timeout=60)
+            r = stub.Identify(pb.IdentifyRequest(samples=_samples(args), partition=args.partition), timeout=60)
             out = {"candidates": _candidates(r.candidates)}
         elif args.command == "verify":
-            r = stub.Verify(pb.VerifyRequest(subject_id=args.subject, samples=[_face(args.face)],
+            r = stub.Verify(pb.VerifyRequest(subject_id=args.subject, samples=_samples(args),
                                              partition=args.partition), timeout=60)
             out = {"match": r.match, "score": r.score, "fmr": r.fmr}
         elif args.command == "delete":

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 
 from matcher.engine import Engine, SampleInput
+from matcher.iso19794 import export_record
 from matcher.errors import InvalidInput, QualityError
 from tambua.config import Config
 from tambua.status import code_of, rich_status
@@ -63,8 +64,8 @@ class Metrics:
         class _Gallery:
             def collect(self_inner):
                 g = GaugeMetricFamily("tambua_gallery_templates", "Indexed templates", labels=["modality"])
-                for modality, gallery in engine.galleries.items():
-                    g.add_metric([modality], gallery.size())
+                for modality, matcher in engine.matchers.items():
+                    g.add_metric([modality], matcher.size())
                 yield g
 
         registry.register(_Gallery())
@@ -81,7 +82,7 @@ def _samples(msgs) -> list[SampleInput]:
         kind = s.WhichOneof("data")
         out.append(SampleInput(_MODALITY[s.modality], s.position,
                                image=s.image if kind == "image" else None,
-                               template=s.template if kind == "template" else None))
+                               template=s.template if kind == "template" else None, dpi=s.dpi))
     return out
 
 
@@ -92,8 +93,9 @@ def _deadline(context) -> float | None:
 
 
 def _template_pb(t) -> pb.Template:
+    iso = export_record([(t.position, t.template)]) if t.modality == "finger" else b""
     return pb.Template(modality=_MODALITY_PB[t.modality], position=t.position, model_id=t.template.model_id,
-                       data=t.template.to_bytes(), quality=t.template.quality)
+                       data=t.template.to_bytes(), quality=t.template.quality, iso19794_2=iso)
 
 
 def _rpc(method):
@@ -129,8 +131,10 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         self.engine = engine
         self.metrics = metrics
 
-    def _model_ids(self) -> list[str]:
-        return [e.model_id for e in self.engine.extractors.values()]
+    @staticmethod
+    def _model_ids(templates) -> list[str]:
+        """The models that made this request's templates, in sample order."""
+        return list(dict.fromkeys(t.template.model_id for t in templates))
 
     @_rpc
     def Enroll(self, request, context):
@@ -142,17 +146,19 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             subject_id=r.subject_id,
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in r.candidates],
             templates=[_template_pb(t) for t in r.templates],
-            model_ids=self._model_ids(),
+            model_ids=self._model_ids(r.templates),
         )
 
     @_rpc
     def Identify(self, request, context):
         within = frozenset(request.within_subject_ids) if request.within_subject_ids else None
-        cands = self.engine.identify(request.partition or "default", _samples(request.samples),
-                                     request.max_candidates, within, _deadline(context))
+        deadline = _deadline(context)
+        templates = self.engine.templates_of(_samples(request.samples), deadline)
+        cands = self.engine.identify_templates(request.partition or "default", templates, request.max_candidates,
+                                               within, deadline)
         return pb.IdentifyResponse(
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in cands],
-            model_ids=self._model_ids(),
+            model_ids=self._model_ids(templates),
         )
 
     @_rpc
@@ -163,8 +169,8 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @_rpc
     def Compare(self, request, context):
-        a, b = self.engine.templates_of(_samples([request.a, request.b]), _deadline(context))
-        r = self.engine.compare(a.template, b.template)
+        a, b = self.engine.templates_of(_samples([request.a, request.b]), _deadline(context), one_per_position=False)
+        r = self.engine.compare(a, b)
         return pb.CompareResponse(score=r.score, fmr=r.fmr, model_id=r.model_id)
 
     @_rpc
@@ -188,7 +194,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     def Stats(self, request, context):
         return pb.StatsResponse(
             subjects=self.engine.store.count(),
-            templates_by_model={g.model_id: g.size() for g in self.engine.galleries.values()},
+            templates_by_model={m.model_id: m.size() for m in self.engine.matchers.values()},
             subjects_by_partition=self.engine.store.count_by_partition(),
         )
 
@@ -224,6 +230,7 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
 def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully (in-flight requests get ``grace_s``)."""
     from enroll.face.pipeline import FaceExtractor
+    from enroll.finger.pipeline import FingerExtractor
     from matcher.store import SubjectStore
 
     handler = logging.StreamHandler()
@@ -231,7 +238,7 @@ def serve(config: Config) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     store = SubjectStore(config.data_dir / "subjects.sqlite")
-    engine = Engine(store, {"face": FaceExtractor()}, config.thresholds)
+    engine = Engine(store, {"face": FaceExtractor(), "finger": FingerExtractor()}, config.thresholds)
     server, port, metrics_port = create_server(config, engine)
     server.start()
     log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, port, metrics_port, store.count())

@@ -92,5 +92,5 @@ def test_delete_and_restart_rebuilds(engine, orl, tmp_path, face_extractor):
         engine.delete("default", "P4")
     assert engine.enroll("P4-again", "default", [_face(orl, 4, 3)]).outcome == "ENROLLED"
     again = Engine(engine.store, {"face": face_extractor})
-    assert again.galleries["face"].size("default") == 10
+    assert again.matchers["face"].size("default") == 10
     assert again.identify("default", [_face(orl, 6, 9)])[0].subject_id == "P6"
