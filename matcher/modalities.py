@@ -138,8 +138,8 @@ class MinutiaeMatcher:
     ``shortlist`` fingers (at least 1% of them) and only those are compared by MCC.
     """
 
-    def __init__(self, model_id: str, calibration: Calibration, exhaustive_limit: int = 2000,
-                 shortlist: int = 200) -> None:
+    def __init__(self, model_id: str, calibration: Calibration, exhaustive_limit: int = 500,
+                 shortlist: int = 100) -> None:
         self.modality, self.model_id, self.calibration = "finger", model_id, calibration
         self.exhaustive_limit, self.shortlist = exhaustive_limit, shortlist
         self._held = _Held()
@@ -188,7 +188,7 @@ class MinutiaeMatcher:
             if fingers_there <= self.exhaustive_limit:
                 subjects = list(held.items())
             else:
-                n = max(self.shortlist, fingers_there // 100)
+                n = max(self.shortlist, fingers_there // 1000)
                 names = {s for p in positions for s in self.index.shortlist(partition, p, template.minutiae, n, within)}
                 subjects = [(s, held[s]) for s in names if s in held]
         scored = []

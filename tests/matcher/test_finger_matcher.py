@@ -1,0 +1,33 @@
+"""The fingerprint matcher on real FVC2002 impressions: exhaustive MCC and the FAISS-index shortlist."""
+
+from __future__ import annotations
+
+import pytest
+
+from matcher.calibration import Calibration
+from matcher.modalities import MinutiaeMatcher
+
+
+@pytest.fixture(scope="module")
+def impressions(finger_extractor, fingerprints):
+    root = fingerprints / "fvc2002_db1_b"
+    return {(f, i): finger_extractor.extract((root / str(f) / f"{f}_{i}.tif").read_bytes())
+            for f in range(101, 111) for i in (1, 2)}
+
+
+@pytest.mark.parametrize("exhaustive_limit", [1000, 3], ids=["exhaustive", "index-shortlist"])
+def test_mates_rank_first_and_delete_removes(impressions, exhaustive_limit):
+    cal = Calibration.load("finger/leader-mcc-v1")
+    m = MinutiaeMatcher("finger/leader-mcc-v1", cal, exhaustive_limit=exhaustive_limit, shortlist=3)
+    for f in range(101, 111):
+        m.add("p", f"S{f}", 1, impressions[(f, 1)])
+    firsts = [m.search("p", 1, impressions[(f, 2)], 3)[0] for f in range(101, 111)]
+    assert sum(sid == f"S{f}" for (sid, _), f in zip(firsts, range(101, 111))) >= 9
+    assert all(fmr < 1e-3 for sid, fmr in firsts)
+    assert m.search("p", 2, impressions[(101, 2)], 3) == []  # another finger position: nothing to compare
+    assert m.search("p", 0, impressions[(101, 2)], 1)[0][0] == "S101"  # unknown position searches all
+    within = m.search("p", 1, impressions[(101, 2)], 3, within=frozenset({"S102", "S103"}))
+    assert {s for s, _ in within} <= {"S102", "S103"}
+    m.remove("p", "S101")
+    assert all(s != "S101" for s, _ in m.search("p", 1, impressions[(101, 2)], 10))
+    assert m.size("p") == 9
