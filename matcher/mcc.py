@@ -115,9 +115,11 @@ def _cells(xy: np.ndarray, theta: np.ndarray, gx: np.ndarray, gy: np.ndarray) ->
 def _contributions(xy: np.ndarray, theta: np.ndarray, cells: np.ndarray, sigma_s: float = SIGMA_S) -> np.ndarray:
     """Summed spatial x angular contributions of the other minutiae: (N, ND, cells)."""
     n = len(xy)
-    d2 = ((cells[:, :, None, :] - xy[None, None, :, :]) ** 2).sum(-1)  # (N, cells, N)
-    spatial = np.exp(-d2 / (2 * sigma_s**2)) / (sigma_s * sqrt(2 * pi))
-    spatial[d2 > (3 * sigma_s) ** 2] = 0.0
+    dx = cells[:, :, 0, None] - xy[None, None, :, 0]
+    dy = cells[:, :, 1, None] - xy[None, None, :, 1]
+    d2 = dx * dx + dy * dy  # (N, cells, N)
+    spatial = np.exp(d2 * (-0.5 / sigma_s**2))
+    spatial *= (d2 <= (3 * sigma_s) ** 2) / (sigma_s * sqrt(2 * pi))
     spatial *= (1.0 - np.eye(n))[:, None, :]  # a minutia does not count in its own cylinder
     angular = _angular_contribution(_wrap(theta[:, None] - theta[None, :]))  # (N, N, ND)
     return np.einsum("icn,inl->ilc", spatial, angular)
