@@ -1,6 +1,6 @@
 """Image bytes -> RGB pixels, for every modality.
 
-Pillow decodes (PNG, JPEG, TIFF, BMP, PGM/PPM, ...), honours the EXIF orientation
+Pillow decodes (PNG, JPEG, TIFF, BMP, PGM/PPM, WSQ through the wsq plugin, ...), honours the EXIF orientation
 tag and reports truncated files instead of padding them with grey as decoders
 often do silently. Every failure is an :class:`ImageDecodeError` with its own reason.
 """
@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import wsq  # noqa: F401 - registers NIST's WSQ fingerprint codec with Pillow
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from matcher.errors import ImageDecodeError
