@@ -98,9 +98,7 @@ def _finger_extractor():
 
 
 def _cylinders(templates: list) -> list:
-    from matcher import mcc
-
-    return [None if t is None else mcc.encode(t.minutiae) for t in templates]
+    return [None if t is None else t.cylinders for t in templates]
 
 
 def _finger_shortlist_ranks(templates: list, gallery: list[int], probes: list[int], ids: list[str]) -> np.ndarray:
@@ -108,11 +106,11 @@ def _finger_shortlist_ranks(templates: list, gallery: list[int], probes: list[in
 
     index = FingerIndex()
     for g in gallery:
-        index.add("bench", str(g), 1, templates[g].minutiae)
+        index.add("bench", str(g), 1, templates[g])
     owner = {ids[g]: str(g) for g in gallery}
     ranks = []
     for p in probes:
-        found = index.shortlist("bench", 1, templates[p].minutiae, len(gallery)) if templates[p] is not None else []
+        found = index.shortlist("bench", 1, templates[p], len(gallery)) if templates[p] is not None else []
         mate = owner.get(ids[p])
         ranks.append(found.index(mate) if mate in found else -1)
     return np.array(ranks)

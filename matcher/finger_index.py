@@ -19,6 +19,7 @@ import faiss
 import numpy as np
 
 from matcher import mcc
+from matcher.minutiae import MinutiaeTemplate
 
 VOTE_POWER = 30
 MAX_TURN = np.pi / 4
@@ -48,8 +49,8 @@ class FingerIndex:
         self._next_id = 0
         self._lock = threading.Lock()
 
-    def add(self, partition: str, subject_id: str, position: int, minutiae: np.ndarray) -> None:
-        codes, theta = mcc.index_codes(minutiae)
+    def add(self, partition: str, subject_id: str, position: int, template: MinutiaeTemplate) -> None:
+        codes, theta = template.index_codes
         with self._lock:
             shelf = self._shelves.setdefault((partition, position), _Shelf())
             ids = np.arange(self._next_id, self._next_id + len(codes), dtype=np.int64)
@@ -77,11 +78,11 @@ class FingerIndex:
         shelf = self._shelves.get((partition, position))
         return len(shelf.ids_of) if shelf else 0
 
-    def shortlist(self, partition: str, position: int, minutiae: np.ndarray, n: int,
+    def shortlist(self, partition: str, position: int, template: MinutiaeTemplate, n: int,
                   within: frozenset[str] | None = None) -> list[str]:
         """The ``n`` subjects whose finger at ``position`` collects the most votes."""
         shelf = self._shelves.get((partition, position))
-        codes, theta = mcc.index_codes(minutiae)
+        codes, theta = template.index_codes
         if shelf is None or len(codes) == 0:
             return []
         with self._lock:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
+from matcher import mcc
 from matcher.errors import ModelMismatch, TemplateFormatError
 from matcher.templates import pack_header, unpack_header
 
@@ -58,6 +60,16 @@ class MinutiaeTemplate:
     @property
     def modality(self) -> str:
         return "finger"
+
+    # Derived once per template object: a probe's cylinders serve its search and every
+    # shortlisted subject's comparison, and its index codes every finger position searched.
+    @cached_property
+    def cylinders(self) -> mcc.Cylinders:
+        return mcc.encode(self.minutiae)
+
+    @cached_property
+    def index_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        return mcc.index_codes(self.minutiae)
 
     def require_model(self, model_id: str) -> None:
         """Raise :class:`ModelMismatch` unless this template was made by ``model_id``."""

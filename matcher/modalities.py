@@ -159,8 +159,8 @@ class MinutiaeMatcher:
         return t
 
     def add(self, partition: str, subject_id: str, position: int, template: MinutiaeTemplate) -> None:
-        self._held.put(partition, subject_id, position, mcc.encode(template.minutiae))
-        self.index.add(partition, subject_id, position, template.minutiae)
+        self._held.put(partition, subject_id, position, template.cylinders)
+        self.index.add(partition, subject_id, position, template)
 
     def remove(self, partition: str, subject_id: str) -> None:
         self._held.drop(partition, subject_id)
@@ -180,7 +180,7 @@ class MinutiaeMatcher:
 
     def search(self, partition: str, position: int, template: MinutiaeTemplate, k: int,
                within: frozenset[str] | None = None) -> list[tuple[str, float]]:
-        probe = mcc.encode(template.minutiae)
+        probe = template.cylinders
         positions = range(1, 11) if position == 0 else [position]
         fingers_there = sum(self.index.fingers(partition, p) for p in positions)
         with self._held.lock:
@@ -189,7 +189,7 @@ class MinutiaeMatcher:
                 subjects = list(held.items())
             else:
                 n = max(self.shortlist, fingers_there // 1000)
-                names = {s for p in positions for s in self.index.shortlist(partition, p, template.minutiae, n, within)}
+                names = {s for p in positions for s in self.index.shortlist(partition, p, template, n, within)}
                 subjects = [(s, held[s]) for s in names if s in held]
         scored = []
         for subject_id, fingers in subjects:
@@ -203,8 +203,8 @@ class MinutiaeMatcher:
 
     def fmr_against(self, partition: str, subject_id: str, position: int,
                     template: MinutiaeTemplate) -> float | None:
-        best, tried = self._best(self._held.of(partition, subject_id), position, mcc.encode(template.minutiae))
+        best, tried = self._best(self._held.of(partition, subject_id), position, template.cylinders)
         return at_least_one(self._fmr(best), tried) if tried else None
 
     def fmr(self, a: MinutiaeTemplate, b: MinutiaeTemplate) -> float:
-        return self._fmr(mcc.similarity(mcc.encode(a.minutiae), mcc.encode(b.minutiae)))
+        return self._fmr(mcc.similarity(a.cylinders, b.cylinders))
