@@ -1,5 +1,7 @@
 """1:N search benchmark on synthetic galleries: ``python -m bench.search --modality face --gallery N --json OUT``.
 
+Fingers (``--modality finger``) are benchmarked by :mod:`bench.finger_search`; faces below.
+
 Galleries are drawn from a Gaussian fitted to real embeddings (mean and covariance
 of the model's LFW dev embeddings, stored as aggregate statistics in
 ``bench/data/<model>.stats.npz``; ``--fit-root`` refits them). Probes are gallery
@@ -123,7 +125,7 @@ def bench_one(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="FAISS 1:N search benchmark on synthetic galleries.")
-    p.add_argument("--modality", default="face", choices=["face"])
+    p.add_argument("--modality", default="face", choices=["face", "finger"])
     p.add_argument("--gallery", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--indexes", nargs="+", default=["flat", "ivf", "hnsw"], help="flat first: it is the oracle")
@@ -133,8 +135,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="distance of a probe from its enrolled mate (LFW genuine median is about 0.40)")
     p.add_argument("--fit-root", type=Path, help="refit the embedding statistics from this image set")
     p.add_argument("--fit-layout", default="lfw-pairs", choices=["folders", "lfw-pairs"])
+    p.add_argument("--finger-cache", type=Path, default=Path(".bench-cache"),
+                   help="finger: where the minutiae of the real images and the fillers' codes are cached")
     p.add_argument("--json", required=True, type=Path)
     args = p.parse_args(argv)
+    if args.modality == "finger":
+        from bench.finger_search import run
+
+        kinds = [k for k in args.indexes if k != "hnsw"]
+        result = {"modality": "finger", **run(args.gallery, kinds, args.nprobe, args.queries, args.finger_cache)}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     stats = STATS_DIR / f"{args.modality}.stats.npz"
     if args.fit_root:
         fit_stats(args.modality, args.fit_root, args.fit_layout, stats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from matcher.calibration import Calibration
+from matcher.finger_index import FingerIndex
 from matcher.modalities import MinutiaeMatcher
 
 
@@ -31,3 +32,24 @@ def test_mates_rank_first_and_delete_removes(impressions, exhaustive_limit):
     m.remove("p", "S101")
     assert all(s != "S101" for s, _ in m.search("p", 1, impressions[(101, 2)], 10))
     assert m.size("p") == 9
+
+
+@pytest.mark.parametrize("ivf_min_codes", [10**9, 100], ids=["flat", "ivf"])
+def test_index_shortlist_survives_removal_compaction_and_ivf(impressions, ivf_min_codes):
+    index = FingerIndex(ivf_min_codes=ivf_min_codes, nprobe=64)
+    for f in range(101, 111):
+        index.add("p", f"S{f}", 1, impressions[(f, 1)])
+    assert index.kind("p", 1) == ("ivf" if ivf_min_codes == 100 else "flat")
+    hits = [index.shortlist("p", 1, impressions[(f, 2)], 3)[0] == f"S{f}" for f in range(101, 111)]
+    assert sum(hits) >= 9
+    for f in range(101, 106):  # half the shelf dead: compacted
+        index.remove("p", f"S{f}")
+    assert index.fingers("p", 1) == 5
+    for f in range(101, 111):
+        listed = index.shortlist("p", 1, impressions[(f, 2)], 10)
+        assert (f"S{f}" in listed) == (f >= 106)
+    assert all(s in {"S108", "S109"} for s in index.shortlist("p", 1, impressions[(107, 2)], 10,
+                                                             within=frozenset({"S108", "S109", "S101"})))
+    index.add("p", "S107", 1, impressions[(101, 1)])  # re-enrolment replaces the finger
+    assert index.shortlist("p", 1, impressions[(101, 2)], 1) == ["S107"]
+    assert index.fingers("p", 1) == 5
