@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench.accuracy --modality {face,fingerprint,fingerprint-nbis} --root DIR --layout {folders,lfw-pairs} \\
+    python -m bench.accuracy --modality {face,fingerprint,fingerprint-nbis,iris} --root DIR --layout {folders,lfw-pairs} \\
         [--protocol {all,fvc}] --json OUT [--plot PNG]
 
 Layouts:
@@ -134,6 +134,24 @@ def _bozorth3(templates: list, pairs: np.ndarray) -> np.ndarray:
     return bozorth3_scores(templates, pairs)
 
 
+def _iris_extractor():
+    from enroll.iris.pipeline import IrisExtractor
+
+    return IrisExtractor()
+
+
+def _iris_scores(templates: list, pairs: np.ndarray) -> np.ndarray:
+    """Negative normalised Hamming distance, one kernel call per left-hand template."""
+    from matcher.iris import distances
+
+    out = np.empty(len(pairs))
+    for a in np.unique(pairs[:, 0]):
+        sel = np.flatnonzero(pairs[:, 0] == a)
+        right = [templates[b].packed for b in pairs[sel, 1]]
+        out[sel] = -distances(templates[a], np.stack([c for c, _ in right]), np.stack([m for _, m in right]))
+    return out
+
+
 MODALITIES = {
     "face": Modality(
         "face",
@@ -153,6 +171,15 @@ MODALITIES = {
         default_protocol="fvc",
         shortlist_ranks=_finger_shortlist_ranks,
         tail_model="floor",
+    ),
+    "iris": Modality(
+        "iris",
+        _iris_extractor,
+        lambda templates: templates,
+        _iris_scores,
+        "negative normalised fractional Hamming distance of Gabor iris codes, best of 17 rotations "
+        "(Daugman HDnorm; impostors near -0.5)",
+        lambda s: -s,
     ),
     # The NIST baseline, measured beside ours on the same pairs (bench/nbis.py; extra "nbis").
     "fingerprint-nbis": Modality(

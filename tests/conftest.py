@@ -59,3 +59,18 @@ def finger_extractor(models):
     from enroll.finger.pipeline import FingerExtractor
 
     return FingerExtractor(models)
+
+
+IRIS = SHARED_DATA / "iris"
+
+
+@pytest.fixture(scope="session")
+def irises() -> Path:
+    return require(IRIS)
+
+
+@pytest.fixture(scope="session")
+def iris_extractor(models):
+    from enroll.iris.pipeline import IrisExtractor
+
+    return IrisExtractor(models)

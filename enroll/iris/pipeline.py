@@ -1,0 +1,119 @@
+"""Image bytes -> iris code template: decode, segment, quality gates, rubber sheet,
+occlusion mask, ONNX Gabor encoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from enroll.image import decode_image
+from enroll.iris.segment import IrisBoundaries, occlusion_mask, rubber_sheet, segment
+from enroll.onnx_model import OnnxModel
+from matcher.errors import QualityError
+from matcher.iris import IrisTemplate
+from models import iris_gabor as gabor
+from models.paths import model_dir as default_model_dir
+
+IRIS_MODEL_ID = "iris/gabor-v1"
+ENCODER_FILE = "iris_encode_gabor_v1.onnx"
+
+
+@dataclass(frozen=True)
+class IrisQualityConfig:
+    """Quality gate thresholds (set on CASIA-IrisV1 and MMU1, see ``models/cards/iris.md``).
+
+    Attributes:
+        min_ratio / max_ratio: pupil radius over iris radius; outside, the pupil or the
+            limbus was missed (or the pupil is drug-dilated).
+        min_contrast: grey-level step across the limbus; below, no iris edge was found.
+        min_usable: share of code bits that see iris (eyelids, lashes and reflections
+            take the rest).
+        min_sharpness: mean absolute Laplacian of the iris over its mean grey level.
+    """
+
+    min_ratio: float = 0.2
+    max_ratio: float = 0.7
+    min_contrast: float = 4.0
+    min_usable: float = 0.35
+    min_sharpness: float = 0.05  # the sample sets: 0.12 and up
+
+
+def sharpness(grey: np.ndarray, b: IrisBoundaries) -> float:
+    """Focus: mean |Laplacian| inside the iris ring, relative to its mean grey."""
+    lap = np.abs(cv2.Laplacian(grey.astype(np.float32), cv2.CV_32F, ksize=3))
+    yy, xx = np.mgrid[: grey.shape[0], : grey.shape[1]]
+    d = np.hypot(xx - b.pupil.x, yy - b.pupil.y)
+    ring = (d > b.pupil.r + 3) & (d < b.pupil.r + 0.6 * (b.iris.r - b.pupil.r))
+    if not ring.any():
+        return 0.0
+    return float(lap[ring].mean() / max(grey[ring].mean(), 1.0))
+
+
+def quality_score(b: IrisBoundaries, usable: float, sharp: float) -> int:
+    """0..100: usable iris, focus and limbus contrast; each 1 at a typical good image."""
+    u = np.clip((usable - 0.35) / 0.45, 0.0, 1.0)
+    s = np.clip(sharp / 0.06, 0.0, 1.0) ** 0.5
+    c = np.clip(b.limbus_contrast / 20.0, 0.0, 1.0) ** 0.5
+    return int(round(100 * u * s * c))
+
+
+def code_mask(occluded: np.ndarray) -> np.ndarray:
+    """Valid code bits: less than 30% of a filter's central support occluded. (rows, cols) -> grid."""
+    frac = cv2.blur(occluded.astype(np.float32), (2 * gabor.COL_STRIDE + 1, gabor.ROW_STRIDE + 1),
+                    borderType=cv2.BORDER_REFLECT)
+    rows = gabor.FIRST_ROW + gabor.ROW_STRIDE * np.arange(gabor.CODE_ROWS)
+    cols = gabor.FIRST_COL + gabor.COL_STRIDE * np.arange(gabor.CODE_COLS)
+    return frac[np.ix_(rows, cols)] < 0.3
+
+
+class IrisExtractor:
+    """Near-infrared eye image -> :class:`IrisTemplate`. Thread-safe; one per process."""
+
+    model_id = IRIS_MODEL_ID
+
+    def __init__(self, model_dir: Path | None = None, quality: IrisQualityConfig = IrisQualityConfig()) -> None:
+        d = Path(model_dir) if model_dir else default_model_dir()
+        self.encoder = OnnxModel(d / ENCODER_FILE)
+        self.quality = quality
+
+    def check(self, grey: np.ndarray, b: IrisBoundaries | None) -> float:
+        """Raise :class:`QualityError` for an unusable eye image; returns the sharpness."""
+        q = self.quality
+        if b is None:
+            # An oblique gaze lands here too: the pupil finder takes only round blobs.
+            raise QualityError("no pupil found: is the eye open, looking at the camera, in near infrared?",
+                               "IRIS_NOT_FOUND")
+        ratio = b.pupil.r / b.iris.r
+        if not q.min_ratio <= ratio <= q.max_ratio:
+            raise QualityError(f"pupil/iris radius ratio {ratio:.2f} is outside {q.min_ratio}..{q.max_ratio}",
+                               "PUPIL_IRIS_RATIO")
+        if b.limbus_contrast < q.min_contrast:
+            raise QualityError("no iris boundary found around the pupil", "IRIS_NOT_FOUND")
+        sharp = sharpness(grey, b)
+        if sharp < q.min_sharpness:
+            raise QualityError(f"the iris is out of focus (sharpness {sharp:.3f})", "BLURRED")
+        return sharp
+
+    def extract(self, data: bytes) -> IrisTemplate:
+        """Extract one iris image.
+
+        Raises:
+            ImageDecodeError: the bytes are not a supported image.
+            QualityError: ``IRIS_NOT_FOUND``, ``PUPIL_IRIS_RATIO``, ``BLURRED`` or
+                ``TOO_OCCLUDED``.
+        """
+        image = decode_image(data)
+        grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
+        b = segment(grey)
+        sharp = self.check(grey, b)
+        strip, outside = rubber_sheet(grey, b, gabor.ROWS, gabor.COLS)
+        valid = code_mask(occlusion_mask(strip, outside))
+        usable = float(valid.mean())
+        if usable < self.quality.min_usable:
+            raise QualityError(f"only {usable:.0%} of the iris is visible; open the eye wider", "TOO_OCCLUDED")
+        bits = self.encoder.run(strip[None, None])["code"][0] > 0.5
+        mask = np.broadcast_to(valid, bits.shape).copy()
+        return IrisTemplate(IRIS_MODEL_ID, bits, mask, quality_score(b, usable, sharp))
