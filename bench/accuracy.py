@@ -62,7 +62,7 @@ class Modality:
         shortlist_ranks: optional (templates, gallery indices, probe indices) -> rank of
             each probe's mate in the modality's 1:N shortlist (-1 when not shortlisted).
         tail_model: how the calibration extrapolates below its smallest measured rate
-            (see :class:`matcher.calibration.Calibration`).
+            (see :class:`matcher.calibration.Calibration`), and the smallest rate it claims.
     """
 
     name: str
@@ -74,6 +74,7 @@ class Modality:
     default_protocol: str = "all"
     shortlist_ranks: Callable[[list, list[int], list[int], list[str]], np.ndarray] | None = None
     tail_model: str = "gaussian"
+    tail_floor: float = 0.0
 
 
 def _face_extractor():
@@ -180,6 +181,7 @@ MODALITIES = {
         "negative normalised fractional Hamming distance of Gabor iris codes, best of 17 rotations "
         "(Daugman HDnorm; impostors near -0.5)",
         lambda s: -s,
+        tail_floor=1e-12,
     ),
     # The NIST baseline, measured beside ours on the same pairs (bench/nbis.py; extra "nbis").
     "fingerprint-nbis": Modality(

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "failure_reasons": reasons,
         "table": table(genuine, impostor),
         "tail_model": modality.tail_model,
+        **({"tail_floor": modality.tail_floor} if modality.tail_floor else {}),
         # the impostor distribution's lower tail, for interpolating FMR at any distance
         "impostor_quantiles": {
             f"{q:g}": float(np.quantile(impostor, q)) for q in (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.05, 0.1, 0.5)

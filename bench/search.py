@@ -1,6 +1,7 @@
 """1:N search benchmark on synthetic galleries: ``python -m bench.search --modality face --gallery N --json OUT``.
 
-Fingers (``--modality finger``) are benchmarked by :mod:`bench.finger_search`; faces below.
+Fingers and irises (``--modality finger|iris``) are benchmarked by :mod:`bench.finger_search`
+and :mod:`bench.iris_search`; faces below.
 
 Galleries are drawn from a Gaussian fitted to real embeddings (mean and covariance
 of the model's LFW dev embeddings, stored as aggregate statistics in
@@ -125,7 +126,7 @@ def bench_one(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="FAISS 1:N search benchmark on synthetic galleries.")
-    p.add_argument("--modality", default="face", choices=["face", "finger"])
+    p.add_argument("--modality", default="face", choices=["face", "finger", "iris"])
     p.add_argument("--gallery", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--indexes", nargs="+", default=["flat", "ivf", "hnsw"], help="flat first: it is the oracle")
@@ -135,10 +136,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="distance of a probe from its enrolled mate (LFW genuine median is about 0.40)")
     p.add_argument("--fit-root", type=Path, help="refit the embedding statistics from this image set")
     p.add_argument("--fit-layout", default="lfw-pairs", choices=["folders", "lfw-pairs"])
-    p.add_argument("--finger-cache", type=Path, default=Path(".bench-cache"),
-                   help="finger: where the minutiae of the real images and the fillers' codes are cached")
+    p.add_argument("--cache", "--finger-cache", dest="finger_cache", type=Path, default=Path(".bench-cache"),
+                   help="finger, iris: where what is derived from the real images is cached")
     p.add_argument("--json", required=True, type=Path)
     args = p.parse_args(argv)
+    if args.modality == "iris":
+        from bench.iris_search import run as run_iris
+
+        result = {"modality": "iris", **run_iris(args.gallery, args.queries, args.finger_cache)}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     if args.modality == "finger":
         from bench.finger_search import run
 

@@ -45,6 +45,10 @@ class Calibration:
             :attr:`tail` (embeddings, whose impostor distances are near-normal); ``floor``
             claims no rate below the smallest measured one (heavy-tailed scores such as
             MCC's, where a normal fit to the bulk would promise rates the data never showed).
+        tail_floor: the smallest rate the gaussian tail claims (0: none). Iris codes are
+            binomial-like, so their tail extrapolates far (Daugman checked his to ~1e-11
+            over 200 billion comparisons), but not to 1e-300: a perfect iris match is
+            stated as this rate, which keeps fused scores finite and comparable.
     """
 
     model_id: str
@@ -52,6 +56,7 @@ class Calibration:
     distance: np.ndarray
     source: str
     tail_model: str = "gaussian"
+    tail_floor: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.fmr) < 2 or len(self.fmr) != len(self.distance):
@@ -86,6 +91,7 @@ class Calibration:
             np.array([r["distance"] for r in rows]),
             data.get("measured_on", ""),
             data.get("tail_model", "gaussian"),
+            data.get("tail_floor", 0.0),
         )
 
     @property
@@ -106,7 +112,7 @@ class Calibration:
         if fmr < self.min_fmr:
             if self.tail_model == "floor":
                 return float(self.distance[-1])  # the strictest threshold the data supports
-            return min(float(self.tail.inv_cdf(fmr)), float(self.distance[-1]))
+            return min(float(self.tail.inv_cdf(max(fmr, self.tail_floor))), float(self.distance[-1]))
         # np.interp needs increasing x: use -log10(fmr)
         return float(np.interp(-math.log10(fmr), -np.log10(self.fmr), self.distance))
 
@@ -120,7 +126,7 @@ class Calibration:
         if distance < self.distance[-1]:
             if self.tail_model == "floor":
                 return self.min_fmr
-            return min(float(self.tail.cdf(distance)), self.min_fmr)
+            return min(max(float(self.tail.cdf(distance)), self.tail_floor), self.min_fmr)
         x = -np.log10(self.fmr)
         # distance decreases along the table: interpolate on reversed arrays
         lg = float(np.interp(distance, self.distance[::-1], x[::-1]))

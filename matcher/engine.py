@@ -29,7 +29,7 @@ from typing import Protocol
 
 from matcher.calibration import Calibration
 from matcher.errors import DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, Unimplemented
-from matcher.modalities import EmbeddingMatcher, MinutiaeMatcher, ModalityMatcher
+from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
 from matcher.store import StoredTemplate, Subject, SubjectStore
 from matcher.templates import Template
 
@@ -151,6 +151,8 @@ def default_matcher(modality: str, extractor: Extractor) -> ModalityMatcher:
     cal = Calibration.load(extractor.model_id)
     if modality == "finger":
         return MinutiaeMatcher(extractor.model_id, cal)
+    if modality == "iris":
+        return IrisMatcher(extractor.model_id, cal)
     return EmbeddingMatcher(modality, extractor.model_id, getattr(extractor, "dim", 128), cal)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from matcher.errors import ModelMismatch, TemplateFormatError
 
 if TYPE_CHECKING:
+    from matcher.iris import IrisTemplate
     from matcher.minutiae import MinutiaeTemplate
 
 _MAGIC = b"TMBT"
@@ -107,18 +108,19 @@ class EmbeddingTemplate:
         return cls(model_id, np.frombuffer(body, "<f4").astype(np.float32), quality)
 
 
-Template = Union["EmbeddingTemplate", "MinutiaeTemplate"]
+Template = Union["EmbeddingTemplate", "MinutiaeTemplate", "IrisTemplate"]
 
 
 def parse_template(data: bytes) -> "Template":
-    """Parse any Tambua template by its magic (embedding ``TMBT`` or minutiae ``TMBM``).
+    """Parse any Tambua template by its magic (embedding ``TMBT``, minutiae ``TMBM``, iris ``TMBI``).
 
     Raises:
         TemplateFormatError: not a Tambua template, or corrupt.
     """
+    from matcher.iris import IrisTemplate
     from matcher.minutiae import MinutiaeTemplate
 
-    kinds = {_MAGIC: EmbeddingTemplate, b"TMBM": MinutiaeTemplate}
+    kinds = {_MAGIC: EmbeddingTemplate, b"TMBM": MinutiaeTemplate, b"TMBI": IrisTemplate}
     kind = kinds.get(bytes(data[:4]))
     if kind is None:
         raise TemplateFormatError("not a Tambua template")

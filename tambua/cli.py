@@ -32,8 +32,19 @@ def _finger_arg(text: str) -> tuple[int, str]:
     return int(pos), path
 
 
+_EYES = {"right": 1, "left": 2}  # ISO/IEC 19794-6 eye labels
+
+
+def _iris_arg(text: str) -> tuple[int, str]:
+    """``left=IMG`` or ``right=IMG``."""
+    eye, sep, path = text.partition("=")
+    if not sep or eye not in _EYES or not path:
+        raise argparse.ArgumentTypeError(f"expected left=IMG or right=IMG, got {text!r}")
+    return _EYES[eye], path
+
+
 def _samples(args) -> list:
-    """The request's samples from --face and repeated --finger POS=IMG."""
+    """The request's samples from --face, repeated --finger POS=IMG and --iris EYE=IMG."""
     from tambua.v1 import tambua_pb2 as pb
 
     out = []
@@ -41,8 +52,10 @@ def _samples(args) -> list:
         out.append(pb.Sample(modality=pb.FACE, position=0, image=Path(args.face).read_bytes()))
     for pos, path in args.finger or []:
         out.append(pb.Sample(modality=pb.FINGER, position=pos, image=Path(path).read_bytes(), dpi=args.dpi))
+    for eye, path in args.iris or []:
+        out.append(pb.Sample(modality=pb.IRIS, position=eye, image=Path(path).read_bytes()))
     if not out:
-        raise SystemExit("error: give --face IMG and/or --finger POS=IMG")
+        raise SystemExit("error: give --face IMG, --finger POS=IMG and/or --iris left|right=IMG")
     return out
 
 
@@ -92,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         c.add_argument("--finger", type=_finger_arg, action="append", metavar="POS=IMG",
                        help="finger image at position POS (1 right thumb ... 10 left little); repeatable")
         c.add_argument("--dpi", type=int, default=0, help="finger scan resolution (default 500)")
+        c.add_argument("--iris", type=_iris_arg, action="append", metavar="left|right=IMG",
+                       help="near-infrared eye image of the left or right eye; repeatable")
 
     c = client("enroll", "enrol a subject (deduplicated first)")
     c.add_argument("--subject", required=True)

@@ -231,6 +231,7 @@ def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully (in-flight requests get ``grace_s``)."""
     from enroll.face.pipeline import FaceExtractor
     from enroll.finger.pipeline import FingerExtractor
+    from enroll.iris.pipeline import IrisExtractor
     from matcher.store import SubjectStore
 
     handler = logging.StreamHandler()
@@ -238,7 +239,8 @@ def serve(config: Config) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     store = SubjectStore(config.data_dir / "subjects.sqlite")
-    engine = Engine(store, {"face": FaceExtractor(), "finger": FingerExtractor()}, config.thresholds)
+    engine = Engine(store, {"face": FaceExtractor(), "finger": FingerExtractor(), "iris": IrisExtractor()},
+                    config.thresholds)
     server, port, metrics_port = create_server(config, engine)
     server.start()
     log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, port, metrics_port, store.count())

@@ -32,6 +32,14 @@ class IrisQualityConfig:
         min_usable: share of code bits that see iris (eyelids, lashes and reflections
             take the rest).
         min_sharpness: mean absolute Laplacian of the iris over its mean grey level.
+        max_sharpness: above it the texture is finer than any iris (a fingerprint).
+        min_pupil_gap: grey levels between the pupil and the iris ring around it.
+        max_pupil_std: spread of the pupil's grey levels (its brightest tenth, the
+            reflections, left out); a pupil is a flat dark disc, hair or a nostril is not.
+
+    The last three refuse non-eye images that still hold a dark round blob: on 100
+    samples each, no ORL face or fingerprint passes, 12% of LFW face photos still do
+    (they have eyes, at too low a resolution; an eye detector would refuse them).
     """
 
     min_ratio: float = 0.2
@@ -39,6 +47,9 @@ class IrisQualityConfig:
     min_contrast: float = 4.0
     min_usable: float = 0.35
     min_sharpness: float = 0.05  # the sample sets: 0.12 and up
+    max_sharpness: float = 1.0  # the sample sets: up to 0.64; fingerprints 0.4-3
+    min_pupil_gap: float = 30.0  # the sample sets: 44 and up
+    max_pupil_std: float = 12.0  # the sample sets: up to 7
 
 
 def sharpness(grey: np.ndarray, b: IrisBoundaries) -> float:
@@ -50,6 +61,18 @@ def sharpness(grey: np.ndarray, b: IrisBoundaries) -> float:
     if not ring.any():
         return 0.0
     return float(lap[ring].mean() / max(grey[ring].mean(), 1.0))
+
+
+def pupil_contrast(grey: np.ndarray, b: IrisBoundaries) -> tuple[float, float]:
+    """(iris ring mean minus pupil mean, pupil std), the pupil's brightest tenth left out."""
+    yy, xx = np.mgrid[: grey.shape[0], : grey.shape[1]]
+    d = np.hypot(xx - b.pupil.x, yy - b.pupil.y)
+    pupil = np.sort(grey[d < 0.8 * b.pupil.r].astype(np.float64))
+    pupil = pupil[: int(0.9 * len(pupil)) + 1]
+    ring = grey[(d > 1.2 * b.pupil.r) & (d < b.pupil.r + 0.8 * (b.iris.r - b.pupil.r))]
+    if not len(ring):
+        return 0.0, float("inf")
+    return float(ring.mean() - pupil.mean()), float(pupil.std())
 
 
 def quality_score(b: IrisBoundaries, usable: float, sharp: float) -> int:
@@ -92,7 +115,10 @@ class IrisExtractor:
                                "PUPIL_IRIS_RATIO")
         if b.limbus_contrast < q.min_contrast:
             raise QualityError("no iris boundary found around the pupil", "IRIS_NOT_FOUND")
+        gap, spread = pupil_contrast(grey, b)
         sharp = sharpness(grey, b)
+        if gap < q.min_pupil_gap or spread > q.max_pupil_std or sharp > q.max_sharpness:
+            raise QualityError("no eye found: nothing like a pupil inside an iris", "IRIS_NOT_FOUND")
         if sharp < q.min_sharpness:
             raise QualityError(f"the iris is out of focus (sharpness {sharp:.3f})", "BLURRED")
         return sharp

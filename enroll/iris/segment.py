@@ -138,8 +138,9 @@ def find_pupil(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0) -> tupl
     return Circle(float(gx.ravel()[ci]), float(gy.ravel()[ci]), float(radii[ri])), roundness
 
 
-def find_limbus(img: np.ndarray, pupil: Circle) -> tuple[Circle, float]:
-    """The limbus: Daugman's operator on the left and right arcs around the pupil."""
+def find_limbus(img: np.ndarray, pupil: Circle) -> tuple[Circle, float] | None:
+    """The limbus: Daugman's operator on the left and right arcs around the pupil, or
+    None when the image leaves no room for one."""
     f = cv2.GaussianBlur(img, (0, 0), 2.0).astype(np.float32)
     # Left and right arcs pin the centre's x and the radius but not its y: the y of the
     # pupil's centre is used (a free y shifted whole eyes by 13 px and broke their
@@ -149,6 +150,8 @@ def find_limbus(img: np.ndarray, pupil: Circle) -> tuple[Circle, float]:
     r_min = max(pupil.r * 1.35, pupil.r + 10)
     r_max = min(pupil.r * 5.0, 0.55 * max(img.shape))
     radii = np.arange(r_min, r_max, 1.0)
+    if len(radii) < 16:
+        return None
     side = np.deg2rad(np.linspace(-20, 25, 20))  # y down; wider arcs meet the eyelids
     angles = np.concatenate([side, np.pi - side])
     ci, ri, step = _integro_differential(f, gx, gy, radii, angles, width=6)
@@ -156,13 +159,16 @@ def find_limbus(img: np.ndarray, pupil: Circle) -> tuple[Circle, float]:
 
 
 def segment(img: np.ndarray) -> IrisBoundaries | None:
-    """Pupil and limbus of a near-infrared eye image, or None when no pupil is found."""
+    """Pupil and limbus of a near-infrared eye image, or None when no pupil (or no room
+    for an iris around it) is found."""
     found = find_pupil(img)
     if found is None:
         return None
     pupil, roundness = found
-    iris, contrast = find_limbus(img, pupil)
-    return IrisBoundaries(pupil, iris, roundness, contrast)
+    limbus = find_limbus(img, pupil)
+    if limbus is None:
+        return None
+    return IrisBoundaries(pupil, limbus[0], roundness, limbus[1])
 
 
 def rubber_sheet(img: np.ndarray, b: IrisBoundaries, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:

@@ -69,3 +69,14 @@ def test_scores(cal):
 def test_rows_must_be_monotone():
     with pytest.raises(ValueError):
         Calibration("m/x", np.array([0.1, 0.2]), np.array([0.5, 0.4]), "")
+
+
+def test_tail_floor_bounds_the_claimed_rate():
+    import numpy as np
+
+    from matcher.calibration import Calibration
+
+    cal = Calibration("iris/x", np.array([1e-2, 1e-3, 1e-4]), np.array([0.41, 0.40, 0.38]), "t", "gaussian", 1e-12)
+    assert cal.fmr_at_distance(0.0) == 1e-12
+    assert cal.fmr_at_distance(0.37) > 1e-12  # just past the table the fitted tail still speaks
+    assert cal.distance_at_fmr(1e-20) == cal.distance_at_fmr(1e-12) < 0.38

@@ -107,7 +107,10 @@ def test_enrol_dedup_verify_delete_and_survive_sigkill(server, orl):
     [
         pytest.param(pb.Sample(modality=pb.FACE, image=b""), grpc.StatusCode.INVALID_ARGUMENT, id="empty"),
         pytest.param(pb.Sample(modality=pb.FACE, image=b"not an image"), grpc.StatusCode.INVALID_ARGUMENT, id="junk"),
-        pytest.param(pb.Sample(modality=pb.IRIS, position=1, image=b"x"), grpc.StatusCode.UNIMPLEMENTED, id="iris"),
+        pytest.param(pb.Sample(modality=pb.IRIS, position=1, image=b"x"), grpc.StatusCode.INVALID_ARGUMENT,
+                     id="iris-junk"),
+        pytest.param(pb.Sample(modality=pb.IRIS, position=3, image=b"x"), grpc.StatusCode.INVALID_ARGUMENT,
+                     id="iris-position-3"),
         pytest.param(pb.Sample(modality=pb.FINGER, position=2, image=b"x"), grpc.StatusCode.INVALID_ARGUMENT,
                      id="finger-junk"),
         pytest.param(pb.Sample(modality=pb.FINGER, position=11, image=b"x"), grpc.StatusCode.INVALID_ARGUMENT,
