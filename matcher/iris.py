@@ -135,41 +135,6 @@ def _pack(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits.ravel()).view(np.uint64)
 
 
-def _build_kernel():
-    import numba
-    from numba import types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def popcount(typingctx, x):
-        def codegen(context, builder, signature, args):
-            return builder.ctpop(args[0])
-        return types.uint64(types.uint64), codegen
-
-    @numba.njit(cache=True, nogil=True, fastmath=True)
-    def best_distances(pc, pm, gc, gm, n0, min_bits, out):
-        shifts, words = pc.shape
-        for i in range(gc.shape[0]):
-            best = 0.5
-            for s in range(shifts):
-                n = 0
-                x = 0
-                for w in range(words):
-                    m = pm[s, w] & gm[i, w]
-                    n += popcount(m)
-                    x += popcount((pc[s, w] ^ gc[i, w]) & m)
-                if n >= min_bits:
-                    d = 0.5 - (0.5 - x / n) * np.sqrt(n / n0)
-                    if d < best:
-                        best = d
-            out[i] = best
-
-    return best_distances
-
-
-_KERNEL = None
-
-
 def distances(probe: IrisTemplate, codes: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Normalised distance of ``probe`` to each of many packed irises, best rotation.
 
@@ -180,14 +145,13 @@ def distances(probe: IrisTemplate, codes: np.ndarray, masks: np.ndarray) -> np.n
     Returns:
         (N,) float64; 0.5 where fewer than ``MIN_BITS`` bits are valid in both.
     """
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build_kernel()
+    from matcher._iris_kernel import best_distances  # numba: imported (and compiled) on first use
+
     pc, pm = probe.rotations
     if codes.shape[1:] != pc.shape[1:]:
         raise TemplateFormatError("iris codes of different sizes cannot be compared")
     out = np.empty(len(codes))
-    _KERNEL(pc, pm, np.ascontiguousarray(codes), np.ascontiguousarray(masks), N0, MIN_BITS, out)
+    best_distances(pc, pm, np.ascontiguousarray(codes), np.ascontiguousarray(masks), float(N0), int(MIN_BITS), out)
     return out
 
 
