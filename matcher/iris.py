@@ -87,7 +87,7 @@ class IrisTemplate:
 
     @cached_property
     def sketch_rotations(self) -> np.ndarray:
-        """(9, 64) uint8 sketches at rotations -8, -6, ..., 8 code columns."""
+        """(17, 64) uint8 sketches at every rotation, -8..8 code columns."""
         return np.stack([sketch_of(np.roll(self.code, s, axis=2)) for s in SKETCH_SHIFTS])
 
     @cached_property
@@ -117,17 +117,17 @@ class IrisTemplate:
         return cls(model_id, raw[:bits].reshape(ch, rows, cols), raw[bits:].reshape(ch, rows, cols), quality)
 
 
-SKETCH_SHIFTS = tuple(range(-MAX_SHIFT, MAX_SHIFT + 1, 2))
+SKETCH_SHIFTS = tuple(range(-MAX_SHIFT, MAX_SHIFT + 1))
 SKETCH_BITS = 512
 
 
 def sketch_of(code: np.ndarray) -> np.ndarray:
     """512 bits for a fast unmasked first pass: the coarse filter's two channels (the
-    last two), the four innermost radii (eyelids reach them least) and every other angle
-    (the coarse filter's wavelength spans 8 code columns, so a rotation off by one
-    column still agrees). Occluded bits are not masked here; the exact pass masks them.
-    Measured on 50,000 synthetic irises + 108 CASIA mates, 1000 rows per rotation: the
-    mate is kept for every probe (256 bits, two radii: 99.1%)."""
+    last two), the four innermost radii (eyelids reach them least) and every other angle.
+    Occluded bits are not masked here; the exact pass masks them. Probes are sketched at
+    every rotation: on 300,000 synthetic irises + 108 CASIA mates with 1000 rows per
+    rotation the mate was kept for every probe at all 17 rotations, for 97.2% at every
+    other one (768 bits at every other rotation: 98.1%)."""
     return np.packbits(code[-2:, :4, ::2].ravel())
 
 

@@ -270,7 +270,7 @@ class IrisMatcher:
     (both eyes for position 0, unknown) in one pass of the compiled kernel
     (:func:`matcher.iris.distances`, about 1.3 million irises a second on one core) up
     to ``exhaustive_limit`` irises; above, a FAISS flat index of 512-bit sketches
-    (:func:`matcher.iris.sketch_of`) at 9 rotations shortlists ``shortlist`` rows per
+    (:func:`matcher.iris.sketch_of`) at 17 rotations shortlists ``shortlist`` rows per
     rotation for the exact pass (``python -m bench.search --modality iris`` measures
     how often that keeps the exhaustive answer). A subject's distance is its best
     eye's, and its rate is corrected for the number of eyes tried. Calibration:
@@ -331,7 +331,7 @@ class IrisMatcher:
             owner, positions = list(shelf.owner), shelf.position[:shelf.rows].copy()
             rows = None
             if shelf.rows > self.exhaustive_limit:
-                # First pass: unmasked Hamming of 512-bit sketches at 9 rotations (FAISS,
+                # First pass: unmasked Hamming of 512-bit sketches at 17 rotations (FAISS,
                 # one thread for one probe); each rotation's nearest rows go on to the
                 # exact masked pass.
                 faiss.omp_set_num_threads(1)

@@ -1,0 +1,39 @@
+"""The iris matcher on real CASIA-IrisV1 codes: exhaustive kernel and FAISS sketch first
+pass agree, removal and re-enrolment, eyes kept apart."""
+
+from __future__ import annotations
+
+import pytest
+
+from matcher.calibration import Calibration
+from matcher.modalities import IrisMatcher
+
+
+@pytest.fixture(scope="module")
+def codes(iris_extractor, irises):
+    eyes = sorted(p for p in (irises / "casia_v1").iterdir() if p.is_dir())[:30]
+    enrol = {e.name: iris_extractor.extract(sorted(e.iterdir())[0].read_bytes()) for e in eyes}
+    probe = {e.name: iris_extractor.extract(sorted(e.iterdir())[5].read_bytes()) for e in eyes}
+    return enrol, probe
+
+
+@pytest.mark.parametrize("exhaustive_limit", [10**6, 0], ids=["exhaustive", "sketch-first-pass"])
+def test_mates_first_removal_and_eyes(codes, exhaustive_limit):
+    enrol, probe = codes
+    m = IrisMatcher("iris/gabor-v1", Calibration.load("iris/gabor-v1"), exhaustive_limit=exhaustive_limit,
+                    shortlist=5)
+    for eye, t in enrol.items():
+        m.add("p", eye, 1, t)
+    firsts = {eye: m.search("p", 1, t, 3)[0] for eye, t in probe.items()}
+    assert sum(sid == eye for eye, (sid, _) in firsts.items()) >= 29
+    assert all(fmr < 1e-4 for eye, (sid, fmr) in firsts.items() if sid == eye)
+    some = next(iter(enrol))
+    assert m.search("p", 2, probe[some], 3) == []  # the other eye: nothing enrolled there
+    assert m.search("p", 0, probe[some], 1)[0][0] == some  # unknown eye searches both
+    m.remove("p", some)
+    assert all(s != some for s, _ in m.search("p", 1, probe[some], 30))
+    other = sorted(enrol)[1]
+    m.add("p", other, 1, enrol[some])  # re-enrolling an eye replaces it
+    assert m.search("p", 1, probe[some], 1)[0][0] == other
+    assert m.size("p") == 29
+    assert m.fmr_against("p", other, 1, probe[some]) < 1e-4
