@@ -117,11 +117,12 @@ def run(sizes: list[int], queries: int, cache: Path, shortlist: int = 1000) -> d
         bits = syn.draw(n, rng)
         pick = rng.integers(len(masks), size=n)
         turn = rng.integers(0, bits.shape[-1], size=n)
-        for i in range(n):
-            m = np.broadcast_to(np.roll(masks[pick[i]], turn[i], axis=1), bits.shape[1:])
-            codes[start + i] = np.packbits(bits[i].ravel()).view(np.uint64)
-            fmasks[start + i] = np.packbits(m.ravel()).view(np.uint64)
-            sketches[start + i] = iris.sketch_of(bits[i])
+        cols = (np.arange(bits.shape[-1])[None, :] - turn[:, None]) % bits.shape[-1]
+        turned = np.take_along_axis(masks[pick], cols[:, None, :], axis=2)  # np.roll by turn, per row
+        full = np.broadcast_to(turned[:, None], bits.shape)
+        codes[start:start + n] = np.packbits(bits.reshape(n, -1), axis=1).view(np.uint64)
+        fmasks[start:start + n] = np.packbits(full.reshape(n, -1), axis=1).view(np.uint64)
+        sketches[start:start + n] = np.packbits(bits[:, -2:, :4, ::2].reshape(n, -1), axis=1)
     result: dict = {"probes": len(probes), "shortlist_per_rotation": shortlist, "runs": []}
 
     # Are the synthetic irises realistic impostors? Probes against them and against real other eyes.
