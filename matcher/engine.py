@@ -4,7 +4,7 @@ Pure domain logic (no grpc): the service layer translates requests into these ca
 The store is the system of record; each modality's matcher (its in-memory gallery) is
 rebuilt from it at start.
 
-Evidence from several samples (a face and up to ten fingers) is fused per subject:
+Evidence from several samples (a face, up to ten fingers, two irises) is fused per subject:
 each comparison gives a false-match rate from its model's calibration, and the rates
 of one subject are combined by the truncated product method (Zaykin et al., 2002): only
 rates at or below ``FUSION_TAU`` count, so the bulk of impostor comparisons, where a
