@@ -224,6 +224,7 @@ class _Codes:
         self.codes = np.zeros((0, words), np.uint64)
         self.masks = np.zeros((0, words), np.uint64)
         self.owner: list[str | None] = []
+        self.rows_of: dict[str, list[int]] = {}
         self.position = np.zeros(0, np.int8)
         self.rows = 0
         self.dead = 0
@@ -242,16 +243,17 @@ class _Codes:
             self.position = np.resize(self.position, grow)
         self.codes[self.rows:need], self.masks[self.rows:need] = codes, masks
         self.position[self.rows:need] = positions
+        for row, owner in enumerate(owners, start=self.rows):
+            self.rows_of.setdefault(owner, []).append(row)
         self.owner += list(owners)
         self.sketches.add(np.ascontiguousarray(sketches, np.uint8))
         self.rows = need
 
     def drop(self, subject_id: str) -> None:
-        for i, owner in enumerate(self.owner):
-            if owner == subject_id:
-                self.owner[i] = None
-                self.masks[i] = 0
-                self.dead += 1
+        for i in self.rows_of.pop(subject_id, []):
+            self.owner[i] = None
+            self.masks[i] = 0
+            self.dead += 1
         if self.dead * 3 > self.rows:
             keep = [i for i, o in enumerate(self.owner) if o is not None]
             sketches = faiss.vector_to_array(self.sketches.xb).reshape(-1, iris.SKETCH_BITS // 8)[keep]
@@ -260,6 +262,9 @@ class _Codes:
             self.codes, self.masks = self.codes[keep], self.masks[keep]
             self.position = self.position[keep]
             self.owner = [self.owner[i] for i in keep]
+            self.rows_of = {}
+            for row, owner in enumerate(self.owner):
+                self.rows_of.setdefault(owner, []).append(row)
             self.rows, self.dead = len(keep), 0
 
 

@@ -37,3 +37,18 @@ def test_mates_first_removal_and_eyes(codes, exhaustive_limit):
     assert m.search("p", 1, probe[some], 1)[0][0] == other
     assert m.size("p") == 29
     assert m.fmr_against("p", other, 1, probe[some]) < 1e-4
+
+
+def test_compaction_keeps_the_living(codes):
+    enrol, probe = codes
+    m = IrisMatcher("iris/gabor-v1", Calibration.load("iris/gabor-v1"), exhaustive_limit=0, shortlist=5)
+    for eye, t in enrol.items():
+        m.add("p", eye, 1, t)
+    gone = sorted(enrol)[:15]  # half the rows removed: the arrays and sketch index get rebuilt
+    for eye in gone:
+        m.remove("p", eye)
+    shelf = m._codes["p"]
+    assert shelf.rows < 30 and shelf.rows - shelf.dead == 15  # compacted once a third was dead
+    kept = [eye for eye in enrol if eye not in gone]
+    assert sum(m.search("p", 1, probe[eye], 1)[0][0] == eye for eye in kept) >= 14
+    assert all(m.search("p", 1, probe[eye], 1)[0][0] not in gone for eye in gone)
