@@ -41,7 +41,7 @@ def real_responses(cache: Path) -> dict[str, np.ndarray]:
         import cv2
 
         from enroll.iris.pipeline import IrisExtractor, code_mask
-        from enroll.iris.segment import occlusion_mask, rubber_sheet
+        from enroll.iris.segment import occlusion_mask, rubber_sheet, segment
         from models import iris_gabor as gabor
 
         ex = IrisExtractor()
@@ -52,9 +52,7 @@ def real_responses(cache: Path) -> dict[str, np.ndarray]:
                 ex.extract(f.read_bytes())  # every quality gate, as in the service
             except Exception:  # noqa: BLE001 - failures to enrol are left out
                 continue
-            from enroll.iris.segment import segment
-
-            b = segment(grey)
+            b = segment(grey)  # again, for the strip the template does not keep
             strip, outside = rubber_sheet(grey, b, gabor.ROWS, gabor.COLS)
             resp.append(ex.encoder.run(strip[None, None])["response"][0])
             masks.append(code_mask(occlusion_mask(strip, outside)))
