@@ -33,6 +33,17 @@ def at_least_one(fmr: float, comparisons: int) -> float:
     return float(-math.expm1(comparisons * math.log1p(-min(fmr, 1.0 - 1e-16))))
 
 
+def compile_kernels() -> None:
+    """Compile (or load from numba's cache) the MCC and iris kernels now, so that the first
+    request does not wait seconds for it. Servers call this before they listen."""
+    probe = mcc.encode(np.array([[100, 100, 0.3], [140, 120, 1.2], [120, 160, 2.0]], np.float64))
+    mcc.similarity(probe, probe)
+    from matcher._iris_kernel import best_distances
+
+    code = np.zeros((2 * iris.MAX_SHIFT + 1, 4), np.uint64)  # numba types by dtype and rank only
+    best_distances(code, code, code[:1], code[:1], float(iris.N0), int(iris.MIN_BITS), np.empty(1))
+
+
 class ModalityMatcher(Protocol):
     """What the engine needs from one modality's model."""
 

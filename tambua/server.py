@@ -232,12 +232,16 @@ def serve(config: Config) -> None:
     from enroll.face.pipeline import FaceExtractor
     from enroll.finger.pipeline import FingerExtractor
     from enroll.iris.pipeline import IrisExtractor
+    from matcher.modalities import compile_kernels
     from matcher.store import SubjectStore
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    started = time.perf_counter()
+    compile_kernels()
+    log.info("matching kernels ready in %.1f s", time.perf_counter() - started)
     store = SubjectStore(config.data_dir / "subjects.sqlite")
     engine = Engine(store, {"face": FaceExtractor(), "finger": FingerExtractor(), "iris": IrisExtractor()},
                     config.thresholds)

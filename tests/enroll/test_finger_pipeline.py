@@ -37,6 +37,16 @@ def test_real_impressions_give_templates_and_mated_pairs_outscore_non_mated(fing
     assert min(mated) > max(non_mated)
 
 
+def test_compiled_mcc_equals_the_numpy_reference_on_real_templates(finger_extractor, fvc):
+    cyl = [mcc.encode(finger_extractor.extract((fvc / f"{f}" / f"{f}_{i}.tif").read_bytes()).minutiae)
+           for f in (105, 106) for i in (1, 2, 3)]
+    cyl.append(mcc.Cylinders(cyl[0].xy[:1], cyl[0].theta[:1], cyl[0].bits[:1], cyl[0].valid[:1]))  # one minutia
+    cyl.append(mcc.Cylinders(cyl[0].xy[:0], cyl[0].theta[:0], cyl[0].bits[:0], cyl[0].valid[:0]))  # none
+    for a in cyl:
+        for b in cyl:
+            assert mcc.similarity(a, b) == pytest.approx(mcc.similarity_reference(a, b), abs=1e-12)
+
+
 def test_same_image_in_other_formats_gives_the_same_minutiae(finger_extractor, fvc):
     data = (fvc / "104" / "104_1.tif").read_bytes()
     grey = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
