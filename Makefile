@@ -28,7 +28,7 @@ tambua/v1/__init__.py: $(PROTOS)
 	touch $@
 
 run: setup
-	$(BIN)/tambua serve
+	$(BIN)/tambua serve --insecure
 
 test: setup
 	$(BIN)/python -m pytest -q

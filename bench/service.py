@@ -49,7 +49,7 @@ def run(n: int, queries: int, workdir: Path, images: list[bytes]) -> dict:
 
     engine = Engine(store, {"face": FaceExtractor()})
     rebuild_s = time.perf_counter() - t0
-    server, port, _ = create_server(Config(port=0, metrics_port=-1), engine)
+    server, port, _ = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=workdir), engine)
     server.start()
     stub = pb_grpc.MatcherStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
     rng = np.random.default_rng(2)

@@ -94,6 +94,30 @@ class ModelMissing(NotReady):
     default_reason = "MODEL_MISSING"
 
 
+class KeyMismatch(TambuaError):
+    """An encryption key is missing, malformed, or not the one the store was sealed with."""
+
+    default_reason = "KEY_MISMATCH"
+
+
+class RecordTampered(TambuaError):
+    """A stored record fails authentication: altered on disk, or moved from where it was written."""
+
+    default_reason = "RECORD_TAMPERED"
+
+
+class Unauthenticated(TambuaError):
+    """The caller presented no credentials, or unknown or revoked ones."""
+
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(TambuaError):
+    """The caller is known but its roles or partitions do not allow this call."""
+
+    default_reason = "PERMISSION_DENIED"
+
+
 class Unimplemented(TambuaError):
     """The request is valid but asks for something not built yet (e.g. a modality)."""
 

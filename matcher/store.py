@@ -5,8 +5,10 @@ write returns only after SQLite has synced it (``synchronous=FULL``), so an
 enrolment acknowledged to a caller survives a killed process or a power cut.
 Subject ids are the caller's opaque strings: no names or personal data are stored.
 
-Template bytes pass through a :class:`Sealer` before they reach the disk; the
-default stores them as they are, and encryption at rest plugs in there.
+Template bytes pass through a :class:`Sealer` before they reach the disk: AES-256-GCM
+under the store's data key when it was created with a key-encryption key
+(:mod:`matcher.sealing`), each record bound to its partition, subject, modality,
+position and model. Deleted rows are overwritten in the file (``secure_delete``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from matcher import sealing
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.templates import Template, parse_template
 
@@ -50,21 +53,26 @@ CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
 
 
 class Sealer(Protocol):
-    """Turns template bytes into what is stored, and back (encryption at rest plugs in here)."""
+    """Turns template bytes into what is stored, and back; ``context`` says where the
+    record belongs (authenticated, not stored)."""
 
-    def seal(self, data: bytes) -> bytes: ...
+    def seal(self, data: bytes, context: bytes) -> bytes: ...
 
-    def open(self, data: bytes) -> bytes: ...
+    def open(self, data: bytes, context: bytes) -> bytes: ...
 
 
 class PlainSealer:
-    """Stores template bytes unchanged."""
+    """Stores template bytes unchanged (stores created without a key-encryption key)."""
 
-    def seal(self, data: bytes) -> bytes:
+    def seal(self, data: bytes, context: bytes) -> bytes:
         return data
 
-    def open(self, data: bytes) -> bytes:
+    def open(self, data: bytes, context: bytes) -> bytes:
         return data
+
+
+def _context(partition: str, subject_id: str, modality: str, position: int, model_id: str) -> bytes:
+    return "\x00".join((partition, subject_id, modality, str(position), model_id)).encode()
 
 
 @dataclass(frozen=True)
@@ -118,24 +126,80 @@ class SubjectStore:
 
     Args:
         path: database file (created with its folder when missing).
-        sealer: wraps template bytes on their way to and from disk.
+        kek: the key-encryption key. A new store created with one is encrypted for good;
+            an encrypted store cannot be opened without the right one.
+
+    Raises:
+        KeyMismatch: no key for an encrypted store, a wrong key, or a key for a plain one.
     """
 
-    def __init__(self, path: Path, sealer: Sealer | None = None) -> None:
+    def __init__(self, path: Path, kek: bytes | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._sealer = sealer or PlainSealer()
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # WAL + FULL: committed means on disk
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA secure_delete=ON")  # erased templates are zeroed in the file, not left in free pages
         self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise RuntimeError(f"store schema {row[0]} is not the supported {SCHEMA_VERSION}")
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if "schema_version" not in meta:
+            meta = self._create_meta(kek)
+        elif int(meta["schema_version"]) != SCHEMA_VERSION:
+            raise RuntimeError(f"store schema {meta['schema_version']} is not the supported {SCHEMA_VERSION}")
+        self._sealer = self._open_sealer(meta, kek)
+
+    def _create_meta(self, kek: bytes | None) -> dict[str, str]:
+        meta = {"schema_version": str(SCHEMA_VERSION), "encryption": "none"}
+        if kek is not None:
+            meta.update(encryption="aes-256-gcm", kek_id=sealing.key_id(kek),
+                        wrapped_dek=sealing.wrap(sealing.new_key(), kek).hex())
+        self._db.executemany("INSERT INTO meta VALUES (?, ?)", list(meta.items()))
+        return meta
+
+    @staticmethod
+    def _open_sealer(meta: dict[str, str], kek: bytes | None) -> Sealer:
+        encrypted = meta.get("encryption", "none") != "none"
+        if not encrypted:
+            if kek is not None:
+                raise sealing.KeyMismatch("this store was created without encryption; a key-encryption key "
+                                          "cannot be applied to it afterwards")
+            return PlainSealer()
+        if kek is None:
+            raise sealing.KeyMismatch("this store is encrypted: give its key-encryption key "
+                                      "(kek_file or TAMBUA_KEK)")
+        if sealing.key_id(kek) != meta["kek_id"]:
+            raise sealing.KeyMismatch(f"wrong key-encryption key: this store needs key id {meta['kek_id']}, "
+                                      f"the key given is {sealing.key_id(kek)}")
+        return sealing.AesGcmSealer(sealing.unwrap(bytes.fromhex(meta["wrapped_dek"]), kek))
+
+    @property
+    def encrypted(self) -> bool:
+        return not isinstance(self._sealer, PlainSealer)
+
+    def rotate_kek(self, old_kek: bytes, new_kek: bytes) -> str:
+        """Re-wrap the data key under ``new_kek`` (templates untouched; servers keep running).
+
+        Returns:
+            The new key's id.
+
+        Raises:
+            KeyMismatch: the store is not encrypted or ``old_kek`` is not its key.
+        """
+        with self._lock:
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("encryption", "none") == "none":
+                raise sealing.KeyMismatch("this store is not encrypted")
+            if sealing.key_id(old_kek) != meta["kek_id"]:
+                raise sealing.KeyMismatch("the current key-encryption key given is not this store's")
+            dek = sealing.unwrap(bytes.fromhex(meta["wrapped_dek"]), old_kek)
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("UPDATE meta SET value=? WHERE key='wrapped_dek'", (sealing.wrap(dek, new_kek).hex(),))
+            self._db.execute("UPDATE meta SET value=? WHERE key='kek_id'", (sealing.key_id(new_kek),))
+            self._db.execute("COMMIT")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old wrapping leaves the WAL too
+        return sealing.key_id(new_kek)
 
     def close(self) -> None:
         with self._lock:
@@ -158,7 +222,8 @@ class SubjectStore:
         heads = [(s.partition, s.subject_id, s.created_ns, json.dumps(list(s.linked))) for s in subjects]
         rows = [
             (s.partition, s.subject_id, t.modality, t.position, t.template.model_id,
-             self._sealer.seal(t.template.to_bytes()))
+             self._sealer.seal(t.template.to_bytes(),
+                               _context(s.partition, s.subject_id, t.modality, t.position, t.template.model_id)))
             for s in subjects
             for t in s.templates
         ]
@@ -187,6 +252,9 @@ class SubjectStore:
             cur = self._db.execute("DELETE FROM subjects WHERE partition=? AND subject_id=?", (partition, subject_id))
             if cur.rowcount == 0:
                 raise NotFound(f"subject {subject_id!r} is not enrolled")
+            # secure_delete zeroes the freed pages, but older copies of them remain in WAL
+            # frames until a checkpoint: erasure means none are left anywhere in the files.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def get(self, partition: str, subject_id: str) -> Subject:
         """Return a subject with its templates.
@@ -201,12 +269,13 @@ class SubjectStore:
             if row is None:
                 raise NotFound(f"subject {subject_id!r} is not enrolled")
             trows = self._db.execute(
-                "SELECT modality, position, data FROM templates WHERE partition=? AND subject_id=? "
+                "SELECT modality, position, model_id, data FROM templates WHERE partition=? AND subject_id=? "
                 "ORDER BY modality, position",
                 (partition, subject_id),
             ).fetchall()
         templates = tuple(
-            StoredTemplate(m, p, parse_template(self._sealer.open(d))) for m, p, d in trows
+            StoredTemplate(m, p, parse_template(self._sealer.open(d, _context(partition, subject_id, m, p, model))))
+            for m, p, model, d in trows
         )
         return Subject(subject_id, partition, templates, tuple(json.loads(row[1])), row[0])
 
@@ -214,12 +283,13 @@ class SubjectStore:
         """Every stored template of one model as (partition, subject_id, position, template): index rebuilds."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT partition, subject_id, position, data FROM templates WHERE model_id=? "
+                "SELECT partition, subject_id, modality, position, data FROM templates WHERE model_id=? "
                 "ORDER BY partition, subject_id, position",
                 (model_id,),
             ).fetchall()
-        for partition, subject_id, position, data in rows:
-            yield partition, subject_id, position, parse_template(self._sealer.open(data))
+        for partition, subject_id, modality, position, data in rows:
+            context = _context(partition, subject_id, modality, position, model_id)
+            yield partition, subject_id, position, parse_template(self._sealer.open(data, context))
 
     def count_by_partition(self) -> dict[str, int]:
         """Number of enrolled subjects in each partition."""

@@ -17,11 +17,108 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from matcher.errors import TambuaError
+from tambua.auth import ROLES
 
-def _stub(address: str):
+
+def _stub(args):
+    """A stub over TLS when ``--ca`` is given (mutual with ``--cert``/``--key``), else plain text."""
     from tambua.v1 import tambua_pb2_grpc
 
-    return tambua_pb2_grpc.MatcherStub(grpc.insecure_channel(address))
+    if not args.ca:
+        return tambua_pb2_grpc.MatcherStub(grpc.insecure_channel(args.address))
+    if bool(args.cert) != bool(args.key):
+        raise SystemExit("error: --cert and --key go together")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=Path(args.ca).read_bytes(),
+        private_key=Path(args.key).read_bytes() if args.key else None,
+        certificate_chain=Path(args.cert).read_bytes() if args.cert else None)
+    return tambua_pb2_grpc.MatcherStub(grpc.secure_channel(args.address, creds))
+
+
+def _audit_verify(args) -> int:
+    """``tambua audit verify``: exit 0 when the chain is whole, 1 with the first fault."""
+    from tambua.audit import verify
+
+    head = None
+    if args.head:
+        seq, _, digest = args.head.partition(":")
+        if not seq.isdigit() or len(digest) != 64:
+            raise SystemExit("error: --head is SEQ:HASH (64 hex digits)")
+        head = (int(seq), digest)
+    path = Path(args.data_dir) / "audit.jsonl"
+    if not path.exists():
+        print(f"error: no audit log at {path}", file=sys.stderr)
+        return 1
+    report = verify(path, head)
+    _print({"ok": report.ok, "entries": report.entries, "head": f"{report.head[0]}:{report.head[1]}",
+            "problem": report.problem}, args.json)
+    return 0 if report.ok else 1
+
+
+def _kek(args) -> int:
+    """``keys new-kek`` and ``keys rotate``: the key-encryption key of encryption at rest."""
+    from matcher import sealing
+    from matcher.store import SubjectStore
+
+    if args.keys_command == "new-kek":
+        print(sealing.new_key().hex())
+        return 0
+    path = Path(args.data_dir) / "subjects.sqlite"
+    if not path.exists():
+        print(f"error: no store at {path}", file=sys.stderr)
+        return 1
+    try:
+        old, new = sealing.load_kek(Path(args.old_kek_file)), sealing.load_kek(Path(args.new_kek_file))
+        store = SubjectStore(path, old)
+        try:
+            out = {"kek_id": store.rotate_kek(old, new)}
+        finally:
+            store.close()
+    except (TambuaError, OSError) as e:
+        print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
+        return 1
+    _print(out, args.json)
+    return 0
+
+
+def _keys(args) -> int:
+    """``tambua keys create|list|revoke`` on the server's data directory (administrators)."""
+    from matcher.errors import InvalidInput
+    from tambua.auth import AccessStore
+
+    if args.keys_command in ("new-kek", "rotate"):
+        return _kek(args)
+    store = AccessStore(Path(args.data_dir) / "access.sqlite")
+    try:
+        if args.keys_command == "create":
+            partitions = set(args.partition or ["*"])
+            if args.cert:
+                p, secret = store.add_certificate(Path(args.cert).read_bytes(), args.name, set(args.role), partitions), None
+            else:
+                p, secret = store.create_key(args.name, set(args.role), partitions)
+            out = {"id": p.id, "kind": p.kind, "name": p.name, "roles": sorted(p.roles),
+                   "partitions": sorted(p.partitions)}
+            if secret:
+                out["api_key"] = secret  # shown this once: only its salted hash is kept
+        elif args.keys_command == "list":
+            out = {"principals": [
+                {"id": r.principal.id, "kind": r.principal.kind, "name": r.principal.name,
+                 "roles": sorted(r.principal.roles), "partitions": sorted(r.principal.partitions),
+                 "created_unix_ms": r.created_unix_ms, "revoked_unix_ms": r.revoked_unix_ms}
+                for r in store.list()]}
+        else:
+            if not store.revoke(args.id):
+                print(f"error: no active key or certificate {args.id!r}", file=sys.stderr)
+                return 1
+            out = {"revoked": args.id}
+    except InvalidInput as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    _print(out, args.json)
+    return 0
 
 
 def _finger_arg(text: str) -> tuple[int, str]:
@@ -91,6 +188,32 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int)
     s.add_argument("--data-dir", type=Path)
     s.add_argument("--metrics-port", type=int)
+    s.add_argument("--insecure", action="store_true", default=None,
+                   help="plain text, no authentication: local development only")
+
+    a = sub.add_parser("audit", help="the hash-chained audit log")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    av = asub.add_parser("verify", help="check the chain of the log on this host (exit 1 on any fault)")
+    av.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
+    av.add_argument("--head", help="SEQ:HASH of a head kept elsewhere: the log must still contain it")
+    av.add_argument("--json", action="store_true")
+
+    k = sub.add_parser("keys", help="API keys and client certificates (run on the server host)")
+    k.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
+    k.add_argument("--json", action="store_true")
+    ks = k.add_subparsers(dest="keys_command", required=True)
+    kc = ks.add_parser("create", help="create an API key, or register a client certificate with --cert")
+    kc.add_argument("--name", required=True, help="who holds it: a device, a partner, a person")
+    kc.add_argument("--role", action="append", required=True, choices=ROLES, help="repeatable")
+    kc.add_argument("--partition", action="append", help="repeatable; default: every partition")
+    kc.add_argument("--cert", help="PEM client certificate to register instead of creating a key")
+    ks.add_parser("list", help="list keys and certificates (never their secrets)")
+    ks.add_parser("new-kek", help="print a new random key-encryption key (64 hex digits) for kek_file")
+    kk = ks.add_parser("rotate", help="re-wrap the store's data key under a new key-encryption key, online")
+    kk.add_argument("--old-kek-file", required=True)
+    kk.add_argument("--new-kek-file", required=True)
+    kr = ks.add_parser("revoke", help="revoke a key or certificate at once")
+    kr.add_argument("id")
 
     def client(name: str, help_: str):
         c = sub.add_parser(name, help=help_)
@@ -98,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="server HOST:PORT (default $TAMBUA_ADDRESS or localhost:50051)")
         c.add_argument("--json", action="store_true")
         c.add_argument("--partition", default="")
+        c.add_argument("--ca", default=os.environ.get("TAMBUA_CA"), help="server CA (PEM): connect over TLS")
+        c.add_argument("--cert", default=os.environ.get("TAMBUA_CERT"), help="client certificate (PEM), mutual TLS")
+        c.add_argument("--key", default=os.environ.get("TAMBUA_KEY"), help="client private key (PEM)")
+        c.add_argument("--api-key", default=os.environ.get("TAMBUA_API_KEY"), help="API key (default $TAMBUA_API_KEY)")
         return c
 
     def samples(c):
@@ -116,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     c = client("verify", "1:1 against an enrolled subject")
     c.add_argument("--subject", required=True)
     samples(c)
+    c = client("audit-read", "read audit entries over gRPC (auditor role)")
+    c.add_argument("--after", type=int, default=0, help="entries after this sequence number")
+    c.add_argument("--limit", type=int, default=1000)
     c = client("delete", "delete a subject")
     c.add_argument("--subject", required=True)
     client("stats", "gallery statistics")
@@ -125,30 +255,51 @@ def main(argv: list[str] | None = None) -> int:
         from tambua.config import Config
         from tambua.server import serve
 
-        serve(Config.load(args.config, port=args.port, data_dir=args.data_dir, metrics_port=args.metrics_port))
+        try:
+            config = Config.load(args.config, port=args.port, data_dir=args.data_dir,
+                                 metrics_port=args.metrics_port, insecure=args.insecure)
+        except ValueError as e:
+            print(f"error: configuration: {e}", file=sys.stderr)
+            return 2
+        try:
+            serve(config)
+        except TambuaError as e:  # a wrong or missing key, a model not built: say so, no traceback
+            print(f"error: {e.reason}: {e.message}", file=sys.stderr)
+            return 2
         return 0
+    if args.command == "keys":
+        return _keys(args)
+    if args.command == "audit":
+        return _audit_verify(args)
 
     from tambua.v1 import tambua_pb2 as pb
 
-    stub = _stub(args.address)
+    stub = _stub(args)
+    md = [("authorization", f"Bearer {args.api_key}")] if args.api_key else None
     try:
         if args.command == "enroll":
             r = stub.Enroll(pb.EnrollRequest(subject_id=args.subject, samples=_samples(args),
-                                             partition=args.partition, force=args.force), timeout=60)
+                                             partition=args.partition, force=args.force), timeout=60, metadata=md)
             out = {"outcome": pb.EnrollResponse.Outcome.Name(r.outcome), "subject_id": r.subject_id,
                    "candidates": _candidates(r.candidates)}
         elif args.command == "identify":
-            r = stub.Identify(pb.IdentifyRequest(samples=_samples(args), partition=args.partition), timeout=60)
+            r = stub.Identify(pb.IdentifyRequest(samples=_samples(args), partition=args.partition), timeout=60, metadata=md)
             out = {"candidates": _candidates(r.candidates)}
         elif args.command == "verify":
             r = stub.Verify(pb.VerifyRequest(subject_id=args.subject, samples=_samples(args),
-                                             partition=args.partition), timeout=60)
+                                             partition=args.partition), timeout=60, metadata=md)
             out = {"match": r.match, "score": r.score, "fmr": r.fmr}
+        elif args.command == "audit-read":
+            r = stub.ReadAudit(pb.ReadAuditRequest(after_seq=args.after, limit=args.limit), timeout=30, metadata=md)
+            out = {"head_seq": r.head_seq, "head_hash": r.head_hash, "entries": [
+                {"seq": e.seq, "unix_ms": e.unix_ms, "principal_id": e.principal_id,
+                 "principal_name": e.principal_name, "rpc": e.rpc, "partition": e.partition,
+                 "subject_ids": list(e.subject_ids), "outcome": e.outcome, "hash": e.hash} for e in r.entries]}
         elif args.command == "delete":
-            stub.DeleteSubject(pb.SubjectRequest(subject_id=args.subject, partition=args.partition), timeout=30)
+            stub.DeleteSubject(pb.SubjectRequest(subject_id=args.subject, partition=args.partition), timeout=30, metadata=md)
             out = {"deleted": args.subject}
         else:
-            r = stub.Stats(pb.StatsRequest(), timeout=30)
+            r = stub.Stats(pb.StatsRequest(), timeout=30, metadata=md)
             out = {"subjects": r.subjects, "templates_by_model": dict(r.templates_by_model)}
     except grpc.RpcError as e:
         return _error(e)

@@ -23,6 +23,14 @@ class Config:
         max_message_mb: largest request accepted.
         verify_fmr / dedup_fpir / max_candidates: decision rates (see the model cards).
         grace_s: seconds in-flight requests get at shutdown.
+        insecure: plain-text gRPC and no authentication, for local development only.
+        tls_cert / tls_key: the server's PEM certificate chain and key (required unless insecure).
+        client_ca: PEM of the CA that issues client certificates: enables mutual TLS; a
+            registered certificate identifies its holder (``tambua keys create --cert``).
+        api_keys: accept API keys from callers without a client certificate; with
+            ``client_ca`` set and this off, a client certificate is required to connect.
+        kek_file: the key-encryption key (64 hex digits or base64 of 32 bytes); else
+            ``$TAMBUA_KEK``. Required unless insecure: templates are encrypted at rest.
     """
 
     host: str = "127.0.0.1"
@@ -35,6 +43,12 @@ class Config:
     dedup_fpir: float = 1e-2
     max_candidates: int = 10
     grace_s: float = 5.0
+    insecure: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    client_ca: Path | None = None
+    api_keys: bool = True
+    kek_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
@@ -42,6 +56,11 @@ class Config:
         if self.workers < 1 or self.max_message_mb < 1:
             raise ValueError("workers and max_message_mb must be positive")
         self.thresholds  # noqa: B018 - validates the rates
+        if not self.insecure and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError("TLS needs tls_cert and tls_key (TAMBUA_TLS_CERT / TAMBUA_TLS_KEY); "
+                             "for local development only, set insecure = true (--insecure)")
+        if not self.insecure and not self.api_keys and self.client_ca is None:
+            raise ValueError("api_keys = false leaves client certificates as the only way in: set client_ca")
 
     @property
     def thresholds(self) -> Thresholds:
@@ -64,6 +83,19 @@ class Config:
         values.update({k: v for k, v in overrides.items() if v is not None})
         typed = {}
         for name, value in values.items():
-            default = fields[name].default
-            typed[name] = Path(value) if isinstance(default, Path) else type(default)(value)
+            typed[name] = _typed(fields[name], value)
         return cls(**typed)
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _typed(field: dataclasses.Field, value):
+    """A file or environment value as the field's type (paths, booleans spelt as words)."""
+    if value is None or "Path" in str(field.type):
+        return None if value in (None, "") else Path(value)
+    if isinstance(field.default, bool) and isinstance(value, str):
+        if value.lower() not in _TRUE | _FALSE:
+            raise ValueError(f"{field.name}: expected true or false, got {value!r}")
+        return value.lower() in _TRUE
+    return type(field.default)(value)

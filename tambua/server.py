@@ -17,15 +17,16 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 from matcher.engine import Engine, SampleInput
 from matcher.iso19794 import export_record
-from matcher.errors import InvalidInput, QualityError
+from matcher.errors import InvalidInput, NotFound, QualityError
+from tambua.audit import AuditLog
+from tambua.auth import AccessStore, AuthInterceptor
 from tambua.config import Config
-from tambua.status import code_of, rich_status
+from tambua.status import abort, code_of
 from tambua.v1 import tambua_pb2 as pb
 from tambua.v1 import tambua_pb2_grpc as pb_grpc
 
@@ -117,7 +118,7 @@ def _rpc(method):
                 log.info("%s rejected: %s", method.__name__, getattr(e, "reason", code.name))
                 if isinstance(e, QualityError) or getattr(e, "reason", "").startswith("IMAGE_"):
                     self.metrics.rejections.labels(e.reason).inc()
-            context.abort_with_status(rpc_status.to_status(rich_status(e)))
+            abort(context, e)
         finally:
             self.metrics.rpcs.labels(method.__name__, code.name).inc()
             self.metrics.latency.labels(method.__name__).observe(time.perf_counter() - start)
@@ -127,9 +128,10 @@ def _rpc(method):
 
 
 class MatcherServicer(pb_grpc.MatcherServicer):
-    def __init__(self, engine: Engine, metrics: Metrics) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, audit: AuditLog | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.audit = audit
 
     @staticmethod
     def _model_ids(templates) -> list[str]:
@@ -191,6 +193,19 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         return pb.DeleteSubjectResponse()
 
     @_rpc
+    def ReadAudit(self, request, context):
+        if self.audit is None:
+            raise NotFound("this server keeps no audit log")
+        seq, head = self.audit.head
+        entries = self.audit.read(request.after_seq, min(request.limit or 1000, 10_000))
+        return pb.ReadAuditResponse(
+            entries=[pb.AuditEntry(seq=e.seq, unix_ms=e.unix_ms, principal_id=e.principal_id,
+                                   principal_name=e.principal_name, rpc=e.rpc, partition=e.partition,
+                                   subject_ids=list(e.subject_ids), outcome=e.outcome, prev_hash=e.prev,
+                                   hash=e.hash) for e in entries],
+            head_seq=seq, head_hash=head)
+
+    @_rpc
     def Stats(self, request, context):
         return pb.StatsResponse(
             subjects=self.engine.store.count(),
@@ -209,22 +224,39 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
     metrics = Metrics(registry, engine)
     engine.observer = metrics
     limit = config.max_message_mb * 1024 * 1024
+    access = None if config.insecure else AccessStore(config.data_dir / "access.sqlite")
+    audit = AuditLog(config.data_dir / "audit.jsonl")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
+        interceptors=[AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit)],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
-    pb_grpc.add_MatcherServicer_to_server(MatcherServicer(engine, metrics), server)
+    pb_grpc.add_MatcherServicer_to_server(MatcherServicer(engine, metrics, audit), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    address = f"{config.host}:{config.port}"
+    if config.insecure:
+        log.warning("INSECURE MODE: plain-text gRPC and no authentication; for local development only")
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, _credentials(config))
     metrics_port = -1
     if config.metrics_port >= 0:
         http, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
         metrics_port = http.server_port
     return server, port, metrics_port
+
+
+def _credentials(config: Config) -> grpc.ServerCredentials:
+    """TLS, and mutual TLS when a client CA is configured (required when API keys are off)."""
+    chain = [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+    if config.client_ca is None:
+        return grpc.ssl_server_credentials(chain)
+    return grpc.ssl_server_credentials(chain, root_certificates=config.client_ca.read_bytes(),
+                                       require_client_auth=not config.api_keys)
 
 
 def serve(config: Config) -> None:
@@ -233,6 +265,7 @@ def serve(config: Config) -> None:
     from enroll.finger.pipeline import FingerExtractor
     from enroll.iris.pipeline import IrisExtractor
     from matcher.modalities import compile_kernels
+    from matcher.sealing import KeyMismatch, load_kek
     from matcher.store import SubjectStore
 
     handler = logging.StreamHandler()
@@ -242,7 +275,13 @@ def serve(config: Config) -> None:
     started = time.perf_counter()
     compile_kernels()
     log.info("matching kernels ready in %.1f s", time.perf_counter() - started)
-    store = SubjectStore(config.data_dir / "subjects.sqlite")
+    kek = load_kek(config.kek_file)
+    if kek is None and not config.insecure:
+        raise KeyMismatch("templates are encrypted at rest: set kek_file or TAMBUA_KEK "
+                          "(make one with `tambua keys new-kek`); insecure mode only may run without")
+    if kek is None:
+        log.warning("INSECURE MODE: templates stored without encryption")
+    store = SubjectStore(config.data_dir / "subjects.sqlite", kek)
     engine = Engine(store, {"face": FaceExtractor(), "finger": FingerExtractor(), "iris": IrisExtractor()},
                     config.thresholds)
     server, port, metrics_port = create_server(config, engine)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from matcher import errors
 
@@ -28,6 +29,10 @@ _CODES: tuple[tuple[type[errors.TambuaError], grpc.StatusCode], ...] = (
     (errors.NotReady, grpc.StatusCode.UNAVAILABLE),
     (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (errors.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
+    (errors.KeyMismatch, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.RecordTampered, grpc.StatusCode.DATA_LOSS),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 )
 INTERNAL_MESSAGE = "internal error; the server log has the details"
 
@@ -39,6 +44,11 @@ def code_of(err: BaseException) -> grpc.StatusCode:
             if isinstance(err, cls):
                 return code
     return grpc.StatusCode.INTERNAL
+
+
+def abort(context, err: BaseException):
+    """End a call with ``err``'s status (raises, as ``context.abort`` does)."""
+    context.abort_with_status(rpc_status.to_status(rich_status(err)))
 
 
 def rich_status(err: BaseException) -> status_pb2.Status:

@@ -15,7 +15,8 @@ from tambua.v1 import tambua_pb2_grpc as pb_grpc
 def test_rpc_stage_rejection_and_gallery_metrics(tmp_path, face_extractor, orl):
     store = SubjectStore(tmp_path / "m.sqlite")
     registry = CollectorRegistry()
-    server, port, _ = create_server(Config(port=0, metrics_port=-1), Engine(store, {"face": face_extractor}), registry)
+    server, port, _ = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=tmp_path),
+                                     Engine(store, {"face": face_extractor}), registry)
     server.start()
     try:
         stub = pb_grpc.MatcherStub(grpc.insecure_channel(f"127.0.0.1:{port}"))

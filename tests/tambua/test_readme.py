@@ -32,7 +32,7 @@ def test_readme_quick_start(tmp_path, orl, models):
     readme = (REPO / "README.md").read_text()
     (serve,) = _block_after(readme, "Run the service")
     assert serve == "make run"
-    run_cmd = re.search(r"make run\s+# = (\S+ serve)", readme).group(1)
+    run_cmd = re.search(r"make run\s+# = (\S+ serve --insecure)", readme).group(1)
     quick = _block_after(readme, "Quick start with the CLI")
     # The photos the quick start names: two of one ORL person, a third of them, someone else.
     photos = {"photo1.jpg": ("s21", 1), "photo2.jpg": ("s21", 2), "today.jpg": ("s21", 3), "someone.jpg": ("s22", 1)}

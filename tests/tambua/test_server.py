@@ -32,34 +32,48 @@ def _png(pixels: np.ndarray) -> bytes:
 
 
 class Server:
-    def __init__(self, data_dir: Path) -> None:
+    """A `tambua serve` process. Plain text (``--insecure``) unless ``config`` (a TOML file
+    with the TLS settings) is given; then ``connect`` opens TLS channels to it."""
+
+    def __init__(self, data_dir: Path, config: Path | None = None) -> None:
         self.data_dir = data_dir
+        self.config = config
         self.proc: subprocess.Popen | None = None
         self.address = ""
 
     def start(self) -> None:
+        args = ["--config", str(self.config)] if self.config else ["--insecure"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tambua.cli", "serve", "--port", "0", "--metrics-port", "-1",
-             "--data-dir", str(self.data_dir)],
+             "--data-dir", str(self.data_dir), *args],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         line = self.proc.stdout.readline()
         m = re.search(r"listening on (\S+)", line)
         assert m, f"server did not start: {line!r}"
         self.address = m.group(1)
-        self.channel = grpc.insecure_channel(self.address)
-        self.stub = pb_grpc.MatcherStub(self.channel)
+        if self.config is None:
+            self.channel = grpc.insecure_channel(self.address)
+            self.stub = pb_grpc.MatcherStub(self.channel)
+
+    def connect(self, ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
+        """A TLS channel to localhost (the name the test server certificate carries)."""
+        creds = grpc.ssl_channel_credentials(ca.read_bytes(), key.read_bytes() if key else None,
+                                             cert.read_bytes() if cert else None)
+        return grpc.secure_channel(f"localhost:{self.address.rsplit(':', 1)[1]}", creds)
 
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=30)
-        self.channel.close()
+        if self.config is None:
+            self.channel.close()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
-        self.channel.close()
+        if self.config is None:
+            self.channel.close()
 
 
 def face(orl: Path, person: int, shot: int) -> pb.Sample:

@@ -1,0 +1,176 @@
+"""The audit log: an append-only, hash-chained record of every call to the service.
+
+One JSON object a line in ``audit.jsonl`` beside the subject store: sequence number, time,
+caller (principal id and name), RPC, partition, the subject ids the call touched or
+returned, and the outcome (a gRPC status name). Never images, templates or scores. Each
+entry carries the SHA-256 of the previous entry's hash and its own canonical JSON, so an
+edited, removed, inserted or reordered entry breaks the chain (:func:`verify`). Each entry
+is written and fsynced before the caller gets its answer.
+
+What a chain alone cannot show is the loss of its newest entries (a truncated tail is a
+shorter valid chain): the head (sequence and hash) is what to copy elsewhere, e.g. into
+each backup and sync bundle, and compare (``tambua audit verify --head SEQ:HASH``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64  # the "previous hash" of the first entry
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited call.
+
+    Attributes:
+        seq: 1, 2, ... without gaps.
+        unix_ms: when the call ended.
+        principal_id / principal_name: who called (key id or certificate fingerprint).
+        rpc: the method's short name.
+        partition: the gallery partition named by the request ("" when none).
+        subject_ids: subjects the call touched (enrolled, deleted, read, verified against)
+            or returned as candidates.
+        outcome: ``OK`` or the gRPC status name (``PERMISSION_DENIED``, ...).
+        prev: the previous entry's hash (``GENESIS`` for the first).
+        hash: SHA-256 over ``prev`` and this entry's other fields.
+    """
+
+    seq: int
+    unix_ms: int
+    principal_id: str
+    principal_name: str
+    rpc: str
+    partition: str
+    subject_ids: tuple[str, ...]
+    outcome: str
+    prev: str
+    hash: str
+
+
+def _digest(fields: dict) -> str:
+    body = {k: v for k, v in fields.items() if k != "hash"}
+    body["subject_ids"] = list(body["subject_ids"])
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _entry(line: str) -> AuditEntry:
+    d = json.loads(line)
+    d["subject_ids"] = tuple(d["subject_ids"])
+    return AuditEntry(**d)
+
+
+class AuditLog:
+    """Appends entries to ``path``. Thread-safe: one lock orders the chain.
+
+    A line left half-written by a crash (its call never answered) is cut off at start.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._seq, self._head = 0, GENESIS
+        self._recover()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def _recover(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            log.warning("audit log: cutting off a half-written last entry (%d bytes)", len(data) - end)
+            os.truncate(self.path, end)
+        if end:
+            last = _entry(data[data.rfind(b"\n", 0, end - 1) + 1:end].decode())
+            self._seq, self._head = last.seq, last.hash
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(sequence, hash) of the newest entry: what to keep elsewhere to detect a cut tail."""
+        with self._lock:
+            return self._seq, self._head
+
+    def append(self, principal_id: str, principal_name: str, rpc: str, partition: str,
+               subject_ids: tuple[str, ...], outcome: str) -> AuditEntry:
+        """Write one entry durably (fsync) and return it."""
+        with self._lock:
+            fields = {"seq": self._seq + 1, "unix_ms": int(time.time() * 1000), "principal_id": principal_id,
+                      "principal_name": principal_name, "rpc": rpc, "partition": partition,
+                      "subject_ids": tuple(subject_ids), "outcome": outcome, "prev": self._head, "hash": ""}
+            fields["hash"] = _digest(fields)
+            entry = AuditEntry(**fields)
+            line = json.dumps({**asdict(entry), "subject_ids": list(entry.subject_ids)}, sort_keys=True,
+                              separators=(",", ":"), ensure_ascii=True) + "\n"
+            os.write(self._fd, line.encode())
+            os.fsync(self._fd)
+            self._seq, self._head = entry.seq, entry.hash
+            return entry
+
+    def read(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
+        """Entries with ``seq > after_seq``, oldest first, at most ``limit``."""
+        out: list[AuditEntry] = []
+        with open(self.path, encoding="ascii") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                e = _entry(line)
+                if e.seq > after_seq:
+                    out.append(e)
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What :func:`verify` found: ``ok``, how many entries, the head, and the first fault."""
+
+    ok: bool
+    entries: int
+    head: tuple[int, str]
+    problem: str = ""
+
+
+def verify(path: Path, expect_head: tuple[int, str] | None = None) -> VerifyReport:
+    """Check the whole chain: every entry's hash, its link to the one before, and the
+    sequence without gaps; optionally that the head is (at least) a known one.
+
+    Returns:
+        The report; ``problem`` names the first bad line and what is wrong with it.
+    """
+    seq, head, n = 0, GENESIS, 0
+    at_expected = None  # the hash this log has at the expected head's sequence number
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                e = _entry(raw.decode("ascii"))
+            except (ValueError, TypeError, UnicodeDecodeError):
+                return VerifyReport(False, n, (seq, head), f"line {number}: not an audit entry")
+            if _digest(asdict(e)) != e.hash:
+                return VerifyReport(False, n, (seq, head), f"line {number} (seq {e.seq}): edited (its hash does not match)")
+            if e.seq != seq + 1 or e.prev != head:
+                what = "entries missing or out of order" if e.seq > seq + 1 else "out of order or repeated"
+                return VerifyReport(False, n, (seq, head),
+                                    f"line {number} (seq {e.seq}, expected {seq + 1}): chain broken: {what}")
+            seq, head, n = e.seq, e.hash, n + 1
+            if expect_head is not None and seq == expect_head[0]:
+                at_expected = head
+    if expect_head is not None and at_expected != expect_head[1]:
+        return VerifyReport(False, n, (seq, head),
+                            f"the known head {expect_head[0]}:{expect_head[1][:12]}... is not in the log: entries were cut")
+    return VerifyReport(True, n, (seq, head))

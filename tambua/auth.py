@@ -1,0 +1,312 @@
+"""Who may call what: principals (API keys and client certificates), roles, partition
+scopes, and the one server interceptor that checks them on every call.
+
+Principals live in ``access.sqlite`` beside the subject store, managed by an administrator
+on the server host (``tambua keys create|list|revoke``); the interceptor reads the table on
+every call, so a revocation takes effect at once, also from another process.
+
+API keys are ``tmb_<id>_<secret>`` with a 256-bit random secret; only a salted HMAC-SHA256
+of the secret is stored. A slow password hash (scrypt, argon2) protects low-entropy
+passwords against guessing; a 256-bit secret cannot be guessed, and a per-call hash must
+be cheap. Client certificates are named by the SHA-256 fingerprint of their DER bytes
+(a common name can repeat across issuers; a fingerprint cannot).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from matcher.errors import InvalidInput, PermissionDenied, Unauthenticated
+from tambua.audit import AuditLog
+
+log = logging.getLogger(__name__)
+
+ROLES = ("registrar", "verifier", "adjudicator", "auditor", "admin")
+ALL_PARTITIONS = "*"
+DEFAULT_PARTITION = "default"
+_KEY_PREFIX = "tmb"
+
+# RPC -> roles that may call it (any one suffices); enrol-anyway (``force``) is
+# adjudication and needs ``adjudicator`` (see authorize()). Verify and Compare answer about one claimed subject or one pair
+# and never return other subject ids: what a distribution point needs and no more.
+RULES: dict[str, frozenset[str]] = {
+    "Enroll": frozenset({"registrar"}),
+    "Identify": frozenset({"registrar"}),
+    "Extract": frozenset({"registrar"}),
+    "GetSubject": frozenset({"registrar", "adjudicator"}),
+    "Verify": frozenset({"verifier"}),
+    "Compare": frozenset({"verifier"}),
+    "DeleteSubject": frozenset({"adjudicator"}),
+    "ReadAudit": frozenset({"auditor"}),
+    "Stats": frozenset({"admin"}),
+}
+_MATCHER_SERVICE = "/tambua.v1.Matcher/"
+_OPEN_SERVICES = ("/grpc.health.v1.Health/",)  # liveness says nothing about anyone
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller.
+
+    Attributes:
+        id: key id, or ``sha256:<hex>`` of a client certificate.
+        kind: ``key``, ``cert`` or ``dev`` (insecure local development).
+        name: what the administrator called it (a device, a partner, a person).
+        roles: granted roles (subset of :data:`ROLES`).
+        partitions: partitions it may touch; ``{"*"}`` for all.
+    """
+
+    id: str
+    kind: str
+    name: str
+    roles: frozenset[str]
+    partitions: frozenset[str]
+
+    def __post_init__(self) -> None:
+        unknown = set(self.roles) - set(ROLES)
+        if unknown:
+            raise InvalidInput(f"unknown roles {sorted(unknown)}; roles are {', '.join(ROLES)}")
+        if not self.roles or not self.partitions:
+            raise InvalidInput("a principal needs at least one role and one partition")
+
+    def may_use(self, partition: str) -> bool:
+        return ALL_PARTITIONS in self.partitions or (partition or DEFAULT_PARTITION) in self.partitions
+
+
+DEV_PRINCIPAL = Principal("dev", "dev", "insecure local development", frozenset(ROLES), frozenset({ALL_PARTITIONS}))
+# The caller of the call being served, set by AuthInterceptor (the servicer and the audit read it).
+current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=DEV_PRINCIPAL)
+
+
+@dataclass(frozen=True)
+class PrincipalRecord:
+    """A row of ``tambua keys list``: the principal and its life."""
+
+    principal: Principal
+    created_unix_ms: int
+    revoked_unix_ms: int | None
+
+
+def certificate_id(pem: bytes) -> str:
+    """``sha256:<hex>`` of a PEM certificate's DER bytes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError as e:
+        raise InvalidInput("not a PEM X.509 certificate") from e
+    return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+class AccessStore:
+    """The principals table (``access.sqlite``). Thread-safe; every read sees the latest
+    committed state, so revocations by another process apply on the next call."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS principals (id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,"
+            " roles TEXT NOT NULL, partitions TEXT NOT NULL, salt BLOB, digest BLOB,"
+            " created_ms INTEGER NOT NULL, revoked_ms INTEGER)")
+        self._lock = threading.Lock()
+        self._cert_ids: dict[bytes, str] = {}  # PEM -> id: parsing a certificate per call costs more
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _insert(self, p: Principal, salt: bytes | None, digest: bytes | None) -> None:
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO principals VALUES (?,?,?,?,?,?,?,?,NULL)",
+                                 (p.id, p.kind, p.name, ",".join(sorted(p.roles)), ",".join(sorted(p.partitions)),
+                                  salt, digest, int(time.time() * 1000)))
+            except sqlite3.IntegrityError as e:
+                raise InvalidInput(f"principal {p.id} is already registered") from e
+
+    def create_key(self, name: str, roles: set[str], partitions: set[str]) -> tuple[Principal, str]:
+        """Create an API key. Returns the principal and the key, shown this once only."""
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        p = Principal(key_id, "key", name, frozenset(roles), frozenset(partitions))
+        salt = secrets.token_bytes(16)
+        self._insert(p, salt, _digest(salt, secret))
+        return p, f"{_KEY_PREFIX}_{key_id}_{secret}"
+
+    def add_certificate(self, pem: bytes, name: str, roles: set[str], partitions: set[str]) -> Principal:
+        """Grant roles to the holder of a client certificate (issued by the configured CA)."""
+        p = Principal(certificate_id(pem), "cert", name, frozenset(roles), frozenset(partitions))
+        self._insert(p, None, None)
+        return p
+
+    def revoke(self, principal_id: str) -> bool:
+        """Revoke a key or certificate at once. Returns False if it is unknown or already revoked."""
+        with self._lock:
+            cur = self._db.execute("UPDATE principals SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL",
+                                   (int(time.time() * 1000), principal_id))
+        return cur.rowcount == 1
+
+    def list(self) -> list[PrincipalRecord]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, kind, name, roles, partitions, created_ms, revoked_ms"
+                                    " FROM principals ORDER BY created_ms, id").fetchall()
+        return [PrincipalRecord(_principal(r[:5]), r[5], r[6]) for r in rows]
+
+    def _active(self, principal_id: str) -> tuple | None:
+        with self._lock:
+            return self._db.execute("SELECT id, kind, name, roles, partitions, salt, digest FROM principals"
+                                    " WHERE id = ? AND revoked_ms IS NULL", (principal_id,)).fetchone()
+
+    def by_key(self, token: str) -> Principal | None:
+        """The active principal an API key belongs to, or None."""
+        prefix, _, rest = token.partition("_")
+        key_id, _, secret = rest.partition("_")
+        if prefix != _KEY_PREFIX or not key_id or not secret:
+            return None
+        row = self._active(key_id)
+        if row is None or row[1] != "key" or not hmac.compare_digest(row[6], _digest(row[5], secret)):
+            return None
+        return _principal(row[:5])
+
+    def by_certificate(self, pem: bytes) -> Principal | None:
+        """The active principal a verified client certificate was registered as, or None."""
+        cert_id = self._cert_ids.get(pem)
+        if cert_id is None:
+            cert_id = certificate_id(pem)
+            if len(self._cert_ids) < 10_000:
+                self._cert_ids[pem] = cert_id
+        row = self._active(cert_id)
+        return None if row is None or row[1] != "cert" else _principal(row[:5])
+
+
+def _digest(salt: bytes, secret: str) -> bytes:
+    return hmac.new(salt, secret.encode(), hashlib.sha256).digest()
+
+
+def _principal(row: tuple) -> Principal:
+    return Principal(row[0], row[1], row[2], frozenset(row[3].split(",")), frozenset(row[4].split(",")))
+
+
+def authorize(principal: Principal, method: str, request) -> None:
+    """Raise :class:`PermissionDenied` unless ``principal`` may make this call.
+
+    Args:
+        method: the RPC's short name (``Enroll``).
+        request: the request message: its ``partition`` and ``force`` fields are checked.
+    """
+    forced = method == "Enroll" and request.force
+    needed = frozenset({"adjudicator"}) if forced else RULES.get(method)
+    if needed is None:
+        raise PermissionDenied(f"{method} is not open to any role")
+    if not principal.roles & needed:
+        raise PermissionDenied(f"{method}{' with force' if forced else ''} needs the role "
+                               f"{' or '.join(sorted(needed))}; {principal.name!r} has "
+                               f"{', '.join(sorted(principal.roles))}")
+    if hasattr(request, "partition") and not principal.may_use(request.partition):
+        raise PermissionDenied(f"{principal.name!r} may not use partition {request.partition or DEFAULT_PARTITION!r}")
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Authenticates every call (client certificate first, else an API key in the
+    ``authorization: Bearer <key>`` metadata) and authorises it by :func:`authorize`.
+
+    With ``store`` None the server runs in insecure development mode: every caller is
+    :data:`DEV_PRINCIPAL`. The principal is passed on to the servicer via ``current``.
+
+    Args:
+        store: the principals; None for insecure development mode.
+        abort: ``abort(context, error)`` ends a call with the service's one error mapping.
+        api_keys: whether API keys are accepted (False: client certificates only).
+        audit: where every Matcher call is recorded, refused ones included (None: nowhere).
+    """
+
+    def __init__(self, store: AccessStore | None, abort, api_keys: bool = True, audit: AuditLog | None = None) -> None:
+        self.store, self.abort, self.api_keys, self.audit = store, abort, api_keys, audit
+
+    def authenticate(self, context) -> Principal:
+        if self.store is None:
+            return DEV_PRINCIPAL
+        auth = context.auth_context() or {}
+        pems = auth.get("x509_pem_cert")
+        if pems:
+            p = self.store.by_certificate(pems[0])
+            if p is None:
+                raise Unauthenticated("this client certificate is not registered or was revoked")
+            return p
+        md = dict(context.invocation_metadata() or ())
+        header = md.get("authorization", "")
+        if not self.api_keys:
+            raise Unauthenticated("a client certificate is required")
+        if not header.startswith("Bearer "):
+            raise Unauthenticated("no credentials: present a client certificate or 'authorization: Bearer <key>'")
+        p = self.store.by_key(header[len("Bearer "):].strip())
+        if p is None:
+            raise Unauthenticated("unknown or revoked API key")
+        return p
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_SERVICES):
+            return handler
+        short = method[len(_MATCHER_SERVICE):] if method.startswith(_MATCHER_SERVICE) else None
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._guard(handler.unary_unary, short), handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream is not None:  # reflection and future streams: authenticated callers only
+            return grpc.unary_stream_rpc_method_handler(
+                self._guard(handler.unary_stream, short), handler.request_deserializer, handler.response_serializer)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._guard(handler.stream_stream, short), handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(
+            self._guard(handler.stream_unary, short), handler.request_deserializer, handler.response_serializer)
+
+    def _guard(self, behaviour, short: str | None):
+        def guarded(request, context):
+            principal = None
+            response, outcome = None, "OK"
+            try:
+                principal = self.authenticate(context)
+                if short is not None:
+                    authorize(principal, short, request)
+            except (Unauthenticated, PermissionDenied) as e:
+                log.warning("%s refused: %s", short or "call", e.reason)
+                self._audit(principal, short, request, None, e.reason)
+                self.abort(context, e)
+            token = current.set(principal)
+            try:
+                response = behaviour(request, context)
+                return response
+            except BaseException:
+                code = context.code() if hasattr(context, "code") else None
+                outcome = code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
+                raise
+            finally:
+                current.reset(token)
+                self._audit(principal, short, request, response, outcome)
+
+        return guarded
+
+    def _audit(self, principal: Principal | None, short: str | None, request, response, outcome: str) -> None:
+        if self.audit is None or short is None:
+            return
+        ids = [request.subject_id] if getattr(request, "subject_id", "") else []
+        ids += [c.subject_id for c in getattr(response, "candidates", ())]
+        self.audit.append(principal.id if principal else "", principal.name if principal else "unauthenticated",
+                          short, (request.partition or DEFAULT_PARTITION) if hasattr(request, "partition") else "",
+                          tuple(dict.fromkeys(ids)), outcome)

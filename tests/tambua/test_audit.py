@@ -1,0 +1,114 @@
+"""The hash-chained audit log: what verify catches, crash recovery, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tambua.audit import AuditLog, verify
+from tests.tambua.test_server import REPO
+
+
+@pytest.fixture
+def log_path(tmp_path):
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for i in range(6):
+        log.append("k1", "tablet 1", "Enroll", "default", (f"S{i}",), "OK")
+    log.append("k2", "dp 3", "Verify", "default", ("S2",), "OK")
+    log.append("", "unauthenticated", "Identify", "default", (), "UNAUTHENTICATED")
+    log.close()
+    return tmp_path / "audit.jsonl"
+
+
+def _lines(path):
+    return path.read_text().splitlines(keepends=True)
+
+
+def test_an_untouched_log_verifies_and_continues_after_a_restart(log_path):
+    report = verify(log_path)
+    assert report.ok and report.entries == 8 and report.head[0] == 8
+    log = AuditLog(log_path)
+    assert log.head == report.head
+    entry = log.append("k1", "tablet 1", "DeleteSubject", "default", ("S1",), "OK")
+    log.close()
+    assert entry.seq == 9 and entry.prev == report.head[1] and verify(log_path).ok
+
+
+def _edit(lines):
+    e = json.loads(lines[3])
+    e["subject_ids"] = ["someone-else"]
+    lines[3] = json.dumps(e, sort_keys=True, separators=(",", ":")) + "\n"
+
+
+def _edit_outcome(lines):
+    lines[6] = lines[6].replace('"OK"', '"PERMISSION_DENIED"')
+
+
+def _remove(lines):
+    del lines[4]
+
+
+def _swap(lines):
+    lines[2], lines[3] = lines[3], lines[2]
+
+
+def _remove_first(lines):
+    del lines[0]
+
+
+def _duplicate(lines):
+    lines.insert(5, lines[4])
+
+
+@pytest.mark.parametrize("tamper, fault", [
+    pytest.param(_edit, "line 4 (seq 4): edited", id="edited-entry"),
+    pytest.param(_edit_outcome, "line 7 (seq 7): edited", id="edited-outcome"),
+    pytest.param(_remove, "line 5 (seq 6, expected 5): chain broken", id="removed-entry"),
+    pytest.param(_remove_first, "line 1 (seq 2, expected 1)", id="removed-first"),
+    pytest.param(_swap, "line 3 (seq 4, expected 3)", id="swapped-pair"),
+    pytest.param(_duplicate, "line 6 (seq 5, expected 6)", id="replayed-entry"),
+])
+def test_verify_names_the_first_tampered_line(log_path, tamper, fault):
+    lines = _lines(log_path)
+    tamper(lines)
+    log_path.write_text("".join(lines))
+    report = verify(log_path)
+    assert not report.ok and report.problem.startswith(fault), report.problem
+
+
+def test_a_cut_tail_is_caught_against_a_head_kept_elsewhere(log_path):
+    head = verify(log_path).head
+    log_path.write_text("".join(_lines(log_path)[:-2]))
+    assert verify(log_path).ok  # a shorter chain is still a chain ...
+    report = verify(log_path, expect_head=head)
+    assert not report.ok and "cut" in report.problem  # ... which the kept head exposes
+
+
+def test_a_half_written_last_entry_is_cut_off_at_start(log_path):
+    whole = log_path.read_bytes()
+    log_path.write_bytes(whole + b'{"seq":9,"unix_ms":17')  # the crash came mid-write
+    log = AuditLog(log_path)
+    assert log.head[0] == 8 and log_path.read_bytes() == whole
+    log.append("k1", "tablet 1", "Identify", "default", (), "OK")
+    log.close()
+    assert verify(log_path).ok
+
+
+def test_cli_audit_verify_exit_codes(log_path):
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "tambua.cli", "audit", "verify", "--data-dir",
+                               str(log_path.parent), "--json", *extra], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+
+    ok = run()
+    assert ok.returncode == 0 and json.loads(ok.stdout)["entries"] == 8
+    head = json.loads(ok.stdout)["head"]
+    assert run("--head", head).returncode == 0
+    lines = _lines(log_path)
+    _swap(lines)
+    log_path.write_text("".join(lines))
+    bad = run()
+    assert bad.returncode == 1 and "chain broken" in json.loads(bad.stdout)["problem"]
