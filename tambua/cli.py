@@ -36,6 +36,26 @@ def _stub(args):
     return tambua_pb2_grpc.MatcherStub(grpc.secure_channel(args.address, creds))
 
 
+def _backup(args) -> int:
+    """``tambua backup`` and ``tambua restore`` (on the server host)."""
+    from dataclasses import asdict
+
+    from tambua import backup
+
+    try:
+        if args.command == "backup":
+            m = backup.backup(Path(args.data_dir), args.out)
+        else:
+            m = backup.restore(args.source, Path(args.data_dir))
+    except TambuaError as e:
+        print(f"error: {e.reason}: {e.message}", file=sys.stderr)
+        return 1
+    out = asdict(m)
+    out.pop("files")
+    _print(out, args.json)
+    return 0
+
+
 def _audit_verify(args) -> int:
     """``tambua audit verify``: exit 0 when the chain is whole, 1 with the first fault."""
     from tambua.audit import verify
@@ -198,6 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     av.add_argument("--head", help="SEQ:HASH of a head kept elsewhere: the log must still contain it")
     av.add_argument("--json", action="store_true")
 
+    b = sub.add_parser("backup", help="consistent online snapshot of the data directory (stays encrypted)")
+    b.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
+    b.add_argument("--out", required=True, type=Path, help="new folder for the backup")
+    b.add_argument("--json", action="store_true")
+    r = sub.add_parser("restore", help="restore a backup into an empty data directory")
+    r.add_argument("--from", dest="source", required=True, type=Path, help="the backup folder")
+    r.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
+    r.add_argument("--json", action="store_true")
+
     k = sub.add_parser("keys", help="API keys and client certificates (run on the server host)")
     k.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
     k.add_argument("--json", action="store_true")
@@ -271,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return _keys(args)
     if args.command == "audit":
         return _audit_verify(args)
+    if args.command in ("backup", "restore"):
+        return _backup(args)
 
     from tambua.v1 import tambua_pb2 as pb
 

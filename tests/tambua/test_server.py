@@ -35,9 +35,10 @@ class Server:
     """A `tambua serve` process. Plain text (``--insecure``) unless ``config`` (a TOML file
     with the TLS settings) is given; then ``connect`` opens TLS channels to it."""
 
-    def __init__(self, data_dir: Path, config: Path | None = None) -> None:
+    def __init__(self, data_dir: Path, config: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.config = config
+        self.env = dict(os.environ, **(env or {}))
         self.proc: subprocess.Popen | None = None
         self.address = ""
 
@@ -46,7 +47,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tambua.cli", "serve", "--port", "0", "--metrics-port", "-1",
              "--data-dir", str(self.data_dir), *args],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env,
         )
         line = self.proc.stdout.readline()
         m = re.search(r"listening on (\S+)", line)
