@@ -1,5 +1,9 @@
 """Identify latency over gRPC beside pure search: ``python -m bench.service --gallery 10000 100000 --json OUT``.
 
+``--security`` measures what protection costs: each size runs plain, then over TLS with
+an API key checked on every call and templates encrypted at rest (decrypted at the
+gallery rebuild), and the ratios are reported from the same run.
+
 A real server (in this process, on a free loopback port) over a store bulk-loaded with
 synthetic face templates drawn like ``bench.search``'s. Probes are sent as templates
 (the service's matching path: parse, search, scoring, gRPC) and, with ``--image-probes
@@ -29,14 +33,32 @@ def _percentiles(ms: list[float]) -> dict:
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def run(n: int, queries: int, workdir: Path, images: list[bytes]) -> dict:
+def _secure(workdir: Path) -> tuple[dict, grpc.ChannelCredentials, list]:
+    """TLS settings, client credentials and an API key's metadata for a secure run."""
+    from tambua.auth import ROLES, AccessStore
+    from tambua.devpki import DevCA
+
+    ca = DevCA(workdir / "pki")
+    cert, key = ca.issue("server", server=True)
+    access = AccessStore(workdir / "access.sqlite")
+    _, api_key = access.create_key("bench", set(ROLES), {"*"})
+    access.close()
+    return ({"tls_cert": cert, "tls_key": key, "insecure": False},
+            grpc.ssl_channel_credentials(ca.ca_pem.read_bytes()), [("authorization", f"Bearer {api_key}")])
+
+
+def run(n: int, queries: int, workdir: Path, images: list[bytes], secure: bool = False) -> dict:
+    """One gallery size; ``secure``: TLS, an API key on every call, templates encrypted at rest."""
+    from matcher.sealing import new_key
     from tambua.config import Config
     from tambua.server import create_server
     from tambua.v1 import tambua_pb2 as pb
     from tambua.v1 import tambua_pb2_grpc as pb_grpc
 
+    workdir = workdir / ("secure" if secure else "plain") / str(n)
+    workdir.mkdir(parents=True)
     xb = draw(STATS_DIR / "face.stats.npz", n, seed=1)
-    store = SubjectStore(workdir / f"g{n}.sqlite")
+    store = SubjectStore(workdir / "subjects.sqlite", new_key() if secure else None)
     t0 = time.perf_counter()
     for start in range(0, n, 10_000):
         store.add_many([
@@ -49,9 +71,12 @@ def run(n: int, queries: int, workdir: Path, images: list[bytes]) -> dict:
 
     engine = Engine(store, {"face": FaceExtractor()})
     rebuild_s = time.perf_counter() - t0
-    server, port, _ = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=workdir), engine)
+    settings, creds, md = _secure(workdir) if secure else ({"insecure": True}, None, None)
+    server, port, _ = create_server(Config(port=0, metrics_port=-1, data_dir=workdir, **settings), engine)
     server.start()
-    stub = pb_grpc.MatcherStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
+    channel = (grpc.secure_channel(f"localhost:{port}", creds) if secure
+               else grpc.insecure_channel(f"127.0.0.1:{port}"))
+    stub = pb_grpc.MatcherStub(channel)
     rng = np.random.default_rng(2)
     mates = rng.choice(n, queries, replace=False)
     probes = [EmbeddingTemplate(MODEL, (xb[m] + rng.normal(0, 0.02, xb.shape[1])).astype(np.float32)) for m in mates]
@@ -59,7 +84,7 @@ def run(n: int, queries: int, workdir: Path, images: list[bytes]) -> dict:
     for m, p in zip(mates, probes):
         req = pb.IdentifyRequest(samples=[pb.Sample(modality=pb.FACE, template=p.to_bytes())], max_candidates=10)
         t0 = time.perf_counter()
-        resp = stub.Identify(req, timeout=30)
+        resp = stub.Identify(req, timeout=30, metadata=md)
         rpc_ms.append((time.perf_counter() - t0) * 1000)
         hits += resp.candidates[0].subject_id == f"S{m}"
         t0 = time.perf_counter()
@@ -69,12 +94,13 @@ def run(n: int, queries: int, workdir: Path, images: list[bytes]) -> dict:
     for img in images:
         req = pb.IdentifyRequest(samples=[pb.Sample(modality=pb.FACE, image=img)], max_candidates=10)
         t0 = time.perf_counter()
-        stub.Identify(req, timeout=30)
+        stub.Identify(req, timeout=30, metadata=md)
         image_ms.append((time.perf_counter() - t0) * 1000)
     server.stop(0)
     store.close()
     return {
         "gallery": n,
+        "mode": "tls+api-key+aes-gcm-at-rest" if secure else "plain",
         "bulk_load_s": load_s,
         "gallery_rebuild_s": rebuild_s,
         "identify_rpc": _percentiles(rpc_ms),
@@ -91,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gallery", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--image-probes", type=Path, help="folder of face photos sent as image probes (recursive)")
+    p.add_argument("--security", action="store_true",
+                   help="run each size twice: plain, then TLS + API key + encryption at rest, and report the cost")
     p.add_argument("--json", required=True, type=Path)
     args = p.parse_args(argv)
     images = []
@@ -100,8 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.gallery:
-            runs.append(run(n, args.queries, Path(tmp), images))
-            print(json.dumps(runs[-1]), flush=True)
+            for secure in ([False, True] if args.security else [False]):
+                runs.append(run(n, args.queries, Path(tmp), images, secure))
+                print(json.dumps(runs[-1]), flush=True)
+    if args.security:  # the ratios, each pair measured back to back in this run
+        for plain, secure in zip(runs[::2], runs[1::2]):
+            secure["vs_plain"] = {
+                "identify_rpc_p50_ratio": secure["identify_rpc"]["p50_ms"] / plain["identify_rpc"]["p50_ms"],
+                "identify_rpc_p50_added_ms": secure["identify_rpc"]["p50_ms"] - plain["identify_rpc"]["p50_ms"],
+                "gallery_rebuild_ratio": secure["gallery_rebuild_s"] / plain["gallery_rebuild_s"],
+            }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     return 0

@@ -266,7 +266,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
         short = method[len(_MATCHER_SERVICE):] if method.startswith(_MATCHER_SERVICE) else None
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._guard(handler.unary_unary, short), handler.request_deserializer, handler.response_serializer)
+                self._guard(handler.unary_unary, short), _lenient(handler.request_deserializer),
+                handler.response_serializer)
         if handler.unary_stream is not None:  # reflection and future streams: authenticated callers only
             return grpc.unary_stream_rpc_method_handler(
                 self._guard(handler.unary_stream, short), handler.request_deserializer, handler.response_serializer)
@@ -282,9 +283,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
             response, outcome = None, "OK"
             try:
                 principal = self.authenticate(context)
+                if isinstance(request, _Malformed):
+                    raise InvalidInput(f"the request is not a valid {short or 'protobuf'} message", "MALFORMED_REQUEST")
                 if short is not None:
                     authorize(principal, short, request)
-            except (Unauthenticated, PermissionDenied) as e:
+            except (Unauthenticated, PermissionDenied, InvalidInput) as e:
                 log.warning("%s refused: %s", short or "call", e.reason)
                 self._audit(principal, short, request, None, e.reason)
                 self.abort(context, e)
@@ -305,8 +308,28 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def _audit(self, principal: Principal | None, short: str | None, request, response, outcome: str) -> None:
         if self.audit is None or short is None:
             return
+        if isinstance(request, _Malformed):
+            request = None
         ids = [request.subject_id] if getattr(request, "subject_id", "") else []
         ids += [c.subject_id for c in getattr(response, "candidates", ())]
         self.audit.append(principal.id if principal else "", principal.name if principal else "unauthenticated",
                           short, (request.partition or DEFAULT_PARTITION) if hasattr(request, "partition") else "",
                           tuple(dict.fromkeys(ids)), outcome)
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the guard can answer
+    INVALID_ARGUMENT (gRPC itself would answer INTERNAL)."""
+
+
+def _lenient(deserialize):
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes):
+        try:
+            return deserialize(data)
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError and friends: the caller's bytes
+            return _Malformed()
+
+    return parse

@@ -227,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
     r.add_argument("--json", action="store_true")
 
+    d = sub.add_parser("dev-certs", help="a throw-away CA, server and client certificates for trying TLS locally")
+    d.add_argument("--out", required=True, type=Path)
+    d.add_argument("--client", action="append", default=[], help="client certificate name; repeatable")
+    d.add_argument("--days", type=int, default=30)
+
     k = sub.add_parser("keys", help="API keys and client certificates (run on the server host)")
     k.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
     k.add_argument("--json", action="store_true")
@@ -302,6 +307,16 @@ def main(argv: list[str] | None = None) -> int:
         return _audit_verify(args)
     if args.command in ("backup", "restore"):
         return _backup(args)
+    if args.command == "dev-certs":
+        from tambua.devpki import DevCA
+
+        ca = DevCA(args.out, days=args.days)
+        ca.issue("server", server=True)
+        for name in args.client:
+            ca.issue(name)
+        print(f"wrote {ca.ca_pem}, server.pem/.key and {len(args.client)} client certificates to {args.out} "
+              "(development only)")
+        return 0
 
     from tambua.v1 import tambua_pb2 as pb
 

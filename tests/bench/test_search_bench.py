@@ -28,7 +28,9 @@ def test_service_identify_bench_small(tmp_path):
     from bench import service
 
     out = tmp_path / "svc.json"
-    assert service.main(["--gallery", "500", "--queries", "20", "--json", str(out)]) == 0
-    run = json.loads(out.read_text())["runs"][0]
-    assert run["gallery"] == 500 and run["mate_rank1"] == 1.0
-    assert run["identify_rpc"]["p50_ms"] >= run["pure_search"]["p50_ms"] > 0
+    assert service.main(["--gallery", "500", "--queries", "20", "--security", "--json", str(out)]) == 0
+    plain, secure = json.loads(out.read_text())["runs"]
+    for run in (plain, secure):
+        assert run["gallery"] == 500 and run["mate_rank1"] == 1.0
+        assert run["identify_rpc"]["p50_ms"] >= run["pure_search"]["p50_ms"] > 0
+    assert plain["mode"] == "plain" and secure["mode"].startswith("tls") and secure["vs_plain"]["identify_rpc_p50_ratio"] > 0

@@ -15,7 +15,7 @@ import pytest
 from tambua.auth import ROLES, RULES
 from tambua.v1 import tambua_pb2 as pb
 from tambua.v1 import tambua_pb2_grpc as pb_grpc
-from tests.tambua.pki import TestCA
+from tambua.devpki import DevCA
 from tests.tambua.test_server import REPO, Server, _reason, face
 
 
@@ -37,7 +37,7 @@ def create(data_dir: Path, name: str, roles: list[str], partitions: list[str] = 
     return keys(data_dir, *args)
 
 
-def _config(tmp: Path, ca: TestCA, api_keys: bool) -> Path:
+def _config(tmp: Path, ca: DevCA, api_keys: bool) -> Path:
     cert, key = ca.issue("server", server=True)
     kek = tmp / "kek"
     if not kek.exists():
@@ -50,7 +50,7 @@ def _config(tmp: Path, ca: TestCA, api_keys: bool) -> Path:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    return TestCA(tmp_path_factory.mktemp("pki"))
+    return DevCA(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +176,7 @@ def test_mutual_tls_only_server_refuses_callers_without_a_registered_certificate
     data = tmp_path / "data"
     verifier_cert, verifier_key = pki.issue("verifier-device")
     stranger_cert, stranger_key = pki.issue("stranger")  # issued by the CA, never registered
-    rogue = TestCA(tmp_path / "rogue", "Rogue CA")
+    rogue = DevCA(tmp_path / "rogue", "Rogue CA")
     rogue_cert, rogue_key = rogue.issue("rogue-device")
     registered = create(data, "distribution point 1", ["verifier"], cert=verifier_cert)
     assert registered["id"].startswith("sha256:") and "api_key" not in registered
@@ -250,3 +250,16 @@ def test_the_database_files_hold_no_template_in_clear(tls_server, orl):
     stored = stub.GetSubject(pb.SubjectRequest(subject_id="S2"), metadata=md, timeout=30).templates[0].data
     raw = b"".join(p.read_bytes() for p in server.data_dir.glob("subjects.sqlite*"))
     assert len(stored) > 100 and stored[-64:] not in raw and stored[:64] not in raw
+
+
+def test_dev_certs_writes_a_ca_that_verifies_its_certificates(tmp_path):
+    from cryptography import x509
+
+    r = subprocess.run([sys.executable, "-m", "tambua.cli", "dev-certs", "--out", str(tmp_path), "--client", "tablet"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.pem").read_bytes())
+    for name in ("server", "tablet"):
+        cert = x509.load_pem_x509_certificate((tmp_path / f"{name}.pem").read_bytes())
+        cert.verify_directly_issued_by(ca)  # raises if the CA did not sign it
+        assert (tmp_path / f"{name}.key").stat().st_size > 0

@@ -153,6 +153,20 @@ def test_bad_input_gets_a_status_and_stores_nothing(server, sample, code):
     assert server.stub.Stats(pb.StatsRequest()).subjects == 0
 
 
+@pytest.mark.parametrize("payload", [
+    pytest.param(b"\x0a\xff\xff\xff\xff\x0f", id="length-past-the-end"),
+    pytest.param(b"\x12\x05\x08", id="truncated-sample"),
+    pytest.param(b"\xff" * 64, id="invalid-tags"),
+])
+def test_bytes_that_are_not_a_message_get_invalid_argument(server, payload):
+    for method in ("Enroll", "Identify", "Verify", "Extract", "DeleteSubject"):
+        call = server.channel.unary_unary(f"/tambua.v1.Matcher/{method}")  # raw bytes, no serializer
+        with pytest.raises(grpc.RpcError) as e:
+            call(payload, timeout=30)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and _reason(e.value) == "MALFORMED_REQUEST"
+    assert server.stub.Stats(pb.StatsRequest()).subjects == 0
+
+
 def test_parallel_enrolments(server, orl):
     outcomes = []
 

@@ -1,5 +1,9 @@
-"""A throw-away certificate authority for the TLS tests: a CA, a server certificate for
-localhost and client certificates, written as PEM files (ECDSA P-256, one day)."""
+"""A throw-away certificate authority for development, tests and benchmarks: a CA, a
+server certificate for localhost and client certificates, as PEM files (ECDSA P-256).
+
+Not for production: a deployment's certificates come from its own PKI. ``tambua
+dev-certs --out DIR`` writes a set for trying TLS and mutual TLS on one machine.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tambua tests"),
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tambua development"),
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
@@ -23,19 +27,24 @@ def _write_key(key, path: Path) -> None:
                                        serialization.NoEncryption()))
 
 
-class TestCA:
-    """Issues certificates into ``folder``: ``ca.pem``, ``<name>.pem`` and ``<name>.key``."""
+class DevCA:
+    """Issues certificates into ``folder``: ``ca.pem``, ``<name>.pem`` and ``<name>.key``.
 
-    __test__ = False  # not a pytest class
+    Args:
+        folder: where the PEM files go (created).
+        cn: the CA's common name.
+        days: how long every certificate is valid.
+    """
 
-    def __init__(self, folder: Path, cn: str = "Tambua test CA") -> None:
+    def __init__(self, folder: Path, cn: str = "Tambua development CA", days: int = 1) -> None:
+        self.days = days
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         self.cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
                      .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                     .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                     .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
                      .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                      .sign(self.key, hashes.SHA256()))
         self.ca_pem = folder / "ca.pem"
@@ -47,7 +56,7 @@ class TestCA:
         now = dt.datetime.now(dt.timezone.utc)
         b = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(self.cert.subject)
              .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=self.days))
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
         if server:
             b = b.add_extension(x509.SubjectAlternativeName(
