@@ -8,7 +8,11 @@ often do silently. Every failure is an :class:`ImageDecodeError` with its own re
 from __future__ import annotations
 
 import io
+import multiprocessing
+import threading
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,8 +58,19 @@ def _to_8bit(im: Image.Image) -> Image.Image:
     return im
 
 
+_WSQ_SOI = b"\xff\xa0"  # WSQ's start-of-image marker: what makes Pillow pick the WSQ plugin
+_isolation = threading.Lock()
+_wsq_pool: ProcessPoolExecutor | None = None
+
+
 def decode_image(data: bytes) -> DecodedImage:
     """Decode image bytes.
+
+    WSQ is decoded in a separate worker process: the WSQ plugin wraps NIST's C decoder,
+    and fuzzing (tests/fuzz) brought the fuzzing process down with a fatal signal after a
+    run of corrupt WSQ files. A decoder that dies there costs that request an
+    IMAGE_UNDECODABLE, not the server. The other formats go to Pillow's decoders in
+    process (libjpeg, libpng and libtiff are fuzzed upstream continuously).
 
     Raises:
         ImageDecodeError: ``IMAGE_EMPTY``, ``IMAGE_UNDECODABLE``, ``IMAGE_TRUNCATED``,
@@ -63,6 +78,40 @@ def decode_image(data: bytes) -> DecodedImage:
     """
     if not data:
         raise ImageDecodeError("no image bytes were sent", "IMAGE_EMPTY")
+    if data[:2] == _WSQ_SOI:
+        return _decode_isolated(data)
+    return _decode(data)
+
+
+def _decode_isolated(data: bytes) -> DecodedImage:
+    global _wsq_pool
+    with _isolation:
+        if _wsq_pool is None:
+            _wsq_pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        pool = _wsq_pool
+    try:
+        outcome = pool.submit(_decode_for_parent, data).result(timeout=60)
+    except (BrokenProcessPool, TimeoutError) as e:
+        with _isolation:
+            if _wsq_pool is pool:
+                _wsq_pool = None
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise ImageDecodeError("the WSQ decoder failed on these bytes", "IMAGE_UNDECODABLE") from e
+    if isinstance(outcome, tuple):
+        raise ImageDecodeError(*outcome)
+    return outcome
+
+
+def _decode_for_parent(data: bytes) -> DecodedImage | tuple[str, str]:
+    """In the worker: the decoded image, or (message, reason) of the error (the error
+    class itself does not survive pickling with its reason)."""
+    try:
+        return _decode(data)
+    except ImageDecodeError as e:
+        return e.message, e.reason
+
+
+def _decode(data: bytes) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -106,6 +106,12 @@ class RecordTampered(TambuaError):
     default_reason = "RECORD_TAMPERED"
 
 
+class SequenceGap(TambuaError):
+    """A peer's change arrived before the ones that precede it: a bundle is missing."""
+
+    default_reason = "SEQUENCE_GAP"
+
+
 class Unauthenticated(TambuaError):
     """The caller presented no credentials, or unknown or revoked ones."""
 

@@ -13,6 +13,7 @@ position and model. Deleted rows are overwritten in the file (``secure_delete``)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -26,7 +27,7 @@ from matcher import sealing
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.templates import Template, parse_template
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the change log, origins and peers of site sync
 MAX_ID_LEN = 128
 
 _SCHEMA = """
@@ -49,6 +50,44 @@ CREATE TABLE IF NOT EXISTS templates (
     FOREIGN KEY (partition, subject_id) REFERENCES subjects (partition, subject_id) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
+-- This site's own changes, numbered without gaps in the transaction that makes them: what
+-- sync bundles carry to peers. Changes imported from peers are not re-numbered here.
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    unix_ms INTEGER NOT NULL
+);
+-- Where an imported subject came from.
+CREATE TABLE IF NOT EXISTS origins (
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (partition, subject_id)
+);
+-- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
+CREATE TABLE IF NOT EXISTS peers (
+    site TEXT PRIMARY KEY,
+    applied_seq INTEGER NOT NULL DEFAULT 0,
+    acked_seq INTEGER NOT NULL DEFAULT 0,
+    last_import_ms INTEGER,
+    last_export_ms INTEGER,
+    last_ack_ms INTEGER,
+    refused INTEGER NOT NULL DEFAULT 0,
+    gaps INTEGER NOT NULL DEFAULT 0
+);
+-- Imported enrolments that need a person's decision (a cross-site duplicate, an id taken).
+CREATE TABLE IF NOT EXISTS flags (
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    site TEXT NOT NULL,
+    candidates TEXT NOT NULL,
+    unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (partition, subject_id, kind, site)
+);
 """
 
 
@@ -73,6 +112,31 @@ class PlainSealer:
 
 def _context(partition: str, subject_id: str, modality: str, position: int, model_id: str) -> bytes:
     return "\x00".join((partition, subject_id, modality, str(position), model_id)).encode()
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change of this site, as sync bundles carry it: ``enrol`` or ``delete``."""
+
+    seq: int
+    kind: str
+    partition: str
+    subject_id: str
+    unix_ms: int
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """What this site knows of a peer: how far each side got, and when."""
+
+    site: str
+    applied_seq: int = 0
+    acked_seq: int = 0
+    last_import_ms: int | None = None
+    last_export_ms: int | None = None
+    last_ack_ms: int | None = None
+    refused: int = 0
+    gaps: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,9 +210,37 @@ class SubjectStore:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if "schema_version" not in meta:
             meta = self._create_meta(kek)
+        elif meta["schema_version"] == "1":
+            self._migrate_1_to_2()
         elif int(meta["schema_version"]) != SCHEMA_VERSION:
             raise RuntimeError(f"store schema {meta['schema_version']} is not the supported {SCHEMA_VERSION}")
         self._sealer = self._open_sealer(meta, kek)
+
+    def _migrate_1_to_2(self) -> None:
+        """Version 1 had no change log: every subject enrolled so far becomes a change, in
+        enrolment order, so that a first sync carries it."""
+        with self._transaction():
+            self._db.execute("INSERT INTO changes (kind, partition, subject_id, unix_ms) "
+                             "SELECT 'enrol', partition, subject_id, created_ns / 1000000 FROM subjects "
+                             "ORDER BY created_ns, partition, subject_id")
+            self._db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One synced write transaction; rolled back on any error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _log(self, kind: str, partition: str, subject_id: str) -> None:
+        self._db.execute("INSERT INTO changes (kind, partition, subject_id, unix_ms) VALUES (?, ?, ?, ?)",
+                         (kind, partition, subject_id, int(time.time() * 1000)))
 
     def _create_meta(self, kek: bytes | None) -> dict[str, str]:
         meta = {"schema_version": str(SCHEMA_VERSION), "encryption": "none"}
@@ -215,10 +307,21 @@ class SubjectStore:
 
     def add_many(self, subjects: list[Subject]) -> None:
         """Store several subjects in one synced transaction (bulk import): all or none.
+        Each becomes an ``enrol`` change of this site.
 
         Raises:
             AlreadyExists: a subject id is taken; nothing is stored.
         """
+        try:
+            with self._transaction():
+                self._insert(subjects)
+                for s in subjects:
+                    self._log("enrol", s.partition, s.subject_id)
+        except sqlite3.IntegrityError as e:
+            what = f"subject {subjects[0].subject_id!r} is" if len(subjects) == 1 else "a subject of the batch is"
+            raise AlreadyExists(f"{what} already enrolled") from e
+
+    def _insert(self, subjects: list[Subject]) -> None:
         heads = [(s.partition, s.subject_id, s.created_ns, json.dumps(list(s.linked))) for s in subjects]
         rows = [
             (s.partition, s.subject_id, t.modality, t.position, t.template.model_id,
@@ -227,34 +330,120 @@ class SubjectStore:
             for s in subjects
             for t in s.templates
         ]
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT INTO subjects VALUES (?, ?, ?, ?)", heads)
-                self._db.executemany("INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?)", rows)
-                self._db.execute("COMMIT")
-            except sqlite3.IntegrityError as e:
-                self._db.execute("ROLLBACK")
-                what = f"subject {subjects[0].subject_id!r} is" if len(subjects) == 1 else "a subject of the batch is"
-                raise AlreadyExists(f"{what} already enrolled") from e
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        self._db.executemany("INSERT INTO subjects VALUES (?, ?, ?, ?)", heads)
+        self._db.executemany("INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def delete(self, partition: str, subject_id: str) -> None:
-        """Delete a subject and its templates.
+        """Delete a subject and its templates (a ``delete`` change of this site).
 
         Raises:
             NotFound: no such subject.
         """
-        with self._lock:
-            cur = self._db.execute("DELETE FROM subjects WHERE partition=? AND subject_id=?", (partition, subject_id))
-            if cur.rowcount == 0:
+        with self._transaction():
+            if not self._delete(partition, subject_id):
                 raise NotFound(f"subject {subject_id!r} is not enrolled")
-            # secure_delete zeroes the freed pages, but older copies of them remain in WAL
-            # frames until a checkpoint: erasure means none are left anywhere in the files.
+            self._log("delete", partition, subject_id)
+        self._scrub()
+
+    def _delete(self, partition: str, subject_id: str) -> bool:
+        cur = self._db.execute("DELETE FROM subjects WHERE partition=? AND subject_id=?", (partition, subject_id))
+        self._db.execute("DELETE FROM origins WHERE partition=? AND subject_id=?", (partition, subject_id))
+        return cur.rowcount == 1
+
+    def _scrub(self) -> None:
+        # secure_delete zeroes the freed pages, but older copies of them remain in WAL
+        # frames until a checkpoint: erasure means none are left anywhere in the files.
+        with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # --- site sync: this site's change log and what peers sent -----------------------------
+
+    def changes_since(self, after_seq: int, limit: int = 10_000) -> list[Change]:
+        """This site's changes after ``after_seq``, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, kind, partition, subject_id, unix_ms FROM changes WHERE seq > ? "
+                                    "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+        return [Change(*r) for r in rows]
+
+    def last_seq(self) -> int:
+        """The newest change of this site (0 before any)."""
+        with self._lock:
+            return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+
+    def peer(self, site: str) -> PeerState:
+        """What this store knows of a peer site (zeros for one never heard of)."""
+        with self._lock:
+            row = self._db.execute("SELECT site, applied_seq, acked_seq, last_import_ms, last_export_ms, "
+                                   "last_ack_ms, refused, gaps FROM peers WHERE site=?", (site,)).fetchone()
+        return PeerState(*row) if row else PeerState(site)
+
+    def note_peer(self, site: str, **fields: int) -> None:
+        """Record sync events of a peer: ``acked_seq`` (only forwards), times, counters (added)."""
+        allowed = {"acked_seq", "last_export_ms", "last_ack_ms", "refused", "gaps"}
+        if set(fields) - allowed:
+            raise ValueError(f"unknown peer fields {sorted(set(fields) - allowed)}")
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO peers (site) VALUES (?)", (site,))
+            for name, value in fields.items():
+                if name == "acked_seq":
+                    self._db.execute("UPDATE peers SET acked_seq = MAX(acked_seq, ?) WHERE site=?", (value, site))
+                elif name in ("refused", "gaps"):
+                    self._db.execute(f"UPDATE peers SET {name} = {name} + ? WHERE site=?", (value, site))
+                else:
+                    self._db.execute(f"UPDATE peers SET {name} = ? WHERE site=?", (value, site))
+
+    def apply_remote(self, site: str, seq: int, kind: str, subject: Subject | None = None,
+                     partition: str = "", subject_id: str = "",
+                     flag: tuple[str, list[str]] | None = None) -> str:
+        """Apply change ``seq`` of peer ``site`` in one transaction with its cursor.
+
+        Args:
+            kind: ``enrol`` (with ``subject``) or ``delete`` (``partition``, ``subject_id``).
+            flag: (kind, candidate ids) to record for adjudication with an enrolment.
+
+        Returns:
+            ``applied``, ``already`` (seen before: nothing done), ``conflict`` (the id is
+            taken here: flagged, not stored), ``absent`` (a delete of nothing) or ``gap``
+            (``seq`` is not the next one from ``site``: nothing applied, the gap counted).
+        """
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO peers (site) VALUES (?)", (site,))
+            applied = self._db.execute("SELECT applied_seq FROM peers WHERE site=?", (site,)).fetchone()[0]
+            if seq <= applied:
+                return "already"
+            if seq != applied + 1:
+                self._db.execute("UPDATE peers SET gaps = gaps + 1 WHERE site=?", (site,))  # counted, nothing applied
+                return "gap"
+            now = int(time.time() * 1000)
+            outcome = "applied"
+            if kind == "enrol":
+                taken = self._db.execute("SELECT 1 FROM subjects WHERE partition=? AND subject_id=?",
+                                         (subject.partition, subject.subject_id)).fetchone()
+                if taken:
+                    outcome, flag = "conflict", ("ID_CONFLICT", [subject.subject_id])
+                else:
+                    self._insert([subject])
+                    self._db.execute("INSERT INTO origins VALUES (?, ?, ?, ?)",
+                                     (subject.partition, subject.subject_id, site, seq))
+                if flag:
+                    self._db.execute("INSERT OR REPLACE INTO flags VALUES (?, ?, ?, ?, ?, ?)",
+                                     (subject.partition, subject.subject_id, flag[0], site, json.dumps(flag[1]), now))
+            elif kind == "delete":
+                outcome = "applied" if self._delete(partition, subject_id) else "absent"
+            else:
+                raise InvalidInput(f"unknown change kind {kind!r}")
+            self._db.execute("UPDATE peers SET applied_seq=?, last_import_ms=? WHERE site=?", (seq, now, site))
+        if kind == "delete":
+            self._scrub()
+        return outcome
+
+    def flags(self) -> list[dict]:
+        """Imported enrolments waiting for adjudication, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT partition, subject_id, kind, site, candidates, unix_ms FROM flags "
+                                    "ORDER BY unix_ms, subject_id").fetchall()
+        return [{"partition": p, "subject_id": s, "kind": k, "site": site, "candidates": json.loads(c),
+                 "unix_ms": t} for p, s, k, site, c, t in rows]
 
     def get(self, partition: str, subject_id: str) -> Subject:
         """Return a subject with its templates.

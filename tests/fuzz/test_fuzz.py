@@ -51,3 +51,20 @@ def test_hostile_bytes_get_a_clear_error_never_a_crash(target):
         check(target, data)
 
     fuzz()
+
+
+def test_a_dying_wsq_decoder_costs_one_request_not_the_process():
+    import signal
+
+    from enroll import image
+    from matcher.errors import ImageDecodeError
+    from tests.fuzz.harness import _images
+
+    wsq = [b for b in _images() if b[:2] == b"\xff\xa0"][0]
+    assert image.decode_image(wsq).rgb.shape == (40, 48, 3)
+    for pid in list(image._wsq_pool._processes):  # what a fatal signal in NIST's C decoder does
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ImageDecodeError) as e:
+        image.decode_image(wsq)
+    assert e.value.reason == "IMAGE_UNDECODABLE"
+    assert image.decode_image(wsq).rgb.shape == (40, 48, 3)  # a fresh worker serves the next one

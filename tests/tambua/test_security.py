@@ -230,11 +230,14 @@ def test_every_call_is_audited_with_who_what_and_which_subjects(tls_server, orl)
         stub.DeleteSubject(pb.SubjectRequest(subject_id="S1"), metadata=md, timeout=30)
     with pytest.raises(grpc.RpcError):
         stub.ReadAudit(pb.ReadAuditRequest(), metadata=md, timeout=30)  # registrars do not read the log
+    with pytest.raises(grpc.RpcError):
+        stub.GetSubject(pb.SubjectRequest(subject_id="nobody"), metadata=md, timeout=30)
     r = stub.ReadAudit(pb.ReadAuditRequest(after_seq=head), metadata=auditor, timeout=30)
     mine = [(e.rpc, e.outcome, list(e.subject_ids), e.partition) for e in r.entries if e.principal_id == registrar["id"]]
     assert mine == [("Identify", "OK", [c.subject_id for c in found], "default"),
                     ("DeleteSubject", "PERMISSION_DENIED", ["S1"], "default"),
-                    ("ReadAudit", "PERMISSION_DENIED", [], "")]
+                    ("ReadAudit", "PERMISSION_DENIED", [], ""),
+                    ("GetSubject", "NOT_FOUND", ["nobody"], "default")]
     assert found and found[0].subject_id == "S1"
     assert all(e.principal_name for e in r.entries) and r.head_seq >= r.entries[-1].seq
     text = (server.data_dir / "audit.jsonl").read_text()
