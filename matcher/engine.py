@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from matcher.calibration import Calibration
-from matcher.errors import DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, Unimplemented
+from matcher.errors import DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap, Unimplemented
 from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
 from matcher.store import StoredTemplate, Subject, SubjectStore
 from matcher.templates import Template
@@ -310,6 +310,41 @@ class Engine:
             raise ModelMismatch(f"cannot compare {a.template.model_id} with {b.template.model_id}")
         fmr = matcher.fmr(a.template, b.template)
         return VerifyResult(fmr <= self.thresholds.verify_fmr, evidence(fmr), fmr, a.template.model_id)
+
+    def import_change(self, site: str, seq: int, kind: str, subject: Subject | None = None, partition: str = "",
+                      subject_id: str = "") -> tuple[str, tuple[ScoredCandidate, ...]]:
+        """Apply change ``seq`` of peer ``site`` (see :meth:`SubjectStore.apply_remote`).
+
+        An imported enrolment is deduplicated against this gallery like a local one, but
+        is never refused: a match is stored with the enrolment as a cross-site duplicate
+        flag for adjudication (never dropped, never merged).
+
+        Returns:
+            (the store's outcome, the duplicate candidates found for an enrolment).
+        """
+        if seq <= self.store.peer(site).applied_seq:
+            return "already", ()
+        candidates: tuple[ScoredCandidate, ...] = ()
+        part = subject.partition if subject is not None else partition
+        with self._lock(part):
+            if kind == "enrol":
+                candidates = tuple(c for c in self._candidates(part, subject.templates, self.thresholds.max_candidates)
+                                   if c.fpir <= self.thresholds.dedup_fpir)
+                flag = ("CROSS_SITE_DUPLICATE", [c.subject_id for c in candidates]) if candidates else None
+                outcome = self.store.apply_remote(site, seq, kind, subject, flag=flag)
+                if outcome == "applied":
+                    for t in subject.templates:
+                        self.matchers[t.modality].add(part, subject.subject_id, t.position, t.template)
+                    self._subjects[part] = self._subjects.get(part, 0) + 1
+            else:
+                outcome = self.store.apply_remote(site, seq, kind, partition=partition, subject_id=subject_id)
+                if kind == "delete" and outcome == "applied":
+                    for m in self.matchers.values():
+                        m.remove(partition, subject_id)
+                    self._subjects[partition] = max(0, self._subjects.get(partition, 1) - 1)
+        if outcome == "gap":
+            raise SequenceGap(f"change {seq} of site {site!r} arrived before the ones preceding it")
+        return outcome, candidates
 
     def delete(self, partition: str, subject_id: str) -> None:
         with self._lock(partition):

@@ -106,6 +106,12 @@ class RecordTampered(TambuaError):
     default_reason = "RECORD_TAMPERED"
 
 
+class FailedPrecondition(TambuaError):
+    """The server is not set up for this request (e.g. sync without a site identity)."""
+
+    default_reason = "FAILED_PRECONDITION"
+
+
 class SequenceGap(TambuaError):
     """A peer's change arrived before the ones that precede it: a bundle is missing."""
 

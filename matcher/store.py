@@ -398,7 +398,8 @@ class SubjectStore:
         """Apply change ``seq`` of peer ``site`` in one transaction with its cursor.
 
         Args:
-            kind: ``enrol`` (with ``subject``) or ``delete`` (``partition``, ``subject_id``).
+            kind: ``enrol`` (with ``subject``), ``delete`` (``partition``, ``subject_id``) or
+                ``erased`` (an enrolment deleted at its site before it was sent).
             flag: (kind, candidate ids) to record for adjudication with an enrolment.
 
         Returns:
@@ -430,6 +431,8 @@ class SubjectStore:
                                      (subject.partition, subject.subject_id, flag[0], site, json.dumps(flag[1]), now))
             elif kind == "delete":
                 outcome = "applied" if self._delete(partition, subject_id) else "absent"
+            elif kind == "erased":  # enrolled and deleted again before it was sent: nothing to store
+                outcome = "erased"
             else:
                 raise InvalidInput(f"unknown change kind {kind!r}")
             self._db.execute("UPDATE peers SET applied_seq=?, last_import_ms=? WHERE site=?", (seq, now, site))

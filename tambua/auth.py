@@ -50,6 +50,10 @@ RULES: dict[str, frozenset[str]] = {
     "DeleteSubject": frozenset({"adjudicator"}),
     "ReadAudit": frozenset({"auditor"}),
     "Stats": frozenset({"admin"}),
+    "SyncExport": frozenset({"admin"}),
+    "SyncImport": frozenset({"admin"}),
+    "SyncStatus": frozenset({"admin"}),
+    "SyncPush": frozenset({"admin"}),
 }
 _MATCHER_SERVICE = "/tambua.v1.Matcher/"
 _OPEN_SERVICES = ("/grpc.health.v1.Health/",)  # liveness says nothing about anyone

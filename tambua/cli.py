@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -34,6 +35,76 @@ def _stub(args):
         private_key=Path(args.key).read_bytes() if args.key else None,
         certificate_chain=Path(args.cert).read_bytes() if args.cert else None)
     return tambua_pb2_grpc.MatcherStub(grpc.secure_channel(args.address, creds))
+
+
+def _sync_local(args) -> int:
+    """``sync identity`` and ``sync peer add``: files in the data directory (on the host)."""
+    from tambua import sync
+
+    data_dir = Path(args.data_dir)
+    try:
+        if args.sync_command == "identity":
+            keys = sync.SiteKeys.load(data_dir)
+            if keys is None and args.site_id:
+                keys = sync.SiteKeys.create(data_dir, args.site_id)
+            if keys is None:
+                print("error: this data directory has no site identity: give --site-id", file=sys.stderr)
+                return 1
+            if args.site_id and args.site_id != keys.site:
+                print(f"error: this site is already {keys.site!r}", file=sys.stderr)
+                return 1
+            print(keys.identity().to_json())
+        else:
+            d = json.loads(args.identity.read_text())
+            sync.Peers(data_dir).add(sync.SiteIdentity(d["site"], d["sign_key"], d["box_key"]))
+            print(json.dumps({"peer_added": d["site"]}))
+    except (TambuaError, OSError, ValueError, KeyError) as e:
+        print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sync_rpc(args, stub, md) -> dict:
+    from tambua.v1 import tambua_pb2 as pb
+
+    if args.sync_command == "export":
+        b = stub.SyncExport(pb.SyncExportRequest(to_site=args.to, from_seq=args.from_seq), timeout=300, metadata=md)
+        args.out.write_bytes(b.data)
+        return {"to": args.to, "first_seq": b.first_seq, "last_seq": b.last_seq, "changes": b.count,
+                "out": str(args.out)}
+    if args.sync_command == "push":
+        from types import SimpleNamespace
+
+        from tambua import sync
+
+        peer = _stub(SimpleNamespace(address=args.peer, ca=args.peer_ca, cert=args.peer_cert, key=args.peer_key))
+        peer_md = [("authorization", f"Bearer {args.peer_api_key}")] if args.peer_api_key else None
+        r = sync.push(stub, peer, args.to, args.batch, md, peer_md)
+        return {"to": args.to, "bundles": r.bundles, "applied": r.applied, "already": r.already,
+                "acked_seq": r.acked_seq, "flagged": r.flagged}
+    if args.sync_command == "import":
+        r = stub.SyncImport(pb.SyncImportRequest(data=args.file.read_bytes()), timeout=600, metadata=md)
+        if r.was_ack:
+            return {"ack_from": r.from_site, "acked_seq": r.acked_seq}
+        if args.ack_out:
+            args.ack_out.write_bytes(r.ack)
+        return {"from": r.from_site, "first_seq": r.first_seq, "last_seq": r.last_seq, "applied": r.applied,
+                "already": r.already, "flagged": [_flag(f) for f in r.flagged]}
+    r = stub.SyncStatus(pb.SyncStatusRequest(), timeout=30, metadata=md)
+    now_ms = time.time() * 1000
+    return {"site": r.site, "last_seq": r.last_seq, "peers": [
+        {"site": p.site, "pending": p.pending, "acked_seq": p.acked_seq, "applied_seq": p.applied_seq,
+         "last_import_unix_ms": p.last_import_unix_ms or None, "last_export_unix_ms": p.last_export_unix_ms or None,
+         "last_ack_unix_ms": p.last_ack_unix_ms or None,
+         "lag_s": round((now_ms - max(p.last_import_unix_ms, p.last_ack_unix_ms)) / 1000, 1)
+         if max(p.last_import_unix_ms, p.last_ack_unix_ms) else None,
+         "refused": p.refused, "gaps": p.gaps} for p in r.peers],
+        "flagged": [_flag(f) for f in r.flagged]}
+
+
+def _flag(f) -> dict:
+    return {"subject_id": f.subject_id, "partition": f.partition, "kind": f.kind, "site": f.site,
+            "candidates": list(f.candidates)}
 
 
 def _backup(args) -> int:
@@ -249,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     kr = ks.add_parser("revoke", help="revoke a key or certificate at once")
     kr.add_argument("id")
 
-    def client(name: str, help_: str):
-        c = sub.add_parser(name, help=help_)
+    def client(name: str, help_: str, parent=sub):
+        c = parent.add_parser(name, help=help_)
         c.add_argument("--address", default=os.environ.get("TAMBUA_ADDRESS", "localhost:50051"),
                        help="server HOST:PORT (default $TAMBUA_ADDRESS or localhost:50051)")
         c.add_argument("--json", action="store_true")
@@ -283,6 +354,32 @@ def main(argv: list[str] | None = None) -> int:
     c = client("delete", "delete a subject")
     c.add_argument("--subject", required=True)
     client("stats", "gallery statistics")
+
+    sy = sub.add_parser("sync", help="field-site sync: identity, peers, bundles, status")
+    ssub = sy.add_subparsers(dest="sync_command", required=True)
+    si = ssub.add_parser("identity", help="this site's public identity (created with --site-id)")
+    si.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
+    si.add_argument("--site-id", help="create the site's keys with this id if it has none")
+    sp = ssub.add_parser("peer", help="configure a peer site")
+    sp.add_argument("action", choices=["add"])
+    sp.add_argument("identity", type=Path, help="the peer's `tambua sync identity` output (a JSON file)")
+    sp.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
+    c = client("export", "write the changes a peer has not acknowledged as one signed, encrypted file", ssub)
+    c.add_argument("--to", required=True, help="the peer's site id")
+    c.add_argument("--out", required=True, type=Path)
+    c.add_argument("--from-seq", type=int, default=0, help="resend from this change (a peer restored from backup)")
+    c = client("import", "apply a peer's bundle (or acknowledgement) file", ssub)
+    c.add_argument("file", type=Path)
+    c.add_argument("--ack-out", type=Path, help="write the acknowledgement to send back here")
+    client("status", "per peer: pending changes, last sync, refusals, gaps; flagged enrolments", ssub)
+    c = client("push", "online sync: stream the changes a peer has not acknowledged to its server", ssub)
+    c.add_argument("--to", required=True, help="the peer's site id")
+    c.add_argument("--peer", required=True, help="the peer server's HOST:PORT")
+    c.add_argument("--peer-ca", help="the peer server's CA (PEM): TLS")
+    c.add_argument("--peer-cert", help="client certificate for the peer (PEM)")
+    c.add_argument("--peer-key", help="its private key (PEM)")
+    c.add_argument("--peer-api-key", default=os.environ.get("TAMBUA_PEER_API_KEY"))
+    c.add_argument("--batch", type=int, default=200, help="changes per bundle on the stream")
     args = p.parse_args(argv)
 
     if args.command == "serve":
@@ -307,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         return _audit_verify(args)
     if args.command in ("backup", "restore"):
         return _backup(args)
+    if args.command == "sync" and args.sync_command in ("identity", "peer"):
+        return _sync_local(args)
     if args.command == "dev-certs":
         from tambua.devpki import DevCA
 
@@ -341,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
                 {"seq": e.seq, "unix_ms": e.unix_ms, "principal_id": e.principal_id,
                  "principal_name": e.principal_name, "rpc": e.rpc, "partition": e.partition,
                  "subject_ids": list(e.subject_ids), "outcome": e.outcome, "hash": e.hash} for e in r.entries]}
+        elif args.command == "sync":
+            out = _sync_rpc(args, stub, md)
         elif args.command == "delete":
             stub.DeleteSubject(pb.SubjectRequest(subject_id=args.subject, partition=args.partition), timeout=30, metadata=md)
             out = {"deleted": args.subject}

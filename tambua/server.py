@@ -22,10 +22,12 @@ from prometheus_client.core import GaugeMetricFamily
 
 from matcher.engine import Engine, SampleInput
 from matcher.iso19794 import export_record
-from matcher.errors import InvalidInput, NotFound, QualityError
+from matcher.errors import FailedPrecondition, InvalidInput, NotFound, QualityError
+from tambua import sync
 from tambua.audit import AuditLog
 from tambua.auth import AccessStore, AuthInterceptor
 from tambua.config import Config
+from tambua.sync import SiteKeys
 from tambua.status import abort, code_of
 from tambua.v1 import tambua_pb2 as pb
 from tambua.v1 import tambua_pb2_grpc as pb_grpc
@@ -50,6 +52,7 @@ class Metrics:
     """Prometheus metrics on an injected registry (a fresh one per test)."""
 
     def __init__(self, registry: CollectorRegistry, engine: Engine) -> None:
+        self.registry = registry
         self.rpcs = Counter("tambua_rpc_total", "RPCs by method and status", ["method", "code"], registry=registry)
         self.latency = Histogram(
             "tambua_rpc_seconds", "RPC latency", ["method"], registry=registry,
@@ -70,6 +73,30 @@ class Metrics:
                 yield g
 
         registry.register(_Gallery())
+
+    def watch_sync(self, store, peers) -> None:
+        """Per-peer sync gauges, read at scrape time from the store (bounded labels: configured peers)."""
+
+        class _Sync:
+            def collect(self_inner):
+                last = store.last_seq()
+                pending = GaugeMetricFamily("tambua_sync_pending_changes",
+                                            "This site's changes a peer has not acknowledged", labels=["peer"])
+                seen = GaugeMetricFamily("tambua_sync_last_success_timestamp_seconds",
+                                         "Last import from or acknowledgement by the peer", labels=["peer"])
+                refused = GaugeMetricFamily("tambua_sync_refused_bundles", "Bundles from the peer refused",
+                                            labels=["peer"])
+                gaps = GaugeMetricFamily("tambua_sync_sequence_gaps", "Bundles from the peer that skipped changes",
+                                         labels=["peer"])
+                for site in sorted(peers.all()):
+                    p = store.peer(site)
+                    pending.add_metric([site], max(0, last - p.acked_seq))
+                    seen.add_metric([site], max(p.last_import_ms or 0, p.last_ack_ms or 0) / 1000.0)
+                    refused.add_metric([site], p.refused)
+                    gaps.add_metric([site], p.gaps)
+                yield from (pending, seen, refused, gaps)
+
+        self.registry.register(_Sync())
 
     def timing(self, stage: str, modality: str, seconds: float) -> None:
         self.stages.labels(stage, modality).observe(seconds)
@@ -112,13 +139,7 @@ def _rpc(method):
             return method(self, request, context)
         except Exception as e:  # noqa: BLE001 - every error leaves through the one mapping
             code = code_of(e)
-            if code is grpc.StatusCode.INTERNAL:
-                log.exception("%s failed", method.__name__)
-            else:
-                log.info("%s rejected: %s", method.__name__, getattr(e, "reason", code.name))
-                if isinstance(e, QualityError) or getattr(e, "reason", "").startswith("IMAGE_"):
-                    self.metrics.rejections.labels(e.reason).inc()
-            abort(context, e)
+            self._reject(method.__name__, e, context)
         finally:
             self.metrics.rpcs.labels(method.__name__, code.name).inc()
             self.metrics.latency.labels(method.__name__).observe(time.perf_counter() - start)
@@ -127,11 +148,33 @@ def _rpc(method):
     return wrapper
 
 
+def _peer_status(store, site: str) -> pb.PeerStatus:
+    p = store.peer(site)
+    return pb.PeerStatus(site=site, pending=max(0, store.last_seq() - p.acked_seq), acked_seq=p.acked_seq,
+                         applied_seq=p.applied_seq, last_import_unix_ms=p.last_import_ms or 0,
+                         last_export_unix_ms=p.last_export_ms or 0, last_ack_unix_ms=p.last_ack_ms or 0,
+                         refused=p.refused, gaps=p.gaps)
+
+
 class MatcherServicer(pb_grpc.MatcherServicer):
-    def __init__(self, engine: Engine, metrics: Metrics, audit: AuditLog | None = None) -> None:
+    def __init__(self, engine: Engine, metrics: Metrics, audit: AuditLog | None = None,
+                 site: SiteKeys | None = None, peers: sync.Peers | None = None) -> None:
         self.engine = engine
         self.metrics = metrics
         self.audit = audit
+        self.site = site
+        self.peers = peers
+
+    def _reject(self, name: str, e: Exception, context) -> None:
+        """Log, count and end the call with ``e``'s status (raises)."""
+        code = code_of(e)
+        if code is grpc.StatusCode.INTERNAL:
+            log.exception("%s failed", name)
+        else:
+            log.info("%s rejected: %s", name, getattr(e, "reason", code.name))
+            if isinstance(e, QualityError) or getattr(e, "reason", "").startswith("IMAGE_"):
+                self.metrics.rejections.labels(e.reason).inc()
+        abort(context, e)
 
     @staticmethod
     def _model_ids(templates) -> list[str]:
@@ -205,6 +248,58 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                                    hash=e.hash) for e in entries],
             head_seq=seq, head_hash=head)
 
+    def _site(self) -> SiteKeys:
+        if self.site is None:
+            raise FailedPrecondition("this server has no site identity: run `tambua sync identity --site-id ID` "
+                                     "on its data directory and restart", "NO_SITE_IDENTITY")
+        return self.site
+
+    @_rpc
+    def SyncExport(self, request, context):
+        b = sync.export_bundle(self.engine.store, self._site(), self.peers, request.to_site,
+                               min(request.limit or sync.MAX_CHANGES, sync.MAX_CHANGES), request.from_seq)
+        return pb.SyncBundle(data=b.data, first_seq=b.first_seq, last_seq=b.last_seq, count=b.count)
+
+    @_rpc
+    def SyncImport(self, request, context):
+        return self._import(request.data)
+
+    def SyncPush(self, request_iterator, context):
+        """Online sync: a peer streams its bundles; each is imported as by SyncImport and
+        answered at once with its acknowledgement, so a broken stream resumes from the
+        last acknowledged change (tambua.sync.push)."""
+        start, code = time.perf_counter(), grpc.StatusCode.OK
+        try:
+            for request in request_iterator:
+                yield self._import(request.data)
+        except Exception as e:  # noqa: BLE001 - the same one mapping as every unary call
+            code = code_of(e)
+            self._reject("SyncPush", e, context)
+        finally:
+            self.metrics.rpcs.labels("SyncPush", code.name).inc()
+            self.metrics.latency.labels("SyncPush").observe(time.perf_counter() - start)
+
+    def _import(self, data: bytes) -> pb.SyncImportResponse:
+        site = self._site()
+        if data[:4] == sync.ACK_MAGIC:
+            peer, acked = sync.import_ack(self.engine.store, site, self.peers, data)
+            return pb.SyncImportResponse(from_site=peer, was_ack=True, acked_seq=acked)
+        r = sync.import_bundle(self.engine, site, self.peers, data)
+        return pb.SyncImportResponse(
+            from_site=r.from_site, first_seq=r.first_seq, last_seq=r.last_seq, applied=r.applied, already=r.already,
+            flagged=[pb.FlaggedEnrolment(subject_id=f["subject_id"], partition=f["partition"], kind=f["kind"],
+                                         candidates=f["candidates"], site=r.from_site) for f in r.flagged],
+            ack=r.ack)
+
+    @_rpc
+    def SyncStatus(self, request, context):
+        store = self.engine.store
+        return pb.SyncStatusResponse(
+            site=self.site.site if self.site else "", last_seq=store.last_seq(),
+            peers=[_peer_status(store, site) for site in sorted(self.peers.all())],
+            flagged=[pb.FlaggedEnrolment(subject_id=f["subject_id"], partition=f["partition"], kind=f["kind"],
+                                         candidates=f["candidates"], site=f["site"]) for f in store.flags()])
+
     @_rpc
     def Stats(self, request, context):
         return pb.StatsResponse(
@@ -231,7 +326,10 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
         interceptors=[AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit)],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
-    pb_grpc.add_MatcherServicer_to_server(MatcherServicer(engine, metrics, audit), server)
+    peers = sync.Peers(config.data_dir)
+    metrics.watch_sync(engine.store, peers)
+    pb_grpc.add_MatcherServicer_to_server(
+        MatcherServicer(engine, metrics, audit, SiteKeys.load(config.data_dir), peers), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

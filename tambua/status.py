@@ -31,6 +31,7 @@ _CODES: tuple[tuple[type[errors.TambuaError], grpc.StatusCode], ...] = (
     (errors.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
     (errors.KeyMismatch, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.SequenceGap, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.RecordTampered, grpc.StatusCode.DATA_LOSS),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),

@@ -34,3 +34,29 @@ def test_rpc_stage_rejection_and_gallery_metrics(tmp_path, face_extractor, orl):
     finally:
         server.stop(0)
         store.close()
+
+
+def test_sync_metrics_show_which_peer_falls_behind(tmp_path, face_extractor):
+    from tambua.sync import Peers, SiteKeys
+    from tests.matcher.test_store import _subject
+
+    store = SubjectStore(tmp_path / "m.sqlite")
+    peers = Peers(tmp_path)
+    for site in ("country", "field-2"):
+        peers.add(SiteKeys.create(tmp_path / site, site).identity())
+    store.add_many([_subject(f"S{i}", seed=i) for i in range(4)])
+    store.note_peer("country", acked_seq=3, last_ack_ms=1_700_000_000_000)
+    store.note_peer("field-2", refused=2, gaps=1)
+    registry = CollectorRegistry()
+    server, _, _ = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=tmp_path),
+                                 Engine(store, {"face": face_extractor}), registry)
+    try:
+        get = registry.get_sample_value
+        assert get("tambua_sync_pending_changes", {"peer": "country"}) == 1
+        assert get("tambua_sync_pending_changes", {"peer": "field-2"}) == 4
+        assert get("tambua_sync_last_success_timestamp_seconds", {"peer": "country"}) == 1_700_000_000
+        assert get("tambua_sync_refused_bundles", {"peer": "field-2"}) == 2
+        assert get("tambua_sync_sequence_gaps", {"peer": "field-2"}) == 1
+    finally:
+        server.stop(0)
+        store.close()

@@ -6,7 +6,8 @@ from tambua.v1 import tambua_pb2, tambua_pb2_grpc
 def test_matcher_service_rpcs():
     service = tambua_pb2.DESCRIPTOR.services_by_name["Matcher"]
     assert {m.name for m in service.methods} == {
-        "Enroll", "Identify", "Verify", "Compare", "Extract", "GetSubject", "DeleteSubject", "Stats", "ReadAudit"
+        "Enroll", "Identify", "Verify", "Compare", "Extract", "GetSubject", "DeleteSubject", "Stats", "ReadAudit",
+        "SyncExport", "SyncImport", "SyncStatus", "SyncPush",
     }
     assert hasattr(tambua_pb2_grpc, "MatcherServicer")
 

@@ -84,6 +84,7 @@ def _requests(orl, role: str) -> dict[str, tuple[str, object]]:
         "DeleteSubject": ("DeleteSubject", pb.SubjectRequest(subject_id=f"forced-{role}")),
         "Stats": ("Stats", pb.StatsRequest()),
         "ReadAudit": ("ReadAudit", pb.ReadAuditRequest(limit=5)),
+        "SyncStatus": ("SyncStatus", pb.SyncStatusRequest()),
     }
 
 
@@ -94,14 +95,14 @@ ALLOWED = {
     "verifier": {"Verify", "Compare"},
     "adjudicator": {"Enroll force", "DeleteSubject", "GetSubject"},
     "auditor": {"ReadAudit"},
-    "admin": {"Stats"},
+    "admin": {"Stats", "SyncStatus", "SyncExport", "SyncImport", "SyncPush"},
 }
 
 
 def test_the_rule_table_is_the_documented_one():
     assert set(ALLOWED) == set(ROLES)
     for method, roles in RULES.items():
-        assert roles == {r for r, calls in ALLOWED.items() if method in calls}
+        assert roles == {r for r, calls in ALLOWED.items() if method in calls}, method
 
 
 def _allowed(role: str, call: str) -> bool:

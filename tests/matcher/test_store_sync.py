@@ -1,0 +1,63 @@
+"""The store's side of site sync: a gap-free change log written with each change, a v1
+store migrated, and peer changes applied once, in order, with their cursor."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from matcher.errors import AlreadyExists, NotFound
+from matcher.store import SubjectStore
+from tests.matcher.test_store import _subject
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SubjectStore(tmp_path / "s.sqlite")
+    yield s
+    s.close()
+
+
+def test_every_enrolment_and_deletion_is_a_numbered_change(store):
+    store.add(_subject("A"))
+    store.add_many([_subject("B", seed=1), _subject("C", seed=2)])
+    with pytest.raises(AlreadyExists):
+        store.add(_subject("A"))  # refused: no change recorded
+    store.delete("default", "B")
+    with pytest.raises(NotFound):
+        store.delete("default", "B")
+    assert [(c.seq, c.kind, c.subject_id) for c in store.changes_since(0)] == [
+        (1, "enrol", "A"), (2, "enrol", "B"), (3, "enrol", "C"), (4, "delete", "B")]
+    assert [c.seq for c in store.changes_since(2)] == [3, 4] and store.last_seq() == 4
+
+
+def test_a_version_1_store_gets_its_subjects_as_changes(tmp_path):
+    path = tmp_path / "old.sqlite"
+    s = SubjectStore(path)
+    s.add_many([_subject("X", seed=1), _subject("Y", seed=2)])
+    s.close()
+    with sqlite3.connect(path) as db:  # what version 1 looked like: no change log
+        db.execute("DROP TABLE changes")
+        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    s = SubjectStore(path)
+    assert [(c.seq, c.subject_id) for c in s.changes_since(0)] == [(1, "X"), (2, "Y")]
+    s.close()
+
+
+def test_peer_changes_apply_once_in_order(store):
+    assert store.apply_remote("field-1", 2, "enrol", _subject("F2", seed=2)) == "gap"
+    assert store.peer("field-1").gaps == 1 and store.count() == 0
+    assert store.apply_remote("field-1", 1, "enrol", _subject("F1", seed=1)) == "applied"
+    assert store.apply_remote("field-1", 1, "enrol", _subject("F1", seed=1)) == "already"
+    assert store.apply_remote("field-1", 2, "enrol", _subject("F2", seed=2),
+                              flag=("CROSS_SITE_DUPLICATE", ["L7"])) == "applied"
+    assert store.apply_remote("field-1", 3, "delete", partition="default", subject_id="F1") == "applied"
+    assert store.apply_remote("field-1", 4, "delete", partition="default", subject_id="nobody") == "absent"
+    store.add(_subject("L9", seed=9))
+    assert store.apply_remote("field-1", 5, "enrol", _subject("L9", seed=3)) == "conflict"
+    assert store.peer("field-1").applied_seq == 5
+    assert {s for _, s, _, _ in store.templates("face/dlib-resnet-v1")} == {"F2", "L9"}
+    assert [(f["subject_id"], f["kind"], f["candidates"]) for f in store.flags()] == [
+        ("F2", "CROSS_SITE_DUPLICATE", ["L7"]), ("L9", "ID_CONFLICT", ["L9"])]
+    assert [c.subject_id for c in store.changes_since(0)] == ["L9"]  # imports are not this site's changes

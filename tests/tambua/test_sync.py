@@ -1,0 +1,209 @@
+"""Two real sites, a field server and a country server (separate data directories and
+ports), exchanging signed, encrypted bundles through files, as over a USB stick."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tambua.v1 import tambua_pb2 as pb
+from tests.tambua.test_server import REPO, Server, face
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tambua.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def ok(*args: str) -> dict:
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def identity(data_dir: Path, site: str, tmp: Path) -> Path:
+    f = tmp / f"{site}.identity.json"
+    f.write_text(json.dumps(ok("sync", "identity", "--data-dir", str(data_dir), "--site-id", site)))
+    return f
+
+
+class Site:
+    """A running server with a site identity, driven through the CLI as an operator would."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    @property
+    def stub(self):
+        return self.server.stub
+
+    def rpc(self, *args: str) -> subprocess.CompletedProcess:
+        return cli(*args[:2], "--address", self.server.address, "--json", *args[2:])
+
+    def export(self, to: str, out: Path, *extra: str) -> dict:
+        r = self.rpc("sync", "export", "--to", to, "--out", str(out), *extra)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def imports(self, bundle: Path, ack: Path | None = None) -> dict:
+        r = self.rpc("sync", "import", str(bundle), *(["--ack-out", str(ack)] if ack else []))
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def status(self) -> dict:
+        r = self.rpc("sync", "status")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def enrol(self, sid: str, orl: Path, person: int, shot: int) -> None:
+        r = self.stub.Enroll(pb.EnrollRequest(subject_id=sid, samples=[face(orl, person, shot)], force=True), timeout=60)
+        assert r.outcome == pb.EnrollResponse.ENROLLED
+
+    def subjects(self) -> int:
+        return self.stub.Stats(pb.StatsRequest(), timeout=30).subjects
+
+    def has(self, sid: str) -> bool:
+        try:
+            self.stub.GetSubject(pb.SubjectRequest(subject_id=sid), timeout=30)
+            return True
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND
+            return False
+
+
+@pytest.fixture
+def sites(tmp_path, orl, models):
+    field_dir, country_dir, other_dir = tmp_path / "field", tmp_path / "country", tmp_path / "other"
+    ids = {s: identity(d, s, tmp_path) for s, d in
+           [("field-1", field_dir), ("country", country_dir), ("other", other_dir)]}
+    for data_dir, peers in [(field_dir, ["country", "other"]), (country_dir, ["field-1"])]:
+        for peer in peers:
+            ok("sync", "peer", "add", str(ids[peer]), "--data-dir", str(data_dir))
+    field, country = Site(Server(field_dir)), Site(Server(country_dir))
+    field.server.start()
+    country.server.start()
+    yield field, country, tmp_path
+    field.server.stop()
+    country.server.stop()
+
+
+def test_disconnected_enrolments_arrive_once_however_often_imported(sites, orl):
+    field, country, tmp = sites
+    for person in range(1, 6):
+        field.enrol(f"F{person}", orl, person, 1)
+    assert field.status()["peers"][0]["pending"] == 5
+    b1 = field.export("country", tmp / "b1.tmb")
+    assert (b1["first_seq"], b1["last_seq"], b1["changes"]) == (1, 5, 5)
+    first = country.imports(tmp / "b1.tmb", tmp / "a1.tmb")
+    assert (first["applied"], first["already"], first["flagged"]) == (5, 0, [])
+    again = country.imports(tmp / "b1.tmb")
+    assert (again["applied"], again["already"]) == (0, 5)
+    assert country.subjects() == 5 and all(country.has(f"F{p}") for p in range(1, 6))
+    found = country.stub.Identify(pb.IdentifyRequest(samples=[face(orl, 3, 4)]), timeout=60).candidates
+    assert found[0].subject_id == "F3"
+    acked = field.imports(tmp / "a1.tmb")
+    assert acked == {"ack_from": "country", "acked_seq": 5}
+    status = field.status()
+    assert status["site"] == "field-1" and status["peers"][0]["pending"] == 0 and status["peers"][0]["lag_s"] >= 0
+    field.enrol("F6", orl, 6, 1)
+    assert field.export("country", tmp / "b2.tmb")["first_seq"] == 6  # only what is new since the ack
+    assert country.imports(tmp / "b2.tmb")["applied"] == 1 and country.subjects() == 6
+    assert country.status()["peers"][0]["applied_seq"] == 6
+
+
+def test_a_person_enrolled_at_two_sites_is_flagged_and_deletions_propagate(sites, orl):
+    field, country, tmp = sites
+    country.enrol("C-7", orl, 7, 1)
+    field.enrol("F-7", orl, 7, 3)  # the same person, at the field site, which cannot know
+    field.enrol("F-8", orl, 8, 1)
+    field.export("country", tmp / "b1.tmb")
+    r = country.imports(tmp / "b1.tmb")
+    assert r["flagged"] == [{"subject_id": "F-7", "partition": "default", "kind": "CROSS_SITE_DUPLICATE",
+                             "site": "field-1", "candidates": ["C-7"]}]
+    assert country.has("F-7") and country.has("C-7")  # never dropped, never merged
+    assert country.status()["flagged"][0]["candidates"] == ["C-7"]
+    field.stub.DeleteSubject(pb.SubjectRequest(subject_id="F-8"), timeout=30)
+    field.export("country", tmp / "b2.tmb")  # no ack yet: resends 1-2 with the deletion as 3
+    r = country.imports(tmp / "b2.tmb")
+    assert (r["applied"], r["already"]) == (1, 2)
+    assert not country.has("F-8") and country.has("F-7")
+    probe = country.stub.Identify(pb.IdentifyRequest(samples=[face(orl, 8, 2)]), timeout=60).candidates
+    assert "F-8" not in [c.subject_id for c in probe]
+
+
+def _tamper(data: bytes) -> bytes:
+    b = bytearray(data)
+    b[len(b) // 2] ^= 0x01
+    return bytes(b)
+
+
+def _relabel(data: bytes) -> bytes:
+    return data.replace(b'"from":"field-1"', b'"from":"field-9"')  # the same bytes, claimed by another site
+
+
+def test_bad_bundles_are_refused_with_their_reason_and_change_nothing(sites, orl):
+    field, country, tmp = sites
+    for person in (11, 12):
+        field.enrol(f"F{person}", orl, person, 1)
+    field.export("country", tmp / "good.tmb")
+    good = (tmp / "good.tmb").read_bytes()
+    field.enrol("F13", orl, 13, 1)
+    field.export("country", tmp / "later.tmb", "--from-seq", "3")  # a peer that never saw 1-2
+    field.export("other", tmp / "for-other.tmb")
+    stranger = tmp / "stranger"
+    identity(stranger, "field-9", tmp)  # a site the country has never been told about
+    cases = {
+        "tampered": (_tamper(good), "INVALID_ARGUMENT BAD_SIGNATURE"),
+        "truncated": (good[: len(good) - 100], "INVALID_ARGUMENT BAD_SIGNATURE"),
+        "cut-header": (good[:20], "INVALID_ARGUMENT TRUNCATED"),
+        "gap": ((tmp / "later.tmb").read_bytes(), "FAILED_PRECONDITION SEQUENCE_GAP"),
+        "wrong-recipient": ((tmp / "for-other.tmb").read_bytes(), "INVALID_ARGUMENT WRONG_RECIPIENT"),
+        "replayed-as-another-site": (_relabel(good), "INVALID_ARGUMENT UNKNOWN_SITE"),
+        "not-a-bundle": (b"PK\x03\x04" + bytes(200), "INVALID_ARGUMENT MALFORMED"),
+    }
+    for name, (data, expected) in cases.items():
+        f = tmp / f"{name}.tmb"
+        f.write_bytes(data)
+        r = country.rpc("sync", "import", str(f))
+        assert r.returncode == 1 and expected in r.stderr, (name, r.stderr)
+        assert country.subjects() == 0, name
+    peer = country.status()["peers"][0]
+    assert peer["applied_seq"] == 0 and peer["refused"] >= 3 and peer["gaps"] == 1
+    assert country.imports(tmp / "good.tmb")["applied"] == 2  # the real one still goes in
+    assert country.imports(tmp / "later.tmb")["applied"] == 1 and country.subjects() == 3
+
+
+def test_online_sync_cut_mid_stream_resumes_and_converges(sites, orl):
+    from tambua import sync
+    from tambua.v1 import tambua_pb2_grpc as pb_grpc
+
+    field, country, tmp = sites
+    for person in range(20, 27):
+        field.enrol(f"F{person}", orl, person, 1)
+    seen = []
+
+    def cut_the_link(answer):
+        seen.append(answer.last_seq)
+        if len(seen) == 2:  # two bundles acknowledged: the country server dies, the link with it
+            country.server.kill()
+            raise ConnectionError("link lost")
+
+    with pytest.raises(ConnectionError):
+        sync.push(field.stub, pb_grpc.MatcherStub(grpc.insecure_channel(country.server.address)), "country",
+                  batch=2, on_ack=cut_the_link)
+    assert seen == [2, 4] and field.status()["peers"][0]["pending"] == 3  # acknowledged what the peer applied
+    country.server.start()  # same data directory: everything it acknowledged is on disk
+    r = ok("sync", "push", "--address", field.server.address, "--to", "country", "--peer", country.server.address,
+           "--batch", "2", "--json")
+    # 5-7 again: what the country applied before it died but never acknowledged is skipped
+    assert r["applied"] + r["already"] == 3 and r["acked_seq"] == 7
+    assert country.subjects() == 7 and all(country.has(f"F{p}") for p in range(20, 27))
+    assert field.status()["peers"][0]["pending"] == 0
+    again = ok("sync", "push", "--address", field.server.address, "--to", "country", "--peer",
+               country.server.address, "--json")
+    assert (again["bundles"], again["applied"]) == (0, 0) and country.subjects() == 7
