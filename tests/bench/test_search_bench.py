@@ -34,3 +34,12 @@ def test_service_identify_bench_small(tmp_path):
         assert run["gallery"] == 500 and run["mate_rank1"] == 1.0
         assert run["identify_rpc"]["p50_ms"] >= run["pure_search"]["p50_ms"] > 0
     assert plain["mode"] == "plain" and secure["mode"].startswith("tls") and secure["vs_plain"]["identify_rpc_p50_ratio"] > 0
+
+
+def test_sync_bench_small(tmp_path):
+    from bench import sync
+
+    out = tmp_path / "sync.json"
+    assert sync.main(["--subjects", "60", "--json", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["applied"] == 60 and run["reimport_applied"] == 0 and run["bytes_per_subject"] > 128 * 4 * 0.5
