@@ -16,6 +16,7 @@ mathematical sense (counter-clockwise, y up): :func:`encode` flips image rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import struct
 from math import erf, pi, sqrt
 
 import cv2
@@ -67,6 +68,49 @@ class Cylinders:
 
     def __len__(self) -> int:
         return len(self.theta)
+
+
+def derived_version() -> str:
+    """Names every parameter the cylinders and index codes depend on: features persisted
+    under another version are recomputed, never compared (see :func:`pack_features`)."""
+    import hashlib
+
+    params = (R, NS, ND, SIGMA_S, SIGMA_D, OMEGA, MU_PSI, MIN_VC, MIN_M, INDEX_NS, INDEX_SIGMA_S, INDEX_MU_PSI,
+              INDEX_BYTES)
+    return "mcc-" + hashlib.sha256(repr(params).encode()).hexdigest()[:12]
+
+
+_FEATURES = struct.Struct("<16sHH")  # version, cylinders, index codes
+
+
+def pack_features(cyl: "Cylinders", codes: np.ndarray, code_theta: np.ndarray) -> bytes:
+    """A template's cylinders and index codes as bytes, to persist beside its minutiae
+    (a restart then loads them instead of encoding every finger again)."""
+    return (_FEATURES.pack(derived_version().encode(), len(cyl), len(codes))
+            + np.ascontiguousarray(cyl.xy, "<f8").tobytes() + np.ascontiguousarray(cyl.theta, "<f8").tobytes()
+            + np.ascontiguousarray(cyl.bits, "<u8").tobytes() + np.ascontiguousarray(cyl.valid, "<u8").tobytes()
+            + np.ascontiguousarray(codes, np.uint8).tobytes() + np.ascontiguousarray(code_theta, "<f8").tobytes())
+
+
+def unpack_features(data: bytes) -> tuple["Cylinders", np.ndarray, np.ndarray] | None:
+    """The inverse of :func:`pack_features`; None when made by other parameters or malformed."""
+    if len(data) < _FEATURES.size:
+        return None
+    version, m, k = _FEATURES.unpack_from(data)
+    if version.rstrip(b"\0").decode("ascii", "replace") != derived_version():
+        return None
+    sizes = [m * 16, m * 8, m * _WORDS * 8, m * _WORDS * 8, k * INDEX_BYTES, k * 8]
+    if len(data) != _FEATURES.size + sum(sizes):
+        return None
+    parts, off = [], _FEATURES.size
+    for size in sizes:
+        parts.append(data[off:off + size])
+        off += size
+    cyl = Cylinders(np.frombuffer(parts[0], "<f8").reshape(m, 2).copy(), np.frombuffer(parts[1], "<f8").copy(),
+                    np.frombuffer(parts[2], "<u8").reshape(m, _WORDS).copy(),
+                    np.frombuffer(parts[3], "<u8").reshape(m, _WORDS).copy())
+    return (cyl, np.frombuffer(parts[4], np.uint8).reshape(k, INDEX_BYTES).copy(),
+            np.frombuffer(parts[5], "<f8").copy())
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:

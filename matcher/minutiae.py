@@ -71,6 +71,22 @@ class MinutiaeTemplate:
     def index_codes(self) -> tuple[np.ndarray, np.ndarray]:
         return mcc.index_codes(self.minutiae)
 
+    def derived_bytes(self) -> bytes:
+        """Cylinders and index codes, for the store to keep beside the minutiae."""
+        return mcc.pack_features(self.cylinders, *self.index_codes)
+
+    def load_derived(self, data: bytes) -> bool:
+        """Take cylinders and index codes persisted by :meth:`derived_bytes` instead of
+        computing them. Returns False (nothing taken) when they were made by other MCC
+        parameters or are malformed."""
+        features = mcc.unpack_features(data)
+        if features is None:
+            return False
+        # cached_property stores in the instance dict: filling it is what computing would do.
+        self.__dict__["cylinders"] = features[0]
+        self.__dict__["index_codes"] = (features[1], features[2])
+        return True
+
     def require_model(self, model_id: str) -> None:
         """Raise :class:`ModelMismatch` unless this template was made by ``model_id``."""
         if self.model_id != model_id:

@@ -27,7 +27,7 @@ from matcher import sealing
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.templates import Template, parse_template
 
-SCHEMA_VERSION = 2  # 2: the change log, origins and peers of site sync
+SCHEMA_VERSION = 3  # 2: the change log, origins and peers of site sync; 3: derived features
 MAX_ID_LEN = 128
 
 _SCHEMA = """
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS templates (
     position INTEGER NOT NULL,
     model_id TEXT NOT NULL,
     data BLOB NOT NULL,
+    derived BLOB,  -- features computed from data (finger: MCC cylinders), sealed like it; NULL: compute
     PRIMARY KEY (partition, subject_id, modality, position),
     FOREIGN KEY (partition, subject_id) REFERENCES subjects (partition, subject_id) ON DELETE CASCADE
 );
@@ -108,6 +109,9 @@ class PlainSealer:
 
     def open(self, data: bytes, context: bytes) -> bytes:
         return data
+
+
+_DERIVED = b"\x00derived"  # appended to a row's context: its features cannot pass for its template
 
 
 def _context(partition: str, subject_id: str, modality: str, position: int, model_id: str) -> bytes:
@@ -210,20 +214,25 @@ class SubjectStore:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if "schema_version" not in meta:
             meta = self._create_meta(kek)
-        elif meta["schema_version"] == "1":
-            self._migrate_1_to_2()
+        elif meta["schema_version"] in ("1", "2"):
+            self._migrate(int(meta["schema_version"]))
         elif int(meta["schema_version"]) != SCHEMA_VERSION:
             raise RuntimeError(f"store schema {meta['schema_version']} is not the supported {SCHEMA_VERSION}")
         self._sealer = self._open_sealer(meta, kek)
 
-    def _migrate_1_to_2(self) -> None:
+    def _migrate(self, version: int) -> None:
         """Version 1 had no change log: every subject enrolled so far becomes a change, in
-        enrolment order, so that a first sync carries it."""
+        enrolment order, so that a first sync carries it. Versions 1-2 had no derived
+        features: the column is added empty and filled at the next gallery load."""
         with self._transaction():
-            self._db.execute("INSERT INTO changes (kind, partition, subject_id, unix_ms) "
-                             "SELECT 'enrol', partition, subject_id, created_ns / 1000000 FROM subjects "
-                             "ORDER BY created_ns, partition, subject_id")
-            self._db.execute("UPDATE meta SET value='2' WHERE key='schema_version'")
+            if version < 2:
+                self._db.execute("INSERT INTO changes (kind, partition, subject_id, unix_ms) "
+                                 "SELECT 'enrol', partition, subject_id, created_ns / 1000000 FROM subjects "
+                                 "ORDER BY created_ns, partition, subject_id")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(templates)")}
+            if "derived" not in columns:
+                self._db.execute("ALTER TABLE templates ADD COLUMN derived BLOB")
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -323,15 +332,28 @@ class SubjectStore:
 
     def _insert(self, subjects: list[Subject]) -> None:
         heads = [(s.partition, s.subject_id, s.created_ns, json.dumps(list(s.linked))) for s in subjects]
-        rows = [
-            (s.partition, s.subject_id, t.modality, t.position, t.template.model_id,
-             self._sealer.seal(t.template.to_bytes(),
-                               _context(s.partition, s.subject_id, t.modality, t.position, t.template.model_id)))
-            for s in subjects
-            for t in s.templates
-        ]
+        rows = []
+        for s in subjects:
+            for t in s.templates:
+                context = _context(s.partition, s.subject_id, t.modality, t.position, t.template.model_id)
+                rows.append((s.partition, s.subject_id, t.modality, t.position, t.template.model_id,
+                             self._sealer.seal(t.template.to_bytes(), context), self._seal_derived(t.template, context)))
         self._db.executemany("INSERT INTO subjects VALUES (?, ?, ?, ?)", heads)
-        self._db.executemany("INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?)", rows)
+        self._db.executemany("INSERT INTO templates (partition, subject_id, modality, position, model_id, data, "
+                             "derived) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def _seal_derived(self, template: Template, context: bytes) -> bytes | None:
+        derive = getattr(template, "derived_bytes", None)
+        return None if derive is None else self._sealer.seal(derive(), context + _DERIVED)
+
+    def _parse(self, data: bytes, derived: bytes | None, context: bytes) -> tuple[Template, bool]:
+        """The template of a row, with its persisted features loaded. Returns (template,
+        whether the row should get fresh features: none stored, or made by other parameters)."""
+        template = parse_template(self._sealer.open(data, context))
+        load = getattr(template, "load_derived", None)
+        if load is None:
+            return template, False
+        return template, derived is None or not load(self._sealer.open(derived, context + _DERIVED))
 
     def delete(self, partition: str, subject_id: str) -> None:
         """Delete a subject and its templates (a ``delete`` change of this site).
@@ -461,13 +483,13 @@ class SubjectStore:
             if row is None:
                 raise NotFound(f"subject {subject_id!r} is not enrolled")
             trows = self._db.execute(
-                "SELECT modality, position, model_id, data FROM templates WHERE partition=? AND subject_id=? "
+                "SELECT modality, position, model_id, data, derived FROM templates WHERE partition=? AND subject_id=? "
                 "ORDER BY modality, position",
                 (partition, subject_id),
             ).fetchall()
         templates = tuple(
-            StoredTemplate(m, p, parse_template(self._sealer.open(d, _context(partition, subject_id, m, p, model))))
-            for m, p, model, d in trows
+            StoredTemplate(m, p, self._parse(d, dv, _context(partition, subject_id, m, p, model))[0])
+            for m, p, model, d, dv in trows
         )
         return Subject(subject_id, partition, templates, tuple(json.loads(row[1])), row[0])
 
@@ -475,13 +497,24 @@ class SubjectStore:
         """Every stored template of one model as (partition, subject_id, position, template): index rebuilds."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT partition, subject_id, modality, position, data FROM templates WHERE model_id=? "
+                "SELECT partition, subject_id, modality, position, data, derived FROM templates WHERE model_id=? "
                 "ORDER BY partition, subject_id, position",
                 (model_id,),
             ).fetchall()
-        for partition, subject_id, modality, position, data in rows:
+        stale = []
+        for partition, subject_id, modality, position, data, derived in rows:
             context = _context(partition, subject_id, modality, position, model_id)
-            yield partition, subject_id, position, parse_template(self._sealer.open(data, context))
+            template, refresh = self._parse(data, derived, context)
+            yield partition, subject_id, position, template
+            if refresh:
+                stale.append((template, context, partition, subject_id, modality, position))
+        if stale:
+            # The caller has had every template (a gallery load computes the features as it
+            # adds them): keep them, so that the next start loads instead of computing.
+            with self._transaction():
+                self._db.executemany(
+                    "UPDATE templates SET derived=? WHERE partition=? AND subject_id=? AND modality=? AND position=?",
+                    [(self._seal_derived(t, c), p, s, m, pos) for t, c, p, s, m, pos in stale])
 
     def count_by_partition(self) -> dict[str, int]:
         """Number of enrolled subjects in each partition."""

@@ -43,3 +43,12 @@ def test_sync_bench_small(tmp_path):
     assert sync.main(["--subjects", "60", "--json", str(out)]) == 0
     run = json.loads(out.read_text())["runs"][0]
     assert run["applied"] == 60 and run["reimport_applied"] == 0 and run["bytes_per_subject"] > 128 * 4 * 0.5
+
+
+def test_finger_startup_bench_small(tmp_path):
+    from bench import finger_startup
+
+    out = tmp_path / "startup.json"
+    assert finger_startup.main(["--fingers", "40", "--json", str(out)]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["fingers"] == 40 and run["load_persisted_s"] < run["load_computing_s"]
