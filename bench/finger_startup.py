@@ -8,17 +8,16 @@ loaded). Both in one run; the ratio is what persisting buys a restart.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+
+from bench.sizes import sizes_cli  # noqa: E402
 
 MODEL = "finger/leader-mcc-v1"
 
@@ -44,7 +43,8 @@ def run(n: int, workdir: Path) -> dict:
     from matcher.store import SubjectStore
 
     kek = new_key()
-    path = workdir / f"f{n}.sqlite"
+    workdir.mkdir(parents=True)
+    path = workdir / "subjects.sqlite"
     store = SubjectStore(path, kek)
     subjects = _fingers(n)
     t0 = time.perf_counter()
@@ -69,18 +69,7 @@ def run(n: int, workdir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--fingers", type=int, nargs="+", default=[2000, 20000])
-    p.add_argument("--json", required=True, type=Path)
-    args = p.parse_args(argv)
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in args.fingers:
-            runs.append(run(n, Path(tmp)))
-            print(json.dumps(runs[-1]), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    return 0
+    return sizes_cli(__doc__, "fingers", [2000, 20000], run, argv)
 
 
 if __name__ == "__main__":

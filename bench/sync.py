@@ -9,13 +9,11 @@ bundles (idempotent: nothing applied).
 
 from __future__ import annotations
 
-import argparse
-import json
-import tempfile
 import time
 from pathlib import Path
 
 from bench.search import STATS_DIR, draw
+from bench.sizes import sizes_cli
 from matcher.engine import Engine
 from matcher.store import StoredTemplate, Subject, SubjectStore
 from matcher.templates import EmbeddingTemplate
@@ -77,18 +75,7 @@ def run(n: int, workdir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--subjects", type=int, nargs="+", default=[1000, 10_000])
-    p.add_argument("--json", required=True, type=Path)
-    args = p.parse_args(argv)
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in args.subjects:
-            runs.append(run(n, Path(tmp) / str(n)))
-            print(json.dumps(runs[-1]), flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
-    return 0
+    return sizes_cli(__doc__, "subjects", [1000, 10_000], run, argv)
 
 
 if __name__ == "__main__":
