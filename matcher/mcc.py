@@ -76,11 +76,13 @@ def derived_version() -> str:
     import hashlib
 
     params = (R, NS, ND, SIGMA_S, SIGMA_D, OMEGA, MU_PSI, MIN_VC, MIN_M, INDEX_NS, INDEX_SIGMA_S, INDEX_MU_PSI,
-              INDEX_BYTES)
+              INDEX_BYTES, _LAYOUT)
     return "mcc-" + hashlib.sha256(repr(params).encode()).hexdigest()[:12]
 
 
 _FEATURES = struct.Struct("<16sHH")  # version, cylinders, index codes
+_LAYOUT = 2  # 2: the validity of one angular layer only (every layer repeats it)
+_LAYER_WORDS = NS * NS // 64
 
 
 def pack_features(cyl: "Cylinders", codes: np.ndarray, code_theta: np.ndarray) -> bytes:
@@ -88,7 +90,8 @@ def pack_features(cyl: "Cylinders", codes: np.ndarray, code_theta: np.ndarray) -
     (a restart then loads them instead of encoding every finger again)."""
     return (_FEATURES.pack(derived_version().encode(), len(cyl), len(codes))
             + np.ascontiguousarray(cyl.xy, "<f8").tobytes() + np.ascontiguousarray(cyl.theta, "<f8").tobytes()
-            + np.ascontiguousarray(cyl.bits, "<u8").tobytes() + np.ascontiguousarray(cyl.valid, "<u8").tobytes()
+            + np.ascontiguousarray(cyl.bits, "<u8").tobytes()
+            + np.ascontiguousarray(cyl.valid[:, :_LAYER_WORDS], "<u8").tobytes()
             + np.ascontiguousarray(codes, np.uint8).tobytes() + np.ascontiguousarray(code_theta, "<f8").tobytes())
 
 
@@ -99,7 +102,7 @@ def unpack_features(data: bytes) -> tuple["Cylinders", np.ndarray, np.ndarray] |
     version, m, k = _FEATURES.unpack_from(data)
     if version.rstrip(b"\0").decode("ascii", "replace") != derived_version():
         return None
-    sizes = [m * 16, m * 8, m * _WORDS * 8, m * _WORDS * 8, k * INDEX_BYTES, k * 8]
+    sizes = [m * 16, m * 8, m * _WORDS * 8, m * _LAYER_WORDS * 8, k * INDEX_BYTES, k * 8]
     if len(data) != _FEATURES.size + sum(sizes):
         return None
     parts, off = [], _FEATURES.size
@@ -108,7 +111,7 @@ def unpack_features(data: bytes) -> tuple["Cylinders", np.ndarray, np.ndarray] |
         off += size
     cyl = Cylinders(np.frombuffer(parts[0], "<f8").reshape(m, 2).copy(), np.frombuffer(parts[1], "<f8").copy(),
                     np.frombuffer(parts[2], "<u8").reshape(m, _WORDS).copy(),
-                    np.frombuffer(parts[3], "<u8").reshape(m, _WORDS).copy())
+                    np.tile(np.frombuffer(parts[3], "<u8").reshape(m, _LAYER_WORDS), (1, ND)))
     return (cyl, np.frombuffer(parts[4], np.uint8).reshape(k, INDEX_BYTES).copy(),
             np.frombuffer(parts[5], "<f8").copy())
 
