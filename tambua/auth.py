@@ -91,6 +91,15 @@ class Principal:
 DEV_PRINCIPAL = Principal("dev", "dev", "insecure local development", frozenset(ROLES), frozenset({ALL_PARTITIONS}))
 # The caller of the call being served, set by AuthInterceptor (the servicer and the audit read it).
 current: contextvars.ContextVar[Principal] = contextvars.ContextVar("principal", default=DEV_PRINCIPAL)
+# Subject ids a call touched beyond its request and response fields (a sync bundle's), for the audit.
+_touched: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("touched", default=None)
+
+
+def note_touched(subject_ids) -> None:
+    """Record subject ids the current call read or wrote in bulk (sync), for its audit entry."""
+    ids = _touched.get()
+    if ids is not None:
+        ids.extend(subject_ids)
 
 
 @dataclass(frozen=True)
@@ -296,6 +305,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 self._audit(principal, short, request, None, e.reason)
                 self.abort(context, e)
             token = current.set(principal)
+            touched = _touched.set([])
             try:
                 response = behaviour(request, context)
                 return response
@@ -305,17 +315,21 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 raise
             finally:
                 current.reset(token)
-                self._audit(principal, short, request, response, outcome)
+                extra = _touched.get()
+                _touched.reset(touched)
+                self._audit(principal, short, request, response, outcome, extra)
 
         return guarded
 
-    def _audit(self, principal: Principal | None, short: str | None, request, response, outcome: str) -> None:
+    def _audit(self, principal: Principal | None, short: str | None, request, response, outcome: str,
+               extra: list[str] | None = None) -> None:
         if self.audit is None or short is None:
             return
         if isinstance(request, _Malformed):
             request = None
         ids = [request.subject_id] if getattr(request, "subject_id", "") else []
         ids += [c.subject_id for c in getattr(response, "candidates", ())]
+        ids += extra or []
         self.audit.append(principal.id if principal else "", principal.name if principal else "unauthenticated",
                           short, (request.partition or DEFAULT_PARTITION) if hasattr(request, "partition") else "",
                           tuple(dict.fromkeys(ids)), outcome)

@@ -25,7 +25,7 @@ from matcher.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, NotFound, QualityError
 from tambua import sync
 from tambua.audit import AuditLog
-from tambua.auth import AccessStore, AuthInterceptor
+from tambua.auth import AccessStore, AuthInterceptor, note_touched
 from tambua.config import Config
 from tambua.sync import SiteKeys
 from tambua.status import abort, code_of
@@ -258,6 +258,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     def SyncExport(self, request, context):
         b = sync.export_bundle(self.engine.store, self._site(), self.peers, request.to_site,
                                min(request.limit or sync.MAX_CHANGES, sync.MAX_CHANGES), request.from_seq)
+        note_touched(b.subject_ids)  # biometric data leaving the site: the audit names whose
         return pb.SyncBundle(data=b.data, first_seq=b.first_seq, last_seq=b.last_seq, count=b.count)
 
     @_rpc
@@ -285,6 +286,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             peer, acked = sync.import_ack(self.engine.store, site, self.peers, data)
             return pb.SyncImportResponse(from_site=peer, was_ack=True, acked_seq=acked)
         r = sync.import_bundle(self.engine, site, self.peers, data)
+        note_touched(r.subject_ids)
         return pb.SyncImportResponse(
             from_site=r.from_site, first_seq=r.first_seq, last_seq=r.last_seq, applied=r.applied, already=r.already,
             flagged=[pb.FlaggedEnrolment(subject_id=f["subject_id"], partition=f["partition"], kind=f["kind"],

@@ -210,6 +210,7 @@ class Bundle:
     first_seq: int
     last_seq: int
     count: int
+    subject_ids: tuple[str, ...] = ()
 
 
 def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: str,
@@ -252,7 +253,7 @@ def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: st
     body = AESGCM(key).encrypt(nonce, zlib.compress(json.dumps({"changes": records}).encode(), 6), h)
     data = _frame(BUNDLE_MAGIC, header, body, keys)
     store.note_peer(to_site, last_export_ms=int(time.time() * 1000))
-    return Bundle(data, first, last, len(records))
+    return Bundle(data, first, last, len(records), tuple(dict.fromkeys(r["subject_id"] for r in records)))
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ class ImportReport:
     already: int = 0
     flagged: tuple[dict, ...] = ()
     ack: bytes = field(default=b"", repr=False)
+    subject_ids: tuple[str, ...] = ()
 
 
 def read_bundle(data: bytes, keys: SiteKeys, peers: Peers) -> tuple[dict, list[dict]]:
@@ -344,7 +346,7 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
                             "kind": "ID_CONFLICT" if outcome == "conflict" else "CROSS_SITE_DUPLICATE",
                             "candidates": [c.subject_id for c in candidates]})
     return ImportReport(site, header["first"], header["last"], applied, already, tuple(flagged),
-                        make_ack(store, keys, site))
+                        make_ack(store, keys, site), tuple(dict.fromkeys(r["subject_id"] for r in records)))
 
 
 def _claimed_sender(data: bytes) -> str:

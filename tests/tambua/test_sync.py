@@ -106,6 +106,12 @@ def test_disconnected_enrolments_arrive_once_however_often_imported(sites, orl):
     assert country.subjects() == 5 and all(country.has(f"F{p}") for p in range(1, 6))
     found = country.stub.Identify(pb.IdentifyRequest(samples=[face(orl, 3, 4)]), timeout=60).candidates
     assert found[0].subject_id == "F3"
+    audit = {side: [json.loads(line) for line in (site.server.data_dir / "audit.jsonl").read_text().splitlines()]
+             for side, site in (("field", field), ("country", country))}
+    exported = [e for e in audit["field"] if e["rpc"] == "SyncExport"]
+    imported = [e for e in audit["country"] if e["rpc"] == "SyncImport" and e["outcome"] == "OK"]
+    assert exported[0]["subject_ids"] == [f"F{p}" for p in range(1, 6)]  # whose biometrics left the site
+    assert imported[0]["subject_ids"] == [f"F{p}" for p in range(1, 6)]
     acked = field.imports(tmp / "a1.tmb")
     assert acked == {"ack_from": "country", "acked_seq": 5}
     status = field.status()
