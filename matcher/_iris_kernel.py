@@ -42,3 +42,25 @@ def best_distances(pc, pm, gc, gm, n0, min_bits, out):
                 if d < best:
                     best = d
         out[i] = best
+
+
+@numba.njit(cache=True, nogil=True)
+def sketch_distances(probe, gallery, rows, out):
+    """For each of the first ``rows`` gallery sketches: the fewest differing bits to the
+    probe's sketch at any rotation (unmasked Hamming, the first pass of 1:N).
+
+    Args:
+        probe: (rotations, words) uint64 probe sketches.
+        gallery: (N, words) uint64 enrolled sketches.
+        out: (N,) int32 written in place for the first ``rows``.
+    """
+    shifts, words = probe.shape
+    for i in range(rows):
+        best = 1 << 30
+        for s in range(shifts):
+            d = 0
+            for w in range(words):
+                d += _popcount(probe[s, w] ^ gallery[i, w])
+            if d < best:
+                best = d
+        out[i] = best

@@ -12,7 +12,6 @@ import math
 import threading
 from typing import Protocol
 
-import faiss
 import numpy as np
 
 from matcher import iris, mcc
@@ -38,10 +37,11 @@ def compile_kernels() -> None:
     request does not wait seconds for it. Servers call this before they listen."""
     probe = mcc.encode(np.array([[100, 100, 0.3], [140, 120, 1.2], [120, 160, 2.0]], np.float64))
     mcc.similarity(probe, probe)
-    from matcher._iris_kernel import best_distances
+    from matcher._iris_kernel import best_distances, sketch_distances
 
     code = np.zeros((2 * iris.MAX_SHIFT + 1, 4), np.uint64)  # numba types by dtype and rank only
     best_distances(code, code, code[:1], code[:1], float(iris.N0), int(iris.MIN_BITS), np.empty(1))
+    sketch_distances(code, code, 1, np.empty(len(code), np.int32))
 
 
 class ModalityMatcher(Protocol):
@@ -231,7 +231,7 @@ class _Codes:
     """
 
     def __init__(self, words: int) -> None:
-        self.sketches = faiss.IndexBinaryFlat(iris.SKETCH_BITS)
+        self.sketches = np.zeros((0, iris.SKETCH_BITS // 64), np.uint64)
         self.codes = np.zeros((0, words), np.uint64)
         self.masks = np.zeros((0, words), np.uint64)
         self.owner: list[str | None] = []
@@ -251,13 +251,14 @@ class _Codes:
             grow = max(1024, 2 * len(self.codes), need)
             self.codes = np.resize(self.codes, (grow, self.codes.shape[1]))
             self.masks = np.resize(self.masks, (grow, self.masks.shape[1]))
+            self.sketches = np.resize(self.sketches, (grow, self.sketches.shape[1]))
             self.position = np.resize(self.position, grow)
         self.codes[self.rows:need], self.masks[self.rows:need] = codes, masks
+        self.sketches[self.rows:need] = np.ascontiguousarray(sketches, np.uint8).view(np.uint64)
         self.position[self.rows:need] = positions
         for row, owner in enumerate(owners, start=self.rows):
             self.rows_of.setdefault(owner, []).append(row)
         self.owner += list(owners)
-        self.sketches.add(np.ascontiguousarray(sketches, np.uint8))
         self.rows = need
 
     def drop(self, subject_id: str) -> None:
@@ -267,10 +268,7 @@ class _Codes:
             self.dead += 1
         if self.dead * 3 > self.rows:
             keep = [i for i, o in enumerate(self.owner) if o is not None]
-            sketches = faiss.vector_to_array(self.sketches.xb).reshape(-1, iris.SKETCH_BITS // 8)[keep]
-            self.sketches = faiss.IndexBinaryFlat(iris.SKETCH_BITS)
-            self.sketches.add(np.ascontiguousarray(sketches))
-            self.codes, self.masks = self.codes[keep], self.masks[keep]
+            self.codes, self.masks, self.sketches = self.codes[keep], self.masks[keep], self.sketches[keep]
             self.position = self.position[keep]
             self.owner = [self.owner[i] for i in keep]
             self.rows_of = {}
@@ -285,16 +283,16 @@ class IrisMatcher:
     Search compares the probe with every enrolled iris of the partition at the same eye
     (both eyes for position 0, unknown) in one pass of the compiled kernel
     (:func:`matcher.iris.distances`, about 1.3 million irises a second on one core) up
-    to ``exhaustive_limit`` irises; above, a FAISS flat index of 512-bit sketches
-    (:func:`matcher.iris.sketch_of`) at 17 rotations shortlists ``shortlist`` rows per
-    rotation for the exact pass (``python -m bench.search --modality iris`` measures
-    how often that keeps the exhaustive answer). A subject's distance is its best
+    to ``exhaustive_limit`` irises; above, a first pass over 512-bit sketches
+    (:func:`matcher.iris.sketch_of`, best of 17 rotations, unmasked, another compiled
+    kernel) keeps the ``shortlist`` nearest rows for the exact pass (``python -m
+    bench.search --modality iris`` measures how often that keeps the exhaustive answer). A subject's distance is its best
     eye's, and its rate is corrected for the number of eyes tried. Calibration:
     distance = Daugman's normalised HD.
     """
 
     def __init__(self, model_id: str, calibration: Calibration, exhaustive_limit: int = 100_000,
-                 shortlist: int = 1000) -> None:
+                 shortlist: int = 20_000) -> None:
         self.modality, self.model_id, self.calibration = "iris", model_id, calibration
         self.exhaustive_limit, self.shortlist = exhaustive_limit, shortlist
         self._held = _Held()
@@ -347,12 +345,14 @@ class IrisMatcher:
             owner, positions = list(shelf.owner), shelf.position[:shelf.rows].copy()
             rows = None
             if shelf.rows > self.exhaustive_limit:
-                # First pass: unmasked Hamming of 512-bit sketches at 17 rotations (FAISS,
-                # one thread for one probe); each rotation's nearest rows go on to the
-                # exact masked pass.
-                faiss.omp_set_num_threads(1)
-                _, found = shelf.sketches.search(template.sketch_rotations, min(self.shortlist, shelf.rows))
-                rows = np.unique(found[found >= 0])
+                # First pass: unmasked Hamming of 512-bit sketches, best of 17 rotations
+                # (compiled kernel); the ``shortlist`` nearest rows go on to the exact pass.
+                from matcher._iris_kernel import sketch_distances
+
+                near = np.empty(shelf.rows, np.int32)
+                sketch_distances(template.sketch_rotations.view(np.uint64), shelf.sketches, shelf.rows, near)
+                keep = min(self.shortlist, shelf.rows)
+                rows = np.sort(np.argpartition(near, keep - 1)[:keep]) if keep < shelf.rows else None
         if rows is None:
             d = iris.distances(template, codes, masks)
         else:
