@@ -82,7 +82,7 @@ class IrisTemplate:
 
     @cached_property
     def sketch(self) -> np.ndarray:
-        """(64,) uint8: the 512-bit sketch a FAISS index holds (see :func:`sketch_of`)."""
+        """(64,) uint8: the 512-bit sketch of the first 1:N pass (see :func:`sketch_of`)."""
         return sketch_of(self.code)
 
     @cached_property
