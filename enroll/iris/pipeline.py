@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from enroll.face.detect import DetectorParams, FaceDetector
 from enroll.image import decode_image
 from enroll.iris.segment import IrisBoundaries, occlusion_mask, rubber_sheet, segment
 from enroll.onnx_model import OnnxModel
@@ -18,6 +19,8 @@ from models import iris_gabor as gabor
 from models.paths import model_dir as default_model_dir
 
 IRIS_MODEL_ID = "iris/gabor-v1"
+_FACE_CHECK_SIDE = 160  # px: the face-photo check runs on a copy this small
+_FACE_SCORE = 0.9  # O-Net probability; every LFW photo scored above, no eye image above 0.7
 ENCODER_FILE = "iris_encode_gabor_v1.onnx"
 
 
@@ -38,8 +41,8 @@ class IrisQualityConfig:
             reflections, left out); a pupil is a flat dark disc, hair or a nostril is not.
 
     The last three refuse non-eye images that still hold a dark round blob: on 100
-    samples each, no ORL face or fingerprint passes, 12% of LFW face photos still do
-    (they have eyes, at too low a resolution; an eye detector would refuse them).
+    samples each, no ORL face or fingerprint passes, 12% of LFW face photos did (they
+    have eyes, at too low a resolution) before the face-photo check refused them all.
     """
 
     min_ratio: float = 0.2
@@ -101,6 +104,19 @@ class IrisExtractor:
         d = Path(model_dir) if model_dir else default_model_dir()
         self.encoder = OnnxModel(d / ENCODER_FILE)
         self.quality = quality
+        # A whole face filling the frame means a photo, not an eye close-up. MTCNN, looking
+        # only for faces of at least 30% of the image side on a 160 px copy (2-3 ms), found
+        # one in 318 of 318 LFW photos and in none of the 1,206 CASIA-IrisV1 and MMU1 images.
+        self.faces = FaceDetector(d, DetectorParams(min_face=20, min_face_fraction=0.3))
+
+    def refuse_face_photo(self, rgb: np.ndarray) -> None:
+        """Raise ``FACE_PHOTO`` when the image is a picture of a face rather than of one eye."""
+        h, w = rgb.shape[:2]
+        scale = _FACE_CHECK_SIDE / min(h, w)
+        small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
+                           interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        if any(d.score >= _FACE_SCORE for d in self.faces.detect(small)):
+            raise QualityError("this is a photo of a face: send a near-infrared close-up of one eye", "FACE_PHOTO")
 
     def check(self, grey: np.ndarray, b: IrisBoundaries | None) -> float:
         """Raise :class:`QualityError` for an unusable eye image; returns the sharpness."""
@@ -128,10 +144,11 @@ class IrisExtractor:
 
         Raises:
             ImageDecodeError: the bytes are not a supported image.
-            QualityError: ``IRIS_NOT_FOUND``, ``PUPIL_IRIS_RATIO``, ``BLURRED`` or
-                ``TOO_OCCLUDED``.
+            QualityError: ``FACE_PHOTO``, ``IRIS_NOT_FOUND``, ``PUPIL_IRIS_RATIO``,
+                ``BLURRED`` or ``TOO_OCCLUDED``.
         """
         image = decode_image(data)
+        self.refuse_face_photo(image.rgb)
         grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
         b = segment(grey)
         sharp = self.check(grey, b)

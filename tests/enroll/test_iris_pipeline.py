@@ -87,6 +87,16 @@ def test_quality_gates_name_the_reason(iris_extractor, irises, fingerprints):
     iris_extractor.extract(_png(eye))  # the sharp original passes every gate
 
 
+def test_a_face_photo_is_refused_as_such(iris_extractor, lfw, irises):
+    photos = sorted(lfw.rglob("*.jpg"))[::97][:12]
+    for photo in photos:
+        with pytest.raises(QualityError) as e:
+            iris_extractor.extract(photo.read_bytes())
+        assert e.value.reason == "FACE_PHOTO", photo.name
+    for eye in sorted((irises / "casia_v1").iterdir())[:10]:  # eye close-ups are not faces
+        iris_extractor.refuse_face_photo(cv2.imread(str(sorted(eye.iterdir())[0]))[:, :, ::-1].copy())
+
+
 def test_closed_eye_is_refused(iris_extractor, irises):
     """A closed eye, made from a real one: the band of the eye opening replaced by the
     lid skin just above and below it, blended from one to the other."""
