@@ -56,11 +56,12 @@ def test_two_iris_enrolment_dedup_verify_and_refusals(server, irises, orl):
     top, bottom = 70, 170
     w = np.linspace(0.0, 1.0, bottom - top)[:, None]
     closed[top:bottom] = ((1 - w) * eye[top - 1] + w * eye[bottom]).astype(np.uint8)
-    for image in (cv2.imencode(".png", closed)[1].tobytes(), (orl / "s1" / "1.pgm").read_bytes()):
+    for image, reason in ((cv2.imencode(".png", closed)[1].tobytes(), "IRIS_NOT_FOUND"),
+                          ((orl / "s1" / "1.pgm").read_bytes(), "FACE_PHOTO")):
         with pytest.raises(grpc.RpcError) as e:
             stub.Enroll(pb.EnrollRequest(subject_id="bad", samples=[pb.Sample(modality=pb.IRIS, position=LEFT,
                                                                               image=image)]))
-        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and _reason(e.value) == "IRIS_NOT_FOUND"
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and _reason(e.value) == reason
     assert stub.Stats(pb.StatsRequest()).subjects == 3
 
 
