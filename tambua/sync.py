@@ -162,14 +162,19 @@ def _key(shared: bytes, salt: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt, _HKDF_INFO).derive(shared)
 
 
+def _header_bytes(header: dict) -> bytes:
+    """The one serialisation of a header: what is signed, and the associated data of the payload."""
+    return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+
 def _frame(magic: bytes, header: dict, body: bytes, keys: SiteKeys) -> bytes:
-    h = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    h = _header_bytes(header)
     unsigned = magic + bytes([VERSION]) + struct.pack("<I", len(h)) + h + body
     return unsigned + keys.sign(unsigned)
 
 
-def _unframe(data: bytes, magic: bytes, peers: Peers) -> tuple[dict, bytes, bytes, SiteIdentity]:
-    """Parse and check the signature. Returns (header, header bytes, body, sender)."""
+def _unframe(data: bytes, magic: bytes, peers: Peers) -> tuple[dict, bytes, bytes]:
+    """Parse and check the signature. Returns (header, header bytes, body)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -199,7 +204,7 @@ def _unframe(data: bytes, magic: bytes, peers: Peers) -> tuple[dict, bytes, byte
     except InvalidSignature as e:
         raise BundleRefused(f"the signature is not {sender!r}'s: altered, cut, or not from that site",
                             "BAD_SIGNATURE") from e
-    return header, hbytes, data[9 + hlen:-_SIG], peer
+    return header, hbytes, data[9 + hlen:-_SIG]
 
 
 @dataclass(frozen=True)
@@ -249,7 +254,7 @@ def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: st
     header = {"from": keys.site, "to": to_site, "first": first, "last": last, "count": len(records),
               "created_ms": int(time.time() * 1000), "eph": eph_public.hex(), "nonce": nonce.hex()}
     key = _key(ephemeral.exchange(_x25519_public(bytes.fromhex(peer.box_key))), eph_public)
-    h = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    h = _header_bytes(header)
     body = AESGCM(key).encrypt(nonce, zlib.compress(json.dumps({"changes": records}).encode(), 6), h)
     data = _frame(BUNDLE_MAGIC, header, body, keys)
     store.note_peer(to_site, last_export_ms=int(time.time() * 1000))
@@ -279,7 +284,7 @@ def read_bundle(data: bytes, keys: SiteKeys, peers: Peers) -> tuple[dict, list[d
     from cryptography.exceptions import InvalidTag
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    header, hbytes, body, _ = _unframe(data, BUNDLE_MAGIC, peers)
+    header, hbytes, body = _unframe(data, BUNDLE_MAGIC, peers)
     if header.get("to") != keys.site:
         raise BundleRefused(f"the bundle is addressed to {header.get('to')!r}, this is {keys.site!r}",
                             "WRONG_RECIPIENT")
@@ -320,11 +325,11 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
     store: SubjectStore = engine.store
     try:
         header, records = read_bundle(data, keys, peers)
-    except BundleRefused as e:
+    except BundleRefused:
         sender = _claimed_sender(data)
         if sender in peers.all():
             store.note_peer(sender, refused=1)
-        raise e
+        raise
     site = header["from"]
     subjects = {r["seq"]: subject_of(r) for r in records if r["kind"] == "enrol"}  # all parse, or none applied
     applied_before = store.peer(site).applied_seq
@@ -369,7 +374,7 @@ def import_ack(store: SubjectStore, keys: SiteKeys, peers: Peers, data: bytes) -
     Returns:
         (peer site, its applied sequence number).
     """
-    header, _, body, _ = _unframe(data, ACK_MAGIC, peers)
+    header, _, body = _unframe(data, ACK_MAGIC, peers)
     if header.get("to") != keys.site:
         raise BundleRefused(f"the acknowledgement is addressed to {header.get('to')!r}", "WRONG_RECIPIENT")
     applied = int(header["applied"])

@@ -11,10 +11,8 @@ import sys
 import threading
 import time
 
-import grpc
-
 from tambua.v1 import tambua_pb2 as pb
-from tests.tambua.test_server import REPO, Server, face
+from tests.tambua.test_server import REPO, Server, face, has_subject
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -64,7 +62,7 @@ def test_backup_under_enrolment_restores_every_acknowledged_subject(tmp_path, or
             subjects = b.stub.Stats(pb.StatsRequest(), timeout=30).subjects
             assert subjects == manifest["subjects"]
             present = {f"P{p}" for p in range(1, 31)
-                       if _exists(b.stub, f"P{p}")}
+                       if has_subject(b.stub, f"P{p}")}
             assert before <= present and len(present) == subjects
             for person, shot in [(2, 5), (12, 3), (7, 9), (33, 1)]:
                 probe = pb.IdentifyRequest(samples=[face(orl, person, shot)])
@@ -83,15 +81,6 @@ def test_backup_under_enrolment_restores_every_acknowledged_subject(tmp_path, or
         refused = cli("serve", "--insecure", "--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path / "b"),
                       env={"PATH": os.environ["PATH"], **env})
         assert refused.returncode == 2 and "KEY_MISMATCH" in refused.stderr and says in refused.stderr
-
-
-def _exists(stub, sid: str) -> bool:
-    try:
-        stub.GetSubject(pb.SubjectRequest(subject_id=sid), timeout=30)
-        return True
-    except grpc.RpcError as e:
-        assert e.code() == grpc.StatusCode.NOT_FOUND
-        return False
 
 
 def test_a_changed_backup_is_refused_and_nothing_written(tmp_path):

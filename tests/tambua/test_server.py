@@ -77,6 +77,16 @@ class Server:
             self.channel.close()
 
 
+def has_subject(stub, subject_id: str) -> bool:
+    """Whether GetSubject finds the subject (any answer but NOT_FOUND fails the test)."""
+    try:
+        stub.GetSubject(pb.SubjectRequest(subject_id=subject_id), timeout=30)
+        return True
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND
+        return False
+
+
 def face(orl: Path, person: int, shot: int) -> pb.Sample:
     return pb.Sample(modality=pb.FACE, image=(orl / f"s{person}" / f"{shot}.pgm").read_bytes())
 

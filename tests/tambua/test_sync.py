@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from tambua.v1 import tambua_pb2 as pb
-from tests.tambua.test_server import REPO, Server, face
+from tests.tambua.test_server import REPO, Server, face, has_subject
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -68,12 +68,7 @@ class Site:
         return self.stub.Stats(pb.StatsRequest(), timeout=30).subjects
 
     def has(self, sid: str) -> bool:
-        try:
-            self.stub.GetSubject(pb.SubjectRequest(subject_id=sid), timeout=30)
-            return True
-        except grpc.RpcError as e:
-            assert e.code() == grpc.StatusCode.NOT_FOUND
-            return False
+        return has_subject(self.stub, sid)
 
 
 @pytest.fixture
