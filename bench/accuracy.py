@@ -23,7 +23,8 @@ Output keys (stable; every modality reports them): ``eer``, ``fnmr_at_fmr`` (map
 over 1e-2/1e-3/1e-4 where the impostor count allows), ``accuracy`` (lfw-pairs),
 ``tar_at_far_1e-3``, ``failure_to_enrol``, ``genuine_pairs``, ``impostor_pairs``,
 ``rank1`` (gallery = first sorted sample of each identity, probes = the rest),
-``extract_ms_median``. A failure to enrol scores as a non-match.
+``extract_ms_median``, ``quality_components`` (p5/median/p95 of each measure the
+extractor reports, e.g. the ISO/IEC 29794-6 iris components). A failure to enrol scores as a non-match.
 """
 
 from __future__ import annotations
@@ -333,6 +334,16 @@ def _error_rates(gen: np.ndarray, imp: np.ndarray) -> dict:
     return out
 
 
+def _component_spread(templates: list) -> dict:
+    """5th percentile, median and 95th percentile of each quality component over the enrolled samples."""
+    values: dict[str, list[float]] = collections.defaultdict(list)
+    for t in templates:
+        for name, v in getattr(t, "components", ()):  # NBIS templates carry none
+            values[name].append(v)
+    return {name: dict(zip(("p5", "median", "p95"), np.percentile(v, [5, 50, 95]).round(2).tolist()))
+            for name, v in values.items()}
+
+
 def evaluate(modality: Modality, pairs: PairSet, progress: bool = True) -> tuple[dict, np.ndarray, np.ndarray]:
     templates, ok, ms, reasons = extract_all(modality, pairs.images, progress)
     features = modality.prepare(templates)
@@ -352,6 +363,7 @@ def evaluate(modality: Modality, pairs: PairSet, progress: bool = True) -> tuple
         "thresholds_at_fmr": rates["thresholds_at_fmr"],
         "zero_fmr": rates["zero_fmr"],
         "extract_ms_median": float(np.median(ms)) if ms else None,
+        "quality_components": _component_spread(templates),
     }
     result["tar_at_far_1e-3"] = (
         1.0 - result["fnmr_at_fmr"]["0.001"] if "0.001" in result["fnmr_at_fmr"] else None

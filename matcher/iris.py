@@ -42,12 +42,15 @@ class IrisTemplate:
         code: (channels, rows, cols) bool filter signs.
         mask: same shape, True where the iris was seen (not eyelid, lash or reflection).
         quality: 0..100 sample quality score.
+        components: named quality measures taken at extraction (e.g. ISO/IEC 29794-6 for
+            irises); not part of the template bytes, so empty once parsed back.
     """
 
     model_id: str
     code: np.ndarray = field(repr=False)
     mask: np.ndarray = field(repr=False)
     quality: int = 0
+    components: tuple[tuple[str, float], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         c, m = np.asarray(self.code), np.asarray(self.mask)

@@ -32,6 +32,8 @@ class MinutiaeTemplate:
             ending, 0 bifurcation), quality (0..1).
         width / height: the image size the coordinates refer to (500 dpi).
         quality: 0..100 sample quality score.
+        components: named quality measures taken at extraction (e.g. ISO/IEC 29794-6 for
+            irises); not part of the template bytes, so empty once parsed back.
     """
 
     model_id: str
@@ -39,6 +41,7 @@ class MinutiaeTemplate:
     width: int
     height: int
     quality: int = 0
+    components: tuple[tuple[str, float], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         m = np.asarray(self.minutiae)

@@ -63,11 +63,14 @@ class EmbeddingTemplate:
         model_id: e.g. ``"face/dlib-resnet-v1"``; the part before ``/`` is the modality.
         vector: (D,) float32, finite.
         quality: 0..100 sample quality score of the source image.
+        components: named quality measures taken at extraction (e.g. ISO/IEC 29794-6 for
+            irises); not part of the template bytes, so empty once parsed back.
     """
 
     model_id: str
     vector: np.ndarray = field(repr=False)
     quality: int = 0
+    components: tuple[tuple[str, float], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         v = np.asarray(self.vector)

@@ -345,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     samples(c)
     c.add_argument("--force", action="store_true", help="enrol anyway after adjudication")
     samples(client("identify", "1:N search"))
+    samples(client("extract", "templates and quality measures of samples, nothing stored"))
     c = client("verify", "1:1 against an enrolled subject")
     c.add_argument("--subject", required=True)
     samples(c)
@@ -430,6 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "identify":
             r = stub.Identify(pb.IdentifyRequest(samples=_samples(args), partition=args.partition), timeout=60, metadata=md)
             out = {"candidates": _candidates(r.candidates)}
+        elif args.command == "extract":
+            r = stub.Extract(pb.ExtractRequest(samples=_samples(args)), timeout=60, metadata=md)
+            out = {"templates": [
+                {"modality": pb.Modality.Name(t.modality).lower(), "position": t.position, "model_id": t.model_id,
+                 "quality": t.quality, "bytes": len(t.data), "quality_components": dict(sorted(t.quality_components.items()))}
+                for t in r.templates]}
         elif args.command == "verify":
             r = stub.Verify(pb.VerifyRequest(subject_id=args.subject, samples=_samples(args),
                                              partition=args.partition), timeout=60, metadata=md)

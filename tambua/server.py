@@ -123,7 +123,8 @@ def _deadline(context) -> float | None:
 def _template_pb(t) -> pb.Template:
     iso = export_record([(t.position, t.template)]) if t.modality == "finger" else b""
     return pb.Template(modality=_MODALITY_PB[t.modality], position=t.position, model_id=t.template.model_id,
-                       data=t.template.to_bytes(), quality=t.template.quality, iso19794_2=iso)
+                       data=t.template.to_bytes(), quality=t.template.quality, iso19794_2=iso,
+                       quality_components=dict(t.template.components))
 
 
 def _rpc(method):

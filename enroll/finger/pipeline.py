@@ -109,4 +109,7 @@ class FingerExtractor:
         if len(rows) < self.quality.min_minutiae:
             raise QualityError(f"only {len(rows)} minutiae found, {self.quality.min_minutiae} needed",
                                "TOO_FEW_MINUTIAE")
-        return MinutiaeTemplate(FINGER_MODEL_ID, rows, grey.shape[1], grey.shape[0], quality_score(fg, len(rows)))
+        components = (("foreground_area", float(fg.area)), ("ridge_ratio", round(fg.ridge_ratio, 4)),
+                      ("clarity", round(fg.clarity, 4)), ("minutiae", float(len(rows))))
+        return MinutiaeTemplate(FINGER_MODEL_ID, rows, grey.shape[1], grey.shape[0], quality_score(fg, len(rows)),
+                                components=components)

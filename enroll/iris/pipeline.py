@@ -11,6 +11,7 @@ import numpy as np
 
 from enroll.face.detect import DetectorParams, FaceDetector
 from enroll.image import decode_image
+from enroll.iris.quality import measure
 from enroll.iris.segment import IrisBoundaries, occlusion_mask, rubber_sheet, segment
 from enroll.onnx_model import OnnxModel
 from matcher.errors import QualityError
@@ -153,10 +154,13 @@ class IrisExtractor:
         b = segment(grey)
         sharp = self.check(grey, b)
         strip, outside = rubber_sheet(grey, b, gabor.ROWS, gabor.COLS)
-        valid = code_mask(occlusion_mask(strip, outside))
+        occluded = occlusion_mask(strip, outside)
+        valid = code_mask(occluded)
         usable = float(valid.mean())
         if usable < self.quality.min_usable:
             raise QualityError(f"only {usable:.0%} of the iris is visible; open the eye wider", "TOO_OCCLUDED")
         bits = self.encoder.run(strip[None, None])["code"][0] > 0.5
         mask = np.broadcast_to(valid, bits.shape).copy()
-        return IrisTemplate(IRIS_MODEL_ID, bits, mask, quality_score(b, usable, sharp))
+        iso = measure(grey, b, strip, occluded, sharp)
+        return IrisTemplate(IRIS_MODEL_ID, bits, mask, quality_score(b, usable, sharp),
+                            components=tuple(iso.as_dict().items()))

@@ -111,3 +111,25 @@ def test_closed_eye_is_refused(iris_extractor, irises):
     with pytest.raises(QualityError) as e:
         iris_extractor.extract(_png(closed))
     assert e.value.reason == "IRIS_NOT_FOUND"
+
+
+def test_iso_quality_components_follow_the_image(iris_extractor, irises):
+    """ISO/IEC 29794-6 components: plausible geometry, a blurred copy is less sharp, a
+    copy cropped tight around the iris (25 px beside it, 0.6 radius wanted) has too
+    little margin."""
+    path = irises / "casia_v1" / "007" / "007_1_1.jpg"
+    grey = cv2.imread(str(path), 0)
+    q = dict(iris_extractor.extract(path.read_bytes()).components)
+    assert set(q) == {"usable_iris_area", "iris_sclera_contrast", "iris_pupil_contrast",
+                      "pupil_boundary_circularity", "grey_scale_utilisation", "iris_radius",
+                      "pupil_iris_ratio", "iris_pupil_concentricity", "margin_adequacy", "sharpness"}
+    assert 80 < q["iris_radius"] < 130 and 20 <= q["pupil_iris_ratio"] <= 70
+    assert q["iris_pupil_concentricity"] > 90 and q["iris_pupil_contrast"] > 30
+    assert 4 < q["grey_scale_utilisation"] <= 8 and 0 < q["usable_iris_area"] <= 100
+    soft = dict(iris_extractor.extract(_png(cv2.GaussianBlur(grey, (0, 0), 1.2))).components)
+    assert soft["sharpness"] < q["sharpness"] - 5
+    h, w = grey.shape
+    cx, r = w // 2, int(q["iris_radius"])
+    tight = dict(iris_extractor.extract(_png(grey[:, max(0, cx - r - 25): cx + r + 25])).components)
+    assert q["margin_adequacy"] > 60 and tight["margin_adequacy"] < 45
+    assert tight["iris_radius"] == pytest.approx(q["iris_radius"], abs=3)

@@ -81,3 +81,23 @@ def test_subject_with_face_fingers_and_irises_is_found_by_any(server, irises, or
         scores[name] = hits[0].score
     fused = stub.Identify(pb.IdentifyRequest(samples=[s for p in probes.values() for s in p])).candidates
     assert fused[0].subject_id == "ALL" and fused[0].score > max(scores.values())
+
+
+def test_cli_extract_reports_quality_components_and_stores_nothing(server, irises, fcj, capsys):  # noqa: F811
+    import json
+
+    from tambua.cli import main
+
+    eye = sorted((irises / "mmu1" / "30_left").iterdir())[0]
+    finger = fcj[0] / f"{fcj[0].name}_1.png"
+    before = server.stub.Stats(pb.StatsRequest()).subjects
+    assert main(["extract", "--address", server.address, "--iris", f"left={eye}", "--finger", f"3={finger}",
+                 "--json"]) == 0
+    out = {t["modality"]: t for t in json.loads(capsys.readouterr().out)["templates"]}
+    iris, fing = out["iris"], out["finger"]
+    assert iris["position"] == LEFT and iris["model_id"] == "iris/gabor-v1" and 0 < iris["quality"] <= 100
+    q = iris["quality_components"]
+    assert {"usable_iris_area", "iris_radius", "pupil_iris_ratio", "margin_adequacy", "sharpness"} <= set(q)
+    assert 40 < q["iris_radius"] < 80 and 20 <= q["pupil_iris_ratio"] <= 70  # MMU1: ~58 px irises
+    assert fing["position"] == 3 and fing["quality_components"]["minutiae"] >= 8
+    assert server.stub.Stats(pb.StatsRequest()).subjects == before
