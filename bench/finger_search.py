@@ -81,7 +81,7 @@ def splice(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray
 
 
 def _codes(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    got = [mcc.index_codes(m) for m in batch]
+    got = [mcc.index_codes(mcc.index_subset(m)) for m in batch]
     return (np.concatenate([c for c, _ in got]), np.concatenate([t for _, t in got]).astype(np.float32),
             np.array([len(c) for c, _ in got], np.int64))
 

@@ -72,7 +72,7 @@ class MinutiaeTemplate:
 
     @cached_property
     def index_codes(self) -> tuple[np.ndarray, np.ndarray]:
-        return mcc.index_codes(self.minutiae)
+        return mcc.index_codes(mcc.index_subset(self.minutiae))
 
     def derived_bytes(self) -> bytes:
         """Cylinders and index codes, for the store to keep beside the minutiae."""

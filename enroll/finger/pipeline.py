@@ -52,6 +52,24 @@ def quality_score(fg: Foreground, n_minutiae: int) -> int:
     return int(round(100 * clarity * area * count))
 
 
+def grey_500dpi(data: bytes, dpi: int = 0) -> np.ndarray:
+    """Decode a finger image to 8-bit grey at 500 dpi (``dpi`` 0 means it already is).
+
+    Raises:
+        ImageDecodeError: the bytes are not a supported image.
+        InvalidInput: ``DPI_OUT_OF_RANGE``.
+    """
+    if dpi and not 250 <= dpi <= 2000:
+        raise InvalidInput(f"dpi {dpi} is out of the supported 250..2000 range", "DPI_OUT_OF_RANGE")
+    image = decode_image(data)
+    grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
+    if dpi and dpi != NATIVE_DPI:
+        scale = NATIVE_DPI / dpi
+        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    return grey
+
+
 class FingerExtractor:
     """Fingerprint image -> :class:`MinutiaeTemplate`. Thread-safe; one per process.
 
@@ -69,15 +87,7 @@ class FingerExtractor:
 
     def grey(self, data: bytes, dpi: int = 0) -> np.ndarray:
         """Decode to 8-bit grey at 500 dpi (``dpi`` 0 means the image already is)."""
-        if dpi and not 250 <= dpi <= 2000:
-            raise InvalidInput(f"dpi {dpi} is out of the supported 250..2000 range", "DPI_OUT_OF_RANGE")
-        image = decode_image(data)
-        grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
-        if dpi and dpi != NATIVE_DPI:
-            scale = NATIVE_DPI / dpi
-            size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
-            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
-        return grey
+        return grey_500dpi(data, dpi)
 
     def check(self, fg: Foreground) -> None:
         """Raise :class:`QualityError` when the foreground cannot give a usable template."""

@@ -103,3 +103,23 @@ def test_bad_bytes_and_dpi(finger_extractor, fvc):
     with pytest.raises(Exception) as e:
         finger_extractor.extract((fvc / "101" / "101_1.tif").read_bytes(), dpi=50)
     assert getattr(e.value, "reason", "") == "DPI_OUT_OF_RANGE"
+
+
+def test_sparse_impressions_are_topped_up_and_rich_ones_untouched(finger_extractor, fvc, fingerprints):
+    """LEADER finds 5 sure minutiae (>= 0.55) on FVC2000 DB4's noisiest impression (101_3):
+    the best weaker peaks (>= 0.3) top it up so it enrols and still matches its finger;
+    an ordinary impression keeps exactly its sure minutiae."""
+    from enroll.finger import minutiae as m
+
+    db4 = fingerprints / "fvc2000_db4_b" / "101"
+    sparse = finger_extractor.extract((db4 / "101_3.tif").read_bytes())
+    q = sparse.minutiae[:, 4]
+    assert 8 <= len(q) <= m._FILL_TO and (q < m._DETECT).any() and q.min() >= m._FILL_FLOOR
+    assert dict(sparse.components)["minutiae"] == len(q)
+    rich = finger_extractor.extract((fvc / "101" / "101_1.tif").read_bytes())
+    assert len(rich.minutiae) > m._FILL_TO and rich.minutiae[:, 4].min() >= m._DETECT
+    mates = [mcc.similarity(mcc.encode(sparse.minutiae), mcc.encode(finger_extractor.extract(
+        (db4 / f"101_{i}.tif").read_bytes()).minutiae)) for i in (1, 2, 4, 5, 6, 7, 8)]
+    others = [mcc.similarity(mcc.encode(sparse.minutiae), mcc.encode(finger_extractor.extract(
+        (db4.parent / f"{f}" / f"{f}_1.tif").read_bytes()).minutiae)) for f in range(102, 111)]
+    assert max(mates) > max(others)

@@ -69,3 +69,13 @@ def test_template_round_trip_and_validation():
             MinutiaeTemplate.from_bytes(bad)
     with pytest.raises(TemplateFormatError):
         MinutiaeTemplate("finger/leader-mcc-v1", rows, 100, 100)  # minutiae outside the image
+
+
+def test_index_votes_with_sure_minutiae_unless_too_few():
+    rng = np.random.default_rng(5)
+    rows = np.column_stack([rng.uniform(50, 250, (30, 2)), rng.uniform(-3, 3, 30), np.ones(30),
+                            np.r_[np.full(12, 0.9), np.full(18, 0.4)]]).astype(np.float32)
+    assert len(mcc.index_subset(rows)) == 12 and (mcc.index_subset(rows)[:, 4] >= mcc.INDEX_MIN_QUALITY).all()
+    few_sure = rows[6:]  # 6 sure, 18 weak: every minutia votes
+    assert len(mcc.index_subset(few_sure)) == 24
+    assert np.array_equal(mcc.index_codes(mcc.index_subset(rows))[0], mcc.index_codes(rows[:12])[0])
