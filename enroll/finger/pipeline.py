@@ -19,6 +19,13 @@ from models.paths import model_dir as default_model_dir
 
 FINGER_MODEL_ID = "finger/leader-mcc-v1"
 LEADER_FILE = "finger_minutiae_leader.onnx"
+# The minutiae networks: template model id and graph file. "lite" is the student distilled
+# from LEADER (models/finger_student.py): ~7x faster, less accurate on noisy impressions
+# (models/cards/finger.md); not yet selectable in the service.
+NETWORKS = {
+    "leader": (FINGER_MODEL_ID, LEADER_FILE),
+    "lite": ("finger/lite-mcc-v1", "finger_minutiae_lite_v1.onnx"),
+}
 NATIVE_DPI = 500
 
 
@@ -78,11 +85,13 @@ class FingerExtractor:
         quality: gate thresholds.
     """
 
-    model_id = FINGER_MODEL_ID
-
-    def __init__(self, model_dir: Path | None = None, quality: FingerQualityConfig = FingerQualityConfig()) -> None:
+    def __init__(self, model_dir: Path | None = None, quality: FingerQualityConfig = FingerQualityConfig(),
+                 network: str = "leader") -> None:
         d = Path(model_dir) if model_dir else default_model_dir()
-        self.minutiae = LeaderMinutiae(d / LEADER_FILE)
+        if network not in NETWORKS:
+            raise ValueError(f"unknown minutiae network {network!r}; choose one of {sorted(NETWORKS)}")
+        self.model_id, graph = NETWORKS[network]
+        self.minutiae = LeaderMinutiae(d / graph)
         self.quality = quality
 
     def grey(self, data: bytes, dpi: int = 0) -> np.ndarray:
@@ -121,5 +130,5 @@ class FingerExtractor:
                                "TOO_FEW_MINUTIAE")
         components = (("foreground_area", float(fg.area)), ("ridge_ratio", round(fg.ridge_ratio, 4)),
                       ("clarity", round(fg.clarity, 4)), ("minutiae", float(len(rows))))
-        return MinutiaeTemplate(FINGER_MODEL_ID, rows, grey.shape[1], grey.shape[0], quality_score(fg, len(rows)),
+        return MinutiaeTemplate(self.model_id, rows, grey.shape[1], grey.shape[0], quality_score(fg, len(rows)),
                                 components=components)

@@ -1,0 +1,133 @@
+"""A small minutiae network distilled from LEADER, for extraction within 150 ms on one core.
+
+LEADER (``models/leader.py``) spends ~300 ms of one core on a 500 dpi finger. The student
+is a plain U-Net working at half resolution and below (the image enters through a 2x2
+space-to-depth, the answer leaves through a 2x2 depth-to-space): about 1.2 GMAC for a
+288 x 352 canvas against LEADER's ~10. It is trained by ``models/train_finger_student.py``
+to reproduce LEADER's position heat map, direction and type on real impressions; its graph
+ends in exactly LEADER's output contract (``head_conc`` [1, H, W, 4]: position, direction,
+type, position after a 7 x 7 non-maximum suppression), so the extractor runs either file.
+
+One description of the layers (``LAYERS``) drives both the ONNX graph built here from the
+trained weights (``to_onnx``) and the PyTorch module the training script builds
+(``torch_module``), so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from models.onnx_graph import GraphBuilder
+
+# (name, in, out, kernel, stride): 3x3 convolutions are followed by ReLU; the 1x1 "lateral"
+# projections feed the decoder's skip additions; "head" is linear.
+ENCODER = [
+    ("e1a", 4, 24, 3, 1), ("e1b", 24, 24, 3, 1),
+    ("e2a", 24, 48, 3, 2), ("e2b", 48, 48, 3, 1),
+    ("e3a", 48, 96, 3, 2), ("e3b", 96, 96, 3, 1),
+    ("e4a", 96, 128, 3, 2), ("e4b", 128, 128, 3, 1),
+]
+DECODER = [  # (lateral 1x1 from the coarser level, 3x3 after the addition)
+    (("l3", 128, 96, 1, 1), ("d3", 96, 96, 3, 1)),
+    (("l2", 96, 48, 1, 1), ("d2", 48, 48, 3, 1)),
+    (("l1", 48, 24, 1, 1), ("d1", 24, 24, 3, 1)),
+]
+HEAD = ("head", 24, 16, 3, 1)  # 4 outputs x (2 x 2) sub-pixels: position, cos, sin, type
+LAYERS = ENCODER + [layer for pair in DECODER for layer in pair] + [HEAD]
+SKIPS = {"e1b": 0, "e2b": 1, "e3b": 2}  # encoder outputs kept for the decoder, finest first
+NMS = 7  # LEADER's non-maximum suppression window
+INPUT_SCALE, INPUT_SHIFT = 1 / 64, -2.0  # grey 0..255 -> about -2..2
+
+
+def weight_shapes() -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Layer name -> (weight shape OIHW, bias shape)."""
+    return {n: ((o, i, k, k), (o,)) for n, i, o, k, _ in LAYERS}
+
+
+def to_onnx(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The student as an ONNX graph with LEADER's input and output contract.
+
+    Args:
+        weights: ``"<layer>.weight"`` (OIHW) and ``"<layer>.bias"`` float32 arrays for
+            every layer of ``LAYERS``.
+    """
+    shapes = weight_shapes()
+    for n, (ws, bs) in shapes.items():
+        if weights[f"{n}.weight"].shape != ws or weights[f"{n}.bias"].shape != bs:
+            raise ValueError(f"student weights for {n} have the wrong shape")
+    g = GraphBuilder()
+
+    def conv(x: str, layer: tuple, relu: bool) -> str:
+        n, _, _, k, stride = layer
+        y = g.op("Conv", [x, g.const(weights[f"{n}.weight"].astype(np.float32), n + "_w"),
+                          g.const(weights[f"{n}.bias"].astype(np.float32), n + "_b")],
+                 kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4)
+        return g.op("Relu", [y]) if relu else y
+
+    x = g.op("Transpose", ["input"], perm=[0, 3, 1, 2])
+    x = g.op("Add", [g.op("Mul", [x, g.const(np.array(INPUT_SCALE, np.float32))]),
+                     g.const(np.array(INPUT_SHIFT, np.float32))])
+    x = g.op("SpaceToDepth", [x], blocksize=2)
+    skips: list[str] = []
+    for layer in ENCODER:
+        x = conv(x, layer, relu=True)
+        if layer[0] in SKIPS:
+            skips.append(x)
+    scales = g.const(np.array([1, 1, 2, 2], np.float32))
+    for (lateral, refine), skip in zip(DECODER, reversed(skips)):
+        up = g.op("Resize", [conv(x, lateral, relu=False), "", scales], mode="nearest")
+        x = conv(g.op("Relu", [g.op("Add", [up, skip])]), refine, relu=True)
+    x = g.op("DepthToSpace", [conv(x, HEAD, relu=False)], blocksize=2, mode="CRD")
+    pos_logit, cos, sin, typ_logit = (g.op("Slice", [x, g.const(np.array([c], np.int64)),
+                                                     g.const(np.array([c + 1], np.int64)),
+                                                     g.const(np.array([1], np.int64))]) for c in range(4))
+    pos = g.op("Sigmoid", [pos_logit])
+    # atan2(sin, cos) by the half-angle identity: 2 atan(y / (r + x)).
+    r = g.op("Sqrt", [g.op("Add", [g.op("Mul", [cos, cos]), g.op("Mul", [sin, sin])])])
+    eps = g.const(np.array(1e-12, np.float32))
+    direction = g.op("Mul", [g.op("Atan", [g.op("Div", [sin, g.op("Add", [g.op("Add", [r, cos]), eps])])]),
+                             g.const(np.array(2.0, np.float32))])
+    peak = g.op("Cast", [g.op("Equal", [pos, g.op("MaxPool", [pos], kernel_shape=[NMS, NMS],
+                                                       pads=[NMS // 2] * 4, strides=[1, 1])])],
+                to=onnx.TensorProto.FLOAT)
+    out = g.op("Concat", [pos, direction, g.op("Sigmoid", [typ_logit]), g.op("Mul", [pos, peak])], axis=1)
+    g.output(g.op("Transpose", [out], perm=[0, 2, 3, 1]), "head_conc")
+    return g.model("finger_student", {"input": [1, "H", "W", 1]}, {"head_conc": [1, "H", "W", 4]})
+
+
+def torch_module():
+    """The same network as a ``torch.nn.Module`` returning the 4 raw maps at full size
+    (position logit, cos, sin, type logit). Training only: imports PyTorch."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Student(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleDict({n: nn.Conv2d(i, o, k, stride=s, padding=k // 2) for n, i, o, k, s in LAYERS})
+
+        def forward(self, grey: torch.Tensor) -> torch.Tensor:
+            x = F.pixel_unshuffle(grey * INPUT_SCALE + INPUT_SHIFT, 2)
+            skips = []
+            for n, *_ in ENCODER:
+                x = F.relu(self.convs[n](x))
+                if n in SKIPS:
+                    skips.append(x)
+            for ((lat, *_), (ref, *_)), skip in zip(DECODER, reversed(skips)):
+                up = F.interpolate(self.convs[lat](x), scale_factor=2, mode="nearest")
+                x = F.relu(self.convs[ref](F.relu(up + skip)))
+            return F.pixel_shuffle(self.convs["head"](x), 2)
+
+        def load_numpy_weights(self, weights: dict[str, np.ndarray]) -> None:
+            with torch.no_grad():
+                for n, m in self.convs.items():
+                    m.weight.copy_(torch.from_numpy(weights[f"{n}.weight"]))
+                    m.bias.copy_(torch.from_numpy(weights[f"{n}.bias"]))
+
+        def numpy_weights(self) -> dict[str, np.ndarray]:
+            return {k: v.detach().cpu().numpy().astype(np.float32) for n, m in self.convs.items()
+                    for k, v in ((f"{n}.weight", m.weight), (f"{n}.bias", m.bias))}
+
+    return Student()

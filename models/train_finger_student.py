@@ -1,0 +1,180 @@
+"""Distil LEADER into the small student network of ``models/finger_student.py``.
+
+Usage (PyTorch is a training-only dependency: ``pip install -e ".[train]"``)::
+
+    python -m models.train_finger_student --minutes 60 --out models/weights/finger_student_v1.npz
+
+1. Teacher maps: every training impression goes through the service's own preprocessing
+   (decode, segment, the finger's box on a canvas of multiples of 32) and LEADER; its
+   position heat map, direction and type are kept (``.bench-cache/student``).
+2. Training: random 128 x 128 crops, the eight flips and transposes of the square (with
+   the directions turned to match) and grey-level changes (gain, offset, gamma, noise);
+   loss = soft binary cross-entropy on the position map (weighted towards minutiae),
+   squared error of (cos, sin) of the direction and cross-entropy of the type, both
+   weighted by the teacher's position map.
+3. The weights go to an ``.npz`` that ``models.build`` turns into an ONNX graph.
+
+Training data: the FCJ fingers at even positions of the sorted folder list and FVC2000
+DB1-DB3. FCJ's odd fingers, FVC2002 DB1 and FVC2000 DB4 are never seen, so accuracy on
+them measures the student on unseen impressions (see the card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from models import finger_student
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fingerprint"
+CACHE = Path(__file__).resolve().parents[1] / ".bench-cache" / "student"
+TRAIN_FVC = ("fvc2000_db1_b", "fvc2000_db2_b", "fvc2000_db3_b")
+CROP = 128
+
+
+def training_images(root: Path = DATA) -> list[Path]:
+    """The impressions the student learns from (never the held-out ones)."""
+    fcj = sorted(p for p in (root / "fcj2020_dev").iterdir() if p.is_dir())[::2]
+    folders = fcj + [p for s in TRAIN_FVC for p in sorted((root / s).iterdir()) if p.is_dir()]
+    return [f for d in folders for f in sorted(d.iterdir()) if f.suffix.lower() in (".png", ".tif", ".bmp")]
+
+
+def teacher_maps(images: list[Path]) -> list[dict[str, np.ndarray]]:
+    """LEADER's maps on each impression's network input, cached per file."""
+    from enroll.finger.minutiae import network_input
+    from enroll.finger.pipeline import LEADER_FILE, grey_500dpi
+    from enroll.finger.segment import segment
+    from enroll.onnx_model import OnnxModel
+    from models.paths import model_dir
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    teacher = OnnxModel(model_dir() / LEADER_FILE, threads=1)
+    out = []
+    for i, path in enumerate(images):
+        cached = CACHE / f"{path.parent.parent.name}__{path.parent.name}__{path.stem}.npz"
+        if not cached.exists():
+            grey = grey_500dpi(path.read_bytes())
+            canvas, _ = network_input(grey, segment(grey))
+            maps = next(iter(teacher.run(canvas[None, :, :, None]).values()))[0]
+            np.savez(cached, canvas=canvas.astype(np.uint8), pos=maps[..., 0].astype(np.float16),
+                     dir=maps[..., 1].astype(np.float16), typ=maps[..., 2].astype(np.float16))
+        with np.load(cached) as z:
+            out.append({k: z[k] for k in z.files})
+        if (i + 1) % 100 == 0:
+            print(f"teacher maps: {i + 1}/{len(images)}", flush=True)
+    return out
+
+
+def _dihedral(arrays: list[np.ndarray], cos: np.ndarray, sin: np.ndarray, k: int):
+    """One of the square's 8 symmetries applied to maps (H, W) and to the direction.
+
+    A direction is counter-clockwise from +x with y down, i.e. the image vector
+    (cos, -sin): a left-right flip negates cos, an up-down flip negates sin, a transpose
+    swaps the image vector's axes: (cos, sin) -> (-sin, -cos).
+    """
+    if k & 1:
+        arrays, cos = [a[:, ::-1] for a in arrays], -cos[:, ::-1]
+        sin = sin[:, ::-1]
+    if k & 2:
+        arrays, sin = [a[::-1] for a in arrays], -sin[::-1]
+        cos = cos[::-1]
+    if k & 4:
+        arrays = [a.T for a in arrays]
+        cos, sin = -sin.T, -cos.T
+    return arrays, cos, sin
+
+
+def batch(samples: list[dict], n: int, rng: np.random.Generator):
+    """n augmented crops: (grey, pos, cos, sin, typ) float32 arrays of shape (n, 1, CROP, CROP)."""
+    out = [[] for _ in range(5)]
+    for _ in range(n):
+        s = samples[rng.integers(len(samples))]
+        h, w = s["canvas"].shape
+        y, x = rng.integers(0, h - CROP + 1), rng.integers(0, w - CROP + 1)
+        win = (slice(y, y + CROP), slice(x, x + CROP))
+        theta = s["dir"][win].astype(np.float32)
+        (grey, pos, typ), cos, sin = _dihedral(
+            [s["canvas"][win].astype(np.float32), s["pos"][win].astype(np.float32), s["typ"][win].astype(np.float32)],
+            np.cos(theta), np.sin(theta), int(rng.integers(8)))
+        gamma = math.exp(rng.uniform(-0.35, 0.35))
+        grey = 255.0 * (np.clip(grey, 0, 255) / 255.0) ** gamma
+        if rng.random() < 0.3:  # dry, broken ridges: dark pixels dropped to the background at random
+            drop = rng.random(grey.shape) < rng.uniform(0.1, 0.5)
+            grey = np.where(drop, np.maximum(grey, np.percentile(grey, 90)), grey)
+        grey = grey * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20) + rng.normal(0, rng.uniform(0, 6), grey.shape)
+        for lst, a in zip(out, (np.clip(grey, 0, 255), pos, cos, sin, typ)):
+            lst.append(np.ascontiguousarray(a, np.float32)[None])
+    return [np.stack(lst) for lst in out]
+
+
+def loss_fn(pred, pos, cos, sin, typ):
+    """Position: soft BCE weighted 1 + 10 x teacher position; direction and type weighted by it."""
+    import torch.nn.functional as F
+
+    w = pos
+    lpos = (F.binary_cross_entropy_with_logits(pred[:, 0:1], pos, reduction="none") * (1 + 10 * w)).mean()
+    norm = w.sum().clamp_min(1.0)
+    ldir = (((pred[:, 1:2] - cos) ** 2 + (pred[:, 2:3] - sin) ** 2) * w).sum() / norm
+    ltyp = (F.binary_cross_entropy_with_logits(pred[:, 3:4], typ, reduction="none") * w).sum() / norm
+    return lpos + ldir + ltyp, (lpos.item(), ldir.item(), ltyp.item())
+
+
+def train(samples: list[dict], minutes: float, batch_size: int = 16, lr: float = 2e-3, seed: int = 0,
+          init: Path | None = None):
+    import torch
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = finger_student.torch_module()
+    if init is not None:  # go on from earlier weights
+        with np.load(init) as z:
+            net.load_numpy_weights({k: z[k] for k in z.files})
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    start, step, log = time.monotonic(), 0, []
+    budget = minutes * 60
+    while (elapsed := time.monotonic() - start) < budget:
+        for group in opt.param_groups:  # cosine decay over the time budget
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
+        tensors = [torch.from_numpy(a) for a in batch(samples, batch_size, rng)]
+        loss, parts = loss_fn(net(tensors[0]), *tensors[1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        log.append(parts)
+        if step % 50 == 0:
+            m = np.mean(log[-50:], axis=0)
+            print(f"step {step} {elapsed / 60:.1f} min lr {opt.param_groups[0]['lr']:.2e} "
+                  f"pos {m[0]:.4f} dir {m[1]:.4f} typ {m[2]:.4f}", flush=True)
+    return net, step
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--minutes", type=float, default=60.0, help="training time budget")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--init", type=Path, help="start from these weights (.npz) instead of at random")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay over the budget)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    images = training_images()
+    samples = teacher_maps(images)
+    print(f"{len(samples)} training impressions", flush=True)
+    net, steps = train(samples, args.minutes, args.batch, args.lr, args.seed, args.init)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, **net.numpy_weights())
+    print(f"{steps} steps; weights written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The distilled lite minutiae network against LEADER, on impressions it never saw in training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from matcher import mcc
+from models import build, finger_student
+
+
+@pytest.fixture(scope="module")
+def extractors(models):
+    from enroll.finger.pipeline import FingerExtractor
+
+    return FingerExtractor(models, network="leader"), FingerExtractor(models, network="lite")
+
+
+def _held_out(fingerprints):
+    """FCJ fingers at odd positions of the sorted folder list and FVC2002 DB1: not in training."""
+    fcj = sorted(p for p in (fingerprints / "fcj2020_dev").iterdir() if p.is_dir())[1::2]
+    return [sorted(fcj[i].iterdir())[0] for i in (0, 7, 21)] + [
+        fingerprints / "fvc2002_db1_b" / "105" / "105_2.tif"]
+
+
+def test_lite_finds_leaders_minutiae(extractors, fingerprints):
+    leader, lite = extractors
+    for path in _held_out(fingerprints):
+        a = leader.extract(path.read_bytes())
+        b = lite.extract(path.read_bytes())
+        assert a.model_id == "finger/leader-mcc-v1" and b.model_id == "finger/lite-mcc-v1"
+        d = np.hypot(a.minutiae[:, None, 0] - b.minutiae[None, :, 0], a.minutiae[:, None, 1] - b.minutiae[None, :, 1])
+        nearest = d.argmin(1)
+        turn = np.abs(np.angle(np.exp(1j * (a.minutiae[:, 2] - b.minutiae[nearest, 2]))))
+        agree = (d.min(1) <= 8) & (turn < 0.35)
+        assert agree.mean() >= 0.85, (path.name, agree.mean())  # measured 93-98%
+        assert 0.7 <= len(b.minutiae) / len(a.minutiae) <= 1.4, path.name
+
+
+def test_lite_templates_match_mates_not_others(extractors, fingerprints):
+    _, lite = extractors
+    fvc = fingerprints / "fvc2002_db1_b"
+    cyl = {(f, i): mcc.encode(lite.extract((fvc / f"{f}" / f"{f}_{i}.tif").read_bytes()).minutiae)
+           for f in (106, 107, 108) for i in (1, 2)}
+    mated = [mcc.similarity(cyl[(f, 1)], cyl[(f, 2)]) for f in (106, 107, 108)]
+    others = [mcc.similarity(cyl[(a, 1)], cyl[(b, 2)]) for a in (106, 107, 108) for b in (106, 107, 108) if a != b]
+    assert min(mated) > max(others)
+
+
+def test_build_refuses_tampered_weights(tmp_path):
+    data = bytearray(build.FINGER_LITE_WEIGHTS.read_bytes())
+    data[-100] ^= 1
+    bad = tmp_path / "finger_lite_v1.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(build.BuildError, match="sha256"):
+        build.finger_lite_graph(bad)
+    assert build.finger_lite_graph(build.FINGER_LITE_WEIGHTS)  # the pinned file builds
+
+
+def test_graph_refuses_weights_of_another_shape():
+    weights = {f"{n}.{k}": np.zeros(s, np.float32)
+               for n, (ws, bs) in finger_student.weight_shapes().items() for k, s in (("weight", ws), ("bias", bs))}
+    finger_student.to_onnx(weights)  # the right shapes build
+    weights["e1a.weight"] = np.zeros((8, 4, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="e1a"):
+        finger_student.to_onnx(weights)
