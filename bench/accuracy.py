@@ -124,6 +124,13 @@ def _mcc_scores(cyl: list, pairs: np.ndarray) -> np.ndarray:
     return np.array([mcc.similarity(cyl[a], cyl[b]) for a, b in pairs], np.float64)
 
 
+def _finger_modality(name: str, network: str, minutiae: str) -> Modality:
+    """A fingerprint modality: one minutiae network, MCC comparison, the FVC protocol."""
+    return Modality(name, lambda: _finger_extractor(network), _cylinders, _mcc_scores,
+                    f"MCC (bit-based, LSS-R) similarity of {minutiae}, 0..1", lambda s: 1.0 - s,
+                    default_protocol="fvc", shortlist_ranks=_finger_shortlist_ranks, tail_model="floor")
+
+
 def _nbis_extractor():
     from bench.nbis import NbisExtractor
 
@@ -163,29 +170,9 @@ MODALITIES = {
         "negative Euclidean distance of dlib ResNet embeddings (dlib's same-person threshold: -0.6)",
         lambda s: -s,
     ),
-    "fingerprint": Modality(
-        "fingerprint",
-        _finger_extractor,
-        _cylinders,
-        _mcc_scores,
-        "MCC (bit-based, LSS-R) similarity of LEADER minutiae, 0..1",
-        lambda s: 1.0 - s,
-        default_protocol="fvc",
-        shortlist_ranks=_finger_shortlist_ranks,
-        tail_model="floor",
-    ),
+    "fingerprint": _finger_modality("fingerprint", "leader", "LEADER minutiae"),
     # The student distilled from LEADER (models/finger_student.py): same matcher, faster network.
-    "fingerprint-lite": Modality(
-        "fingerprint-lite",
-        lambda: _finger_extractor("lite"),
-        _cylinders,
-        _mcc_scores,
-        "MCC (bit-based, LSS-R) similarity of minutiae from the distilled lite network, 0..1",
-        lambda s: 1.0 - s,
-        default_protocol="fvc",
-        shortlist_ranks=_finger_shortlist_ranks,
-        tail_model="floor",
-    ),
+    "fingerprint-lite": _finger_modality("fingerprint-lite", "lite", "minutiae from the distilled lite network"),
     "iris": Modality(
         "iris",
         _iris_extractor,

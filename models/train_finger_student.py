@@ -52,11 +52,12 @@ def teacher_maps(images: list[Path]) -> list[dict[str, np.ndarray]]:
     from models.paths import model_dir
 
     CACHE.mkdir(parents=True, exist_ok=True)
-    teacher = OnnxModel(model_dir() / LEADER_FILE, threads=1)
+    teacher = None  # loaded only when a map is missing from the cache
     out = []
     for i, path in enumerate(images):
         cached = CACHE / f"{path.parent.parent.name}__{path.parent.name}__{path.stem}.npz"
         if not cached.exists():
+            teacher = teacher or OnnxModel(model_dir() / LEADER_FILE, threads=1)
             grey = grey_500dpi(path.read_bytes())
             canvas, _ = network_input(grey, segment(grey))
             maps = next(iter(teacher.run(canvas[None, :, :, None]).values()))[0]

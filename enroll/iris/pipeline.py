@@ -11,7 +11,7 @@ import numpy as np
 
 from enroll.face.detect import DetectorParams, FaceDetector
 from enroll.image import decode_image
-from enroll.iris.quality import measure
+from enroll.iris.quality import darkest_pupil, measure
 from enroll.iris.segment import IrisBoundaries, occlusion_mask, rubber_sheet, segment
 from enroll.onnx_model import OnnxModel
 from matcher.errors import QualityError
@@ -71,8 +71,7 @@ def pupil_contrast(grey: np.ndarray, b: IrisBoundaries) -> tuple[float, float]:
     """(iris ring mean minus pupil mean, pupil std), the pupil's brightest tenth left out."""
     yy, xx = np.mgrid[: grey.shape[0], : grey.shape[1]]
     d = np.hypot(xx - b.pupil.x, yy - b.pupil.y)
-    pupil = np.sort(grey[d < 0.8 * b.pupil.r].astype(np.float64))
-    pupil = pupil[: int(0.9 * len(pupil)) + 1]
+    pupil = darkest_pupil(grey[d < 0.8 * b.pupil.r])
     ring = grey[(d > 1.2 * b.pupil.r) & (d < b.pupil.r + 0.8 * (b.iris.r - b.pupil.r))]
     if not len(ring):
         return 0.0, float("inf")

@@ -61,6 +61,12 @@ class IsoIrisQuality:
         return {k: round(float(v), 2) for k, v in self.__dict__.items()}
 
 
+def darkest_pupil(values: np.ndarray) -> np.ndarray:
+    """Grey levels of the pupil, sorted, less their brightest tenth (the illuminator's reflection)."""
+    v = np.sort(values.astype(np.float64))
+    return v[: int(0.9 * len(v)) + 1]
+
+
 def _entropy_bits(values: np.ndarray) -> float:
     hist = np.bincount(np.clip(values, 0, 255).astype(np.int64), minlength=256).astype(np.float64)
     p = hist[hist > 0] / hist.sum()
@@ -89,9 +95,8 @@ def measure(grey: np.ndarray, b: IrisBoundaries, strip: np.ndarray, occluded: np
     di = np.hypot(xx - b.iris.x, yy - b.iris.y)
     iris_px = strip[~occluded]
     iris = float(np.median(iris_px)) if iris_px.size else 0.0
-    pupil_px = np.sort(win[dp < 0.8 * b.pupil.r])
-    # The brightest tenth of the pupil is the illuminator's reflection.
-    pupil = float(np.median(pupil_px[: int(0.9 * len(pupil_px)) + 1])) if pupil_px.size else 0.0
+    pupil_px = win[dp < 0.8 * b.pupil.r]
+    pupil = float(np.median(darkest_pupil(pupil_px))) if pupil_px.size else 0.0
     # Sclera beside the limbus, left and right only: eyelids cover it above and below.
     lateral = np.abs(yy - b.iris.y) < 0.5 * di
     sclera_px = win[(di > 1.05 * b.iris.r) & (di < 1.25 * b.iris.r) & lateral]
