@@ -88,54 +88,91 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | cv2.bitwise_not(flood)
 
 
+def _edge_strength(img: np.ndarray, cands: np.ndarray, offsets=(1.0, 2.0, 3.0), n_angles: int = 64) -> np.ndarray:
+    """How sharply each candidate circle (rows x, y, r) steps from dark inside to bright
+    outside: the median over angles of (mean just outside - mean just inside).
+
+    The median, not the mean, so that a reflection or an eyelid on part of the edge
+    does not decide.
+    """
+    th = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
+    d = np.asarray(offsets)
+    h, w = img.shape
+
+    def ring(sign: float) -> np.ndarray:
+        r = cands[:, 2, None, None] + sign * d[None, :, None]
+        x = np.rint(cands[:, 0, None, None] + r * np.cos(th)).astype(np.int64)
+        y = np.rint(cands[:, 1, None, None] + r * np.sin(th)).astype(np.int64)
+        inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+        v = img[np.clip(y, 0, h - 1), np.clip(x, 0, w - 1)].astype(np.float32)
+        return np.where(inside, v, np.nan).mean(axis=1)  # (candidates, angles)
+
+    step = ring(1.0) - ring(-1.0)
+    return np.nan_to_num(np.nanmedian(step, axis=1), nan=-1e4)
+
+
 def find_pupil(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0) -> tuple[Circle, float] | None:
-    """The darkest round blob: (circle, roundness) or None when there is none."""
+    """The darkest round blob with the sharpest edge: (circle, roundness) or None when
+    there is none."""
     smooth = cv2.medianBlur(img, 5)
-    padded = cv2.copyMakeBorder(smooth, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=255)
-    lo = int(np.percentile(smooth, 0.5))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-    # Raise the threshold from the darkest grey: the pupil appears as the first round
-    # blob and grows slowly until it merges with the iris or lashes (a jump in area or
-    # a loss of roundness); the largest round blob before that jump is the pupil.
-    # Scoring by size alone would take a dark iris with its pupil for a pupil; a 1.25x
-    # jump (not 1.6x) keeps MMU's dark irises out (MMU1 EER 3.0% -> 2.6%).
-    best = None
+    # Blobs are looked for on a copy about 120 px on its short side (pupils of r >= 8 px
+    # keep r >= 4 there); edges are then measured and refined at full resolution.
+    f = max(1, min(img.shape) // 120)
+    small = cv2.resize(img, (img.shape[1] // f, img.shape[0] // f), interpolation=cv2.INTER_AREA) if f > 1 else img
+    small = cv2.medianBlur(small, 5 if f == 1 else 3)
+    padded = cv2.copyMakeBorder(small, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=255)
+    lo = int(np.percentile(small, 0.5))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5) if f == 1 else (3, 3))
+    # Every round dark blob over a ladder of thresholds is a candidate; the pupil is the
+    # one whose outline is the sharpest dark-to-bright edge. Following one blob up the
+    # ladder until it jumps in size stopped too early where a reflection splits the
+    # pupil and too late where a dark iris grows out of it slowly (MMU1).
+    cands: dict[tuple[int, int, int], tuple[float, float, float, float]] = {}
     for t in range(lo + 4, min(lo + 100, 220), 3):
         dark = ((padded <= t) * 255).astype(np.uint8)
         dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, kernel)  # eyelashes are thin
         filled = _fill_holes(dark)
-        n, labels, stats, cent = cv2.connectedComponentsWithStats(filled, connectivity=8)
-        if best is not None:
-            bx, by = int(round(best[1].x)) + 1, int(round(best[1].y)) + 1
-            grown = labels[by, bx]
-            if grown == 0:
-                break
-            x, y, w, h, area = stats[grown]
-            roundness = area / (np.pi * (max(w, h) / 2) ** 2)
-            if area > 1.25 * best[0] or roundness < 0.78 or max(w, h) > 1.35 * min(w, h) or 0.25 * (w + h) > max_r:
-                break
-            best = (area, Circle(float(cent[grown][0] - 1), float(cent[grown][1] - 1),
-                                 float(np.sqrt(area / np.pi))), float(roundness))
-            continue
+        n, _, stats, cent = cv2.connectedComponentsWithStats(filled, connectivity=8)
         for i in range(1, n):
-            x, y, w, h, area = stats[i]
-            r = 0.25 * (w + h)
-            if not (min_r <= r <= max_r) or max(w, h) > 1.35 * min(w, h):
+            _, _, w, h, area = stats[i]
+            if not min_r <= 0.25 * f * (w + h) <= max_r or max(w, h) > 1.35 * min(w, h):
                 continue
             roundness = area / (np.pi * (max(w, h) / 2) ** 2)
-            if roundness >= 0.78 and (best is None or area > best[0]):
-                best = (area, Circle(float(cent[i][0] - 1), float(cent[i][1] - 1), float(np.sqrt(area / np.pi))),
-                        float(roundness))
-    if best is None:
+            if roundness < 0.78:
+                continue
+            cx, cy, r = float(cent[i][0] - 1), float(cent[i][1] - 1), float(np.sqrt(area / np.pi))
+            key = (round(cx), round(cy), round(r))
+            if key not in cands or roundness > cands[key][3]:
+                cands[key] = (f * cx + (f - 1) / 2, f * cy + (f - 1) / 2, f * r, float(roundness))
+    if not cands:
         return None
-    _, c, roundness = best
-    # Refine on the full circle: the blob's edge depends on the threshold.
+    arr = np.array(list(cands.values()))
+    edge = _edge_strength(smooth, arr)
+    best = int(np.argmax(edge))
+    while True:
+        # A dark iris is a round blob too, its edge on the sclera often the sharpest:
+        # a good edge well inside the winner, concentric with it, is its pupil.
+        x, y, r = arr[best, :3]
+        inner = ((np.hypot(arr[:, 0] - x, arr[:, 1] - y) < 0.5 * r) & (arr[:, 2] <= 0.75 * r)
+                 & (edge >= 0.5 * edge[best]))
+        if not inner.any():
+            break
+        best = int(np.flatnonzero(inner)[np.argmax(edge[inner])])
+    best = arr[best]
+    c, roundness = Circle(*map(float, best[:3])), float(best[3])
+    # Refine on the full circle: the blob's edge depends on the threshold. A pixel grid
+    # first, then a quarter-pixel one: the code moves with the pupil's boundary, and
+    # sub-pixel noise in it cost CASIA-IrisV1 EER (0.49% -> 0.70% for ~0.5 px).
     f = cv2.GaussianBlur(img, (0, 0), 1.0).astype(np.float32)
-    d = np.arange(-2.0, 2.01, 1.0)
-    gx, gy = np.meshgrid(c.x + d, c.y + d)
-    radii = np.arange(max(min_r - 2, c.r * 0.8), c.r * 1.25 + 2, 1.0)
-    ci, ri, _ = _integro_differential(f, gx.ravel(), gy.ravel(), radii, np.linspace(0, 2 * np.pi, 64, endpoint=False))
-    return Circle(float(gx.ravel()[ci]), float(gy.ravel()[ci]), float(radii[ri])), roundness
+    angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    for step, reach, (r_lo, r_hi) in ((1.0, 2.0, (max(min_r - 2, c.r * 0.8), c.r * 1.25 + 2)),
+                                      (0.25, 0.75, (c.r - 3.5, c.r + 3.5))):
+        d = np.arange(-reach, reach + 1e-6, step)
+        gx, gy = np.meshgrid(c.x + d, c.y + d)
+        radii = np.arange(r_lo, r_hi + 1e-6, step)
+        ci, ri, _ = _integro_differential(f, gx.ravel(), gy.ravel(), radii, angles, width=round(2 / step))
+        c = Circle(float(gx.ravel()[ci]), float(gy.ravel()[ci]), float(radii[ri]))
+    return c, roundness
 
 
 def find_limbus(img: np.ndarray, pupil: Circle) -> tuple[Circle, float] | None:
