@@ -516,6 +516,12 @@ class SubjectStore:
                     "UPDATE templates SET derived=? WHERE partition=? AND subject_id=? AND modality=? AND position=?",
                     [(self._seal_derived(t, c), p, s, m, pos) for t, c, p, s, m, pos in stale])
 
+    def model_counts(self) -> dict[tuple[str, str], int]:
+        """Number of stored templates per (modality, model id)."""
+        with self._lock:
+            rows = self._db.execute("SELECT modality, model_id, COUNT(*) FROM templates GROUP BY modality, model_id")
+            return {(modality, model_id): n for modality, model_id, n in rows.fetchall()}
+
     def count_by_partition(self) -> dict[str, int]:
         """Number of enrolled subjects in each partition."""
         with self._lock:

@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int)
     s.add_argument("--data-dir", type=Path)
     s.add_argument("--metrics-port", type=int)
+    s.add_argument("--finger-network", choices=["leader", "lite"],
+                   help="minutiae network (default leader; lite is 7x faster, see the finger model card)")
     s.add_argument("--insecure", action="store_true", default=None,
                    help="plain text, no authentication: local development only")
 
@@ -389,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             config = Config.load(args.config, port=args.port, data_dir=args.data_dir,
-                                 metrics_port=args.metrics_port, insecure=args.insecure)
+                                 metrics_port=args.metrics_port, insecure=args.insecure,
+                                 finger_network=args.finger_network)
         except ValueError as e:
             print(f"error: configuration: {e}", file=sys.stderr)
             return 2

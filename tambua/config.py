@@ -10,6 +10,8 @@ from pathlib import Path
 
 from matcher.engine import Thresholds
 
+FINGER_NETWORKS = ("leader", "lite")  # enroll.finger.pipeline.NETWORKS, without importing onnxruntime here
+
 
 @dataclass(frozen=True)
 class Config:
@@ -31,6 +33,10 @@ class Config:
             ``client_ca`` set and this off, a client certificate is required to connect.
         kek_file: the key-encryption key (64 hex digits or base64 of 32 bytes); else
             ``$TAMBUA_KEK``. Required unless insecure: templates are encrypted at rest.
+        finger_network: the minutiae network, ``leader`` (the accurate default) or
+            ``lite`` (7x faster, less accurate on some sensors: see the finger model
+            card). Templates of one cannot be searched by the other, so a store keeps
+            the network it was filled with.
     """
 
     host: str = "127.0.0.1"
@@ -49,6 +55,7 @@ class Config:
     client_ca: Path | None = None
     api_keys: bool = True
     kek_file: Path | None = None
+    finger_network: str = "leader"
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
@@ -56,6 +63,8 @@ class Config:
         if self.workers < 1 or self.max_message_mb < 1:
             raise ValueError("workers and max_message_mb must be positive")
         self.thresholds  # noqa: B018 - validates the rates
+        if self.finger_network not in FINGER_NETWORKS:
+            raise ValueError(f"finger_network must be one of {', '.join(FINGER_NETWORKS)}, not {self.finger_network!r}")
         if not self.insecure and (self.tls_cert is None or self.tls_key is None):
             raise ValueError("TLS needs tls_cert and tls_key (TAMBUA_TLS_CERT / TAMBUA_TLS_KEY); "
                              "for local development only, set insecure = true (--insecure)")

@@ -22,7 +22,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from matcher.engine import Engine, SampleInput
 from matcher.iso19794 import export_record
-from matcher.errors import FailedPrecondition, InvalidInput, NotFound, QualityError
+from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
 from tambua import sync
 from tambua.audit import AuditLog
 from tambua.auth import AccessStore, AuthInterceptor, note_touched
@@ -360,6 +360,23 @@ def _credentials(config: Config) -> grpc.ServerCredentials:
                                        require_client_auth=not config.api_keys)
 
 
+def refuse_foreign_templates(stored: dict[tuple[str, str], int], running: dict[str, str]) -> None:
+    """Refuse to serve a store holding templates that no running model can search.
+
+    Such subjects would silently drop out of deduplication (e.g. fingers enrolled with
+    ``finger_network = "leader"`` on a server started with ``"lite"``).
+
+    Raises:
+        ModelMismatch: naming the stored models and the setting that matches them.
+    """
+    foreign = {k: n for k, n in stored.items() if running.get(k[0], k[1]) != k[1]}
+    if foreign:
+        found = ", ".join(f"{n} {modality} templates of {model}" for (modality, model), n in sorted(foreign.items()))
+        raise ModelMismatch(f"the store holds {found}, which this server ({', '.join(sorted(running.values()))}) "
+                         "cannot search: start it with the models the store was filled with "
+                         "(finger_network: leader = finger/leader-mcc-v1, lite = finger/lite-mcc-v1)")
+
+
 def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully (in-flight requests get ``grace_s``)."""
     from enroll.face.pipeline import FaceExtractor
@@ -383,8 +400,10 @@ def serve(config: Config) -> None:
     if kek is None:
         log.warning("INSECURE MODE: templates stored without encryption")
     store = SubjectStore(config.data_dir / "subjects.sqlite", kek)
-    engine = Engine(store, {"face": FaceExtractor(), "finger": FingerExtractor(), "iris": IrisExtractor()},
-                    config.thresholds)
+    extractors = {"face": FaceExtractor(), "finger": FingerExtractor(network=config.finger_network),
+                  "iris": IrisExtractor()}
+    refuse_foreign_templates(store.model_counts(), {m: ex.model_id for m, ex in extractors.items()})
+    engine = Engine(store, extractors, config.thresholds)
     server, port, metrics_port = create_server(config, engine)
     server.start()
     log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, port, metrics_port, store.count())

@@ -24,8 +24,9 @@ def test_tls_settings_from_the_environment(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "text", ['prot = 1\n', 'port = 70000\n', 'verify_fmr = 2.0\n', 'workers = 0\n', 'api_keys = "maybe"\n'],
-    ids=["unknown-key", "port-range", "rate-range", "workers", "not-a-boolean"],
+    "text", ['prot = 1\n', 'port = 70000\n', 'verify_fmr = 2.0\n', 'workers = 0\n', 'api_keys = "maybe"\n',
+             'finger_network = "bozorth"\n'],
+    ids=["unknown-key", "port-range", "rate-range", "workers", "not-a-boolean", "finger-network"],
 )
 def test_invalid_configuration_is_refused_at_start(tmp_path, text):
     f = tmp_path / "bad.toml"
@@ -42,3 +43,15 @@ def test_invalid_configuration_is_refused_at_start(tmp_path, text):
 def test_an_open_or_locked_out_server_is_refused(env):
     with pytest.raises(ValueError):
         Config.load(env=env)
+
+
+def test_finger_network_from_the_environment_and_the_store_guard():
+    from tambua.server import refuse_foreign_templates
+    from matcher.errors import ModelMismatch
+
+    assert Config.load(env={"TAMBUA_INSECURE": "1"}).finger_network == "leader"
+    assert Config.load(env={"TAMBUA_INSECURE": "1", "TAMBUA_FINGER_NETWORK": "lite"}).finger_network == "lite"
+    running = {"face": "face/dlib-resnet-v1", "finger": "finger/lite-mcc-v1", "iris": "iris/gabor-v1"}
+    refuse_foreign_templates({("finger", "finger/lite-mcc-v1"): 20, ("iris", "iris/gabor-v1"): 2}, running)
+    with pytest.raises(ModelMismatch, match="20 finger templates of finger/leader-mcc-v1"):
+        refuse_foreign_templates({("finger", "finger/leader-mcc-v1"): 20, ("face", "face/dlib-resnet-v1"): 1}, running)

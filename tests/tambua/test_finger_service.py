@@ -5,6 +5,8 @@ errors, ISO/IEC 19794-2 records, and a subject found by either face or fingers."
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -100,3 +102,28 @@ def test_subject_with_face_and_fingers_is_found_by_either(server, fcj, orl):
     assert by_finger[0].subject_id == "FF"
     both = stub.Identify(pb.IdentifyRequest(samples=[face(orl, 30, 2)] + ten(fcj, 5, 3)[2:3])).candidates
     assert both[0].subject_id == "FF" and both[0].score > max(by_face[0].score, by_finger[0].score)
+
+
+def test_lite_network_serves_and_a_store_keeps_its_network(tmp_path, fcj, models):
+    """``finger_network = lite``: the same deduplication with the fast network; a server
+    started on that store with the other network refuses to start, rather than leave
+    the enrolled fingers out of every search."""
+    data = tmp_path / "data"
+    s = Server(data, env={"TAMBUA_FINGER_NETWORK": "lite"})
+    s.start()
+    try:
+        for n in range(2):
+            r = s.stub.Enroll(pb.EnrollRequest(subject_id=f"L{n}", samples=ten(fcj, n, 1)), timeout=120)
+            assert r.outcome == pb.EnrollResponse.ENROLLED and "finger/lite-mcc-v1" in r.model_ids
+        again = s.stub.Enroll(pb.EnrollRequest(subject_id="L1-again", samples=ten(fcj, 1, 2)), timeout=120)
+        assert again.outcome == pb.EnrollResponse.DUPLICATE and again.candidates[0].subject_id == "L1"
+        probe = fcj[1] / f"{fcj[1].name}_3.png"
+        assert s.stub.Verify(pb.VerifyRequest(subject_id="L0", samples=[_finger(probe, 2)])).match
+        assert not s.stub.Verify(pb.VerifyRequest(subject_id="L1", samples=[_finger(probe, 2)])).match
+    finally:
+        s.stop()
+    leader = subprocess.run([sys.executable, "-m", "tambua.cli", "serve", "--port", "0", "--metrics-port", "-1",
+                             "--data-dir", str(data), "--insecure", "--finger-network", "leader"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert leader.returncode == 2
+    assert "MODEL_MISMATCH" in leader.stderr and "20 finger templates of finger/lite-mcc-v1" in leader.stderr
