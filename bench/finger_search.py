@@ -80,10 +80,10 @@ def splice(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return out[rng.random(len(out)) >= 0.15]
 
 
-def _codes(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _codes(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     got = [mcc.index_codes(mcc.index_subset(m)) for m in batch]
-    return (np.concatenate([c for c, _ in got]), np.concatenate([t for _, t in got]).astype(np.float32),
-            np.array([len(c) for c, _ in got], np.int64))
+    return (np.concatenate([c for c, _, _ in got]), np.concatenate([t for _, t, _ in got]).astype(np.float32),
+            np.concatenate([xy for _, _, xy in got]).astype(np.float32), np.array([len(c) for c, _, _ in got], np.int64))
 
 
 def filler_codes(pool: list[np.ndarray], owners: list[str], n: int, cache: Path, seed: int = 7):
@@ -97,16 +97,16 @@ def filler_codes(pool: list[np.ndarray], owners: list[str], n: int, cache: Path,
         m = splice(pool[i], pool[j], rng)
         if len(m) >= 8:
             fingers.append(m)
-    path = cache / f"fillers-{n}-{seed}.npz"
+    path = cache / f"fillers-{n}-{seed}-{mcc.derived_version()}.npz"  # codes made by today's parameters only
     if path.exists():
         with np.load(path) as z:
-            return fingers, z["codes"], z["theta"], z["counts"]
+            return fingers, z["codes"], z["theta"], z["xy"], z["counts"]
     chunks = [fingers[k:k + 2000] for k in range(0, n, 2000)]
     with multiprocessing.Pool() as workers:
         parts = workers.map(_codes, chunks)
-    codes, theta, counts = (np.concatenate(p) for p in zip(*parts))
-    np.savez(path, codes=codes, theta=theta, counts=counts)
-    return fingers, codes, theta, counts
+    codes, theta, xy, counts = (np.concatenate(p) for p in zip(*parts))
+    np.savez(path, codes=codes, theta=theta, xy=xy, counts=counts)
+    return fingers, codes, theta, xy, counts
 
 
 def _template(m: np.ndarray) -> MinutiaeTemplate:
@@ -134,7 +134,7 @@ def run(sizes: list[int], kinds: list[str], nprobes: list[int], queries: int, ca
     result: dict = {"probes": len(probes), "mated_fingers": len(mates), "pool_fingers": len(set(owners)),
                     "pool_impressions": len(pool), "rerank": rerank, "rerank_probes": min(rerank_probes, len(probes)),
                     "runs": []}
-    fingers, codes, theta, counts = filler_codes(pool, owners, max(sizes) - len(mates), cache)
+    fingers, codes, theta, xy, counts = filler_codes(pool, owners, max(sizes) - len(mates), cache)
 
     # Are the fillers realistic impostors? Their MCC against the probes beside real impostors.
     rng = np.random.default_rng(3)
@@ -153,9 +153,10 @@ def run(sizes: list[int], kinds: list[str], nprobes: list[int], queries: int, ca
         k_fill = n - len(mates)
         end = starts[k_fill]
         names = [f"M{i}" for i in range(len(mates))] + [f"F{i}" for i in range(k_fill)]
-        all_codes = np.concatenate([c for c, _ in mate_codes] + [codes[:end]])
-        all_theta = np.concatenate([t.astype(np.float32) for _, t in mate_codes] + [theta[:end]])
-        all_counts = np.concatenate([[len(c) for c, _ in mate_codes], counts[:k_fill]])
+        all_codes = np.concatenate([c for c, _, _ in mate_codes] + [codes[:end]])
+        all_theta = np.concatenate([t.astype(np.float32) for _, t, _ in mate_codes] + [theta[:end]])
+        all_xy = np.concatenate([p.astype(np.float32) for _, _, p in mate_codes] + [xy[:end]])
+        all_counts = np.concatenate([[len(c) for c, _, _ in mate_codes], counts[:k_fill]])
         shortlist_n = max(100, n // 1000)
         for kind in kinds:
             if kind == "flat" and n > flat_max:
@@ -163,7 +164,7 @@ def run(sizes: list[int], kinds: list[str], nprobes: list[int], queries: int, ca
             for nprobe in nprobes if kind == "ivf" else [0]:
                 index = FingerIndex(ivf_min_codes=0 if kind == "ivf" else 10**12, nprobe=max(nprobe, 1))
                 t0 = time.perf_counter()
-                index.add_many("p", 1, names, all_codes, all_theta, all_counts)
+                index.add_many("p", 1, names, all_codes, all_theta, all_xy, all_counts)
                 build_s = time.perf_counter() - t0
                 lat, vote_rank, rerank_ms, first = [], [], [], []
                 for p, mate in zip(probes, mate_of):

@@ -81,28 +81,29 @@ def derived_version() -> str:
 
 
 _FEATURES = struct.Struct("<16sHH")  # version, cylinders, index codes
-_LAYOUT = 2  # 2: the validity of one angular layer only (every layer repeats it)
+_LAYOUT = 3  # 2: the validity of one angular layer only (every layer repeats it); 3: index codes carry positions
 _LAYER_WORDS = NS * NS // 64
 
 
-def pack_features(cyl: "Cylinders", codes: np.ndarray, code_theta: np.ndarray) -> bytes:
+def pack_features(cyl: "Cylinders", codes: np.ndarray, code_theta: np.ndarray, code_xy: np.ndarray) -> bytes:
     """A template's cylinders and index codes as bytes, to persist beside its minutiae
     (a restart then loads them instead of encoding every finger again)."""
     return (_FEATURES.pack(derived_version().encode(), len(cyl), len(codes))
             + np.ascontiguousarray(cyl.xy, "<f8").tobytes() + np.ascontiguousarray(cyl.theta, "<f8").tobytes()
             + np.ascontiguousarray(cyl.bits, "<u8").tobytes()
             + np.ascontiguousarray(cyl.valid[:, :_LAYER_WORDS], "<u8").tobytes()
-            + np.ascontiguousarray(codes, np.uint8).tobytes() + np.ascontiguousarray(code_theta, "<f8").tobytes())
+            + np.ascontiguousarray(codes, np.uint8).tobytes() + np.ascontiguousarray(code_theta, "<f8").tobytes()
+            + np.ascontiguousarray(code_xy, "<f8").tobytes())
 
 
-def unpack_features(data: bytes) -> tuple["Cylinders", np.ndarray, np.ndarray] | None:
+def unpack_features(data: bytes) -> tuple["Cylinders", np.ndarray, np.ndarray, np.ndarray] | None:
     """The inverse of :func:`pack_features`; None when made by other parameters or malformed."""
     if len(data) < _FEATURES.size:
         return None
     version, m, k = _FEATURES.unpack_from(data)
     if version.rstrip(b"\0").decode("ascii", "replace") != derived_version():
         return None
-    sizes = [m * 16, m * 8, m * _WORDS * 8, m * _LAYER_WORDS * 8, k * INDEX_BYTES, k * 8]
+    sizes = [m * 16, m * 8, m * _WORDS * 8, m * _LAYER_WORDS * 8, k * INDEX_BYTES, k * 8, k * 16]
     if len(data) != _FEATURES.size + sum(sizes):
         return None
     parts, off = [], _FEATURES.size
@@ -113,7 +114,7 @@ def unpack_features(data: bytes) -> tuple["Cylinders", np.ndarray, np.ndarray] |
                     np.frombuffer(parts[2], "<u8").reshape(m, _WORDS).copy(),
                     np.tile(np.frombuffer(parts[3], "<u8").reshape(m, _LAYER_WORDS), (1, ND)))
     return (cyl, np.frombuffer(parts[4], np.uint8).reshape(k, INDEX_BYTES).copy(),
-            np.frombuffer(parts[5], "<f8").copy())
+            np.frombuffer(parts[5], "<f8").copy(), np.frombuffer(parts[6], "<f8").reshape(k, 2).copy())
 
 
 def _wrap(a: np.ndarray) -> np.ndarray:
@@ -252,17 +253,18 @@ _IGX, _IGY = np.meshgrid(_IDX_OFFSETS, _IDX_OFFSETS)
 _IDX_DISC = np.hypot(_IGX, _IGY).ravel() <= R
 
 
-def index_codes(minutiae: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-minutia index codes: ((M, 64) uint8 packed bits, (M,) directions)."""
+def index_codes(minutiae: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-minutia index codes: ((M, 64) uint8 packed bits, (M,) directions, (M, 2)
+    positions, y up as the cylinders have them)."""
     xy, theta = _to_math(minutiae)
     if len(xy) == 0:
-        return np.zeros((0, INDEX_BYTES), np.uint8), np.zeros(0)
+        return np.zeros((0, INDEX_BYTES), np.uint8), np.zeros(0), np.zeros((0, 2))
     cells = _cells(xy, theta, _IGX.ravel()[_IDX_DISC], _IGY.ravel()[_IDX_DISC])
     bits = (_contributions(xy, theta, cells, INDEX_SIGMA_S) >= INDEX_MU_PSI).reshape(len(xy), -1)  # (N, 312)
     padded = np.zeros((len(xy), INDEX_BYTES * 8), bool)
     padded[:, :INDEX_BITS] = bits
     ok = _enough_neighbours(xy)
-    return np.ascontiguousarray(np.packbits(padded, axis=1)[ok]), theta[ok]
+    return np.ascontiguousarray(np.packbits(padded, axis=1)[ok]), theta[ok], xy[ok]
 
 
 def local_similarities(a: Cylinders, b: Cylinders) -> np.ndarray:

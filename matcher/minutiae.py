@@ -71,7 +71,7 @@ class MinutiaeTemplate:
         return mcc.encode(self.minutiae)
 
     @cached_property
-    def index_codes(self) -> tuple[np.ndarray, np.ndarray]:
+    def index_codes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return mcc.index_codes(mcc.index_subset(self.minutiae))
 
     def derived_bytes(self) -> bytes:
@@ -87,7 +87,7 @@ class MinutiaeTemplate:
             return False
         # cached_property stores in the instance dict: filling it is what computing would do.
         self.__dict__["cylinders"] = features[0]
-        self.__dict__["index_codes"] = (features[1], features[2])
+        self.__dict__["index_codes"] = (features[1], features[2], features[3])
         return True
 
     def require_model(self, model_id: str) -> None:

@@ -53,3 +53,33 @@ def test_index_shortlist_survives_removal_compaction_and_ivf(impressions, ivf_mi
     index.add("p", "S107", 1, impressions[(101, 1)])  # re-enrolment replaces the finger
     assert index.shortlist("p", 1, impressions[(101, 2)], 1) == ["S107"]
     assert index.fingers("p", 1) == 5
+
+
+def test_pose_votes_reward_one_consistent_placement():
+    """A mate's votes agree on one turn and shift; chance neighbours scatter. Equal votes:
+    the finger whose votes agree wins, a pose on a cell edge still collects all of its
+    votes (the offset grids), and a probe minutia counts once per cell, however many
+    neighbours it found there."""
+    import numpy as np
+
+    from matcher.finger_index import POSE_SHIFT, pose_votes
+
+    rng = np.random.default_rng(5)
+    k = 20
+    probe_xy = rng.uniform(0, 300, (k, 2))
+    turn = np.full(k, 0.3)
+    c, s = np.cos(0.3), np.sin(0.3)
+    shift = np.array([3 * POSE_SHIFT, -2 * POSE_SHIFT])  # exactly on a cell edge
+    mate_xy = probe_xy @ np.array([[c, s], [-s, c]]) + shift + rng.normal(0, 2, (k, 2))
+    chance_xy = rng.uniform(-400, 700, (k, 2))
+    chance_turn = rng.uniform(-np.pi / 4, np.pi / 4, k)
+    q = np.concatenate([np.arange(k), np.arange(k), np.zeros(k, int)])
+    owner = np.concatenate([np.zeros(k, int), np.ones(k, int), np.full(k, 2)])
+    votes = np.ones(3 * k)
+    turns = np.concatenate([turn, chance_turn, turn])
+    enrolled = np.concatenate([mate_xy, chance_xy, np.repeat(mate_xy[:1], k, axis=0)])
+    probes = np.concatenate([probe_xy, probe_xy, np.repeat(probe_xy[:1], k, axis=0)])
+    score = pose_votes(q, owner, votes, turns, probes, enrolled, 3)
+    assert score[0] >= 0.9 * k  # nearly every mate vote in one cell despite the edge and the noise
+    assert score[1] <= 3  # scattered
+    assert score[2] == 1  # one probe minutia, twenty neighbours in one cell: one vote
