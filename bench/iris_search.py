@@ -35,8 +35,12 @@ MODEL = "iris/gabor-v1"
 
 def real_responses(cache: Path) -> dict[str, np.ndarray]:
     """Gabor responses and masks of every real image (cached): keys ``response``
-    (T, 4, 6, 128) float32, ``mask`` (T, 6, 128) bool, ``eye`` (T,) str, ``name``."""
-    path = cache / "iris-responses.npz"
+    (T, 4, 6, 128) float32, ``mask`` (T, 6, 128) bool, ``eye`` (T,) str, ``name``, and
+    the extractor's alternate codes a probe is also compared at, ``alt_code`` and
+    ``alt_mask`` (T, A, 4, 6, 128) bool."""
+    # Named after the extractor's state: v2 = the sharpest-outline pupil finder and the
+    # radial alternates (a cache from an older extractor would benchmark old templates).
+    path = cache / "iris-responses-v2.npz"
     if not path.exists():
         import cv2
 
@@ -45,13 +49,15 @@ def real_responses(cache: Path) -> dict[str, np.ndarray]:
         from models import iris_gabor as gabor
 
         ex = IrisExtractor()
-        resp, masks, eyes, names = [], [], [], []
+        resp, masks, eyes, names, alt_code, alt_mask = [], [], [], [], [], []
         for f in sorted(DATA.glob("*/*/*")):
             grey = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
             try:
-                ex.extract(f.read_bytes())  # every quality gate, as in the service
+                t = ex.extract(f.read_bytes())  # every quality gate, as in the service
             except Exception:  # noqa: BLE001 - failures to enrol are left out
                 continue
+            alt_code.append([c for c, _ in t.alternates])
+            alt_mask.append([m for _, m in t.alternates])
             b = segment(grey)  # again, for the strip the template does not keep
             strip, outside = rubber_sheet(grey, b, gabor.ROWS, gabor.COLS)
             resp.append(ex.encoder.run(strip[None, None])["response"][0])
@@ -60,14 +66,17 @@ def real_responses(cache: Path) -> dict[str, np.ndarray]:
             names.append(f.name)
         cache.mkdir(parents=True, exist_ok=True)
         np.savez(path, response=np.array(resp, np.float32), mask=np.array(masks), eye=np.array(eyes),
-                 name=np.array(names))
+                 name=np.array(names), alt_code=np.array(alt_code, bool), alt_mask=np.array(alt_mask, bool))
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
 
-def _template(response: np.ndarray, mask: np.ndarray) -> IrisTemplate:
+def _template(response: np.ndarray, mask: np.ndarray, alt_code: np.ndarray | None = None,
+              alt_mask: np.ndarray | None = None) -> IrisTemplate:
+    """An enrolled iris (one code), or with the alternates a probe from an image (as the service makes it)."""
     code = response > 0
-    return IrisTemplate(MODEL, code, np.broadcast_to(mask, code.shape).copy())
+    alternates = () if alt_code is None else tuple(zip(alt_code, alt_mask))
+    return IrisTemplate(MODEL, code, np.broadcast_to(mask, code.shape).copy(), alternates=alternates)
 
 
 class Synthesiser:
@@ -91,7 +100,7 @@ class Synthesiser:
         return (series.transpose(2, 1, 0) > 0).reshape(n, ch, rows, cols)
 
 
-def run(sizes: list[int], queries: int, cache: Path, shortlist: int = 20_000) -> dict:
+def run(sizes: list[int], queries: int, cache: Path, shortlist: int = 50_000) -> dict:
     real = real_responses(cache)
     resp, masks, eyes = real["response"], real["mask"], real["eye"]
     casia = sorted({e for e in eyes if e.startswith("casia_v1/")})
@@ -102,7 +111,7 @@ def run(sizes: list[int], queries: int, cache: Path, shortlist: int = 20_000) ->
             pairs.append((idx[0], idx[4]))
     pairs = pairs[:queries]
     mates = [_template(resp[a], masks[a]) for a, _ in pairs]
-    probes = [_template(resp[b], masks[b]) for _, b in pairs]
+    probes = [_template(resp[b], masks[b], real["alt_code"][b], real["alt_mask"][b]) for _, b in pairs]
     syn = Synthesiser(resp)
     rng = np.random.default_rng(11)
     fillers_needed = max(sizes) - len(mates)

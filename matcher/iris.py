@@ -44,6 +44,11 @@ class IrisTemplate:
         quality: 0..100 sample quality score.
         components: named quality measures taken at extraction (e.g. ISO/IEC 29794-6 for
             irises); not part of the template bytes, so empty once parsed back.
+        alternates: (code, mask) pairs of the same image normalised with the limbus a
+            little inside and outside the one found; a probe made from an image is
+            compared at each of them too, best kept (a radial search beside the
+            rotation search). Not part of the template bytes: enrolled irises keep one
+            code.
     """
 
     model_id: str
@@ -51,12 +56,16 @@ class IrisTemplate:
     mask: np.ndarray = field(repr=False)
     quality: int = 0
     components: tuple[tuple[str, float], ...] = field(default=(), compare=False, repr=False)
+    alternates: tuple[tuple[np.ndarray, np.ndarray], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         c, m = np.asarray(self.code), np.asarray(self.mask)
         if c.ndim != 3 or c.shape != m.shape or c.dtype != bool or m.dtype != bool or c.size % 64:
             raise TemplateFormatError("iris code and mask must be equal 3-D boolean arrays of 64k bits",
                                       "TEMPLATE_INVALID")
+        if any(a.shape != c.shape or b.shape != c.shape or a.dtype != bool or b.dtype != bool
+               for a, b in self.alternates):
+            raise TemplateFormatError("alternate iris codes must be shaped as the code", "TEMPLATE_INVALID")
         if not self.model_id.startswith("iris/") or not self.model_id.isascii() or len(self.model_id) > 64:
             raise TemplateFormatError(f"unknown model id {self.model_id!r}", "TEMPLATE_INVALID")
         if not 0 <= self.quality <= 100:
@@ -95,10 +104,12 @@ class IrisTemplate:
 
     @cached_property
     def rotations(self) -> tuple[np.ndarray, np.ndarray]:
-        """(2*MAX_SHIFT+1, words) uint64 code and mask at every rotation, as a probe is compared."""
+        """((2*MAX_SHIFT+1) x (1 + alternates), words) uint64 code and mask at every
+        rotation of the code and of each alternate, as a probe is compared."""
         shifts = range(-MAX_SHIFT, MAX_SHIFT + 1)
-        return (np.stack([_pack(np.roll(self.code, s, axis=2)) for s in shifts]),
-                np.stack([_pack(np.roll(self.mask, s, axis=2)) for s in shifts]))
+        pairs = ((self.code, self.mask), *self.alternates)
+        return (np.stack([_pack(np.roll(c, s, axis=2)) for c, _ in pairs for s in shifts]),
+                np.stack([_pack(np.roll(m, s, axis=2)) for _, m in pairs for s in shifts]))
 
     def to_bytes(self) -> bytes:
         ch, rows, cols = self.code.shape

@@ -208,6 +208,13 @@ def segment(img: np.ndarray) -> IrisBoundaries | None:
     return IrisBoundaries(pupil, limbus[0], roundness, limbus[1])
 
 
+def with_band(b: IrisBoundaries, scale: float) -> IrisBoundaries:
+    """The same eye with the limbus moved so that the iris band (limbus radius minus
+    pupil radius) is ``scale`` times as wide: an alternate normalisation."""
+    iris = Circle(b.iris.x, b.iris.y, b.pupil.r + (b.iris.r - b.pupil.r) * scale)
+    return IrisBoundaries(b.pupil, iris, b.pupil_roundness, b.limbus_contrast)
+
+
 def rubber_sheet(img: np.ndarray, b: IrisBoundaries, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
     """Daugman's rubber sheet: (rows x cols float32 strip, rows x cols bool 'outside image').
 

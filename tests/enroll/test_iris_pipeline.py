@@ -45,18 +45,45 @@ def test_template_round_trip_and_rotation(iris_extractor, irises):
     assert 0 < t.quality <= 100 and 0.35 <= t.usable <= 1.0
 
 
+def test_radial_alternates_find_a_limbus_found_elsewhere(iris_extractor, irises):
+    """A probe from an image also carries its code with the iris band 8% narrower and
+    wider; compared with an enrolment of the same image whose limbus was placed 8% out,
+    the alternate finds it. Alternates are for probes only: not in the template bytes."""
+    from enroll.iris.pipeline import RADIAL_SCALES, code_mask
+    from enroll.iris.segment import occlusion_mask, rubber_sheet, segment, with_band
+    from models import iris_gabor as gabor
+
+    data = (irises / "casia_v1" / "005" / "005_1_1.jpg").read_bytes()
+    probe = iris_extractor.extract(data)
+    assert len(probe.alternates) == len(RADIAL_SCALES) == 2
+    plain = IrisTemplate(probe.model_id, probe.code, probe.mask)
+    grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    strip, outside = rubber_sheet(grey, with_band(segment(grey), RADIAL_SCALES[1]), gabor.ROWS, gabor.COLS)
+    code = iris_extractor.encoder.run(strip[None, None])["code"][0] > 0.5
+    mask = np.broadcast_to(code_mask(occlusion_mask(strip, outside)), code.shape).copy()
+    enrolled = IrisTemplate(probe.model_id, code, mask)
+    # The alternate is the enrolled code itself: the distance of a code to itself.
+    assert distance(probe, enrolled) == pytest.approx(distance(enrolled, enrolled), abs=1e-12)
+    assert distance(plain, enrolled) > distance(probe, enrolled) + 0.05
+    back = IrisTemplate.from_bytes(probe.to_bytes())
+    assert back.alternates == () and np.array_equal(back.code, plain.code) and np.array_equal(back.mask, plain.mask)
+    with pytest.raises(Exception, match="alternate"):
+        IrisTemplate(probe.model_id, probe.code, probe.mask, alternates=((probe.code[:, :3], probe.mask[:, :3]),))
+
+
 def test_kernel_equals_numpy_reference(iris_extractor, irises):
     from matcher.iris import MAX_SHIFT, N0, MIN_BITS
 
     a = iris_extractor.extract((irises / "casia_v1" / "006" / "006_1_1.jpg").read_bytes())
     b = iris_extractor.extract((irises / "casia_v1" / "006" / "006_2_1.jpg").read_bytes())
     best = 0.5
-    for s in range(-MAX_SHIFT, MAX_SHIFT + 1):
-        m = np.roll(a.mask, s, axis=2) & b.mask
-        n = int(m.sum())
-        hd = ((np.roll(a.code, s, axis=2) ^ b.code) & m).sum() / n
-        if n >= MIN_BITS:
-            best = min(best, 0.5 - (0.5 - hd) * np.sqrt(n / N0))
+    for code, mask in ((a.code, a.mask), *a.alternates):  # the probe's code and its radial alternates
+        for s in range(-MAX_SHIFT, MAX_SHIFT + 1):
+            m = np.roll(mask, s, axis=2) & b.mask
+            n = int(m.sum())
+            hd = ((np.roll(code, s, axis=2) ^ b.code) & m).sum() / n
+            if n >= MIN_BITS:
+                best = min(best, 0.5 - (0.5 - hd) * np.sqrt(n / N0))
     assert distance(a, b) == pytest.approx(best, abs=1e-12)
 
 

@@ -17,11 +17,13 @@ def codes(iris_extractor, irises):
     return enrol, probe
 
 
-@pytest.mark.parametrize("exhaustive_limit", [10**6, 0], ids=["exhaustive", "sketch-first-pass"])
-def test_mates_first_removal_and_eyes(codes, exhaustive_limit):
+@pytest.mark.parametrize("exhaustive_limit,shortlist,refine", [(10**6, 5, 1000), (0, 5, 1000), (0, 10, 2)],
+                         ids=["exhaustive", "sketch-first-pass", "sketch-then-alternates-on-the-nearest"])
+def test_mates_first_removal_and_eyes(codes, exhaustive_limit, shortlist, refine):
     enrol, probe = codes
+    assert all(len(t.alternates) == 2 for t in probe.values())  # probes from images: two radial alternates
     m = IrisMatcher("iris/gabor-v1", Calibration.load("iris/gabor-v1"), exhaustive_limit=exhaustive_limit,
-                    shortlist=5)
+                    shortlist=shortlist, refine=refine)
     for eye, t in enrol.items():
         m.add("p", eye, 1, t)
     found = {eye: m.search("p", 1, t, 3) for eye, t in probe.items()}
