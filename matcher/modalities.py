@@ -277,6 +277,23 @@ class _Codes:
             self.rows, self.dead = len(keep), 0
 
 
+TIE_ROOM = 1.0  # the sketch shortlist may grow by this share to keep rows tied at its edge
+
+
+def _nearest_with_ties(dist: np.ndarray, keep: int, room: float) -> np.ndarray | None:
+    """Sorted indices of the ``keep`` smallest integer distances, and of every row tied
+    with the last of them while that adds at most ``room * keep`` rows (a cut through a
+    run of equal sketch distances would pick by storage order); None to keep them all."""
+    if keep >= len(dist):
+        return None
+    edge = np.partition(dist, keep - 1)[keep - 1]
+    within = np.flatnonzero(dist <= edge)
+    if len(within) <= keep * (1 + room):
+        return within
+    below = np.flatnonzero(dist < edge)
+    return np.sort(np.concatenate([below, np.flatnonzero(dist == edge)[:max(0, int(keep * (1 + room)) - len(below))]]))
+
+
 class IrisMatcher:
     """Irises: masked fractional Hamming distance over rotations, exact.
 
@@ -358,8 +375,7 @@ class IrisMatcher:
 
                 near = np.empty(shelf.rows, np.int32)
                 sketch_distances(template.sketch_rotations.view(np.uint64), shelf.sketches, shelf.rows, near)
-                keep = min(self.shortlist, shelf.rows)
-                rows = np.sort(np.argpartition(near, keep - 1)[:keep]) if keep < shelf.rows else None
+                rows = _nearest_with_ties(near, self.shortlist, TIE_ROOM)
         if rows is None:
             d = iris.distances(template, codes, masks)
         else:
