@@ -1,8 +1,9 @@
 """Classical iris segmentation that needs no model download: pupil, limbus, occlusions.
 
-Pupil: the darkest round blob, its holes (specular reflections) filled, found over a
-ladder of dark thresholds, then refined by Daugman's integro-differential operator on
-the full circle. Limbus: the same operator on the left and right arcs only (eyelids
+Pupil: of the round dark blobs (holes from specular reflections filled) found over a
+ladder of dark thresholds, the one with the sharpest dark-to-bright outline (or a
+concentric one inside it: a dark iris is a round blob too), refined by Daugman's
+integro-differential operator on the full circle to a quarter pixel. Limbus: the same operator on the left and right arcs only (eyelids
 cover the top and bottom), centred near the pupil. Occlusions (eyelids, eyelashes,
 reflections) are masked in the normalised strip, where they are easier to see:
 :func:`occlusion_mask`.
@@ -117,12 +118,13 @@ def find_pupil(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0) -> tupl
     smooth = cv2.medianBlur(img, 5)
     # Blobs are looked for on a copy about 120 px on its short side (pupils of r >= 8 px
     # keep r >= 4 there); edges are then measured and refined at full resolution.
-    f = max(1, min(img.shape) // 120)
-    small = cv2.resize(img, (img.shape[1] // f, img.shape[0] // f), interpolation=cv2.INTER_AREA) if f > 1 else img
-    small = cv2.medianBlur(small, 5 if f == 1 else 3)
+    scale = max(1, min(img.shape) // 120)
+    small = (cv2.resize(img, (img.shape[1] // scale, img.shape[0] // scale), interpolation=cv2.INTER_AREA)
+             if scale > 1 else img)
+    small = cv2.medianBlur(small, 5 if scale == 1 else 3)
     padded = cv2.copyMakeBorder(small, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=255)
     lo = int(np.percentile(small, 0.5))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5) if f == 1 else (3, 3))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5) if scale == 1 else (3, 3))
     # Every round dark blob over a ladder of thresholds is a candidate; the pupil is the
     # one whose outline is the sharpest dark-to-bright edge. Following one blob up the
     # ladder until it jumps in size stopped too early where a reflection splits the
@@ -135,7 +137,7 @@ def find_pupil(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0) -> tupl
         n, _, stats, cent = cv2.connectedComponentsWithStats(filled, connectivity=8)
         for i in range(1, n):
             _, _, w, h, area = stats[i]
-            if not min_r <= 0.25 * f * (w + h) <= max_r or max(w, h) > 1.35 * min(w, h):
+            if not min_r <= 0.25 * scale * (w + h) <= max_r or max(w, h) > 1.35 * min(w, h):
                 continue
             roundness = area / (np.pi * (max(w, h) / 2) ** 2)
             if roundness < 0.78:
@@ -143,7 +145,7 @@ def find_pupil(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0) -> tupl
             cx, cy, r = float(cent[i][0] - 1), float(cent[i][1] - 1), float(np.sqrt(area / np.pi))
             key = (round(cx), round(cy), round(r))
             if key not in cands or roundness > cands[key][3]:
-                cands[key] = (f * cx + (f - 1) / 2, f * cy + (f - 1) / 2, f * r, float(roundness))
+                cands[key] = (scale * cx + (scale - 1) / 2, scale * cy + (scale - 1) / 2, scale * r, float(roundness))
     if not cands:
         return None
     arr = np.array(list(cands.values()))
