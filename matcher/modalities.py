@@ -283,7 +283,8 @@ TIE_ROOM = 1.0  # the sketch shortlist may grow by this share to keep rows tied 
 def _nearest_with_ties(dist: np.ndarray, keep: int, room: float) -> np.ndarray | None:
     """Sorted indices of the ``keep`` smallest integer distances, and of every row tied
     with the last of them while that adds at most ``room * keep`` rows (a cut through a
-    run of equal sketch distances would pick by storage order); None to keep them all."""
+    run of equal sketch distances picks arbitrarily; past the room, by storage order);
+    None to keep them all."""
     if keep >= len(dist):
         return None
     edge = np.partition(dist, keep - 1)[keep - 1]

@@ -56,3 +56,14 @@ def test_compaction_keeps_the_living(codes):
     kept = [eye for eye in enrol if eye not in gone]
     assert sum(m.search("p", 1, probe[eye], 1)[0][0] == eye for eye in kept) >= 14
     assert all(m.search("p", 1, probe[eye], 1)[0][0] not in gone for eye in gone)
+
+
+def test_sketch_shortlist_keeps_whole_tie_runs():
+    import numpy as np
+
+    from matcher.modalities import _nearest_with_ties
+
+    dist = np.array([5, 1, 3, 3, 3, 9, 3, 2])
+    assert _nearest_with_ties(dist, 3, 1.0).tolist() == [1, 2, 3, 4, 6, 7]  # all four 3s, not one of them
+    assert _nearest_with_ties(dist, 3, 0.34).tolist() == [1, 2, 3, 7]  # room for 4 rows: ties cut in storage order
+    assert _nearest_with_ties(dist, 8, 1.0) is None
