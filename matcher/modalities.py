@@ -37,11 +37,13 @@ def compile_kernels() -> None:
     request does not wait seconds for it. Servers call this before they listen."""
     probe = mcc.encode(np.array([[100, 100, 0.3], [140, 120, 1.2], [120, 160, 2.0]], np.float64))
     mcc.similarity(probe, probe)
-    from matcher._iris_kernel import best_distances, sketch_distances
+    from matcher._iris_kernel import best_distances, sketch_distances, window_distances
 
-    code = np.zeros((2 * iris.MAX_SHIFT + 1, 4), np.uint64)  # numba types by dtype and rank only
+    code = np.zeros((2 * iris.MAX_SHIFT + 1, iris.SKETCH_BITS // 64), np.uint64)  # numba types by dtype and rank only
     best_distances(code, code, code[:1], code[:1], float(iris.N0), int(iris.MIN_BITS), np.empty(1))
-    sketch_distances(code, code, 1, np.empty(len(code), np.int32))
+    window_distances(code, code, code, code, np.zeros(1, np.int64), np.zeros(1, np.int8), 2, float(iris.N0),
+                     int(iris.MIN_BITS), np.empty(1))
+    sketch_distances(code, code, 1, np.empty(len(code), np.int32), np.empty(len(code), np.int8))
 
 
 class ModalityMatcher(Protocol):
@@ -278,6 +280,9 @@ class _Codes:
 
 
 TIE_ROOM = 1.0  # the sketch shortlist may grow by this share to keep rows tied at its edge
+# Code columns each way around a row's best sketch rotation that the exact pass tries:
+# at 1M, +-1 and +-2 kept every exhaustive first candidate; +-2 for margin.
+WINDOW = 2
 
 
 def _nearest_with_ties(dist: np.ndarray, keep: int, room: float) -> np.ndarray | None:
@@ -302,13 +307,14 @@ class IrisMatcher:
     (both eyes for position 0, unknown) in one pass of the compiled kernel
     (:func:`matcher.iris.distances`: about 1.3 million irises a second on one core for
     a probe with one code, 0.45 million for a probe from an image, which brings two
-    radial alternates) up to ``exhaustive_limit`` irises; above, a first pass over
-    512-bit sketches
-    (:func:`matcher.iris.sketch_of`, best of 17 rotations, unmasked, another compiled
-    kernel) keeps the ``shortlist`` nearest rows for the exact pass (``python -m
-    bench.search --modality iris`` measures how often that keeps the exhaustive answer). A subject's distance is its best
-    eye's, and its rate is corrected for the number of eyes tried. Calibration:
-    distance = Daugman's normalised HD.
+    radial alternates) up to ``exhaustive_limit`` irises. Above, a first pass over
+    512-bit sketches (:func:`matcher.iris.sketch_of`, best of 17 rotations, unmasked,
+    another compiled kernel) keeps the ``shortlist`` nearest rows; those get the exact
+    distance of the probe's own code near the rotation their sketch chose, and the
+    ``refine`` nearest of them the exact distance at every rotation of the code and of
+    its alternates (``python -m bench.search --modality iris`` measures how often that
+    keeps the exhaustive answer). A subject's distance is its best eye's, and its rate is
+    corrected for the number of eyes tried. Calibration: distance = Daugman's normalised HD.
     """
 
     def __init__(self, model_id: str, calibration: Calibration, exhaustive_limit: int = 20_000,
@@ -366,33 +372,37 @@ class IrisMatcher:
             shelf = self._codes.get(partition)
             if shelf is None or shelf.rows == 0:
                 return []
+            # No copies (a copy of a 1M-row owner list costs milliseconds): appends only
+            # write rows past this snapshot and compaction builds new arrays and lists, so
+            # these stay valid after the lock; a concurrent removal shows as owner None.
             codes, masks = shelf.codes[:shelf.rows], shelf.masks[:shelf.rows]
-            owner, positions = list(shelf.owner), shelf.position[:shelf.rows].copy()
-            rows = None
+            owner, positions = shelf.owner, shelf.position[:shelf.rows]
+            rows = turn = None
             if shelf.rows > self.exhaustive_limit:
                 # First pass: unmasked Hamming of 512-bit sketches, best of 17 rotations
                 # (compiled kernel); the ``shortlist`` nearest rows go on to the exact pass.
                 from matcher._iris_kernel import sketch_distances
 
                 near = np.empty(shelf.rows, np.int32)
-                sketch_distances(template.sketch_rotations.view(np.uint64), shelf.sketches, shelf.rows, near)
+                turn = np.empty(shelf.rows, np.int8)
+                sketch_distances(template.sketch_rotations.view(np.uint64), shelf.sketches, shelf.rows, near, turn)
                 rows = _nearest_with_ties(near, self.shortlist, TIE_ROOM)
         if rows is None:
-            d = iris.distances(template, codes, masks)
+            rows, d = np.arange(len(codes)), iris.distances(template, codes, masks)
         else:
-            d = np.full(len(codes), np.inf)
-            d[rows] = self._shortlist_distances(template, codes[rows], masks[rows])
+            d = self._shortlist_distances(template, codes, masks, rows, turn[rows])
         if position:
-            d[positions != position] = np.inf
+            keep = positions[rows] == position
+            rows, d = rows[keep], d[keep]
         # A subject's best eye comes first in distance order; the 4k+8 nearest rows hold
         # the k best subjects even after the correction for two eyes tried.
         m = min(len(d), 4 * k + 8)
         near = np.argpartition(d, m - 1)[:m] if m < len(d) else np.arange(len(d))
         best: dict[str, float] = {}
-        for i in near[np.argsort(d[near], kind="stable")]:
-            s = owner[i]
-            if np.isfinite(d[i]) and s is not None and (within is None or s in within) and s not in best:
-                best[s] = float(d[i])
+        for j in near[np.argsort(d[near], kind="stable")]:
+            s = owner[rows[j]]
+            if s is not None and (within is None or s in within) and s not in best:
+                best[s] = float(d[j])
         scored = []
         for s, dist in best.items():
             tried = 1 if position else len(self._held.of(partition, s))
@@ -400,15 +410,24 @@ class IrisMatcher:
         scored.sort()
         return [(s, f) for f, s in scored[:k]]
 
-    def _shortlist_distances(self, template: IrisTemplate, codes: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """Exact distances over the sketch pass's rows: the probe's own code over all of
-        them, then its radial alternates too over the ``refine`` nearest (an alternate
-        moves a distance by a few hundredths, never from the impostor bulk to the top)."""
-        if not template.alternates or len(codes) <= self.refine:
-            return iris.distances(template, codes, masks)
-        d = iris.distances(IrisTemplate(template.model_id, template.code, template.mask), codes, masks)
-        top = np.argpartition(d, self.refine - 1)[:self.refine]
-        d[top] = iris.distances(template, codes[top], masks[top])
+    def _shortlist_distances(self, template: IrisTemplate, codes: np.ndarray, masks: np.ndarray,
+                             rows: np.ndarray, turn: np.ndarray) -> np.ndarray:
+        """Exact distances over the sketch pass's ``rows``: the probe's own code at the
+        rotations within ``WINDOW`` columns of each row's best sketch rotation ``turn``,
+        then every rotation of the code and of its radial alternates over the ``refine``
+        nearest (the gallery is read in place: gathering 50,000 rows cost 20 ms at 1M)."""
+        from matcher._iris_kernel import window_distances
+
+        pc, pm = template.rotations
+        own = len(iris.SKETCH_SHIFTS)  # the code's own rotations come first, then each alternate's
+        d = np.empty(len(rows))
+        window_distances(pc[:own], pm[:own], codes, masks, rows, turn, WINDOW, float(iris.N0),
+                         int(iris.MIN_BITS), d)
+        top = np.argpartition(d, self.refine - 1)[:self.refine] if len(d) > self.refine else np.arange(len(d))
+        exact = np.empty(len(top))
+        window_distances(pc, pm, codes, masks, rows[top], np.zeros(len(top), np.int8), len(pc),
+                         float(iris.N0), int(iris.MIN_BITS), exact)
+        d[top] = exact
         return d
 
     def fmr_against(self, partition: str, subject_id: str, position: int,

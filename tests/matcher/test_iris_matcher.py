@@ -67,3 +67,52 @@ def test_sketch_shortlist_keeps_whole_tie_runs():
     assert _nearest_with_ties(dist, 3, 1.0).tolist() == [1, 2, 3, 4, 6, 7]  # all four 3s, not one of them
     assert _nearest_with_ties(dist, 3, 0.34).tolist() == [1, 2, 3, 7]  # room for 4 rows: ties cut in storage order
     assert _nearest_with_ties(dist, 8, 1.0) is None
+
+
+def test_exact_pass_follows_the_rotation_the_sketch_chose(codes):
+    """A probe turned by 6 code columns: the sketch pass's best rotation centres the exact
+    window, so the windowed distance of its mate equals the exhaustive one."""
+    import numpy as np
+
+    from matcher.iris import IrisTemplate
+
+    enrol, probe = codes
+    eye = sorted(enrol)[3]
+
+    def turned(code, mask):
+        return np.roll(code, -6, axis=2), np.roll(mask, -6, axis=2)
+
+    p = probe[eye]
+    tilted = IrisTemplate(p.model_id, *turned(p.code, p.mask), alternates=tuple(turned(c, m) for c, m in p.alternates))
+    cal = Calibration.load("iris/gabor-v1")
+    exhaustive, windowed = IrisMatcher("iris/gabor-v1", cal), IrisMatcher("iris/gabor-v1", cal, 0, shortlist=10, refine=1)
+    for name, t in enrol.items():
+        exhaustive.add("p", name, 1, t)
+        windowed.add("p", name, 1, t)
+    want = exhaustive.search("p", 1, tilted, 1)
+    assert want[0][0] == eye and want[0][1] < 1e-4
+    assert windowed.search("p", 1, tilted, 1) == want
+
+
+def test_window_kernel_agrees_with_the_exhaustive_kernel(codes):
+    import numpy as np
+
+    from matcher import iris
+    from matcher._iris_kernel import best_distances, window_distances
+
+    enrol, probe = codes
+    gc = np.stack([t.packed[0] for t in enrol.values()])
+    gm = np.stack([t.packed[1] for t in enrol.values()])
+    pc, pm = next(iter(probe.values())).rotations
+    args = float(iris.N0), int(iris.MIN_BITS)
+    full = np.empty(len(gc))
+    best_distances(pc, pm, gc, gm, *args, full)
+    rows = np.array([4, 0, 17], np.int64)
+    every = np.empty(3)
+    window_distances(pc, pm, gc, gm, rows, np.zeros(3, np.int8), len(pc), *args, every)
+    assert every.tolist() == full[rows].tolist()  # a window wider than the rotations: all of them
+    one = np.empty(3)
+    window_distances(pc, pm, gc, gm, rows, np.array([8, 8, 8], np.int8), 0, *args, one)
+    alone = np.empty(len(gc))
+    best_distances(pc[8:9], pm[8:9], gc, gm, *args, alone)
+    assert one.tolist() == alone[rows].tolist()  # reach 0: the centre rotation only
