@@ -283,41 +283,73 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 handler.response_serializer)
         if handler.unary_stream is not None:  # reflection and future streams: authenticated callers only
             return grpc.unary_stream_rpc_method_handler(
-                self._guard(handler.unary_stream, short), handler.request_deserializer, handler.response_serializer)
+                self._guard_stream(handler.unary_stream, short), handler.request_deserializer,
+                handler.response_serializer)
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._guard(handler.stream_stream, short), handler.request_deserializer, handler.response_serializer)
+                self._guard_stream(handler.stream_stream, short), handler.request_deserializer,
+                handler.response_serializer)
         return grpc.stream_unary_rpc_method_handler(
             self._guard(handler.stream_unary, short), handler.request_deserializer, handler.response_serializer)
 
+    def _admit(self, request, context, short: str | None) -> Principal:
+        """The caller, authenticated and authorised; a refusal is audited and aborts the call."""
+        principal = None
+        try:
+            principal = self.authenticate(context)
+            if isinstance(request, _Malformed):
+                raise InvalidInput(f"the request is not a valid {short or 'protobuf'} message", "MALFORMED_REQUEST")
+            if short is not None:
+                authorize(principal, short, request)
+            return principal
+        except (Unauthenticated, PermissionDenied, InvalidInput) as e:
+            log.warning("%s refused: %s", short or "call", e.reason)
+            self._audit(principal, short, request, None, e.reason)
+            self.abort(context, e)
+            raise  # abort raises; this keeps the type checker and a stub abort honest
+
     def _guard(self, behaviour, short: str | None):
         def guarded(request, context):
-            principal = None
+            principal = self._admit(request, context, short)
             response, outcome = None, "OK"
-            try:
-                principal = self.authenticate(context)
-                if isinstance(request, _Malformed):
-                    raise InvalidInput(f"the request is not a valid {short or 'protobuf'} message", "MALFORMED_REQUEST")
-                if short is not None:
-                    authorize(principal, short, request)
-            except (Unauthenticated, PermissionDenied, InvalidInput) as e:
-                log.warning("%s refused: %s", short or "call", e.reason)
-                self._audit(principal, short, request, None, e.reason)
-                self.abort(context, e)
             token = current.set(principal)
             touched = _touched.set([])
             try:
                 response = behaviour(request, context)
                 return response
             except BaseException:
-                code = context.code() if hasattr(context, "code") else None
-                outcome = code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
+                outcome = _outcome(context)
                 raise
             finally:
                 current.reset(token)
                 extra = _touched.get()
                 _touched.reset(touched)
                 self._audit(principal, short, request, response, outcome, extra)
+
+        return guarded
+
+    def _guard_stream(self, behaviour, short: str | None):
+        """As :meth:`_guard` for calls that answer with a stream (SyncPush): the audit entry
+        is written when the stream ends, with its outcome and every subject it touched,
+        not when it opens."""
+        def guarded(request, context):
+            principal = self._admit(request, context, short)
+            outcome = "OK"
+            token = current.set(principal)
+            touched = _touched.set([])
+            try:
+                yield from behaviour(request, context)
+            except GeneratorExit:  # the client went away mid-stream
+                outcome = "CANCELLED"
+                raise
+            except BaseException:
+                outcome = _outcome(context)
+                raise
+            finally:
+                extra = _touched.get()
+                current.reset(token)
+                _touched.reset(touched)
+                self._audit(principal, short, request, None, outcome, extra)
 
         return guarded
 
@@ -333,6 +365,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.audit.append(principal.id if principal else "", principal.name if principal else "unauthenticated",
                           short, (request.partition or DEFAULT_PARTITION) if hasattr(request, "partition") else "",
                           tuple(dict.fromkeys(ids)), outcome)
+
+
+def _outcome(context) -> str:
+    """The status a failed call ended with, as the audit names it."""
+    code = context.code() if hasattr(context, "code") else None
+    return code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
 
 
 class _Malformed:

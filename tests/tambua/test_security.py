@@ -248,6 +248,19 @@ def test_every_call_is_audited_with_who_what_and_which_subjects(tls_server, orl)
     assert keys_cli.returncode == 0 and json.loads(keys_cli.stdout)["ok"]
 
 
+def test_a_sync_stream_is_refused_to_other_roles_and_audited_with_its_outcome(tls_server):
+    server, stub = tls_server
+    outcomes = []
+    for name, role in (("tablet 9", "registrar"), ("sync robot", "admin")):
+        md = [("authorization", f"Bearer {create(server.data_dir, name, [role])['api_key']}")]
+        with pytest.raises(grpc.RpcError) as e:  # not a bundle: the admin gets past the door, not further
+            list(stub.SyncPush(iter([pb.SyncImportRequest(data=b"not a bundle")]), metadata=md, timeout=60))
+        outcomes.append(e.value.code().name)
+    assert outcomes[0] == "PERMISSION_DENIED" and outcomes[1] not in ("PERMISSION_DENIED", "OK", "INTERNAL")
+    audit = [json.loads(line) for line in (server.data_dir / "audit.jsonl").read_text().splitlines()]
+    assert [e["outcome"] for e in audit if e["rpc"] == "SyncPush"] == outcomes  # one entry a stream, as it ended
+
+
 def test_the_database_files_hold_no_template_in_clear(tls_server, orl):
     server, stub = tls_server
     md = [("authorization", f"Bearer {create(server.data_dir, 'records officer', ['registrar'])['api_key']}")]

@@ -208,3 +208,8 @@ def test_online_sync_cut_mid_stream_resumes_and_converges(sites, orl):
     again = ok("sync", "push", "--address", field.server.address, "--to", "country", "--peer",
                country.server.address, "--json")
     assert (again["bundles"], again["applied"]) == (0, 0) and country.subjects() == 7
+    audit = [json.loads(line) for line in (country.server.data_dir / "audit.jsonl").read_text().splitlines()]
+    pushes = [e for e in audit if e["rpc"] == "SyncPush"]
+    # Audited when each stream ended, naming whose biometrics it carried (the first stream
+    # died with the server: no entry for it).
+    assert [(e["outcome"], e["subject_ids"]) for e in pushes] == [("OK", ["F24", "F25", "F26"]), ("OK", [])]
