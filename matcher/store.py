@@ -27,7 +27,7 @@ from matcher import sealing
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.templates import Template, parse_template
 
-SCHEMA_VERSION = 3  # 2: the change log, origins and peers of site sync; 3: derived features
+SCHEMA_VERSION = 4  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads
 MAX_ID_LEN = 128
 
 _SCHEMA = """
@@ -77,7 +77,9 @@ CREATE TABLE IF NOT EXISTS peers (
     last_export_ms INTEGER,
     last_ack_ms INTEGER,
     refused INTEGER NOT NULL DEFAULT 0,
-    gaps INTEGER NOT NULL DEFAULT 0
+    gaps INTEGER NOT NULL DEFAULT 0,
+    audit_seq INTEGER,
+    audit_hash TEXT
 );
 -- Imported enrolments that need a person's decision (a cross-site duplicate, an id taken).
 CREATE TABLE IF NOT EXISTS flags (
@@ -141,6 +143,8 @@ class PeerState:
     last_ack_ms: int | None = None
     refused: int = 0
     gaps: int = 0
+    audit_seq: int | None = None  # the peer's audit head as its newest bundle stated it
+    audit_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,7 @@ class SubjectStore:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if "schema_version" not in meta:
             meta = self._create_meta(kek)
-        elif meta["schema_version"] in ("1", "2"):
+        elif meta["schema_version"] in ("1", "2", "3"):
             self._migrate(int(meta["schema_version"]))
         elif int(meta["schema_version"]) != SCHEMA_VERSION:
             raise RuntimeError(f"store schema {meta['schema_version']} is not the supported {SCHEMA_VERSION}")
@@ -223,7 +227,8 @@ class SubjectStore:
     def _migrate(self, version: int) -> None:
         """Version 1 had no change log: every subject enrolled so far becomes a change, in
         enrolment order, so that a first sync carries it. Versions 1-2 had no derived
-        features: the column is added empty and filled at the next gallery load."""
+        features: the column is added empty and filled at the next gallery load. Versions
+        1-3 kept no audit heads of peers: empty until their next bundle."""
         with self._transaction():
             if version < 2:
                 self._db.execute("INSERT INTO changes (kind, partition, subject_id, unix_ms) "
@@ -232,6 +237,10 @@ class SubjectStore:
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(templates)")}
             if "derived" not in columns:
                 self._db.execute("ALTER TABLE templates ADD COLUMN derived BLOB")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(peers)")}
+            for name, kind in (("audit_seq", "INTEGER"), ("audit_hash", "TEXT")):
+                if name not in columns:
+                    self._db.execute(f"ALTER TABLE peers ADD COLUMN {name} {kind}")
             self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @contextlib.contextmanager
@@ -396,7 +405,8 @@ class SubjectStore:
         """What this store knows of a peer site (zeros for one never heard of)."""
         with self._lock:
             row = self._db.execute("SELECT site, applied_seq, acked_seq, last_import_ms, last_export_ms, "
-                                   "last_ack_ms, refused, gaps FROM peers WHERE site=?", (site,)).fetchone()
+                                   "last_ack_ms, refused, gaps, audit_seq, audit_hash FROM peers WHERE site=?",
+                                   (site,)).fetchone()
         return PeerState(*row) if row else PeerState(site)
 
     def note_peer(self, site: str, **fields: int) -> None:
@@ -413,6 +423,14 @@ class SubjectStore:
                     self._db.execute(f"UPDATE peers SET {name} = {name} + ? WHERE site=?", (value, site))
                 else:
                     self._db.execute(f"UPDATE peers SET {name} = ? WHERE site=?", (value, site))
+
+    def note_audit_head(self, site: str, seq: int, digest: str) -> None:
+        """Keep a peer's audit log head as a bundle of its stated it (only forwards: an older
+        bundle imported again does not move it back)."""
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO peers (site) VALUES (?)", (site,))
+            self._db.execute("UPDATE peers SET audit_seq=?, audit_hash=? WHERE site=? "
+                             "AND (audit_seq IS NULL OR audit_seq < ?)", (seq, digest, site, seq))
 
     def apply_remote(self, site: str, seq: int, kind: str, subject: Subject | None = None,
                      partition: str = "", subject_id: str = "",

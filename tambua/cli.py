@@ -98,7 +98,7 @@ def _sync_rpc(args, stub, md) -> dict:
          "last_ack_unix_ms": p.last_ack_unix_ms or None,
          "lag_s": round((now_ms - max(p.last_import_unix_ms, p.last_ack_unix_ms)) / 1000, 1)
          if max(p.last_import_unix_ms, p.last_ack_unix_ms) else None,
-         "refused": p.refused, "gaps": p.gaps} for p in r.peers],
+         "refused": p.refused, "gaps": p.gaps, "audit_head": p.audit_head or None} for p in r.peers],
         "flagged": [_flag(f) for f in r.flagged]}
 
 

@@ -154,7 +154,8 @@ def _peer_status(store, site: str) -> pb.PeerStatus:
     return pb.PeerStatus(site=site, pending=max(0, store.last_seq() - p.acked_seq), acked_seq=p.acked_seq,
                          applied_seq=p.applied_seq, last_import_unix_ms=p.last_import_ms or 0,
                          last_export_unix_ms=p.last_export_ms or 0, last_ack_unix_ms=p.last_ack_ms or 0,
-                         refused=p.refused, gaps=p.gaps)
+                         refused=p.refused, gaps=p.gaps,
+                         audit_head=f"{p.audit_seq}:{p.audit_hash}" if p.audit_seq is not None else "")
 
 
 class MatcherServicer(pb_grpc.MatcherServicer):
@@ -258,7 +259,8 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     @_rpc
     def SyncExport(self, request, context):
         b = sync.export_bundle(self.engine.store, self._site(), self.peers, request.to_site,
-                               min(request.limit or sync.MAX_CHANGES, sync.MAX_CHANGES), request.from_seq)
+                               min(request.limit or sync.MAX_CHANGES, sync.MAX_CHANGES), request.from_seq,
+                               self.audit.head if self.audit is not None else None)
         note_touched(b.subject_ids)  # biometric data leaving the site: the audit names whose
         return pb.SyncBundle(data=b.data, first_seq=b.first_seq, last_seq=b.last_seq, count=b.count)
 

@@ -8,7 +8,9 @@ A change bundle carries this site's changes after the last one the peer acknowle
 
     b"TMBS" | version | header length (u32) | header JSON | ciphertext | Ed25519 signature
 
-The header names sender, recipient, sequence range and an ephemeral X25519 key; the
+The header names sender, recipient, sequence range, the sender's audit log head (the
+receiver keeps it: a log cut at the sender afterwards fails ``tambua audit verify --head``
+there) and an ephemeral X25519 key; the
 payload (zlib-compressed JSON) is sealed with AES-256-GCM under a key agreed between the
 ephemeral key and the recipient's X25519 key (HKDF-SHA256), the header as associated
 data; the signature covers everything before it. Import checks, before applying anything:
@@ -219,11 +221,13 @@ class Bundle:
 
 
 def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: str,
-                  limit: int = MAX_CHANGES, from_seq: int = 0) -> Bundle:
+                  limit: int = MAX_CHANGES, from_seq: int = 0, audit_head: tuple[int, str] | None = None) -> Bundle:
     """The changes ``to_site`` has not acknowledged (or those from ``from_seq`` on, to
     resend after the peer lost some), sealed for it and signed.
 
     A bundle with no changes is still a valid, signed file (count 0): it proves the link.
+    ``audit_head`` (this site's audit log head) goes in the signed header: the peer keeps
+    it, so a log cut here after the export is caught by ``tambua audit verify --head``.
     """
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -253,6 +257,8 @@ def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: st
     nonce = os.urandom(12)
     header = {"from": keys.site, "to": to_site, "first": first, "last": last, "count": len(records),
               "created_ms": int(time.time() * 1000), "eph": eph_public.hex(), "nonce": nonce.hex()}
+    if audit_head is not None:
+        header["audit"] = f"{audit_head[0]}:{audit_head[1]}"
     key = _key(ephemeral.exchange(_x25519_public(bytes.fromhex(peer.box_key))), eph_public)
     h = _header_bytes(header)
     body = AESGCM(key).encrypt(nonce, zlib.compress(json.dumps({"changes": records}).encode(), 6), h)
@@ -325,6 +331,7 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
     store: SubjectStore = engine.store
     try:
         header, records = read_bundle(data, keys, peers)
+        audit_head = _audit_head(header)
     except BundleRefused:
         sender = _claimed_sender(data)
         if sender in peers.all():
@@ -350,8 +357,20 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
             flagged.append({"subject_id": r["subject_id"], "partition": r["partition"],
                             "kind": "ID_CONFLICT" if outcome == "conflict" else "CROSS_SITE_DUPLICATE",
                             "candidates": [c.subject_id for c in candidates]})
+    if audit_head is not None:
+        store.note_audit_head(site, *audit_head)
     return ImportReport(site, header["first"], header["last"], applied, already, tuple(flagged),
                         make_ack(store, keys, site), tuple(dict.fromkeys(r["subject_id"] for r in records)))
+
+
+def _audit_head(header: dict) -> tuple[int, str] | None:
+    """The sender's audit head from a (verified) bundle header; None when it sent none."""
+    if "audit" not in header:
+        return None
+    seq, _, digest = str(header["audit"]).partition(":")
+    if not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise BundleRefused("the bundle's audit head is not SEQ:HASH", "MALFORMED")
+    return int(seq), digest
 
 
 def _claimed_sender(data: bytes) -> str:

@@ -45,6 +45,23 @@ def test_a_version_1_store_gets_its_subjects_as_changes(tmp_path):
     s.close()
 
 
+def test_a_version_3_store_learns_peers_audit_heads(tmp_path):
+    path = tmp_path / "v3.sqlite"
+    s = SubjectStore(path)
+    s.note_peer("field-1", acked_seq=4)
+    s.close()
+    with sqlite3.connect(path) as db:  # what version 3 looked like: no audit heads of peers
+        db.execute("ALTER TABLE peers DROP COLUMN audit_seq")
+        db.execute("ALTER TABLE peers DROP COLUMN audit_hash")
+        db.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    s = SubjectStore(path)
+    assert s.peer("field-1").acked_seq == 4 and s.peer("field-1").audit_seq is None
+    s.note_audit_head("field-1", 12, "ab" * 32)
+    s.note_audit_head("field-1", 9, "cd" * 32)  # an older bundle imported again: the head stays
+    assert (s.peer("field-1").audit_seq, s.peer("field-1").audit_hash) == (12, "ab" * 32)
+    s.close()
+
+
 def test_peer_changes_apply_once_in_order(store):
     assert store.apply_remote("field-1", 2, "enrol", _subject("F2", seed=2)) == "gap"
     assert store.peer("field-1").gaps == 1 and store.count() == 0
