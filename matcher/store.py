@@ -288,6 +288,19 @@ class SubjectStore:
     def encrypted(self) -> bool:
         return not isinstance(self._sealer, PlainSealer)
 
+    def seal_secret(self, data: bytes, name: str) -> bytes:
+        """``data`` sealed under this store's data key (unchanged for a plain store), bound
+        to ``name``: for secrets kept beside the store, e.g. the site's private keys."""
+        return self._sealer.seal(data, b"\x00secret:" + name.encode())
+
+    def open_secret(self, data: bytes, name: str) -> bytes:
+        """What :meth:`seal_secret` sealed under ``name``.
+
+        Raises:
+            RecordTampered: altered bytes, or sealed under another name or store.
+        """
+        return self._sealer.open(data, b"\x00secret:" + name.encode())
+
     def rotate_kek(self, old_kek: bytes, new_kek: bytes) -> str:
         """Re-wrap the data key under ``new_kek`` (templates untouched; servers keep running).
 

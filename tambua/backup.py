@@ -26,6 +26,9 @@ from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from tambua.audit import verify as verify_audit
 
 DATABASES = ("subjects.sqlite", "access.sqlite")
+# The site's identity (its private keys, sealed under the store's data key when the store is
+# encrypted) and its peers: a field server restored without them could no longer sync as itself.
+SITE_FILES = ("site.key", "peers.json")
 AUDIT = "audit.jsonl"
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -77,6 +80,9 @@ def backup(data_dir: Path, out: Path) -> Manifest:
     for name in DATABASES:
         if (data_dir / name).exists():
             _snapshot(data_dir / name, out / name)
+    for name in SITE_FILES:
+        if (data_dir / name).exists():
+            shutil.copy2(data_dir / name, out / name)  # keeps the owner-only mode of site.key
     head = "0:" + "0" * 64
     if (data_dir / AUDIT).exists():
         raw = (data_dir / AUDIT).read_bytes()

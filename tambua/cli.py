@@ -42,11 +42,20 @@ def _sync_local(args) -> int:
     from tambua import sync
 
     data_dir = Path(args.data_dir)
+    store = None
     try:
         if args.sync_command == "identity":
-            keys = sync.SiteKeys.load(data_dir)
+            from matcher.sealing import load_kek
+            from matcher.store import SubjectStore
+
+            # The keys are sealed under the store's data key where the store is encrypted:
+            # open it (with the KEK) if it exists or a KEK is given, else leave it uncreated.
+            kek = load_kek(Path(args.kek_file) if args.kek_file else None)
+            if kek is not None or (data_dir / "subjects.sqlite").exists():
+                store = SubjectStore(data_dir / "subjects.sqlite", kek)
+            keys = sync.SiteKeys.load(data_dir, store)
             if keys is None and args.site_id:
-                keys = sync.SiteKeys.create(data_dir, args.site_id)
+                keys = sync.SiteKeys.create(data_dir, args.site_id, store)
             if keys is None:
                 print("error: this data directory has no site identity: give --site-id", file=sys.stderr)
                 return 1
@@ -61,6 +70,9 @@ def _sync_local(args) -> int:
     except (TambuaError, OSError, ValueError, KeyError) as e:
         print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
         return 1
+    finally:
+        if store is not None:
+            store.close()
     return 0
 
 
@@ -363,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     si = ssub.add_parser("identity", help="this site's public identity (created with --site-id)")
     si.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
     si.add_argument("--site-id", help="create the site's keys with this id if it has none")
+    si.add_argument("--kek-file", help="the store's key-encryption key (else TAMBUA_KEK): the site's private "
+                    "keys are sealed under the store's data key")
     sp = ssub.add_parser("peer", help="configure a peer site")
     sp.add_argument("action", choices=["add"])
     sp.add_argument("identity", type=Path, help="the peer's `tambua sync identity` output (a JSON file)")

@@ -334,7 +334,7 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
     peers = sync.Peers(config.data_dir)
     metrics.watch_sync(engine.store, peers)
     pb_grpc.add_MatcherServicer_to_server(
-        MatcherServicer(engine, metrics, audit, SiteKeys.load(config.data_dir), peers), server)
+        MatcherServicer(engine, metrics, audit, SiteKeys.load(config.data_dir, engine.store), peers), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)

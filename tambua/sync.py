@@ -79,8 +79,9 @@ class SiteKeys:
         self._box = X25519PrivateKey.from_private_bytes(box_seed)
 
     @classmethod
-    def create(cls, data_dir: Path, site: str) -> "SiteKeys":
-        """New keys for ``site`` in ``data_dir`` (refuses to replace existing ones)."""
+    def create(cls, data_dir: Path, site: str, store: SubjectStore | None = None) -> "SiteKeys":
+        """New keys for ``site`` in ``data_dir`` (refuses to replace existing ones), sealed
+        under the data key of ``store`` when it is encrypted."""
         path = data_dir / "site.key"
         if path.exists():
             raise InvalidInput(f"{path} exists: a site keeps its identity")
@@ -88,17 +89,46 @@ class SiteKeys:
         data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"site": site, "sign_seed": keys._seed(keys._sign).hex(), "box_seed": keys._seed(keys._box).hex()}, f)
+            f.write(keys._file(store))
         return keys
 
     @classmethod
-    def load(cls, data_dir: Path) -> "SiteKeys | None":
-        """The site's keys, or None when this server has no site identity."""
+    def load(cls, data_dir: Path, store: SubjectStore | None = None) -> "SiteKeys | None":
+        """The site's keys, or None when this server has no site identity.
+
+        With an encrypted ``store`` the keys are kept sealed under its data key (the KEK
+        protects them as it protects templates): a file still in clear is sealed now.
+
+        Raises:
+            KeyMismatch: the file is sealed and no encrypted store was given to open it.
+        """
+        from matcher.sealing import KeyMismatch
+
         path = data_dir / "site.key"
         if not path.exists():
             return None
         d = json.loads(path.read_text())
-        return cls(d["site"], bytes.fromhex(d["sign_seed"]), bytes.fromhex(d["box_seed"]))
+        if "sealed" in d:
+            if store is None or not store.encrypted:
+                raise KeyMismatch(f"{path} is sealed by the store's key: give the key-encryption key")
+            seeds = store.open_secret(bytes.fromhex(d["sealed"]), f"site.key/{d['site']}")
+            return cls(d["site"], seeds[:32], seeds[32:])
+        keys = cls(d["site"], bytes.fromhex(d["sign_seed"]), bytes.fromhex(d["box_seed"]))
+        if store is not None and store.encrypted:  # written before the store had a key: seal it
+            staged = path.with_suffix(".sealing")
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(keys._file(store))
+                f.flush()
+                os.fsync(f.fileno())
+            staged.replace(path)
+        return keys
+
+    def _file(self, store: SubjectStore | None) -> str:
+        seeds = self._seed(self._sign) + self._seed(self._box)
+        if store is not None and store.encrypted:
+            return json.dumps({"site": self.site, "sealed": store.seal_secret(seeds, f"site.key/{self.site}").hex()})
+        return json.dumps({"site": self.site, "sign_seed": seeds[:32].hex(), "box_seed": seeds[32:].hex()})
 
     @staticmethod
     def _seed(key) -> bytes:

@@ -83,6 +83,22 @@ def test_backup_under_enrolment_restores_every_acknowledged_subject(tmp_path, or
         assert refused.returncode == 2 and "KEY_MISMATCH" in refused.stderr and says in refused.stderr
 
 
+def test_the_site_identity_travels_with_the_backup(tmp_path):
+    from matcher.sealing import new_key
+    from matcher.store import SubjectStore
+    from tambua.sync import SiteKeys
+
+    store = SubjectStore(tmp_path / "a" / "subjects.sqlite", kek := new_key())
+    keys = SiteKeys.create(tmp_path / "a", "camp-9", store)
+    store.close()
+    assert cli("backup", "--data-dir", str(tmp_path / "a"), "--out", str(tmp_path / "bk")).returncode == 0
+    assert cli("restore", "--from", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "b")).returncode == 0
+    assert (tmp_path / "b" / "site.key").stat().st_mode & 0o777 == 0o600
+    restored = SubjectStore(tmp_path / "b" / "subjects.sqlite", kek)
+    assert SiteKeys.load(tmp_path / "b", restored).identity() == keys.identity()  # syncs as itself again
+    restored.close()
+
+
 def test_a_changed_backup_is_refused_and_nothing_written(tmp_path):
     from matcher.store import SubjectStore
     from tests.matcher.test_store import _subject

@@ -26,9 +26,10 @@ def ok(*args: str) -> dict:
     return json.loads(r.stdout)
 
 
-def identity(data_dir: Path, site: str, tmp: Path) -> Path:
+def identity(data_dir: Path, site: str, tmp: Path, kek_file: Path | None = None) -> Path:
     f = tmp / f"{site}.identity.json"
-    f.write_text(json.dumps(ok("sync", "identity", "--data-dir", str(data_dir), "--site-id", site)))
+    sealed = ["--kek-file", str(kek_file)] if kek_file else []
+    f.write_text(json.dumps(ok("sync", "identity", "--data-dir", str(data_dir), "--site-id", site, *sealed)))
     return f
 
 
@@ -73,13 +74,17 @@ class Site:
 
 @pytest.fixture
 def sites(tmp_path, orl, models):
+    from matcher.sealing import new_key
+
     field_dir, country_dir, other_dir = tmp_path / "field", tmp_path / "country", tmp_path / "other"
-    ids = {s: identity(d, s, tmp_path) for s, d in
+    kek = new_key().hex()  # the field site encrypts at rest (its site keys too), the country server does not
+    (tmp_path / "field.kek").write_text(kek)
+    ids = {s: identity(d, s, tmp_path, tmp_path / "field.kek" if s == "field-1" else None) for s, d in
            [("field-1", field_dir), ("country", country_dir), ("other", other_dir)]}
     for data_dir, peers in [(field_dir, ["country", "other"]), (country_dir, ["field-1"])]:
         for peer in peers:
             ok("sync", "peer", "add", str(ids[peer]), "--data-dir", str(data_dir))
-    field, country = Site(Server(field_dir)), Site(Server(country_dir))
+    field, country = Site(Server(field_dir, env={"TAMBUA_KEK": kek})), Site(Server(country_dir))
     field.server.start()
     country.server.start()
     yield field, country, tmp_path
@@ -92,6 +97,7 @@ def test_disconnected_enrolments_arrive_once_however_often_imported(sites, orl):
     for person in range(1, 6):
         field.enrol(f"F{person}", orl, person, 1)
     assert field.status()["peers"][0]["pending"] == 5
+    assert "sealed" in (field.server.data_dir / "site.key").read_text()  # its private keys under the KEK
     b1 = field.export("country", tmp / "b1.tmb")
     assert (b1["first_seq"], b1["last_seq"], b1["changes"]) == (1, 5, 5)
     first = country.imports(tmp / "b1.tmb", tmp / "a1.tmb")
@@ -227,3 +233,27 @@ def test_online_sync_cut_mid_stream_resumes_and_converges(sites, orl):
     # before the client's callback killed it.
     assert [(e["outcome"], e["subject_ids"]) for e in pushes[-2:]] == [("OK", ["F24", "F25", "F26"]), ("OK", [])]
     assert len(pushes) == 2 or (len(pushes) == 3 and pushes[0]["subject_ids"] == [f"F{p}" for p in range(20, 27)])
+
+
+def test_site_keys_are_sealed_under_an_encrypted_store(tmp_path):
+    from matcher.errors import KeyMismatch, RecordTampered
+    from matcher.sealing import new_key
+    from matcher.store import SubjectStore
+    from tambua.sync import SiteKeys
+
+    store = SubjectStore(tmp_path / "subjects.sqlite", new_key())
+    keys = SiteKeys.create(tmp_path, "camp-7", store)
+    text = (tmp_path / "site.key").read_text()
+    assert "sealed" in text and SiteKeys._seed(keys._sign).hex() not in text and SiteKeys._seed(keys._box).hex() not in text
+    with pytest.raises(KeyMismatch, match="key-encryption key"):
+        SiteKeys.load(tmp_path)
+    assert SiteKeys.load(tmp_path, store).identity() == keys.identity()
+    with pytest.raises(RecordTampered):  # another store's data key does not open it
+        SiteKeys.load(tmp_path, SubjectStore(tmp_path / "other.sqlite", new_key()))
+    old = tmp_path / "old"  # written in clear before the store had a key: sealed at the next load
+    plain = SiteKeys.create(old, "camp-8")
+    assert SiteKeys._seed(plain._sign).hex() in (old / "site.key").read_text()
+    assert SiteKeys.load(old, store).identity() == plain.identity()
+    assert "sealed" in (old / "site.key").read_text() and (old / "site.key").stat().st_mode & 0o777 == 0o600
+    assert SiteKeys.load(old, store).identity() == plain.identity()
+
