@@ -319,11 +319,12 @@ class IrisMatcher:
 
     def __init__(self, model_id: str, calibration: Calibration, exhaustive_limit: int = 20_000,
                  shortlist: int = 50_000, refine: int = 1_000) -> None:
-        # A probe from an image brings two radial alternates: 3x the exact work per row, so
-        # the sketch pass pays from 20,000 rows on (exhaustive 100k: 228 ms). Its rows then
-        # get the exact distance of the probe's own code, the nearest ``refine`` of them the
-        # alternates' as well: at 1M a 20,000-row shortlist lost a mate the alternates
-        # found (sketch rank 47,097), hence 50,000.
+        # A probe from an image brings two radial alternates: 3x the exact work per row
+        # (exhaustive: ~45 ms at 20,000 rows, 206 ms at 100k). Above ``exhaustive_limit``
+        # the sketch pass picks each row's rotation and the shortlist; the rows get the
+        # probe's own code in a window around that rotation, the nearest ``refine`` of them
+        # every rotation of all three codes. At 1M a 20,000-row shortlist lost a mate the
+        # alternates found (sketch rank 47,097), hence 50,000.
         self.modality, self.model_id, self.calibration = "iris", model_id, calibration
         self.exhaustive_limit, self.shortlist, self.refine = exhaustive_limit, shortlist, refine
         self._held = _Held()
@@ -387,6 +388,8 @@ class IrisMatcher:
                 turn = np.empty(shelf.rows, np.int8)
                 sketch_distances(template.sketch_rotations.view(np.uint64), shelf.sketches, shelf.rows, near, turn)
                 rows = _nearest_with_ties(near, self.shortlist, TIE_ROOM)
+                if rows is None:  # the shortlist holds them all: each still gets its window
+                    rows = np.arange(shelf.rows)
         if rows is None:
             rows, d = np.arange(len(codes)), iris.distances(template, codes, masks)
         else:

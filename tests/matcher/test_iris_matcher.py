@@ -17,8 +17,10 @@ def codes(iris_extractor, irises):
     return enrol, probe
 
 
-@pytest.mark.parametrize("exhaustive_limit,shortlist,refine", [(10**6, 5, 1000), (0, 5, 1000), (0, 10, 2)],
-                         ids=["exhaustive", "sketch-first-pass", "sketch-then-alternates-on-the-nearest"])
+@pytest.mark.parametrize("exhaustive_limit,shortlist,refine",
+                         [(10**6, 5, 1000), (0, 5, 1000), (0, 10, 2), (0, 1000, 2)],
+                         ids=["exhaustive", "sketch-first-pass", "sketch-then-alternates-on-the-nearest",
+                              "every-row-windowed"])
 def test_mates_first_removal_and_eyes(codes, exhaustive_limit, shortlist, refine):
     enrol, probe = codes
     assert all(len(t.alternates) == 2 for t in probe.values())  # probes from images: two radial alternates
