@@ -3,12 +3,12 @@
 LEADER (``models/leader.py``) spends ~300 ms of one core on a 500 dpi finger. The student
 is a plain U-Net working at half resolution and below (the image enters through a 2x2
 space-to-depth, the answer leaves through a 2x2 depth-to-space): about 1.2 GMAC for a
-288 x 352 canvas against LEADER's ~10. It is trained by ``models/train_finger_student.py``
+288 x 352 canvas (v1) against LEADER's ~5. It is trained by ``models/train_finger_student.py``
 to reproduce LEADER's position heat map, direction and type on real impressions; its graph
 ends in exactly LEADER's output contract (``head_conc`` [1, H, W, 4]: position, direction,
 type, position after a 7 x 7 non-maximum suppression), so the extractor runs either file.
 
-One description of the layers (``LAYERS``) drives both the ONNX graph built here from the
+One description of the layers (``layers(widths)``) drives both the ONNX graph built here from the
 trained weights (``to_onnx``) and the PyTorch module the training script builds
 (``torch_module``), so the two cannot drift apart.
 """
@@ -21,28 +21,70 @@ import onnx
 from models.onnx_graph import GraphBuilder
 
 # (name, in, out, kernel, stride): 3x3 convolutions are followed by ReLU; the 1x1 "lateral"
-# projections feed the decoder's skip additions; "head" is linear.
-ENCODER = [
-    ("e1a", 4, 24, 3, 1), ("e1b", 24, 24, 3, 1),
-    ("e2a", 24, 48, 3, 2), ("e2b", 48, 48, 3, 1),
-    ("e3a", 48, 96, 3, 2), ("e3b", 96, 96, 3, 1),
-    ("e4a", 96, 128, 3, 2), ("e4b", 128, 128, 3, 1),
-]
-DECODER = [  # (lateral 1x1 from the coarser level, 3x3 after the addition)
-    (("l3", 128, 96, 1, 1), ("d3", 96, 96, 3, 1)),
-    (("l2", 96, 48, 1, 1), ("d2", 48, 48, 3, 1)),
-    (("l1", 48, 24, 1, 1), ("d1", 24, 24, 3, 1)),
-]
-HEAD = ("head", 24, 16, 3, 1)  # 4 outputs x (2 x 2) sub-pixels: position, cos, sin, type
-LAYERS = ENCODER + [layer for pair in DECODER for layer in pair] + [HEAD]
+# projections feed the decoder's skip additions; "head" is linear. The channel widths of
+# the four levels (1/2 to 1/16 resolution) are the one free choice; v1 is (24, 48, 96, 128).
+V1_WIDTHS = (24, 48, 96, 128)
 SKIPS = {"e1b": 0, "e2b": 1, "e3b": 2}  # encoder outputs kept for the decoder, finest first
 NMS = 7  # LEADER's non-maximum suppression window
 INPUT_SCALE, INPUT_SHIFT = 1 / 64, -2.0  # grey 0..255 -> about -2..2
+HEAD_OUT = 16  # 4 outputs x (2 x 2) sub-pixels: position, cos, sin, type
 
 
-def weight_shapes() -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+def encoder(widths: tuple[int, ...] = V1_WIDTHS) -> list[tuple]:
+    w1, w2, w3, w4 = widths
+    return [("e1a", 4, w1, 3, 1), ("e1b", w1, w1, 3, 1),
+            ("e2a", w1, w2, 3, 2), ("e2b", w2, w2, 3, 1),
+            ("e3a", w2, w3, 3, 2), ("e3b", w3, w3, 3, 1),
+            ("e4a", w3, w4, 3, 2), ("e4b", w4, w4, 3, 1)]
+
+
+def decoder(widths: tuple[int, ...] = V1_WIDTHS) -> list[tuple[tuple, tuple]]:
+    """(lateral 1x1 from the coarser level, 3x3 after the addition), coarsest first."""
+    w1, w2, w3, w4 = widths
+    return [(("l3", w4, w3, 1, 1), ("d3", w3, w3, 3, 1)),
+            (("l2", w3, w2, 1, 1), ("d2", w2, w2, 3, 1)),
+            (("l1", w2, w1, 1, 1), ("d1", w1, w1, 3, 1))]
+
+
+def layers(widths: tuple[int, ...] = V1_WIDTHS) -> list[tuple]:
+    """Every convolution of the network, in order."""
+    return (encoder(widths) + [layer for pair in decoder(widths) for layer in pair]
+            + [("head", widths[0], HEAD_OUT, 3, 1)])
+
+
+def widths_of(weights: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """The level widths a set of weights was trained with."""
+    return tuple(int(weights[f"e{i}b.weight"].shape[0]) for i in range(1, 5))
+
+
+def weight_shapes(widths: tuple[int, ...] = V1_WIDTHS) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
     """Layer name -> (weight shape OIHW, bias shape)."""
-    return {n: ((o, i, k, k), (o,)) for n, i, o, k, _ in LAYERS}
+    return {n: ((o, i, k, k), (o,)) for n, i, o, k, _ in layers(widths)}
+
+
+def widen(weights: dict[str, np.ndarray], widths: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
+    """The same function with more channels per level, to go on training with more capacity.
+
+    Old channels keep their weights and never read the new ones (zero columns); the new
+    channels read everything with fresh He-scaled weights and nothing reads them yet, so
+    the widened network's output equals the old one's until training moves it.
+    """
+    rng = np.random.default_rng(seed)
+    old = widths_of(weights)
+    if any(n < o for n, o in zip(widths, old)):
+        raise ValueError(f"cannot narrow {old} to {widths}")
+    out = {}
+    for name, (shape, _) in weight_shapes(widths).items():
+        w_old, b_old = weights[f"{name}.weight"], weights[f"{name}.bias"]
+        o_old, i_old = w_old.shape[:2]
+        fan_in = shape[1] * shape[2] * shape[3]
+        w = np.zeros(shape, np.float32)
+        w[o_old:] = rng.normal(0, np.sqrt(2 / fan_in), (shape[0] - o_old, *shape[1:]))
+        w[:o_old, :i_old] = w_old
+        b = np.zeros(shape[0], np.float32)
+        b[:o_old] = b_old
+        out[f"{name}.weight"], out[f"{name}.bias"] = w, b
+    return out
 
 
 def to_onnx(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -50,10 +92,10 @@ def to_onnx(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
 
     Args:
         weights: ``"<layer>.weight"`` (OIHW) and ``"<layer>.bias"`` float32 arrays for
-            every layer of ``LAYERS``.
+            every layer of ``layers(widths)``; the widths are read from the shapes.
     """
-    shapes = weight_shapes()
-    for n, (ws, bs) in shapes.items():
+    widths = widths_of(weights)
+    for n, (ws, bs) in weight_shapes(widths).items():
         if weights[f"{n}.weight"].shape != ws or weights[f"{n}.bias"].shape != bs:
             raise ValueError(f"student weights for {n} have the wrong shape")
     g = GraphBuilder()
@@ -70,15 +112,15 @@ def to_onnx(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
                      g.const(np.array(INPUT_SHIFT, np.float32))])
     x = g.op("SpaceToDepth", [x], blocksize=2)
     skips: list[str] = []
-    for layer in ENCODER:
+    for layer in encoder(widths):
         x = conv(x, layer, relu=True)
         if layer[0] in SKIPS:
             skips.append(x)
     scales = g.const(np.array([1, 1, 2, 2], np.float32))
-    for (lateral, refine), skip in zip(DECODER, reversed(skips)):
+    for (lateral, refine), skip in zip(decoder(widths), reversed(skips)):
         up = g.op("Resize", [conv(x, lateral, relu=False), "", scales], mode="nearest")
         x = conv(g.op("Relu", [g.op("Add", [up, skip])]), refine, relu=True)
-    x = g.op("DepthToSpace", [conv(x, HEAD, relu=False)], blocksize=2, mode="CRD")
+    x = g.op("DepthToSpace", [conv(x, layers(widths)[-1], relu=False)], blocksize=2, mode="CRD")
     pos_logit, cos, sin, typ_logit = (g.op("Slice", [x, g.const(np.array([c], np.int64)),
                                                      g.const(np.array([c + 1], np.int64)),
                                                      g.const(np.array([1], np.int64))]) for c in range(4))
@@ -96,7 +138,7 @@ def to_onnx(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     return g.model("finger_student", {"input": [1, "H", "W", 1]}, {"head_conc": [1, "H", "W", 4]})
 
 
-def torch_module():
+def torch_module(widths: tuple[int, ...] = V1_WIDTHS):
     """The same network as a ``torch.nn.Module`` returning the 4 raw maps at full size
     (position logit, cos, sin, type logit). Training only: imports PyTorch."""
     import torch
@@ -106,16 +148,17 @@ def torch_module():
     class Student(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.convs = nn.ModuleDict({n: nn.Conv2d(i, o, k, stride=s, padding=k // 2) for n, i, o, k, s in LAYERS})
+            self.convs = nn.ModuleDict({n: nn.Conv2d(i, o, k, stride=s, padding=k // 2)
+                                        for n, i, o, k, s in layers(widths)})
 
         def forward(self, grey: torch.Tensor) -> torch.Tensor:
             x = F.pixel_unshuffle(grey * INPUT_SCALE + INPUT_SHIFT, 2)
             skips = []
-            for n, *_ in ENCODER:
+            for n, *_ in encoder(widths):
                 x = F.relu(self.convs[n](x))
                 if n in SKIPS:
                     skips.append(x)
-            for ((lat, *_), (ref, *_)), skip in zip(DECODER, reversed(skips)):
+            for ((lat, *_), (ref, *_)), skip in zip(decoder(widths), reversed(skips)):
                 up = F.interpolate(self.convs[lat](x), scale_factor=2, mode="nearest")
                 x = F.relu(self.convs[ref](F.relu(up + skip)))
             return F.pixel_shuffle(self.convs["head"](x), 2)

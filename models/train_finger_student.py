@@ -125,15 +125,20 @@ def loss_fn(pred, pos, cos, sin, typ):
 
 
 def train(samples: list[dict], minutes: float, batch_size: int = 16, lr: float = 2e-3, seed: int = 0,
-          init: Path | None = None):
+          init: Path | None = None, widths: tuple[int, ...] | None = None):
     import torch
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = finger_student.torch_module()
-    if init is not None:  # go on from earlier weights
+    start_weights = None
+    if init is not None:  # go on from earlier weights, widened if asked
         with np.load(init) as z:
-            net.load_numpy_weights({k: z[k] for k in z.files})
+            start_weights = {k: z[k] for k in z.files}
+        widths = widths or finger_student.widths_of(start_weights)
+        start_weights = finger_student.widen(start_weights, widths, seed)
+    net = finger_student.torch_module(widths or finger_student.V1_WIDTHS)
+    if start_weights is not None:
+        net.load_numpy_weights(start_weights)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     start, step, log = time.monotonic(), 0, []
     budget = minutes * 60
@@ -163,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", type=Path, help="start from these weights (.npz) instead of at random")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay over the budget)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--widths", type=lambda v: tuple(int(x) for x in v.split(",")),
+                   help="channels of the four levels, e.g. 36,72,144,192 (default v1's, or --init's "
+                        "widened to these)")
     args = p.parse_args(argv)
     import torch
 
@@ -170,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     images = training_images()
     samples = teacher_maps(images)
     print(f"{len(samples)} training impressions", flush=True)
-    net, steps = train(samples, args.minutes, args.batch, args.lr, args.seed, args.init)
+    net, steps = train(samples, args.minutes, args.batch, args.lr, args.seed, args.init, args.widths)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **net.numpy_weights())
     print(f"{steps} steps; weights written to {args.out}")

@@ -64,3 +64,20 @@ def test_graph_refuses_weights_of_another_shape():
     weights["e1a.weight"] = np.zeros((8, 4, 3, 3), np.float32)
     with pytest.raises(ValueError, match="e1a"):
         finger_student.to_onnx(weights)
+
+
+def test_widening_keeps_the_network_s_answer():
+    """Training a wider student starts from the narrower one's function, not from noise."""
+    import onnxruntime as ort
+
+    with np.load(build.FINGER_LITE_WEIGHTS) as z:
+        v1 = {k: z[k] for k in z.files}
+    wide = finger_student.widen(v1, (36, 72, 144, 192))
+    assert finger_student.widths_of(wide) == (36, 72, 144, 192)
+    assert any(np.abs(wide[f"{n}.weight"]).sum() > np.abs(v1[f"{n}.weight"]).sum() for n in ("e1b", "d1"))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 96, 128, 1)).astype(np.float32)
+    out = [ort.InferenceSession(finger_student.to_onnx(w).SerializeToString()).run(None, {"input": x})[0]
+           for w in (v1, wide)]
+    np.testing.assert_allclose(out[1], out[0], atol=1e-5)
+    with pytest.raises(ValueError, match="narrow"):
+        finger_student.widen(wide, finger_student.V1_WIDTHS)
