@@ -5,7 +5,8 @@ caller (principal id and name), RPC, partition, the subject ids the call touched
 returned, and the outcome (a gRPC status name). Never images, templates or scores. Each
 entry carries the SHA-256 of the previous entry's hash and its own canonical JSON, so an
 edited, removed, inserted or reordered entry breaks the chain (:func:`verify`). Each entry
-is written and fsynced before the caller gets its answer.
+is written and fsynced before the caller gets its answer; calls that end together share
+one fsync (group commit), so the log does not hold concurrent calls to one disk flush each.
 
 What a chain alone cannot show is the loss of its newest entries (a truncated tail is a
 shorter valid chain): the head (sequence and hash) is what to copy elsewhere, e.g. into
@@ -79,9 +80,11 @@ class AuditLog:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # order: the chain and the file's lines
+        self._flush = threading.Lock()  # one fsync at a time; waiters often find theirs done
         self._seq, self._head = 0, GENESIS
         self._recover()
+        self._durable = self._seq  # every entry up to here is on disk
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def _recover(self) -> None:
@@ -104,7 +107,12 @@ class AuditLog:
 
     def append(self, principal_id: str, principal_name: str, rpc: str, partition: str,
                subject_ids: tuple[str, ...], outcome: str) -> AuditEntry:
-        """Write one entry durably (fsync) and return it."""
+        """Write one entry durably (fsync) and return it.
+
+        The line is written in chain order under one lock; the fsync is taken outside it,
+        and one fsync makes every line written before it durable, so calls that end at the
+        same time wait for one flush between them instead of one each.
+        """
         with self._lock:
             fields = {"seq": self._seq + 1, "unix_ms": int(time.time() * 1000), "principal_id": principal_id,
                       "principal_name": principal_name, "rpc": rpc, "partition": partition,
@@ -114,9 +122,18 @@ class AuditLog:
             line = json.dumps({**asdict(entry), "subject_ids": list(entry.subject_ids)}, sort_keys=True,
                               separators=(",", ":"), ensure_ascii=True) + "\n"
             os.write(self._fd, line.encode())
-            os.fsync(self._fd)
             self._seq, self._head = entry.seq, entry.hash
-            return entry
+        self._sync_through(entry.seq)
+        return entry
+
+    def _sync_through(self, seq: int) -> None:
+        with self._flush:
+            if self._durable >= seq:  # an fsync that began after our write covered it
+                return
+            with self._lock:
+                written = self._seq  # every line up to here has been written
+            os.fsync(self._fd)
+            self._durable = written
 
     def read(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
         """Entries with ``seq > after_seq``, oldest first, at most ``limit``."""

@@ -112,3 +112,44 @@ def test_cli_audit_verify_exit_codes(log_path):
     log_path.write_text("".join(lines))
     bad = run()
     assert bad.returncode == 1 and "chain broken" in json.loads(bad.stdout)["problem"]
+
+
+def test_concurrent_calls_share_fsyncs_and_each_returns_durable(tmp_path, monkeypatch):
+    """Group commit: 8 threads x 40 calls on a slow disk take far fewer than 320 flushes,
+    and no call returns before a flush that began after its line was written."""
+    import os
+    import threading
+    import time
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    flushed = [0]  # lines on disk after the newest completed fsync
+    calls = [0]
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):  # a disk that takes 2 ms a flush; records what each flush covered
+        lines = path.read_bytes().count(b"\n")
+        time.sleep(0.002)
+        real_fsync(fd)
+        calls[0] += 1
+        flushed[0] = max(flushed[0], lines)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    early = []
+
+    def worker(k):
+        for i in range(40):
+            e = log.append(f"k{k}", "dp", "Verify", "default", (f"S{k}-{i}",), "OK")
+            if flushed[0] < e.seq:
+                early.append(e.seq)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    assert not early, f"calls returned before their entry was flushed: {early[:5]}"
+    assert calls[0] < 160, calls[0]  # one flush each would be 320
+    report = verify(path)
+    assert report.ok and report.entries == 320 and report.head[0] == 320
