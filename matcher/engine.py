@@ -312,7 +312,8 @@ class Engine:
         return VerifyResult(fmr <= self.thresholds.verify_fmr, evidence(fmr), fmr, a.template.model_id)
 
     def import_change(self, site: str, seq: int, kind: str, subject: Subject | None = None, partition: str = "",
-                      subject_id: str = "") -> tuple[str, tuple[ScoredCandidate, ...]]:
+                      subject_id: str = "", origin: str = "", origin_seq: int = 0,
+                      ) -> tuple[str, tuple[ScoredCandidate, ...]]:
         """Apply change ``seq`` of peer ``site`` (see :meth:`SubjectStore.apply_remote`).
 
         An imported enrolment is deduplicated against this gallery like a local one, but
@@ -331,13 +332,15 @@ class Engine:
                 candidates = tuple(c for c in self._candidates(part, subject.templates, self.thresholds.max_candidates)
                                    if c.fpir <= self.thresholds.dedup_fpir)
                 flag = ("CROSS_SITE_DUPLICATE", [c.subject_id for c in candidates]) if candidates else None
-                outcome = self.store.apply_remote(site, seq, kind, subject, flag=flag)
+                outcome = self.store.apply_remote(site, seq, kind, subject, flag=flag, origin=origin,
+                                                  origin_seq=origin_seq)
                 if outcome == "applied":
                     for t in subject.templates:
                         self.matchers[t.modality].add(part, subject.subject_id, t.position, t.template)
                     self._subjects[part] = self._subjects.get(part, 0) + 1
             else:
-                outcome = self.store.apply_remote(site, seq, kind, partition=partition, subject_id=subject_id)
+                outcome = self.store.apply_remote(site, seq, kind, partition=partition, subject_id=subject_id,
+                                                  origin=origin, origin_seq=origin_seq)
                 if kind == "delete" and outcome == "applied":
                     for m in self.matchers.values():
                         m.remove(partition, subject_id)

@@ -27,7 +27,8 @@ from matcher import sealing
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.templates import Template, parse_template
 
-SCHEMA_VERSION = 4  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads
+SCHEMA_VERSION = 5  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
+# 5: relayed changes (a change's origin site and the peer it came through)
 MAX_ID_LEN = 128
 
 _SCHEMA = """
@@ -51,16 +52,21 @@ CREATE TABLE IF NOT EXISTS templates (
     FOREIGN KEY (partition, subject_id) REFERENCES subjects (partition, subject_id) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
--- This site's own changes, numbered without gaps in the transaction that makes them: what
--- sync bundles carry to peers. Changes imported from peers are not re-numbered here.
+-- The changes this site sends peers, numbered without gaps in the transaction that makes
+-- them: its own (via '') and those it applied from a peer (via that peer), so a change made
+-- at one field site reaches the others through the country server. origin/origin_seq name
+-- the site that made it and its number there ('' / 0: this site, this seq).
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
     partition TEXT NOT NULL,
     subject_id TEXT NOT NULL,
-    unix_ms INTEGER NOT NULL
+    unix_ms INTEGER NOT NULL,
+    via TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
+    origin_seq INTEGER NOT NULL DEFAULT 0
 );
--- Where an imported subject came from.
+-- Where an imported subject came from: the site that enrolled it and its change number there.
 CREATE TABLE IF NOT EXISTS origins (
     partition TEXT NOT NULL,
     subject_id TEXT NOT NULL,
@@ -122,13 +128,21 @@ def _context(partition: str, subject_id: str, modality: str, position: int, mode
 
 @dataclass(frozen=True)
 class Change:
-    """One change of this site, as sync bundles carry it: ``enrol`` or ``delete``."""
+    """One change this site sends its peers: ``enrol`` or ``delete``, made here or relayed.
+
+    Attributes:
+        via: the peer it was applied from ("" when made here): never sent back there.
+        origin / origin_seq: the site that made it and its number there ("" / 0: here).
+    """
 
     seq: int
     kind: str
     partition: str
     subject_id: str
     unix_ms: int
+    via: str = ""
+    origin: str = ""
+    origin_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -218,7 +232,7 @@ class SubjectStore:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if "schema_version" not in meta:
             meta = self._create_meta(kek)
-        elif meta["schema_version"] in ("1", "2", "3"):
+        elif meta["schema_version"] in ("1", "2", "3", "4"):
             self._migrate(int(meta["schema_version"]))
         elif int(meta["schema_version"]) != SCHEMA_VERSION:
             raise RuntimeError(f"store schema {meta['schema_version']} is not the supported {SCHEMA_VERSION}")
@@ -228,7 +242,8 @@ class SubjectStore:
         """Version 1 had no change log: every subject enrolled so far becomes a change, in
         enrolment order, so that a first sync carries it. Versions 1-2 had no derived
         features: the column is added empty and filled at the next gallery load. Versions
-        1-3 kept no audit heads of peers: empty until their next bundle."""
+        1-3 kept no audit heads of peers: empty until their next bundle. Versions 1-4 relayed
+        nothing: every change so far was made here."""
         with self._transaction():
             if version < 2:
                 self._db.execute("INSERT INTO changes (kind, partition, subject_id, unix_ms) "
@@ -241,6 +256,11 @@ class SubjectStore:
             for name, kind in (("audit_seq", "INTEGER"), ("audit_hash", "TEXT")):
                 if name not in columns:
                     self._db.execute(f"ALTER TABLE peers ADD COLUMN {name} {kind}")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(changes)")}
+            for name, kind in (("via", "TEXT NOT NULL DEFAULT ''"), ("origin", "TEXT NOT NULL DEFAULT ''"),
+                               ("origin_seq", "INTEGER NOT NULL DEFAULT 0")):
+                if name not in columns:
+                    self._db.execute(f"ALTER TABLE changes ADD COLUMN {name} {kind}")
             self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     @contextlib.contextmanager
@@ -256,9 +276,11 @@ class SubjectStore:
                 raise
             self._db.execute("COMMIT")
 
-    def _log(self, kind: str, partition: str, subject_id: str) -> None:
-        self._db.execute("INSERT INTO changes (kind, partition, subject_id, unix_ms) VALUES (?, ?, ?, ?)",
-                         (kind, partition, subject_id, int(time.time() * 1000)))
+    def _log(self, kind: str, partition: str, subject_id: str, via: str = "", origin: str = "",
+             origin_seq: int = 0) -> None:
+        self._db.execute("INSERT INTO changes (kind, partition, subject_id, unix_ms, via, origin, origin_seq) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (kind, partition, subject_id, int(time.time() * 1000), via, origin, origin_seq))
 
     def _create_meta(self, kek: bytes | None) -> dict[str, str]:
         meta = {"schema_version": str(SCHEMA_VERSION), "encryption": "none"}
@@ -405,7 +427,8 @@ class SubjectStore:
     def changes_since(self, after_seq: int, limit: int = 10_000) -> list[Change]:
         """This site's changes after ``after_seq``, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, kind, partition, subject_id, unix_ms FROM changes WHERE seq > ? "
+            rows = self._db.execute("SELECT seq, kind, partition, subject_id, unix_ms, via, origin, origin_seq "
+                                    "FROM changes WHERE seq > ? "
                                     "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
         return [Change(*r) for r in rows]
 
@@ -438,7 +461,7 @@ class SubjectStore:
                     self._db.execute(f"UPDATE peers SET {name} = ? WHERE site=?", (value, site))
 
     def note_audit_head(self, site: str, seq: int, digest: str) -> None:
-        """Keep a peer's audit log head as a bundle of its stated it (only forwards: an older
+        """Keep a peer's audit log head as its newest bundle stated it (only forwards: an older
         bundle imported again does not move it back)."""
         with self._transaction():
             self._db.execute("INSERT OR IGNORE INTO peers (site) VALUES (?)", (site,))
@@ -447,19 +470,28 @@ class SubjectStore:
 
     def apply_remote(self, site: str, seq: int, kind: str, subject: Subject | None = None,
                      partition: str = "", subject_id: str = "",
-                     flag: tuple[str, list[str]] | None = None) -> str:
+                     flag: tuple[str, list[str]] | None = None, origin: str = "", origin_seq: int = 0) -> str:
         """Apply change ``seq`` of peer ``site`` in one transaction with its cursor.
 
+        An applied enrolment or deletion joins this site's own change log (via ``site``), so
+        the next bundles to its other peers relay it.
+
         Args:
-            kind: ``enrol`` (with ``subject``), ``delete`` (``partition``, ``subject_id``) or
-                ``erased`` (an enrolment deleted at its site before it was sent).
+            kind: ``enrol`` (with ``subject``), ``delete`` (``partition``, ``subject_id``),
+                ``erased`` (an enrolment deleted at its site before it was sent) or ``skip``
+                (a change the peer holds from this site: nothing to apply).
             flag: (kind, candidate ids) to record for adjudication with an enrolment.
+            origin / origin_seq: the site that made the change and its number there, when
+                ``site`` relays it ("" / 0: ``site`` made it, as change ``seq``).
 
         Returns:
-            ``applied``, ``already`` (seen before: nothing done), ``conflict`` (the id is
-            taken here: flagged, not stored), ``absent`` (a delete of nothing) or ``gap``
-            (``seq`` is not the next one from ``site``: nothing applied, the gap counted).
+            ``applied``, ``already`` (seen before: nothing done), ``known`` (an enrolment
+            that reached here before by another path: nothing done), ``conflict`` (the id is
+            taken here by another enrolment: flagged, not stored), ``absent`` (a delete of
+            nothing), ``erased`` / ``skipped`` (nothing to apply) or ``gap`` (``seq`` is not
+            the next one from ``site``: nothing applied, the gap counted).
         """
+        origin, origin_seq = (origin, origin_seq) if origin else (site, seq)
         with self._transaction():
             self._db.execute("INSERT OR IGNORE INTO peers (site) VALUES (?)", (site,))
             applied = self._db.execute("SELECT applied_seq FROM peers WHERE site=?", (site,)).fetchone()[0]
@@ -473,19 +505,28 @@ class SubjectStore:
             if kind == "enrol":
                 taken = self._db.execute("SELECT 1 FROM subjects WHERE partition=? AND subject_id=?",
                                          (subject.partition, subject.subject_id)).fetchone()
-                if taken:
+                came = self._db.execute("SELECT site, seq FROM origins WHERE partition=? AND subject_id=?",
+                                        (subject.partition, subject.subject_id)).fetchone()
+                if taken and came == (origin, origin_seq):
+                    outcome, flag = "known", None
+                elif taken:
                     outcome, flag = "conflict", ("ID_CONFLICT", [subject.subject_id])
                 else:
                     self._insert([subject])
                     self._db.execute("INSERT INTO origins VALUES (?, ?, ?, ?)",
-                                     (subject.partition, subject.subject_id, site, seq))
+                                     (subject.partition, subject.subject_id, origin, origin_seq))
+                    self._log("enrol", subject.partition, subject.subject_id, site, origin, origin_seq)
                 if flag:
                     self._db.execute("INSERT OR REPLACE INTO flags VALUES (?, ?, ?, ?, ?, ?)",
                                      (subject.partition, subject.subject_id, flag[0], site, json.dumps(flag[1]), now))
             elif kind == "delete":
                 outcome = "applied" if self._delete(partition, subject_id) else "absent"
+                if outcome == "applied":
+                    self._log("delete", partition, subject_id, site, origin, origin_seq)
             elif kind == "erased":  # enrolled and deleted again before it was sent: nothing to store
                 outcome = "erased"
+            elif kind == "skip":  # relayed to us from here, or through here: we hold it
+                outcome = "skipped"
             else:
                 raise InvalidInput(f"unknown change kind {kind!r}")
             self._db.execute("UPDATE peers SET applied_seq=?, last_import_ms=? WHERE site=?", (seq, now, site))

@@ -19,6 +19,13 @@ decryption, every template's bytes, and that the range starts no later than the 
 change expected from the sender; then it applies the changes in order, each in one
 transaction with the sender's cursor, skipping those already applied (idempotent).
 
+Relaying: a change applied from a peer joins the receiver's own change log, so a country
+server passes one field site's enrolments and deletions on to the others (a person
+registered at camp A is known at camp B after both sync). Each change carries the site
+that made it and its number there; it is never sent back to that site or to the peer it
+came through (a ``skip`` record keeps the numbering), and an enrolment that arrives a
+second time by another path is recognised by that origin, not flagged as a conflict.
+
 An acknowledgement (``b"TMBA"``, signed, not secret) tells the sender how far this site
 applied its changes, which advances what the sender's next export starts from.
 """
@@ -268,8 +275,11 @@ def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: st
     changes = store.changes_since(after, limit)
     records = []
     for c in changes:
+        if to_site in (c.via, c.origin):  # the peer holds it already: keep the numbering, send nothing
+            records.append({"seq": c.seq, "kind": "skip", "partition": "", "subject_id": "", "unix_ms": c.unix_ms})
+            continue
         record = {"seq": c.seq, "kind": c.kind, "partition": c.partition, "subject_id": c.subject_id,
-                  "unix_ms": c.unix_ms}
+                  "unix_ms": c.unix_ms, "origin": c.origin or keys.site, "origin_seq": c.origin_seq or c.seq}
         if c.kind == "enrol":
             try:
                 s = store.get(c.partition, c.subject_id)
@@ -294,7 +304,7 @@ def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: st
     body = AESGCM(key).encrypt(nonce, zlib.compress(json.dumps({"changes": records}).encode(), 6), h)
     data = _frame(BUNDLE_MAGIC, header, body, keys)
     store.note_peer(to_site, last_export_ms=int(time.time() * 1000))
-    return Bundle(data, first, last, len(records), tuple(dict.fromkeys(r["subject_id"] for r in records)))
+    return Bundle(data, first, last, len(records), _subject_ids(records))
 
 
 @dataclass(frozen=True)
@@ -369,6 +379,7 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
         raise
     site = header["from"]
     subjects = {r["seq"]: subject_of(r) for r in records if r["kind"] == "enrol"}  # all parse, or none applied
+    origins = {r["seq"]: _origin_of(r, site) for r in records}
     applied_before = store.peer(site).applied_seq
     if header["first"] > applied_before + 1:
         store.note_peer(site, gaps=1)
@@ -378,8 +389,8 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
     flagged = []
     for r in records:
         outcome, candidates = engine.import_change(site, r["seq"], r["kind"], subjects.get(r["seq"]),
-                                                   r["partition"], r["subject_id"])
-        if outcome == "already":
+                                                   r["partition"], r["subject_id"], *origins[r["seq"]])
+        if outcome in ("already", "known", "skipped"):
             already += 1
             continue
         applied += 1
@@ -390,7 +401,21 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
     if audit_head is not None:
         store.note_audit_head(site, *audit_head)
     return ImportReport(site, header["first"], header["last"], applied, already, tuple(flagged),
-                        make_ack(store, keys, site), tuple(dict.fromkeys(r["subject_id"] for r in records)))
+                        make_ack(store, keys, site), _subject_ids(records))
+
+
+def _subject_ids(records: list[dict]) -> tuple[str, ...]:
+    """Whose data a bundle carries (for the audit log), each once, skips left out."""
+    return tuple(dict.fromkeys(r["subject_id"] for r in records if r["subject_id"]))
+
+
+def _origin_of(record: dict, sender: str) -> tuple[str, int]:
+    """(site that made the change, its number there); a bundle from before relaying has
+    neither: the sender made it."""
+    origin, origin_seq = record.get("origin", sender), record.get("origin_seq", record["seq"])
+    if not isinstance(origin, str) or not origin or type(origin_seq) is not int or origin_seq < 1:
+        raise BundleRefused(f"change {record['seq']} names no valid origin", "MALFORMED")
+    return origin, origin_seq
 
 
 def _audit_head(header: dict) -> tuple[int, str] | None:

@@ -62,6 +62,21 @@ def test_a_version_3_store_learns_peers_audit_heads(tmp_path):
     s.close()
 
 
+def test_a_version_4_store_relays_from_then_on(tmp_path):
+    path = tmp_path / "v4.sqlite"
+    s = SubjectStore(path)
+    s.add(_subject("X", seed=1))
+    s.close()
+    with sqlite3.connect(path) as db:  # what version 4 looked like: only this site's changes
+        for column in ("via", "origin", "origin_seq"):
+            db.execute(f"ALTER TABLE changes DROP COLUMN {column}")
+        db.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
+    s = SubjectStore(path)
+    assert s.apply_remote("field-1", 1, "enrol", _subject("F1", seed=2)) == "applied"
+    assert [(c.subject_id, c.via, c.origin) for c in s.changes_since(0)] == [("X", "", ""), ("F1", "field-1", "field-1")]
+    s.close()
+
+
 def test_peer_changes_apply_once_in_order(store):
     assert store.apply_remote("field-1", 2, "enrol", _subject("F2", seed=2)) == "gap"
     assert store.peer("field-1").gaps == 1 and store.count() == 0
@@ -77,4 +92,19 @@ def test_peer_changes_apply_once_in_order(store):
     assert {s for _, s, _, _ in store.templates("face/dlib-resnet-v1")} == {"F2", "L9"}
     assert [(f["subject_id"], f["kind"], f["candidates"]) for f in store.flags()] == [
         ("F2", "CROSS_SITE_DUPLICATE", ["L7"]), ("L9", "ID_CONFLICT", ["L9"])]
-    assert [c.subject_id for c in store.changes_since(0)] == ["L9"]  # imports are not this site's changes
+    # applied imports join this site's log to be relayed, with where they came from
+    assert [(c.subject_id, c.kind, c.via, c.origin, c.origin_seq) for c in store.changes_since(0)] == [
+        ("F1", "enrol", "field-1", "field-1", 1), ("F2", "enrol", "field-1", "field-1", 2),
+        ("F1", "delete", "field-1", "field-1", 3), ("L9", "enrol", "", "", 0)]
+
+
+def test_a_relayed_enrolment_arriving_again_by_another_path_is_known_not_a_conflict(store):
+    assert store.apply_remote("country", 1, "enrol", _subject("R1", seed=1), origin="field-2",
+                              origin_seq=1) == "applied"
+    assert store.apply_remote("field-2", 1, "enrol", _subject("R1", seed=1)) == "known"
+    assert store.apply_remote("field-3", 1, "enrol", _subject("R1", seed=5)) == "conflict"  # another R1
+    assert store.apply_remote("country", 2, "skip") == "skipped"
+    assert store.peer("country").applied_seq == 2 and store.peer("field-2").applied_seq == 1
+    assert [(f["subject_id"], f["site"]) for f in store.flags()] == [("R1", "field-3")]
+    assert [(c.subject_id, c.via, c.origin, c.origin_seq) for c in store.changes_since(0)] == [
+        ("R1", "country", "field-2", 1)]

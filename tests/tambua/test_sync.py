@@ -257,3 +257,47 @@ def test_site_keys_are_sealed_under_an_encrypted_store(tmp_path):
     assert "sealed" in (old / "site.key").read_text() and (old / "site.key").stat().st_mode & 0o777 == 0o600
     assert SiteKeys.load(old, store).identity() == plain.identity()
 
+
+
+def test_the_country_server_relays_between_field_sites_and_never_back(tmp_path, orl, models):
+    """A person registered at camp A is known at camp B once both have synced with the
+    country server; nothing comes back to where it was made, and a deletion travels on."""
+    names = ("field-1", "field-2", "country")
+    dirs = {s: tmp_path / s for s in names}
+    ids = {s: identity(dirs[s], s, tmp_path) for s in names}
+    for site, peers in (("field-1", ["country"]), ("field-2", ["country"]), ("country", ["field-1", "field-2"])):
+        for peer in peers:
+            ok("sync", "peer", "add", str(ids[peer]), "--data-dir", str(dirs[site]))
+    a, b, country = (Site(Server(dirs[s])) for s in names)
+    for s in (a, b, country):
+        s.server.start()
+    try:
+        a.enrol("A1", orl, 1, 1)
+        a.enrol("A2", orl, 2, 1)
+        b.enrol("B3", orl, 3, 1)
+        a.export("country", tmp_path / "a.tmb")
+        assert country.imports(tmp_path / "a.tmb")["applied"] == 2
+        b.export("country", tmp_path / "b.tmb")
+        assert country.imports(tmp_path / "b.tmb")["applied"] == 1
+        relay = country.export("field-2", tmp_path / "c2.tmb")
+        assert relay["changes"] == 3  # A1, A2 relayed; B3 sent back as a numbered skip
+        got = b.imports(tmp_path / "c2.tmb")
+        assert (got["applied"], got["already"], got["flagged"]) == (2, 1, [])
+        assert b.has("A1") and b.has("A2") and b.subjects() == 3
+        found = b.stub.Identify(pb.IdentifyRequest(samples=[face(orl, 1, 4)]), timeout=60).candidates
+        assert found[0].subject_id == "A1"  # camp B recognises camp A's person, offline
+        country.export("field-1", tmp_path / "c1.tmb")
+        back = a.imports(tmp_path / "c1.tmb")
+        assert (back["applied"], back["flagged"]) == (1, []) and a.has("B3") and a.subjects() == 3
+        # camp B's own log now holds A1 and A2 via the country server: never sent back there
+        b.stub.DeleteSubject(pb.SubjectRequest(subject_id="A2"), timeout=30)
+        b.export("country", tmp_path / "b2.tmb")
+        r = country.imports(tmp_path / "b2.tmb")
+        assert (r["applied"], r["flagged"]) == (1, []) and not country.has("A2") and country.has("A1")
+        country.export("field-1", tmp_path / "c1b.tmb")
+        a.imports(tmp_path / "c1b.tmb")
+        assert not a.has("A2") and a.has("A1") and a.has("B3")
+        assert all(s.status()["flagged"] == [] for s in (a, b, country))
+    finally:
+        for s in (a, b, country):
+            s.server.stop()
