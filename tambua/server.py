@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from enroll.finger.networks import NETWORKS
 from matcher.engine import Engine, SampleInput
 from matcher.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
@@ -374,9 +375,10 @@ def refuse_foreign_templates(stored: dict[tuple[str, str], int], running: dict[s
     foreign = {k: n for k, n in stored.items() if running.get(k[0], k[1]) != k[1]}
     if foreign:
         found = ", ".join(f"{n} {modality} templates of {model}" for (modality, model), n in sorted(foreign.items()))
+        settings = ", ".join(f"{name} = {model_id}" for name, (model_id, _) in NETWORKS.items())
         raise ModelMismatch(f"the store holds {found}, which this server ({', '.join(sorted(running.values()))}) "
                          "cannot search: start it with the models the store was filled with "
-                         "(finger_network: leader = finger/leader-mcc-v1, lite = finger/lite-mcc-v1)")
+                         f"(finger_network: {settings})")
 
 
 def serve(config: Config) -> None:

@@ -11,21 +11,14 @@ import cv2
 import numpy as np
 
 from enroll.finger.minutiae import LeaderMinutiae
+from enroll.finger.networks import LEADER, NETWORKS
 from enroll.finger.segment import Foreground, segment
 from enroll.image import decode_image
 from matcher.errors import InvalidInput, QualityError
 from matcher.minutiae import MAX_MINUTIAE, MinutiaeTemplate
 from models.paths import model_dir as default_model_dir
 
-FINGER_MODEL_ID = "finger/leader-mcc-v1"
-LEADER_FILE = "finger_minutiae_leader.onnx"
-# The minutiae networks: template model id and graph file. "lite" is the student distilled
-# from LEADER (models/finger_student.py): ~7x faster, less accurate on noisy impressions
-# (models/cards/finger.md); not yet selectable in the service.
-NETWORKS = {
-    "leader": (FINGER_MODEL_ID, LEADER_FILE),
-    "lite": ("finger/lite-mcc-v1", "finger_minutiae_lite_v1.onnx"),
-}
+FINGER_MODEL_ID, LEADER_FILE = LEADER
 NATIVE_DPI = 500
 
 

@@ -28,7 +28,7 @@ def test_lite_finds_leaders_minutiae(extractors, fingerprints):
     for path in _held_out(fingerprints):
         a = leader.extract(path.read_bytes())
         b = lite.extract(path.read_bytes())
-        assert a.model_id == "finger/leader-mcc-v1" and b.model_id == "finger/lite-mcc-v1"
+        assert a.model_id == "finger/leader-mcc-v1" and b.model_id == "finger/lite-mcc-v2"
         d = np.hypot(a.minutiae[:, None, 0] - b.minutiae[None, :, 0], a.minutiae[:, None, 1] - b.minutiae[None, :, 1])
         nearest = d.argmin(1)
         turn = np.abs(np.angle(np.exp(1j * (a.minutiae[:, 2] - b.minutiae[nearest, 2]))))
@@ -47,14 +47,16 @@ def test_lite_templates_match_mates_not_others(extractors, fingerprints):
     assert min(mated) > max(others)
 
 
-def test_build_refuses_tampered_weights(tmp_path):
-    data = bytearray(build.FINGER_LITE_WEIGHTS.read_bytes())
+@pytest.mark.parametrize("graph", sorted(build.FINGER_LITE))
+def test_build_refuses_tampered_weights(tmp_path, graph):
+    weights, sha256 = build.FINGER_LITE[graph]
+    data = bytearray(weights.read_bytes())
     data[-100] ^= 1
-    bad = tmp_path / "finger_lite_v1.npz"
+    bad = tmp_path / weights.name
     bad.write_bytes(bytes(data))
     with pytest.raises(build.BuildError, match="sha256"):
-        build.finger_lite_graph(bad)
-    assert build.finger_lite_graph(build.FINGER_LITE_WEIGHTS)  # the pinned file builds
+        build.finger_lite_graph(bad, sha256)
+    assert build.finger_lite_graph(weights, sha256)  # the pinned file builds
 
 
 def test_graph_refuses_weights_of_another_shape():
@@ -70,7 +72,7 @@ def test_widening_keeps_the_network_s_answer():
     """Training a wider student starts from the narrower one's function, not from noise."""
     import onnxruntime as ort
 
-    with np.load(build.FINGER_LITE_WEIGHTS) as z:
+    with np.load(build.FINGER_LITE["finger_minutiae_lite_v1.onnx"][0]) as z:
         v1 = {k: z[k] for k in z.files}
     wide = finger_student.widen(v1, (36, 72, 144, 192))
     assert finger_student.widths_of(wide) == (36, 72, 144, 192)
@@ -81,3 +83,14 @@ def test_widening_keeps_the_network_s_answer():
     np.testing.assert_allclose(out[1], out[0], atol=1e-5)
     with pytest.raises(ValueError, match="narrow"):
         finger_student.widen(wide, finger_student.V1_WIDTHS)
+
+
+def test_the_first_student_still_serves_stores_filled_with_it(models, fingerprints):
+    from enroll.finger.pipeline import FingerExtractor
+
+    old = FingerExtractor(models, network="lite-v1")
+    image = (fingerprints / "fvc2002_db1_b" / "105" / "105_2.tif").read_bytes()
+    t = old.extract(image)
+    assert t.model_id == "finger/lite-mcc-v1" and len(t.minutiae) >= 20
+    assert finger_student.widths_of(dict(np.load(build.FINGER_LITE["finger_minutiae_lite_v1.onnx"][0]))) == (
+        finger_student.V1_WIDTHS)

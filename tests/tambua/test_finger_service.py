@@ -114,7 +114,7 @@ def test_lite_network_serves_and_a_store_keeps_its_network(tmp_path, fcj, models
     try:
         for n in range(2):
             r = s.stub.Enroll(pb.EnrollRequest(subject_id=f"L{n}", samples=ten(fcj, n, 1)), timeout=120)
-            assert r.outcome == pb.EnrollResponse.ENROLLED and "finger/lite-mcc-v1" in r.model_ids
+            assert r.outcome == pb.EnrollResponse.ENROLLED and "finger/lite-mcc-v2" in r.model_ids
         again = s.stub.Enroll(pb.EnrollRequest(subject_id="L1-again", samples=ten(fcj, 1, 2)), timeout=120)
         assert again.outcome == pb.EnrollResponse.DUPLICATE and again.candidates[0].subject_id == "L1"
         probe = fcj[1] / f"{fcj[1].name}_3.png"
@@ -126,4 +126,5 @@ def test_lite_network_serves_and_a_store_keeps_its_network(tmp_path, fcj, models
                              "--data-dir", str(data), "--insecure", "--finger-network", "leader"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert leader.returncode == 2
-    assert "MODEL_MISMATCH" in leader.stderr and "20 finger templates of finger/lite-mcc-v1" in leader.stderr
+    assert "MODEL_MISMATCH" in leader.stderr and "20 finger templates of finger/lite-mcc-v2" in leader.stderr
+    assert "lite = finger/lite-mcc-v2" in leader.stderr and "lite-v1 = finger/lite-mcc-v1" in leader.stderr
