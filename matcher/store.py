@@ -432,6 +432,14 @@ class SubjectStore:
                                     "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
         return [Change(*r) for r in rows]
 
+    def pending(self, site: str) -> int:
+        """Changes ``site`` has not acknowledged and does not hold already (those it made or
+        relayed here are skipped for it)."""
+        with self._lock:
+            acked = self._db.execute("SELECT acked_seq FROM peers WHERE site=?", (site,)).fetchone()
+            return self._db.execute("SELECT COUNT(*) FROM changes WHERE seq > ? AND via != ? AND origin != ?",
+                                    (acked[0] if acked else 0, site, site)).fetchone()[0]
+
     def last_seq(self) -> int:
         """The newest change of this site (0 before any)."""
         with self._lock:

@@ -80,9 +80,9 @@ class Metrics:
 
         class _Sync:
             def collect(self_inner):
-                last = store.last_seq()
                 pending = GaugeMetricFamily("tambua_sync_pending_changes",
-                                            "This site's changes a peer has not acknowledged", labels=["peer"])
+                                            "Changes a peer has not acknowledged (made or relayed here)",
+                                            labels=["peer"])
                 seen = GaugeMetricFamily("tambua_sync_last_success_timestamp_seconds",
                                          "Last import from or acknowledgement by the peer", labels=["peer"])
                 refused = GaugeMetricFamily("tambua_sync_refused_bundles", "Bundles from the peer refused",
@@ -91,7 +91,7 @@ class Metrics:
                                          labels=["peer"])
                 for site in sorted(peers.all()):
                     p = store.peer(site)
-                    pending.add_metric([site], max(0, last - p.acked_seq))
+                    pending.add_metric([site], store.pending(site))
                     seen.add_metric([site], max(p.last_import_ms or 0, p.last_ack_ms or 0) / 1000.0)
                     refused.add_metric([site], p.refused)
                     gaps.add_metric([site], p.gaps)
@@ -152,7 +152,7 @@ def _rpc(method):
 
 def _peer_status(store, site: str) -> pb.PeerStatus:
     p = store.peer(site)
-    return pb.PeerStatus(site=site, pending=max(0, store.last_seq() - p.acked_seq), acked_seq=p.acked_seq,
+    return pb.PeerStatus(site=site, pending=store.pending(site), acked_seq=p.acked_seq,
                          applied_seq=p.applied_seq, last_import_unix_ms=p.last_import_ms or 0,
                          last_export_unix_ms=p.last_export_ms or 0, last_ack_unix_ms=p.last_ack_ms or 0,
                          refused=p.refused, gaps=p.gaps,

@@ -284,6 +284,7 @@ def test_the_country_server_relays_between_field_sites_and_never_back(tmp_path, 
         got = b.imports(tmp_path / "c2.tmb")
         assert (got["applied"], got["already"], got["flagged"]) == (2, 1, [])
         assert b.has("A1") and b.has("A2") and b.subjects() == 3
+        assert b.status()["peers"][0]["pending"] == 1  # B3; A1 and A2 came from there
         found = b.stub.Identify(pb.IdentifyRequest(samples=[face(orl, 1, 4)]), timeout=60).candidates
         assert found[0].subject_id == "A1"  # camp B recognises camp A's person, offline
         country.export("field-1", tmp_path / "c1.tmb")
