@@ -144,6 +144,11 @@ class Change:
     origin: str = ""
     origin_seq: int = 0
 
+    def held_by(self, site: str) -> bool:
+        """Whether ``site`` has this change already (it made it, or relayed it here); the
+        same rule counts :meth:`SubjectStore.pending`."""
+        return site in (self.via, self.origin)
+
 
 @dataclass(frozen=True)
 class PeerState:
@@ -433,8 +438,8 @@ class SubjectStore:
         return [Change(*r) for r in rows]
 
     def pending(self, site: str) -> int:
-        """Changes ``site`` has not acknowledged and does not hold already (those it made or
-        relayed here are skipped for it)."""
+        """Changes ``site`` has not acknowledged and does not hold already
+        (:meth:`Change.held_by`, counted in SQL)."""
         with self._lock:
             acked = self._db.execute("SELECT acked_seq FROM peers WHERE site=?", (site,)).fetchone()
             return self._db.execute("SELECT COUNT(*) FROM changes WHERE seq > ? AND via != ? AND origin != ?",

@@ -275,7 +275,7 @@ def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: st
     changes = store.changes_since(after, limit)
     records = []
     for c in changes:
-        if to_site in (c.via, c.origin):  # the peer holds it already: keep the numbering, send nothing
+        if c.held_by(to_site):  # keep the numbering, send nothing
             records.append({"seq": c.seq, "kind": "skip", "partition": "", "subject_id": "", "unix_ms": c.unix_ms})
             continue
         record = {"seq": c.seq, "kind": c.kind, "partition": c.partition, "subject_id": c.subject_id,

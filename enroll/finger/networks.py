@@ -14,8 +14,3 @@ NETWORKS = {
     "lite": ("finger/lite-mcc-v2", "finger_minutiae_lite_v2.onnx"),
     "lite-v1": ("finger/lite-mcc-v1", "finger_minutiae_lite_v1.onnx"),  # for stores filled with it
 }
-
-
-def network_of(model_id: str) -> str | None:
-    """The network name whose templates carry ``model_id`` (None: no network here)."""
-    return next((name for name, (mid, _) in NETWORKS.items() if mid == model_id), None)
