@@ -22,28 +22,32 @@ from models.onnx_graph import GraphBuilder
 
 # (name, in, out, kernel, stride): 3x3 convolutions are followed by ReLU; the 1x1 "lateral"
 # projections feed the decoder's skip additions; "head" is linear. The channel widths of
-# the four levels (1/2 to 1/16 resolution) are the one free choice; v1 is (24, 48, 96, 128).
+# the levels (1/2 to 1/16 resolution, or 1/32 with a fifth) are the one free choice; v1 is
+# (24, 48, 96, 128), v2 (36, 72, 144, 192).
 V1_WIDTHS = (24, 48, 96, 128)
-SKIPS = {"e1b": 0, "e2b": 1, "e3b": 2}  # encoder outputs kept for the decoder, finest first
 NMS = 7  # LEADER's non-maximum suppression window
 INPUT_SCALE, INPUT_SHIFT = 1 / 64, -2.0  # grey 0..255 -> about -2..2
 HEAD_OUT = 16  # 4 outputs x (2 x 2) sub-pixels: position, cos, sin, type
 
 
 def encoder(widths: tuple[int, ...] = V1_WIDTHS) -> list[tuple]:
-    w1, w2, w3, w4 = widths
-    return [("e1a", 4, w1, 3, 1), ("e1b", w1, w1, 3, 1),
-            ("e2a", w1, w2, 3, 2), ("e2b", w2, w2, 3, 1),
-            ("e3a", w2, w3, 3, 2), ("e3b", w3, w3, 3, 1),
-            ("e4a", w3, w4, 3, 2), ("e4b", w4, w4, 3, 1)]
+    """Two 3x3 convolutions a level; every level after the first halves the resolution."""
+    out, prev = [], 4
+    for i, w in enumerate(widths, 1):
+        out += [(f"e{i}a", prev, w, 3, 1 if i == 1 else 2), (f"e{i}b", w, w, 3, 1)]
+        prev = w
+    return out
+
+
+def skips(widths: tuple[int, ...] = V1_WIDTHS) -> tuple[str, ...]:
+    """Encoder outputs kept for the decoder's additions, finest first (all but the coarsest)."""
+    return tuple(f"e{i}b" for i in range(1, len(widths)))
 
 
 def decoder(widths: tuple[int, ...] = V1_WIDTHS) -> list[tuple[tuple, tuple]]:
     """(lateral 1x1 from the coarser level, 3x3 after the addition), coarsest first."""
-    w1, w2, w3, w4 = widths
-    return [(("l3", w4, w3, 1, 1), ("d3", w3, w3, 3, 1)),
-            (("l2", w3, w2, 1, 1), ("d2", w2, w2, 3, 1)),
-            (("l1", w2, w1, 1, 1), ("d1", w1, w1, 3, 1))]
+    return [((f"l{k}", widths[k], widths[k - 1], 1, 1), (f"d{k}", widths[k - 1], widths[k - 1], 3, 1))
+            for k in range(len(widths) - 1, 0, -1)]
 
 
 def layers(widths: tuple[int, ...] = V1_WIDTHS) -> list[tuple]:
@@ -54,7 +58,11 @@ def layers(widths: tuple[int, ...] = V1_WIDTHS) -> list[tuple]:
 
 def widths_of(weights: dict[str, np.ndarray]) -> tuple[int, ...]:
     """The level widths a set of weights was trained with."""
-    return tuple(int(weights[f"e{i}b.weight"].shape[0]) for i in range(1, 5))
+    out, i = [], 1
+    while f"e{i}b.weight" in weights:
+        out.append(int(weights[f"e{i}b.weight"].shape[0]))
+        i += 1
+    return tuple(out)
 
 
 def weight_shapes(widths: tuple[int, ...] = V1_WIDTHS) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -71,8 +79,8 @@ def widen(weights: dict[str, np.ndarray], widths: tuple[int, ...], seed: int = 0
     """
     rng = np.random.default_rng(seed)
     old = widths_of(weights)
-    if any(n < o for n, o in zip(widths, old)):
-        raise ValueError(f"cannot narrow {old} to {widths}")
+    if len(widths) != len(old) or any(n < o for n, o in zip(widths, old)):
+        raise ValueError(f"cannot narrow {old} to {widths} (levels are added by deepen)")
     out = {}
     for name, (shape, _) in weight_shapes(widths).items():
         w_old, b_old = weights[f"{name}.weight"], weights[f"{name}.bias"]
@@ -84,6 +92,33 @@ def widen(weights: dict[str, np.ndarray], widths: tuple[int, ...], seed: int = 0
         b = np.zeros(shape[0], np.float32)
         b[:o_old] = b_old
         out[f"{name}.weight"], out[f"{name}.bias"] = w, b
+    return out
+
+
+def deepen(weights: dict[str, np.ndarray], width: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The same function with one more, coarser level of ``width`` channels (twice the
+    receptive field for a few percent more work: the new level runs at 1/32 resolution).
+
+    The new encoder level starts at random; its lateral projection starts at zero, so it
+    adds nothing yet, and the new 3x3 after the addition starts as the identity, which
+    passes the old coarsest level's (non-negative, ReLU) output through unchanged.
+    """
+    rng = np.random.default_rng(seed)
+    old = widths_of(weights)
+    widths = old + (width,)
+    k = len(old)  # the new decoder step: lateral l{k} from level k+1, refine d{k} at level k
+    out = dict(weights)
+    for name, (shape, bshape) in weight_shapes(widths).items():
+        if f"{name}.weight" in out:
+            continue
+        if name == f"d{k}":
+            w = np.zeros(shape, np.float32)
+            w[np.arange(shape[0]), np.arange(shape[0]), 1, 1] = 1.0
+        elif name == f"l{k}":
+            w = np.zeros(shape, np.float32)
+        else:
+            w = rng.normal(0, np.sqrt(2 / np.prod(shape[1:])), shape).astype(np.float32)
+        out[f"{name}.weight"], out[f"{name}.bias"] = w, np.zeros(bshape, np.float32)
     return out
 
 
@@ -111,13 +146,13 @@ def to_onnx(weights: dict[str, np.ndarray]) -> onnx.ModelProto:
     x = g.op("Add", [g.op("Mul", [x, g.const(np.array(INPUT_SCALE, np.float32))]),
                      g.const(np.array(INPUT_SHIFT, np.float32))])
     x = g.op("SpaceToDepth", [x], blocksize=2)
-    skips: list[str] = []
+    kept, skipped = skips(widths), []
     for layer in encoder(widths):
         x = conv(x, layer, relu=True)
-        if layer[0] in SKIPS:
-            skips.append(x)
+        if layer[0] in kept:
+            skipped.append(x)
     scales = g.const(np.array([1, 1, 2, 2], np.float32))
-    for (lateral, refine), skip in zip(decoder(widths), reversed(skips)):
+    for (lateral, refine), skip in zip(decoder(widths), reversed(skipped)):
         up = g.op("Resize", [conv(x, lateral, relu=False), "", scales], mode="nearest")
         x = conv(g.op("Relu", [g.op("Add", [up, skip])]), refine, relu=True)
     x = g.op("DepthToSpace", [conv(x, layers(widths)[-1], relu=False)], blocksize=2, mode="CRD")
@@ -153,12 +188,12 @@ def torch_module(widths: tuple[int, ...] = V1_WIDTHS):
 
         def forward(self, grey: torch.Tensor) -> torch.Tensor:
             x = F.pixel_unshuffle(grey * INPUT_SCALE + INPUT_SHIFT, 2)
-            skips = []
+            kept, skipped = skips(widths), []
             for n, *_ in encoder(widths):
                 x = F.relu(self.convs[n](x))
-                if n in SKIPS:
-                    skips.append(x)
-            for ((lat, *_), (ref, *_)), skip in zip(decoder(widths), reversed(skips)):
+                if n in kept:
+                    skipped.append(x)
+            for ((lat, *_), (ref, *_)), skip in zip(decoder(widths), reversed(skipped)):
                 up = F.interpolate(self.convs[lat](x), scale_factor=2, mode="nearest")
                 x = F.relu(self.convs[ref](F.relu(up + skip)))
             return F.pixel_shuffle(self.convs["head"](x), 2)

@@ -89,14 +89,14 @@ def _dihedral(arrays: list[np.ndarray], cos: np.ndarray, sin: np.ndarray, k: int
     return arrays, cos, sin
 
 
-def batch(samples: list[dict], n: int, rng: np.random.Generator):
-    """n augmented crops: (grey, pos, cos, sin, typ) float32 arrays of shape (n, 1, CROP, CROP)."""
+def batch(samples: list[dict], n: int, rng: np.random.Generator, crop: int = CROP):
+    """n augmented crops: (grey, pos, cos, sin, typ) float32 arrays of shape (n, 1, crop, crop)."""
     out = [[] for _ in range(5)]
     for _ in range(n):
         s = samples[rng.integers(len(samples))]
         h, w = s["canvas"].shape
-        y, x = rng.integers(0, h - CROP + 1), rng.integers(0, w - CROP + 1)
-        win = (slice(y, y + CROP), slice(x, x + CROP))
+        y, x = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+        win = (slice(y, y + crop), slice(x, x + crop))
         theta = s["dir"][win].astype(np.float32)
         (grey, pos, typ), cos, sin = _dihedral(
             [s["canvas"][win].astype(np.float32), s["pos"][win].astype(np.float32), s["typ"][win].astype(np.float32)],
@@ -125,7 +125,7 @@ def loss_fn(pred, pos, cos, sin, typ):
 
 
 def train(samples: list[dict], minutes: float, batch_size: int = 16, lr: float = 2e-3, seed: int = 0,
-          init: Path | None = None, widths: tuple[int, ...] | None = None):
+          init: Path | None = None, widths: tuple[int, ...] | None = None, crop: int = CROP):
     import torch
 
     torch.manual_seed(seed)
@@ -135,6 +135,8 @@ def train(samples: list[dict], minutes: float, batch_size: int = 16, lr: float =
         with np.load(init) as z:
             start_weights = {k: z[k] for k in z.files}
         widths = widths or finger_student.widths_of(start_weights)
+        while len(finger_student.widths_of(start_weights)) < len(widths):  # a coarser level
+            start_weights = finger_student.deepen(start_weights, widths[len(finger_student.widths_of(start_weights))], seed)
         start_weights = finger_student.widen(start_weights, widths, seed)
     net = finger_student.torch_module(widths or finger_student.V1_WIDTHS)
     if start_weights is not None:
@@ -145,7 +147,7 @@ def train(samples: list[dict], minutes: float, batch_size: int = 16, lr: float =
     while (elapsed := time.monotonic() - start) < budget:
         for group in opt.param_groups:  # cosine decay over the time budget
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / budget)))
-        tensors = [torch.from_numpy(a) for a in batch(samples, batch_size, rng)]
+        tensors = [torch.from_numpy(a) for a in batch(samples, batch_size, rng, crop)]
         loss, parts = loss_fn(net(tensors[0]), *tensors[1:])
         opt.zero_grad()
         loss.backward()
@@ -169,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay over the budget)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--widths", type=lambda v: tuple(int(x) for x in v.split(",")),
-                   help="channels of the four levels, e.g. 36,72,144,192 (default v1's, or --init's "
-                        "widened to these)")
+                   help="channels of each level, e.g. 36,72,144,192 (default v1's, or --init's "
+                        "widened, and deepened by a fifth coarser level, to these)")
+    p.add_argument("--crop", type=int, default=CROP, help="training crop side, a multiple of 32")
     args = p.parse_args(argv)
     import torch
 
@@ -178,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     images = training_images()
     samples = teacher_maps(images)
     print(f"{len(samples)} training impressions", flush=True)
-    net, steps = train(samples, args.minutes, args.batch, args.lr, args.seed, args.init, args.widths)
+    net, steps = train(samples, args.minutes, args.batch, args.lr, args.seed, args.init, args.widths, args.crop)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **net.numpy_weights())
     print(f"{steps} steps; weights written to {args.out}")

@@ -85,6 +85,23 @@ def test_widening_keeps_the_network_s_answer():
         finger_student.widen(wide, finger_student.V1_WIDTHS)
 
 
+def test_deepening_keeps_the_network_s_answer():
+    """A fifth, coarser level starts out adding nothing: the network answers as before."""
+    import onnxruntime as ort
+
+    with np.load(build.FINGER_LITE["finger_minutiae_lite_v2.onnx"][0]) as z:
+        v2 = {k: z[k] for k in z.files}
+    deep = finger_student.deepen(v2, 256)
+    assert finger_student.widths_of(deep) == (36, 72, 144, 192, 256)
+    assert {"e5a.weight", "e5b.weight", "l4.weight", "d4.weight"} <= set(deep)
+    x = np.random.default_rng(1).uniform(0, 255, (1, 128, 96, 1)).astype(np.float32)
+    out = [ort.InferenceSession(finger_student.to_onnx(w).SerializeToString()).run(None, {"input": x})[0]
+           for w in (v2, deep)]
+    np.testing.assert_allclose(out[1], out[0], atol=1e-5)
+    with pytest.raises(ValueError, match="deepen"):
+        finger_student.widen(deep, (36, 72, 144, 192))
+
+
 def test_the_first_student_still_serves_stores_filled_with_it(models, fingerprints):
     from enroll.finger.pipeline import FingerExtractor
 
