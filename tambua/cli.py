@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int)
     s.add_argument("--data-dir", type=Path)
     s.add_argument("--metrics-port", type=int)
-    s.add_argument("--finger-network", choices=sorted(FINGER_NETWORKS),
-                   help="minutiae network (default leader; lite is ~4x faster, see the finger model card; "
+    s.add_argument("--finger-network", choices=sorted({"auto", *FINGER_NETWORKS}),
+                   help="minutiae network (default auto: the one the store's finger templates were made "
+                        "with, leader for a store with none; lite is ~4x faster, see the finger model card; "
                         "lite-v1 only for a store filled with it)")
     s.add_argument("--insecure", action="store_true", default=None,
                    help="plain text, no authentication: local development only")

@@ -8,10 +8,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from enroll.finger.networks import NETWORKS
+from enroll.finger.networks import AUTO, NETWORKS
 from matcher.engine import Thresholds
 
-FINGER_NETWORKS = tuple(NETWORKS)
+FINGER_NETWORKS = (AUTO, *NETWORKS)
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,12 @@ class Config:
             ``client_ca`` set and this off, a client certificate is required to connect.
         kek_file: the key-encryption key (64 hex digits or base64 of 32 bytes); else
             ``$TAMBUA_KEK``. Required unless insecure: templates are encrypted at rest.
-        finger_network: the minutiae network, ``leader`` (the accurate default) or
-            ``lite`` (~4x faster, less accurate on some sensors: see the finger model
-            card; ``lite-v1`` serves a store filled with the first lite network).
-            Templates of one cannot be searched by another, so a store keeps the
-            network it was filled with.
+        finger_network: the minutiae network: ``auto`` (default: the network the
+            store's finger templates were made with, ``leader`` for a store with none),
+            ``leader`` (the most accurate) or ``lite`` (~4x faster, less accurate on
+            some sensors: see the finger model card; ``lite-v1`` serves a store filled
+            with the first lite network). Templates of one cannot be searched by
+            another, so a store keeps the network it was filled with.
     """
 
     host: str = "127.0.0.1"
@@ -57,7 +58,7 @@ class Config:
     client_ca: Path | None = None
     api_keys: bool = True
     kek_file: Path | None = None
-    finger_network: str = "leader"
+    finger_network: str = AUTO
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:

@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
+from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
 from matcher.engine import Engine, SampleInput
 from matcher.iso19794 import export_record
@@ -404,9 +405,12 @@ def serve(config: Config) -> None:
     if kek is None:
         log.warning("INSECURE MODE: templates stored without encryption")
     store = SubjectStore(config.data_dir / "subjects.sqlite", kek)
-    extractors = {"face": FaceExtractor(), "finger": FingerExtractor(network=config.finger_network),
+    stored = store.model_counts()
+    finger_network, why = networks.choose(config.finger_network, stored)
+    log.info("finger minutiae network %s (%s)", finger_network, why)
+    extractors = {"face": FaceExtractor(), "finger": FingerExtractor(network=finger_network),
                   "iris": IrisExtractor()}
-    refuse_foreign_templates(store.model_counts(), {m: ex.model_id for m, ex in extractors.items()})
+    refuse_foreign_templates(stored, {m: ex.model_id for m, ex in extractors.items()})
     engine = Engine(store, extractors, config.thresholds)
     server, port, metrics_port = create_server(config, engine)
     server.start()

@@ -2,7 +2,9 @@
 
 Kept apart from the pipeline so that configuration and the CLI can name them without
 importing onnxruntime. Templates of one network are not searched against another's
-(different model ids), so a store keeps the network it was filled with.
+(different model ids), so a store keeps the network it was filled with: ``auto`` (the
+default setting) runs the network of the finger templates already stored, and
+``DEFAULT`` on a store that holds none.
 """
 
 from __future__ import annotations
@@ -14,3 +16,29 @@ NETWORKS = {
     "lite": ("finger/lite-mcc-v2", "finger_minutiae_lite_v2.onnx"),
     "lite-v1": ("finger/lite-mcc-v1", "finger_minutiae_lite_v1.onnx"),  # for stores filled with it
 }
+
+DEFAULT = "leader"
+AUTO = "auto"
+
+
+def choose(setting: str, stored: dict[tuple[str, str], int]) -> tuple[str, str]:
+    """The network a server runs, and why.
+
+    Args:
+        setting: a name of ``NETWORKS``, or ``auto``.
+        stored: templates per (modality, model id) already in the store.
+
+    Returns:
+        (network name, reason). ``auto`` follows the store's finger templates when they
+        all come from one known network; otherwise it gives ``DEFAULT`` (a store mixing
+        networks is then refused by the server's model check, naming them).
+    """
+    if setting != AUTO:
+        return setting, "configured"
+    models = {model for (modality, model), n in stored.items() if modality == "finger" and n}
+    names = [name for name, (model_id, _) in NETWORKS.items() if model_id in models]
+    if len(models) == 1 and len(names) == 1:
+        return names[0], f"the store's finger templates are {next(iter(models))}"
+    if not models:
+        return DEFAULT, "no finger templates stored yet"
+    return DEFAULT, f"the store holds finger templates of {', '.join(sorted(models))}"

@@ -49,7 +49,7 @@ def test_finger_network_from_the_environment_and_the_store_guard():
     from tambua.server import refuse_foreign_templates
     from matcher.errors import ModelMismatch
 
-    assert Config.load(env={"TAMBUA_INSECURE": "1"}).finger_network == "leader"
+    assert Config.load(env={"TAMBUA_INSECURE": "1"}).finger_network == "auto"
     assert Config.load(env={"TAMBUA_INSECURE": "1", "TAMBUA_FINGER_NETWORK": "lite"}).finger_network == "lite"
     running = {"face": "face/dlib-resnet-v1", "finger": "finger/lite-mcc-v1", "iris": "iris/gabor-v1"}
     refuse_foreign_templates({("finger", "finger/lite-mcc-v1"): 20, ("iris", "iris/gabor-v1"): 2}, running)

@@ -128,3 +128,25 @@ def test_lite_network_serves_and_a_store_keeps_its_network(tmp_path, fcj, models
     assert leader.returncode == 2
     assert "MODEL_MISMATCH" in leader.stderr and "20 finger templates of finger/lite-mcc-v2" in leader.stderr
     assert "lite = finger/lite-mcc-v2" in leader.stderr and "lite-v1 = finger/lite-mcc-v1" in leader.stderr
+    auto = Server(data)  # no setting: auto follows the store's templates
+    auto.start()
+    try:
+        assert auto.stub.Verify(pb.VerifyRequest(subject_id="L0", samples=[_finger(probe, 2)])).match
+        r = auto.stub.Enroll(pb.EnrollRequest(subject_id="L2", samples=ten(fcj, 2, 1)[:2]), timeout=120)
+        assert "finger/lite-mcc-v2" in r.model_ids
+    finally:
+        auto.stop()
+
+
+def test_auto_network_follows_the_store():
+    from enroll.finger import networks
+
+    lite_id = networks.NETWORKS["lite"][0]
+    assert networks.choose("auto", {}) == ("leader", "no finger templates stored yet")
+    assert networks.choose("auto", {("face", "face/x"): 3})[0] == networks.DEFAULT
+    assert networks.choose("auto", {("finger", lite_id): 5})[0] == "lite"
+    assert networks.choose("auto", {("finger", networks.LEADER[0]): 5})[0] == "leader"
+    mixed = {("finger", lite_id): 5, ("finger", networks.LEADER[0]): 1}
+    assert networks.choose("auto", mixed) == (networks.DEFAULT, f"the store holds finger templates of "
+                                              f"{networks.LEADER[0]}, {lite_id}")
+    assert networks.choose("lite", {("finger", networks.LEADER[0]): 5}) == ("lite", "configured")
