@@ -376,7 +376,7 @@ def refuse_foreign_templates(stored: dict[tuple[str, str], int], running: dict[s
     foreign = {k: n for k, n in stored.items() if running.get(k[0], k[1]) != k[1]}
     if foreign:
         found = ", ".join(f"{n} {modality} templates of {model}" for (modality, model), n in sorted(foreign.items()))
-        settings = ", ".join(f"{name} = {model_id}" for name, (model_id, _) in NETWORKS.items())
+        settings = ", ".join(f"{name} = {net.model_id}" for name, net in NETWORKS.items())
         raise ModelMismatch(f"the store holds {found}, which this server ({', '.join(sorted(running.values()))}) "
                          "cannot search: start it with the models the store was filled with "
                          f"(finger_network: {settings})")

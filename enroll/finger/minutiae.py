@@ -23,15 +23,23 @@ _BORDER = 8  # px: minutiae this close to the foreground edge are the edge, not 
 
 class LeaderMinutiae:
     """Finds minutiae: (N, 5) float32 rows of x, y, angle (rad, counter-clockwise from +x,
-    y down), type (1 ending, 0 bifurcation), quality (0..1), best first.
+    y down), type (1 ending, 0 bifurcation), quality (0..1, on LEADER's scale), best first.
 
     Args:
-        path: the optimised LEADER graph built by ``models.build``.
+        path: the optimised LEADER graph built by ``models.build``, or a student with
+            LEADER's output contract.
         expected_sha256: the manifest's hash of it.
+        detect: the network's own detection threshold. Qualities are mapped piecewise
+            linearly so that it lands on LEADER's 0.55 (and the top-up floor stays
+            0.3): every later use of quality (the index's sure minutiae, ISO records)
+            then reads one scale whichever network made the template.
     """
 
-    def __init__(self, path: Path, expected_sha256: str | None = None) -> None:
+    def __init__(self, path: Path, expected_sha256: str | None = None, detect: float = _DETECT) -> None:
+        if not _FILL_FLOOR < detect < 1.0:
+            raise ValueError(f"detection threshold {detect} must lie in ({_FILL_FLOOR}, 1)")
         self.model = OnnxModel(path, threads=1, expected_sha256=expected_sha256)
+        self.detect = detect
 
     def __call__(self, grey: np.ndarray, fg: Foreground, max_minutiae: int = 150) -> np.ndarray:
         canvas, (x0, y0, top, left, ch, cw) = network_input(grey, fg)
@@ -44,8 +52,16 @@ class LeaderMinutiae:
             xs + x0, ys + y0, out[ys, xs, 1], (out[ys, xs, 2] >= _ENDING).astype(np.float32), out[ys, xs, 3],
         ], axis=1).astype(np.float32)
         rows = rows[np.argsort(-rows[:, 4], kind="stable")]
-        strong = int(np.count_nonzero(rows[:, 4] >= _DETECT))
-        return rows[:min(max(strong, _FILL_TO), max_minutiae)]
+        strong = int(np.count_nonzero(rows[:, 4] >= self.detect))
+        rows = rows[:min(max(strong, _FILL_TO), max_minutiae)]
+        rows[:, 4] = on_leader_scale(rows[:, 4], self.detect)
+        return rows
+
+
+def on_leader_scale(q: np.ndarray, detect: float) -> np.ndarray:
+    """Map qualities from a network detecting at ``detect`` onto LEADER's scale: piecewise
+    linear through (floor, floor), (detect, 0.55) and (1, 1); the identity for LEADER."""
+    return np.interp(q, [_FILL_FLOOR, detect, 1.0], [_FILL_FLOOR, _DETECT, 1.0]).astype(np.float32)
 
 
 def network_input(grey: np.ndarray, fg: Foreground) -> tuple[np.ndarray, tuple[int, int, int, int, int, int]]:

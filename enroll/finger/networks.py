@@ -9,12 +9,32 @@ default setting) runs the network of the finger templates already stored, and
 
 from __future__ import annotations
 
-LEADER = ("finger/leader-mcc-v1", "finger_minutiae_leader.onnx")
+from typing import NamedTuple
+
+
+class Network(NamedTuple):
+    """One minutiae network.
+
+    Attributes:
+        model_id: the id its templates carry.
+        graph: its ONNX file in the model folder.
+        detect: the heat-map value at which a peak is a minutia. A student's heat map is
+            not calibrated like LEADER's: its threshold is the one at which it finds as
+            many minutiae as LEADER does at 0.55 on the training impressions, and its
+            qualities are mapped onto LEADER's scale (see ``enroll.finger.minutiae``).
+    """
+
+    model_id: str
+    graph: str
+    detect: float = 0.55
+
+
+LEADER = Network("finger/leader-mcc-v1", "finger_minutiae_leader.onnx")
 NETWORKS = {
     "leader": LEADER,  # Cappelli's LEADER: the most accurate, ~300-450 ms a finger on one core
     # students distilled from LEADER (models/finger_student.py): see models/cards/finger.md
-    "lite": ("finger/lite-mcc-v2", "finger_minutiae_lite_v2.onnx"),
-    "lite-v1": ("finger/lite-mcc-v1", "finger_minutiae_lite_v1.onnx"),  # for stores filled with it
+    "lite": Network("finger/lite-mcc-v2", "finger_minutiae_lite_v2.onnx"),
+    "lite-v1": Network("finger/lite-mcc-v1", "finger_minutiae_lite_v1.onnx"),  # for stores filled with it
 }
 
 DEFAULT = "leader"
@@ -36,7 +56,7 @@ def choose(setting: str, stored: dict[tuple[str, str], int]) -> tuple[str, str]:
     if setting != AUTO:
         return setting, "configured"
     models = {model for (modality, model), n in stored.items() if modality == "finger" and n}
-    names = [name for name, (model_id, _) in NETWORKS.items() if model_id in models]
+    names = [name for name, net in NETWORKS.items() if net.model_id in models]
     if len(models) == 1 and len(names) == 1:
         return names[0], f"the store's finger templates are {next(iter(models))}"
     if not models:

@@ -18,7 +18,7 @@ from matcher.errors import InvalidInput, QualityError
 from matcher.minutiae import MAX_MINUTIAE, MinutiaeTemplate
 from models.paths import model_dir as default_model_dir
 
-FINGER_MODEL_ID, LEADER_FILE = LEADER
+FINGER_MODEL_ID, LEADER_FILE = LEADER.model_id, LEADER.graph
 NATIVE_DPI = 500
 
 
@@ -83,8 +83,9 @@ class FingerExtractor:
         d = Path(model_dir) if model_dir else default_model_dir()
         if network not in NETWORKS:
             raise ValueError(f"unknown minutiae network {network!r}; choose one of {sorted(NETWORKS)}")
-        self.model_id, graph = NETWORKS[network]
-        self.minutiae = LeaderMinutiae(d / graph)
+        net = NETWORKS[network]
+        self.model_id = net.model_id
+        self.minutiae = LeaderMinutiae(d / net.graph, detect=net.detect)
         self.quality = quality
 
     def grey(self, data: bytes, dpi: int = 0) -> np.ndarray:

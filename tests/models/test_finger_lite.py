@@ -111,3 +111,15 @@ def test_the_first_student_still_serves_stores_filled_with_it(models, fingerprin
     assert t.model_id == "finger/lite-mcc-v1" and len(t.minutiae) >= 20
     assert finger_student.widths_of(dict(np.load(build.FINGER_LITE["finger_minutiae_lite_v1.onnx"][0]))) == (
         finger_student.V1_WIDTHS)
+
+
+def test_a_student_s_qualities_land_on_leader_s_scale():
+    """A network detecting at its own threshold reports LEADER-scale qualities: its
+    threshold becomes 0.55, so the index's sure minutiae and ISO records read one scale."""
+    from enroll.finger.minutiae import on_leader_scale
+
+    q = np.array([0.3, 0.5, 0.55, 0.8, 1.0], np.float32)
+    np.testing.assert_allclose(on_leader_scale(q, 0.55), q, atol=1e-7)  # LEADER: unchanged
+    mapped = on_leader_scale(np.array([0.3, 0.49, 0.68, 0.84, 1.0], np.float32), 0.68)
+    np.testing.assert_allclose(mapped, [0.3, 0.425, 0.55, 0.775, 1.0], atol=1e-6)
+    assert np.all(np.diff(on_leader_scale(np.linspace(0.3, 1, 50), 0.68)) > 0)  # order kept
