@@ -42,6 +42,15 @@ class LeaderMinutiae:
         self.detect = detect
 
     def __call__(self, grey: np.ndarray, fg: Foreground, max_minutiae: int = 150) -> np.ndarray:
+        rows = self.peaks(grey, fg)
+        strong = int(np.count_nonzero(rows[:, 4] >= self.detect))
+        rows = rows[:min(max(strong, _FILL_TO), max_minutiae)]
+        rows[:, 4] = on_leader_scale(rows[:, 4], self.detect)
+        return rows
+
+    def peaks(self, grey: np.ndarray, fg: Foreground) -> np.ndarray:
+        """Every peak down to the top-up floor, well inside the foreground, best first,
+        with the network's own quality (rows as :meth:`__call__`'s)."""
         canvas, (x0, y0, top, left, ch, cw) = network_input(grey, fg)
         out = next(iter(self.model.run(canvas[None, :, :, None]).values()))[0]
         out = out[top:top + ch, left:left + cw]
@@ -51,11 +60,7 @@ class LeaderMinutiae:
         rows = np.stack([
             xs + x0, ys + y0, out[ys, xs, 1], (out[ys, xs, 2] >= _ENDING).astype(np.float32), out[ys, xs, 3],
         ], axis=1).astype(np.float32)
-        rows = rows[np.argsort(-rows[:, 4], kind="stable")]
-        strong = int(np.count_nonzero(rows[:, 4] >= self.detect))
-        rows = rows[:min(max(strong, _FILL_TO), max_minutiae)]
-        rows[:, 4] = on_leader_scale(rows[:, 4], self.detect)
-        return rows
+        return rows[np.argsort(-rows[:, 4], kind="stable")]
 
 
 def on_leader_scale(q: np.ndarray, detect: float) -> np.ndarray:

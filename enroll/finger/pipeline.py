@@ -70,6 +70,21 @@ def grey_500dpi(data: bytes, dpi: int = 0) -> np.ndarray:
     return grey
 
 
+def check_foreground(fg: Foreground, q: FingerQualityConfig = FingerQualityConfig()) -> None:
+    """Raise :class:`QualityError` when the foreground cannot give a usable template."""
+    if fg.area == 0:
+        raise QualityError("no ridges anywhere in the image", "BLANK_IMAGE")
+    if fg.ridge_ratio < q.min_ridge_ratio:
+        raise QualityError(f"no ridge pattern (ridge ratio {fg.ridge_ratio:.2f}); is this a fingerprint?",
+                           "LOW_RIDGE_CLARITY")
+    if fg.area < q.min_area:
+        raise QualityError(f"finger area {fg.area} px is below {q.min_area} px at 500 dpi; press the whole "
+                           "fingertip on the scanner", "FOREGROUND_TOO_SMALL")
+    if fg.clarity < q.min_clarity:
+        raise QualityError(f"ridges are unclear (coherence {fg.clarity:.2f}); clean the finger and scanner",
+                           "LOW_RIDGE_CLARITY")
+
+
 class FingerExtractor:
     """Fingerprint image -> :class:`MinutiaeTemplate`. Thread-safe; one per process.
 
@@ -94,18 +109,7 @@ class FingerExtractor:
 
     def check(self, fg: Foreground) -> None:
         """Raise :class:`QualityError` when the foreground cannot give a usable template."""
-        q = self.quality
-        if fg.area == 0:
-            raise QualityError("no ridges anywhere in the image", "BLANK_IMAGE")
-        if fg.ridge_ratio < q.min_ridge_ratio:
-            raise QualityError(f"no ridge pattern (ridge ratio {fg.ridge_ratio:.2f}); is this a fingerprint?",
-                               "LOW_RIDGE_CLARITY")
-        if fg.area < q.min_area:
-            raise QualityError(f"finger area {fg.area} px is below {q.min_area} px at 500 dpi; press the whole "
-                               "fingertip on the scanner", "FOREGROUND_TOO_SMALL")
-        if fg.clarity < q.min_clarity:
-            raise QualityError(f"ridges are unclear (coherence {fg.clarity:.2f}); clean the finger and scanner",
-                               "LOW_RIDGE_CLARITY")
+        check_foreground(fg, self.quality)
 
     def extract(self, data: bytes, dpi: int = 0) -> MinutiaeTemplate:
         """Extract one finger impression.

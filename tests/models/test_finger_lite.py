@@ -123,3 +123,19 @@ def test_a_student_s_qualities_land_on_leader_s_scale():
     mapped = on_leader_scale(np.array([0.3, 0.49, 0.68, 0.84, 1.0], np.float32), 0.68)
     np.testing.assert_allclose(mapped, [0.3, 0.425, 0.55, 0.775, 1.0], atol=1e-6)
     assert np.all(np.diff(on_leader_scale(np.linspace(0.3, 1, 50), 0.68)) > 0)  # order kept
+
+
+def test_detection_threshold_matches_leader_s_count(models, fingerprints):
+    """The student's threshold is set by counting, not by accuracy: where it finds as many
+    minutiae as LEADER does at 0.55 on the same impressions."""
+    from enroll.finger.networks import NETWORKS
+    from models import detection_threshold as dt
+
+    images = [fingerprints / "fvc2000_db1_b" / "101" / f"101_{i}.tif" for i in (1, 2)]
+    teacher, student = dt.peak_counts(models / NETWORKS["lite"].graph, images)
+    assert teacher.shape == (2,) and student.shape == (2, len(dt.GRID)) and teacher.min() >= 15
+    assert np.all(np.diff(student, axis=1) <= 0)  # a higher threshold never finds more
+    t = dt.matching_threshold(teacher, student)
+    k = int(np.flatnonzero(dt.GRID == t)[0])
+    assert abs(student[:, k].mean() - teacher.mean()) <= np.abs(student.mean(0) - teacher.mean()).min() + 1e-9
+    assert dt.matching_threshold(np.array([30]), np.array([dt.GRID * -100 + 100])) == 0.7  # 100 - 100 t = 30
