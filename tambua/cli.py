@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--finger-network", choices=sorted({"auto", *FINGER_NETWORKS}),
                    help="minutiae network (default auto: the one the store's finger templates were made "
                         "with, leader for a store with none; lite is ~4x faster, see the finger model card; "
-                        "lite-v1 only for a store filled with it)")
+                        "lite-v2 and lite-v1 only for stores filled with them)")
     s.add_argument("--insecure", action="store_true", default=None,
                    help="plain text, no authentication: local development only")
 

@@ -37,8 +37,8 @@ class Config:
         finger_network: the minutiae network: ``auto`` (default: the network the
             store's finger templates were made with, ``leader`` for a store with none),
             ``leader`` (the most accurate) or ``lite`` (~4x faster, less accurate on
-            some sensors: see the finger model card; ``lite-v1`` serves a store filled
-            with the first lite network). Templates of one cannot be searched by
+            some sensors: see the finger model card; ``lite-v2`` and ``lite-v1`` serve
+            stores filled with earlier lite networks). Templates of one cannot be searched by
             another, so a store keeps the network it was filled with.
     """
 

@@ -33,7 +33,9 @@ LEADER = Network("finger/leader-mcc-v1", "finger_minutiae_leader.onnx")
 NETWORKS = {
     "leader": LEADER,  # Cappelli's LEADER: the most accurate, ~300-450 ms a finger on one core
     # students distilled from LEADER (models/finger_student.py): see models/cards/finger.md
-    "lite": Network("finger/lite-mcc-v2", "finger_minutiae_lite_v2.onnx"),
+    # v2 at the threshold where it finds as many minutiae as LEADER (models/detection_threshold.py)
+    "lite": Network("finger/lite-mcc-v2-counted", "finger_minutiae_lite_v2.onnx", detect=0.68),
+    "lite-v2": Network("finger/lite-mcc-v2", "finger_minutiae_lite_v2.onnx"),  # for stores filled with it
     "lite-v1": Network("finger/lite-mcc-v1", "finger_minutiae_lite_v1.onnx"),  # for stores filled with it
 }
 

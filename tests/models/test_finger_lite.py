@@ -28,7 +28,7 @@ def test_lite_finds_leaders_minutiae(extractors, fingerprints):
     for path in _held_out(fingerprints):
         a = leader.extract(path.read_bytes())
         b = lite.extract(path.read_bytes())
-        assert a.model_id == "finger/leader-mcc-v1" and b.model_id == "finger/lite-mcc-v2"
+        assert a.model_id == "finger/leader-mcc-v1" and b.model_id == "finger/lite-mcc-v2-counted"
         d = np.hypot(a.minutiae[:, None, 0] - b.minutiae[None, :, 0], a.minutiae[:, None, 1] - b.minutiae[None, :, 1])
         nearest = d.argmin(1)
         turn = np.abs(np.angle(np.exp(1j * (a.minutiae[:, 2] - b.minutiae[nearest, 2]))))

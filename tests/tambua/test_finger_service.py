@@ -114,7 +114,7 @@ def test_lite_network_serves_and_a_store_keeps_its_network(tmp_path, fcj, models
     try:
         for n in range(2):
             r = s.stub.Enroll(pb.EnrollRequest(subject_id=f"L{n}", samples=ten(fcj, n, 1)), timeout=120)
-            assert r.outcome == pb.EnrollResponse.ENROLLED and "finger/lite-mcc-v2" in r.model_ids
+            assert r.outcome == pb.EnrollResponse.ENROLLED and "finger/lite-mcc-v2-counted" in r.model_ids
         again = s.stub.Enroll(pb.EnrollRequest(subject_id="L1-again", samples=ten(fcj, 1, 2)), timeout=120)
         assert again.outcome == pb.EnrollResponse.DUPLICATE and again.candidates[0].subject_id == "L1"
         probe = fcj[1] / f"{fcj[1].name}_3.png"
@@ -126,14 +126,15 @@ def test_lite_network_serves_and_a_store_keeps_its_network(tmp_path, fcj, models
                              "--data-dir", str(data), "--insecure", "--finger-network", "leader"],
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert leader.returncode == 2
-    assert "MODEL_MISMATCH" in leader.stderr and "20 finger templates of finger/lite-mcc-v2" in leader.stderr
-    assert "lite = finger/lite-mcc-v2" in leader.stderr and "lite-v1 = finger/lite-mcc-v1" in leader.stderr
+    assert "MODEL_MISMATCH" in leader.stderr and "20 finger templates of finger/lite-mcc-v2-counted" in leader.stderr
+    assert "lite = finger/lite-mcc-v2-counted" in leader.stderr and "lite-v2 = finger/lite-mcc-v2," in leader.stderr
+    assert "lite-v1 = finger/lite-mcc-v1" in leader.stderr
     auto = Server(data)  # no setting: auto follows the store's templates
     auto.start()
     try:
         assert auto.stub.Verify(pb.VerifyRequest(subject_id="L0", samples=[_finger(probe, 2)])).match
         r = auto.stub.Enroll(pb.EnrollRequest(subject_id="L2", samples=ten(fcj, 2, 1)[:2]), timeout=120)
-        assert "finger/lite-mcc-v2" in r.model_ids
+        assert "finger/lite-mcc-v2-counted" in r.model_ids
     finally:
         auto.stop()
 
@@ -146,6 +147,7 @@ def test_auto_network_follows_the_store():
     assert networks.choose("auto", {("face", "face/x"): 3})[0] == networks.DEFAULT
     assert networks.choose("auto", {("finger", lite_id): 5})[0] == "lite"
     assert networks.choose("auto", {("finger", networks.LEADER[0]): 5})[0] == "leader"
+    assert networks.choose("auto", {("finger", "finger/lite-mcc-v2"): 5})[0] == "lite-v2"  # before counting
     mixed = {("finger", lite_id): 5, ("finger", networks.LEADER[0]): 1}
     assert networks.choose("auto", mixed) == (networks.DEFAULT, f"the store holds finger templates of "
                                               f"{networks.LEADER[0]}, {lite_id}")
