@@ -135,8 +135,8 @@ def train(samples: list[dict], minutes: float, batch_size: int = 16, lr: float =
         with np.load(init) as z:
             start_weights = {k: z[k] for k in z.files}
         widths = widths or finger_student.widths_of(start_weights)
-        while len(finger_student.widths_of(start_weights)) < len(widths):  # a coarser level
-            start_weights = finger_student.deepen(start_weights, widths[len(finger_student.widths_of(start_weights))], seed)
+        for width in widths[len(finger_student.widths_of(start_weights)):]:  # coarser levels
+            start_weights = finger_student.deepen(start_weights, width, seed)
         start_weights = finger_student.widen(start_weights, widths, seed)
     net = finger_student.torch_module(widths or finger_student.V1_WIDTHS)
     if start_weights is not None:

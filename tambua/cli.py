@@ -18,7 +18,7 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from enroll.finger.networks import NETWORKS as FINGER_NETWORKS
+from enroll.finger.networks import AUTO as FINGER_AUTO, NETWORKS as FINGER_NETWORKS
 from matcher.errors import TambuaError
 from tambua.auth import ROLES
 
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int)
     s.add_argument("--data-dir", type=Path)
     s.add_argument("--metrics-port", type=int)
-    s.add_argument("--finger-network", choices=sorted({"auto", *FINGER_NETWORKS}),
+    s.add_argument("--finger-network", choices=sorted({FINGER_AUTO, *FINGER_NETWORKS}),
                    help="minutiae network (default auto: the one the store's finger templates were made "
                         "with, leader for a store with none; lite is ~4x faster, see the finger model card; "
                         "lite-v2 and lite-v1 only for stores filled with them)")
