@@ -33,14 +33,14 @@ def _percentiles(ms: list[float]) -> dict:
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def _secure(workdir: Path) -> tuple[dict, grpc.ChannelCredentials, list]:
+def _secure(workdir: Path, store: SubjectStore) -> tuple[dict, grpc.ChannelCredentials, list]:
     """TLS settings, client credentials and an API key's metadata for a secure run."""
     from tambua.auth import ROLES, AccessStore
     from tambua.devpki import DevCA
 
     ca = DevCA(workdir / "pki")
     cert, key = ca.issue("server", server=True)
-    access = AccessStore(workdir / "access.sqlite")
+    access = AccessStore(workdir / "access.sqlite", store)
     _, api_key = access.create_key("bench", set(ROLES), {"*"})
     access.close()
     return ({"tls_cert": cert, "tls_key": key, "insecure": False},
@@ -71,7 +71,7 @@ def run(n: int, queries: int, workdir: Path, images: list[bytes], secure: bool =
 
     engine = Engine(store, {"face": FaceExtractor()})
     rebuild_s = time.perf_counter() - t0
-    settings, creds, md = _secure(workdir) if secure else ({"insecure": True}, None, None)
+    settings, creds, md = _secure(workdir, store) if secure else ({"insecure": True}, None, None)
     server, port, _ = create_server(Config(port=0, metrics_port=-1, data_dir=workdir, **settings), engine)
     server.start()
     channel = (grpc.secure_channel(f"localhost:{port}", creds) if secure

@@ -5,6 +5,14 @@ Principals live in ``access.sqlite`` beside the subject store, managed by an adm
 on the server host (``tambua keys create|list|revoke``); the interceptor reads the table on
 every call, so a revocation takes effect at once, also from another process.
 
+Every row carries an HMAC-SHA256 under a key kept in the file sealed by the subject
+store's data key (so the KEK protects it as it protects templates, and rotating the KEK
+leaves it alone): whoever can write the file but lacks the KEK cannot grant a role, widen
+a partition, un-revoke a key or add a principal; such a row is refused and logged. Rows
+from before this (no MAC) are refused until an administrator vouches for them once with
+``tambua keys seal``. What a MAC cannot show is a whole row put back as it was before a
+revocation (a rollback); the audit log and backups are where that shows.
+
 API keys are ``tmb_<id>_<secret>`` with a 256-bit random secret; only a salted HMAC-SHA256
 of the secret is stored. A slow password hash (scrypt, argon2) protects low-entropy
 passwords against guessing; a 256-bit secret cannot be guessed, and a per-call hash must
@@ -14,6 +22,7 @@ be cheap. Client certificates are named by the SHA-256 fingerprint of their DER 
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import hmac
@@ -21,13 +30,15 @@ import logging
 import secrets
 import sqlite3
 import threading
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
-from matcher.errors import InvalidInput, PermissionDenied, Unauthenticated
+from matcher.errors import InvalidInput, KeyMismatch, PermissionDenied, RecordTampered, Unauthenticated
 from tambua.audit import AuditLog
 
 log = logging.getLogger(__name__)
@@ -109,6 +120,7 @@ class PrincipalRecord:
     principal: Principal
     created_unix_ms: int
     revoked_unix_ms: int | None
+    authentic: bool = True  # False: the row fails its MAC (altered, or never sealed); it is refused
 
 
 def certificate_id(pem: bytes) -> str:
@@ -123,11 +135,38 @@ def certificate_id(pem: bytes) -> str:
     return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
+class SecretKeeper(Protocol):
+    """Seals small secrets under a data key: the subject store (:class:`matcher.store.SubjectStore`)."""
+
+    encrypted: bool
+
+    def seal_secret(self, data: bytes, name: str) -> bytes: ...
+
+    def open_secret(self, data: bytes, name: str) -> bytes: ...
+
+
+_COLUMNS = "id, kind, name, roles, partitions, salt, digest, created_ms, revoked_ms"
+_ROW_KEY = "access.sqlite/row-mac"  # what the row key is sealed under
+
+
 class AccessStore:
     """The principals table (``access.sqlite``). Thread-safe; every read sees the latest
-    committed state, so revocations by another process apply on the next call."""
+    committed state, so revocations by another process apply on the next call.
 
-    def __init__(self, path: Path) -> None:
+    Args:
+        path: the database file.
+        keeper: the encrypted subject store whose data key seals the row key.
+
+    Raises:
+        KeyMismatch: ``keeper`` is not encrypted (rows could not be authenticated).
+        RecordTampered: the file's row key was not sealed by ``keeper`` (another store's
+            file, or an altered one).
+    """
+
+    def __init__(self, path: Path, keeper: SecretKeeper) -> None:
+        if not keeper.encrypted:
+            raise KeyMismatch("principals are authenticated under the subject store's data key: "
+                              "the store must be encrypted (kek_file or TAMBUA_KEK)")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -135,19 +174,52 @@ class AccessStore:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS principals (id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,"
             " roles TEXT NOT NULL, partitions TEXT NOT NULL, salt BLOB, digest BLOB,"
-            " created_ms INTEGER NOT NULL, revoked_ms INTEGER)")
+            " created_ms INTEGER NOT NULL, revoked_ms INTEGER, mac BLOB)")
+        if "mac" not in {r[1] for r in self._db.execute("PRAGMA table_info(principals)")}:
+            self._db.execute("ALTER TABLE principals ADD COLUMN mac BLOB")  # a file from before row MACs
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
+        # Two processes may open a new file at once: the first key written wins, both read it.
+        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('row_key', ?)",
+                         (keeper.seal_secret(secrets.token_bytes(32), _ROW_KEY),))
+        (sealed,) = self._db.execute("SELECT value FROM meta WHERE key = 'row_key'").fetchone()
+        try:
+            self._key = keeper.open_secret(sealed, _ROW_KEY)
+        except RecordTampered as e:
+            raise RecordTampered(f"{path.name}: its row key is not sealed by this store's data key "
+                                 "(the file of another store, or altered)") from e
         self._lock = threading.Lock()
         self._cert_ids: dict[bytes, str] = {}  # PEM -> id: parsing a certificate per call costs more
 
     def close(self) -> None:
         self._db.close()
 
+    @contextlib.contextmanager
+    def _write(self):
+        """One write transaction, rolled back on any error (another process may write too)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _mac(self, row: tuple) -> bytes:
+        """HMAC of a row's columns (``_COLUMNS``, in order) in one unambiguous spelling."""
+        body = [v.hex() if isinstance(v, bytes) else v for v in row]
+        return hmac.new(self._key, json.dumps(body, separators=(",", ":")).encode(), hashlib.sha256).digest()
+
+    def _authentic(self, row: tuple, mac: bytes | None) -> bool:
+        return mac is not None and hmac.compare_digest(mac, self._mac(row))
+
     def _insert(self, p: Principal, salt: bytes | None, digest: bytes | None) -> None:
+        row = (p.id, p.kind, p.name, ",".join(sorted(p.roles)), ",".join(sorted(p.partitions)),
+               salt, digest, int(time.time() * 1000), None)
         with self._lock:
             try:
-                self._db.execute("INSERT INTO principals VALUES (?,?,?,?,?,?,?,?,NULL)",
-                                 (p.id, p.kind, p.name, ",".join(sorted(p.roles)), ",".join(sorted(p.partitions)),
-                                  salt, digest, int(time.time() * 1000)))
+                self._db.execute(f"INSERT INTO principals ({_COLUMNS}, mac) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                 (*row, self._mac(row)))
             except sqlite3.IntegrityError as e:
                 raise InvalidInput(f"principal {p.id} is already registered") from e
 
@@ -167,22 +239,48 @@ class AccessStore:
         return p
 
     def revoke(self, principal_id: str) -> bool:
-        """Revoke a key or certificate at once. Returns False if it is unknown or already revoked."""
-        with self._lock:
-            cur = self._db.execute("UPDATE principals SET revoked_ms = ? WHERE id = ? AND revoked_ms IS NULL",
-                                   (int(time.time() * 1000), principal_id))
-        return cur.rowcount == 1
+        """Revoke a key or certificate at once. Returns False if it is unknown or already revoked.
+
+        A row that fails its MAC is marked revoked but not given a new MAC: revoking must
+        never make an altered row authentic.
+        """
+        with self._write():
+            found = self._db.execute(f"SELECT {_COLUMNS}, mac FROM principals WHERE id = ? AND revoked_ms IS NULL",
+                                     (principal_id,)).fetchone()
+            if found is not None:
+                row, mac = (*found[:8], int(time.time() * 1000)), found[9]
+                if self._authentic(found[:9], mac):
+                    mac = self._mac(row)
+                self._db.execute("UPDATE principals SET revoked_ms = ?, mac = ? WHERE id = ?",
+                                 (row[8], mac, principal_id))
+        return found is not None
 
     def list(self) -> list[PrincipalRecord]:
+        """Every principal, revoked ones and ones that fail their MAC included."""
         with self._lock:
-            rows = self._db.execute("SELECT id, kind, name, roles, partitions, created_ms, revoked_ms"
-                                    " FROM principals ORDER BY created_ms, id").fetchall()
-        return [PrincipalRecord(_principal(r[:5]), r[5], r[6]) for r in rows]
+            rows = self._db.execute(f"SELECT {_COLUMNS}, mac FROM principals ORDER BY created_ms, id").fetchall()
+        return [PrincipalRecord(_principal(r[:5]), r[7], r[8], self._authentic(r[:9], r[9])) for r in rows]
+
+    def seal(self) -> list[PrincipalRecord]:
+        """Give a MAC to every row that has none (written before rows were authenticated):
+        the administrator vouches for them, once, after checking ``list``. Rows whose MAC
+        is wrong are left alone. Returns the rows sealed."""
+        with self._write():
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM principals WHERE mac IS NULL").fetchall()
+            self._db.executemany("UPDATE principals SET mac = ? WHERE id = ?", [(self._mac(r), r[0]) for r in rows])
+        return [PrincipalRecord(_principal(r[:5]), r[7], r[8]) for r in rows]
 
     def _active(self, principal_id: str) -> tuple | None:
         with self._lock:
-            return self._db.execute("SELECT id, kind, name, roles, partitions, salt, digest FROM principals"
-                                    " WHERE id = ? AND revoked_ms IS NULL", (principal_id,)).fetchone()
+            found = self._db.execute(f"SELECT {_COLUMNS}, mac FROM principals WHERE id = ? AND revoked_ms IS NULL",
+                                     (principal_id,)).fetchone()
+        if found is None:
+            return None
+        if not self._authentic(found[:9], found[9]):
+            log.error("principal %s refused: its access.sqlite row fails authentication (%s)", principal_id,
+                      "never sealed: run `tambua keys seal`" if found[9] is None else "altered")
+            return None
+        return found
 
     def by_key(self, token: str) -> Principal | None:
         """The active principal an API key belongs to, or None."""

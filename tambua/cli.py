@@ -187,13 +187,29 @@ def _kek(args) -> int:
 
 
 def _keys(args) -> int:
-    """``tambua keys create|list|revoke`` on the server's data directory (administrators)."""
-    from matcher.errors import InvalidInput
+    """``tambua keys create|list|revoke|seal`` on the server's data directory (administrators)."""
+    from matcher.errors import InvalidInput, KeyMismatch
+    from matcher.sealing import load_kek
+    from matcher.store import SubjectStore
     from tambua.auth import AccessStore
 
     if args.keys_command in ("new-kek", "rotate"):
         return _kek(args)
-    store = AccessStore(Path(args.data_dir) / "access.sqlite")
+
+    data_dir = Path(args.data_dir)
+    try:
+        kek = load_kek(Path(args.kek_file) if args.kek_file else None)
+        if kek is None:
+            raise KeyMismatch("give the store's key-encryption key (--kek-file or TAMBUA_KEK): "
+                              "principals are authenticated under the store's data key")
+        subjects = SubjectStore(data_dir / "subjects.sqlite", kek)
+        try:
+            store = AccessStore(data_dir / "access.sqlite", subjects)
+        finally:
+            subjects.close()
+    except (TambuaError, OSError) as e:
+        print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
+        return 1
     try:
         if args.keys_command == "create":
             partitions = set(args.partition or ["*"])
@@ -209,8 +225,12 @@ def _keys(args) -> int:
             out = {"principals": [
                 {"id": r.principal.id, "kind": r.principal.kind, "name": r.principal.name,
                  "roles": sorted(r.principal.roles), "partitions": sorted(r.principal.partitions),
-                 "created_unix_ms": r.created_unix_ms, "revoked_unix_ms": r.revoked_unix_ms}
+                 "created_unix_ms": r.created_unix_ms, "revoked_unix_ms": r.revoked_unix_ms,
+                 "authentic": r.authentic}
                 for r in store.list()]}
+        elif args.keys_command == "seal":
+            out = {"sealed": [{"id": r.principal.id, "kind": r.principal.kind, "name": r.principal.name,
+                               "roles": sorted(r.principal.roles)} for r in store.seal()]}
         else:
             if not store.revoke(args.id):
                 print(f"error: no active key or certificate {args.id!r}", file=sys.stderr)
@@ -329,7 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     kc.add_argument("--role", action="append", required=True, choices=ROLES, help="repeatable")
     kc.add_argument("--partition", action="append", help="repeatable; default: every partition")
     kc.add_argument("--cert", help="PEM client certificate to register instead of creating a key")
+    k.add_argument("--kek-file", help="the store's key-encryption key (else TAMBUA_KEK): principals are "
+                                      "authenticated under the store's data key")
     ks.add_parser("list", help="list keys and certificates (never their secrets)")
+    ks.add_parser("seal", help="authenticate principals written before rows carried a MAC (once, after "
+                               "checking `keys list`); until then they are refused")
     ks.add_parser("new-kek", help="print a new random key-encryption key (64 hex digits) for kek_file")
     kk = ks.add_parser("rotate", help="re-wrap the store's data key under a new key-encryption key, online")
     kk.add_argument("--old-kek-file", required=True)

@@ -326,7 +326,11 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
     metrics = Metrics(registry, engine)
     engine.observer = metrics
     limit = config.max_message_mb * 1024 * 1024
-    access = None if config.insecure else AccessStore(config.data_dir / "access.sqlite")
+    access = None if config.insecure else AccessStore(config.data_dir / "access.sqlite", engine.store)
+    refused = [r.principal.id for r in access.list() if not r.authentic and r.revoked_unix_ms is None] if access else []
+    if refused:
+        log.warning("%d principals fail authentication and are refused: %s (rows from before row MACs: "
+                    "check them with `tambua keys list`, then `tambua keys seal`)", len(refused), ", ".join(refused))
     audit = AuditLog(config.data_dir / "audit.jsonl")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),

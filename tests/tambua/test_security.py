@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +21,12 @@ from tests.tambua.test_server import REPO, Server, _reason, face
 
 
 def keys(data_dir: Path, *args: str) -> dict:
-    r = subprocess.run([sys.executable, "-m", "tambua.cli", "keys", "--data-dir", str(data_dir), "--json", *args],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    """``tambua keys`` on ``data_dir``, with the KEK the server beside it gets (``_config``)."""
+    kek = data_dir.parent / "kek"
+    if not kek.exists():
+        kek.write_text(os.urandom(32).hex())
+    r = subprocess.run([sys.executable, "-m", "tambua.cli", "keys", "--data-dir", str(data_dir), "--kek-file",
+                        str(kek), "--json", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -280,3 +285,25 @@ def test_dev_certs_writes_a_ca_that_verifies_its_certificates(tmp_path):
         cert = x509.load_pem_x509_certificate((tmp_path / f"{name}.pem").read_bytes())
         cert.verify_directly_issued_by(ca)  # raises if the CA did not sign it
         assert (tmp_path / f"{name}.key").stat().st_size > 0
+
+
+def test_a_role_granted_by_editing_access_sqlite_is_refused(tls_server):
+    server, stub = tls_server
+    created = create(server.data_dir, "distribution point 9", ["verifier"])
+    md = [("authorization", f"Bearer {created['api_key']}")]
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Stats(pb.StatsRequest(), metadata=md, timeout=60)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    db = sqlite3.connect(server.data_dir / "access.sqlite")  # write access to the file, no KEK
+    db.execute("UPDATE principals SET roles = 'admin,verifier' WHERE id = ?", (created["id"],))
+    db.commit()
+    db.close()
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Stats(pb.StatsRequest(), metadata=md, timeout=60)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    listed = {p["id"]: p for p in keys(server.data_dir, "list")["principals"]}
+    assert listed[created["id"]]["authentic"] is False
+    env = {k: v for k, v in os.environ.items() if k != "TAMBUA_KEK"}
+    r = subprocess.run([sys.executable, "-m", "tambua.cli", "keys", "--data-dir", str(server.data_dir), "list"],
+                       cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1 and "key-encryption key" in r.stderr
