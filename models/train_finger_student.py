@@ -43,8 +43,17 @@ def training_images(root: Path = DATA) -> list[Path]:
     return [f for d in folders for f in sorted(d.iterdir()) if f.suffix.lower() in (".png", ".tif", ".bmp")]
 
 
-def teacher_maps(images: list[Path]) -> list[dict[str, np.ndarray]]:
-    """LEADER's maps on each impression's network input, cached per file."""
+def teacher_maps(images: list[Path], poses: int = 0) -> list[dict[str, np.ndarray]]:
+    """LEADER's maps on each impression's network input, cached per file.
+
+    Args:
+        images: the training impressions.
+        poses: extra maps per impression, each of the input turned by a random angle
+            (+-35 degrees) and scaled by a random factor (0.93-1.07) and LEADER run
+            again on it: the flips of training only cover the square's 8 symmetries,
+            and a teacher run on the moved impression gives directions and positions
+            as LEADER itself finds them there, not as interpolated.
+    """
     from enroll.finger.minutiae import network_input
     from enroll.finger.pipeline import LEADER_FILE, grey_500dpi
     from enroll.finger.segment import segment
@@ -55,19 +64,40 @@ def teacher_maps(images: list[Path]) -> list[dict[str, np.ndarray]]:
     teacher = None  # loaded only when a map is missing from the cache
     out = []
     for i, path in enumerate(images):
-        cached = CACHE / f"{path.parent.parent.name}__{path.parent.name}__{path.stem}.npz"
-        if not cached.exists():
-            teacher = teacher or OnnxModel(model_dir() / LEADER_FILE, threads=1)
-            grey = grey_500dpi(path.read_bytes())
-            canvas, _ = network_input(grey, segment(grey))
-            maps = next(iter(teacher.run(canvas[None, :, :, None]).values()))[0]
-            np.savez(cached, canvas=canvas.astype(np.uint8), pos=maps[..., 0].astype(np.float16),
-                     dir=maps[..., 1].astype(np.float16), typ=maps[..., 2].astype(np.float16))
-        with np.load(cached) as z:
-            out.append({k: z[k] for k in z.files})
+        stem = f"{path.parent.parent.name}__{path.parent.name}__{path.stem}"
+        for pose in range(poses + 1):
+            cached = CACHE / (f"{stem}.npz" if pose == 0 else f"{stem}__pose{pose}.npz")
+            if not cached.exists():
+                teacher = teacher or OnnxModel(model_dir() / LEADER_FILE, threads=1)
+                grey = grey_500dpi(path.read_bytes())
+                canvas, _ = network_input(grey, segment(grey))
+                if pose:
+                    rng = np.random.default_rng([i, pose])
+                    canvas = _moved(canvas, rng.uniform(-35, 35), rng.uniform(0.93, 1.07))
+                maps = next(iter(teacher.run(canvas[None, :, :, None]).values()))[0]
+                np.savez(cached, canvas=canvas.astype(np.uint8), pos=maps[..., 0].astype(np.float16),
+                         dir=maps[..., 1].astype(np.float16), typ=maps[..., 2].astype(np.float16))
+            with np.load(cached) as z:
+                out.append({k: z[k] for k in z.files})
         if (i + 1) % 100 == 0:
-            print(f"teacher maps: {i + 1}/{len(images)}", flush=True)
+            print(f"teacher maps: {i + 1}/{len(images)} impressions", flush=True)
     return out
+
+
+def _moved(canvas: np.ndarray, turn: float, scale: float) -> np.ndarray:
+    """The canvas turned by ``turn`` degrees (counter-clockwise) and scaled about its
+    centre onto a canvas (multiples of 32) large enough to hold all of it, filled with
+    its background grey."""
+    import cv2
+
+    h, w = canvas.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), turn, scale)
+    corners = np.array([[0, 0, 1], [w, 0, 1], [0, h, 1], [w, h, 1]], np.float64) @ m.T
+    span = corners.max(axis=0) - corners.min(axis=0)
+    nw, nh = (int(-(-v // 32) * 32) for v in span)
+    m[:, 2] += (nw - w) / 2, (nh - h) / 2
+    return cv2.warpAffine(canvas, m, (nw, nh), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=float(canvas[0, 0])).astype(np.float32)
 
 
 def _dihedral(arrays: list[np.ndarray], cos: np.ndarray, sin: np.ndarray, k: int):
@@ -174,13 +204,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="channels of each level, e.g. 36,72,144,192 (default v1's, or --init's "
                         "widened, and deepened by a fifth coarser level, to these)")
     p.add_argument("--crop", type=int, default=CROP, help="training crop side, a multiple of 32")
+    p.add_argument("--poses", type=int, default=0,
+                   help="extra teacher maps per impression, LEADER run on it turned and scaled")
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
     images = training_images()
-    samples = teacher_maps(images)
-    print(f"{len(samples)} training impressions", flush=True)
+    samples = teacher_maps(images, args.poses)
+    print(f"{len(samples)} teacher maps of {len(images)} impressions", flush=True)
     net, steps = train(samples, args.minutes, args.batch, args.lr, args.seed, args.init, args.widths, args.crop)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **net.numpy_weights())

@@ -139,3 +139,17 @@ def test_detection_threshold_matches_leader_s_count(models, fingerprints):
     k = int(np.flatnonzero(dt.GRID == t)[0])
     assert abs(student[:, k].mean() - teacher.mean()) <= np.abs(student.mean(0) - teacher.mean()).min() + 1e-9
     assert dt.matching_threshold(np.array([30]), np.array([dt.GRID * -100 + 100])) == 0.7  # 100 - 100 t = 30
+
+
+def test_a_moved_training_input_keeps_the_whole_finger():
+    from models.train_finger_student import _moved
+
+    canvas = np.full((320, 288), 200, np.float32)
+    canvas[24:296, 24:264] = 60  # a "finger" reaching close to the canvas edge
+    area = np.count_nonzero(canvas < 130)
+    for turn, scale in [(35, 1.0), (-35, 1.07), (20, 0.93), (0, 1.07)]:
+        moved = _moved(canvas, turn, scale)
+        assert moved.shape[0] % 32 == 0 and moved.shape[1] % 32 == 0
+        assert moved[0, 0] == 200 and moved[-1, -1] == 200  # corners filled with the background
+        # nothing of the finger is cut off: its area changes by the scale squared only
+        assert np.count_nonzero(moved < 130) / area == pytest.approx(scale ** 2, rel=0.02)
