@@ -99,6 +99,25 @@ def test_the_site_identity_travels_with_the_backup(tmp_path):
     restored.close()
 
 
+
+def test_principals_travel_with_the_backup_and_stay_authentic(tmp_path):
+    from matcher.sealing import new_key
+    from matcher.store import SubjectStore
+    from tambua.auth import AccessStore
+
+    store = SubjectStore(tmp_path / "a" / "subjects.sqlite", kek := new_key())
+    access = AccessStore(tmp_path / "a" / "access.sqlite", store)
+    principal, key = access.create_key("tablet K-12", {"registrar"}, {"kakuma"})
+    access.close()
+    store.close()
+    assert cli("backup", "--data-dir", str(tmp_path / "a"), "--out", str(tmp_path / "bk")).returncode == 0
+    assert cli("restore", "--from", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "b")).returncode == 0
+    restored = SubjectStore(tmp_path / "b" / "subjects.sqlite", kek)
+    access = AccessStore(tmp_path / "b" / "access.sqlite", restored)  # the row key opens with the restored data key
+    assert access.by_key(key) == principal and all(r.authentic for r in access.list())
+    access.close()
+    restored.close()
+
 def test_a_changed_backup_is_refused_and_nothing_written(tmp_path):
     from matcher.store import SubjectStore
     from tests.matcher.test_store import _subject
