@@ -7,6 +7,9 @@ entry carries the SHA-256 of the previous entry's hash and its own canonical JSO
 edited, removed, inserted or reordered entry breaks the chain (:func:`verify`). Each entry
 is written and fsynced before the caller gets its answer; calls that end together share
 one fsync (group commit), so the log does not hold concurrent calls to one disk flush each.
+Another process may append too (``tambua keys`` records grants and revocations made on
+the host): every append holds an advisory lock on the file and first takes up the chain
+from whatever another writer added.
 
 What a chain alone cannot show is the loss of its newest entries (a truncated tail is a
 shorter valid chain): the head (sequence and hash) is what to copy elsewhere, e.g. into
@@ -15,6 +18,8 @@ each backup and sync bundle, and compare (``tambua audit verify --head SEQ:HASH`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -37,7 +42,8 @@ class AuditEntry:
         seq: 1, 2, ... without gaps.
         unix_ms: when the call ended.
         principal_id / principal_name: who called (key id or certificate fingerprint).
-        rpc: the method's short name.
+        rpc: the method's short name; for a change made on the server host, what it was
+            (``keys create <id> (...)``, ``keys revoke <id>``, ``keys seal <ids>``).
         partition: the gallery partition named by the request ("" when none).
         subject_ids: subjects the call touched (enrolled, deleted, read, verified against)
             or returned as candidates.
@@ -83,13 +89,24 @@ class AuditLog:
         self._lock = threading.Lock()  # order: the chain and the file's lines
         self._flush = threading.Lock()  # one fsync at a time; waiters often find theirs done
         self._seq, self._head = 0, GENESIS
-        self._recover()
-        self._durable = self._seq  # every entry up to here is on disk
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with self._other_writers():
+            self._catch_up()
+        self._durable = self._seq  # every entry up to here is on disk
 
-    def _recover(self) -> None:
-        if not self.path.exists():
-            return
+    @contextlib.contextmanager
+    def _other_writers(self):
+        """Excludes other processes appending to the file (``tambua keys`` on the host
+        while the server runs) for one append: an advisory lock on the file."""
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _catch_up(self) -> None:
+        """Take the chain's head from the file's last entry (called with the file locked:
+        a half-written last line is then a crash's, never a live writer's, and is cut off)."""
         data = self.path.read_bytes()
         end = data.rfind(b"\n") + 1
         if end < len(data):
@@ -98,6 +115,7 @@ class AuditLog:
         if end:
             last = _entry(data[data.rfind(b"\n", 0, end - 1) + 1:end].decode())
             self._seq, self._head = last.seq, last.hash
+        self._size = end
 
     @property
     def head(self) -> tuple[int, str]:
@@ -113,7 +131,9 @@ class AuditLog:
         and one fsync makes every line written before it durable, so calls that end at the
         same time wait for one flush between them instead of one each.
         """
-        with self._lock:
+        with self._lock, self._other_writers():
+            if os.fstat(self._fd).st_size != self._size:  # another process appended since
+                self._catch_up()
             fields = {"seq": self._seq + 1, "unix_ms": int(time.time() * 1000), "principal_id": principal_id,
                       "principal_name": principal_name, "rpc": rpc, "partition": partition,
                       "subject_ids": tuple(subject_ids), "outcome": outcome, "prev": self._head, "hash": ""}
@@ -121,7 +141,7 @@ class AuditLog:
             entry = AuditEntry(**fields)
             line = json.dumps({**asdict(entry), "subject_ids": list(entry.subject_ids)}, sort_keys=True,
                               separators=(",", ":"), ensure_ascii=True) + "\n"
-            os.write(self._fd, line.encode())
+            self._size += os.write(self._fd, line.encode())
             self._seq, self._head = entry.seq, entry.hash
         self._sync_through(entry.seq)
         return entry

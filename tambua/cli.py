@@ -217,32 +217,58 @@ def _keys(args) -> int:
                 p, secret = store.add_certificate(Path(args.cert).read_bytes(), args.name, set(args.role), partitions), None
             else:
                 p, secret = store.create_key(args.name, set(args.role), partitions)
-            out = {"id": p.id, "kind": p.kind, "name": p.name, "roles": sorted(p.roles),
-                   "partitions": sorted(p.partitions)}
+            out = _principal_json(p)
             if secret:
                 out["api_key"] = secret  # shown this once: only its salted hash is kept
+            change = (f"create {p.id} ({p.kind} {p.name!r}; roles {','.join(sorted(p.roles))}; "
+                      f"partitions {','.join(sorted(p.partitions))})")
         elif args.keys_command == "list":
             out = {"principals": [
-                {"id": r.principal.id, "kind": r.principal.kind, "name": r.principal.name,
-                 "roles": sorted(r.principal.roles), "partitions": sorted(r.principal.partitions),
-                 "created_unix_ms": r.created_unix_ms, "revoked_unix_ms": r.revoked_unix_ms,
-                 "authentic": r.authentic}
+                {**_principal_json(r.principal), "created_unix_ms": r.created_unix_ms,
+                 "revoked_unix_ms": r.revoked_unix_ms, "authentic": r.authentic}
                 for r in store.list()]}
+            change = ""
         elif args.keys_command == "seal":
-            out = {"sealed": [{"id": r.principal.id, "kind": r.principal.kind, "name": r.principal.name,
-                               "roles": sorted(r.principal.roles)} for r in store.seal()]}
+            sealed = [r.principal for r in store.seal()]
+            out = {"sealed": [_principal_json(p) for p in sealed]}
+            change = f"seal {','.join(p.id for p in sealed)}" if sealed else ""
         else:
             if not store.revoke(args.id):
                 print(f"error: no active key or certificate {args.id!r}", file=sys.stderr)
                 return 1
             out = {"revoked": args.id}
+            change = f"revoke {args.id}"
     except InvalidInput as e:
         print(f"error: {e.message}", file=sys.stderr)
         return 1
     finally:
         store.close()
+    if change:
+        _audit_on_host(data_dir, f"keys {change}")
     _print(out, args.json)
     return 0
+
+
+def _principal_json(p) -> dict:
+    return {"id": p.id, "kind": p.kind, "name": p.name, "roles": sorted(p.roles), "partitions": sorted(p.partitions)}
+
+
+def _audit_on_host(data_dir: Path, action: str) -> None:
+    """Record a change an administrator made on the server host (not through an RPC) in
+    the data directory's audit log, chained with the server's own entries."""
+    import getpass
+
+    from tambua.audit import AuditLog
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user without a passwd entry
+        user = f"uid {os.getuid()}"
+    audit = AuditLog(data_dir / "audit.jsonl")
+    try:
+        audit.append(f"host:{user}", f"{user} on the server host", action, "", (), "OK")
+    finally:
+        audit.close()
 
 
 def _finger_arg(text: str) -> tuple[int, str]:

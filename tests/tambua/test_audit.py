@@ -153,3 +153,33 @@ def test_concurrent_calls_share_fsyncs_and_each_returns_durable(tmp_path, monkey
     assert calls[0] < 240, calls[0]  # one flush each: 320 (75-110 measured here with CPU hogs beside it)
     report = verify(path)
     assert report.ok and report.entries == 320 and report.head[0] == 320
+
+
+def test_another_process_appending_keeps_one_chain(tmp_path):
+    """The server and `tambua keys` on the host append to one file: interleaved appends
+    from two processes (and from two writers in this one) stay one verifiable chain."""
+    import threading
+
+    path = tmp_path / "audit.jsonl"
+    ours, second = AuditLog(path), AuditLog(path)  # two open files: locked like two processes
+    other = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from pathlib import Path; from tambua.audit import AuditLog\n"
+        "log = AuditLog(Path(sys.argv[1]))\n"
+        "for i in range(150): log.append('host:admin', 'admin', f'keys revoke k{i}', '', (), 'OK')\n"
+    ), str(path)], cwd=REPO)
+
+    def calls(log, name):
+        for i in range(150):
+            log.append("k1", name, "Enroll", "default", (f"{name}-{i}",), "OK")
+
+    threads = [threading.Thread(target=calls, args=(log, name)) for log, name in ((ours, "a"), (second, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert other.wait(timeout=120) == 0
+    ours.close()
+    second.close()
+    report = verify(path)
+    assert report.ok, report.problem
+    assert report.entries == 450

@@ -307,3 +307,21 @@ def test_a_role_granted_by_editing_access_sqlite_is_refused(tls_server):
     r = subprocess.run([sys.executable, "-m", "tambua.cli", "keys", "--data-dir", str(server.data_dir), "list"],
                        cwd=REPO, capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 1 and "key-encryption key" in r.stderr
+
+
+def test_grants_and_revocations_on_the_host_are_in_the_server_s_audit_chain(tls_server, orl):
+    server, stub = tls_server
+    created = create(server.data_dir, "tablet 7", ["registrar"])
+    md = [("authorization", f"Bearer {created['api_key']}")]
+    stub.Extract(pb.ExtractRequest(samples=[face(orl, 6, 1)]), metadata=md, timeout=60)
+    keys(server.data_dir, "revoke", created["id"])
+    with pytest.raises(grpc.RpcError):
+        stub.Extract(pb.ExtractRequest(samples=[face(orl, 6, 1)]), metadata=md, timeout=60)
+    lines = [json.loads(x) for x in (server.data_dir / "audit.jsonl").read_text().splitlines()]
+    mine = [e for e in lines if created["id"] in e["rpc"] or e["principal_id"] == created["id"]]
+    assert [(e["rpc"].split(" (")[0], e["outcome"]) for e in mine] == [
+        (f"keys create {created['id']}", "OK"), ("Extract", "OK"), (f"keys revoke {created['id']}", "OK")]
+    assert mine[0]["principal_id"].startswith("host:") and "roles registrar; partitions *" in mine[0]["rpc"]
+    r = subprocess.run([sys.executable, "-m", "tambua.cli", "audit", "verify", "--data-dir", str(server.data_dir),
+                        "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"]
