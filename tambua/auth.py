@@ -2,7 +2,7 @@
 scopes, and the one server interceptor that checks them on every call.
 
 Principals live in ``access.sqlite`` beside the subject store, managed by an administrator
-on the server host (``tambua keys create|list|revoke``); the interceptor reads the table on
+on the server host (``tambua keys create|list|revoke|seal``); the interceptor reads the table on
 every call, so a revocation takes effect at once, also from another process.
 
 Every row carries an HMAC-SHA256 under a key kept in the file sealed by the subject
@@ -26,11 +26,11 @@ import contextlib
 import contextvars
 import hashlib
 import hmac
+import json
 import logging
 import secrets
 import sqlite3
 import threading
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,14 +245,12 @@ class AccessStore:
         never make an altered row authentic.
         """
         with self._write():
-            found = self._db.execute(f"SELECT {_COLUMNS}, mac FROM principals WHERE id = ? AND revoked_ms IS NULL",
-                                     (principal_id,)).fetchone()
+            found = self._unrevoked(principal_id)
             if found is not None:
-                row, mac = (*found[:8], int(time.time() * 1000)), found[9]
-                if self._authentic(found[:9], mac):
-                    mac = self._mac(row)
+                row, mac = found
+                revoked = (*row[:8], int(time.time() * 1000))
                 self._db.execute("UPDATE principals SET revoked_ms = ?, mac = ? WHERE id = ?",
-                                 (row[8], mac, principal_id))
+                                 (revoked[8], self._mac(revoked) if self._authentic(row, mac) else mac, principal_id))
         return found is not None
 
     def list(self) -> list[PrincipalRecord]:
@@ -270,17 +268,24 @@ class AccessStore:
             self._db.executemany("UPDATE principals SET mac = ? WHERE id = ?", [(self._mac(r), r[0]) for r in rows])
         return [PrincipalRecord(_principal(r[:5]), r[7], r[8]) for r in rows]
 
+    def _unrevoked(self, principal_id: str) -> tuple[tuple, bytes | None] | None:
+        """(row as ``_COLUMNS``, its MAC) of a principal not revoked, or None (caller holds the lock)."""
+        found = self._db.execute(f"SELECT {_COLUMNS}, mac FROM principals WHERE id = ? AND revoked_ms IS NULL",
+                                 (principal_id,)).fetchone()
+        return None if found is None else (found[:9], found[9])
+
     def _active(self, principal_id: str) -> tuple | None:
+        """The row of an unrevoked principal whose MAC holds, or None."""
         with self._lock:
-            found = self._db.execute(f"SELECT {_COLUMNS}, mac FROM principals WHERE id = ? AND revoked_ms IS NULL",
-                                     (principal_id,)).fetchone()
+            found = self._unrevoked(principal_id)
         if found is None:
             return None
-        if not self._authentic(found[:9], found[9]):
+        row, mac = found
+        if not self._authentic(row, mac):
             log.error("principal %s refused: its access.sqlite row fails authentication (%s)", principal_id,
-                      "never sealed: run `tambua keys seal`" if found[9] is None else "altered")
+                      "never sealed: run `tambua keys seal`" if mac is None else "altered")
             return None
-        return found
+        return row
 
     def by_key(self, token: str) -> Principal | None:
         """The active principal an API key belongs to, or None."""

@@ -368,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
 
     k = sub.add_parser("keys", help="API keys and client certificates (run on the server host)")
     k.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
+    k.add_argument("--kek-file", help="the store's key-encryption key (else TAMBUA_KEK): principals are "
+                                      "authenticated under the store's data key")
     k.add_argument("--json", action="store_true")
     ks = k.add_subparsers(dest="keys_command", required=True)
     kc = ks.add_parser("create", help="create an API key, or register a client certificate with --cert")
@@ -375,8 +377,6 @@ def main(argv: list[str] | None = None) -> int:
     kc.add_argument("--role", action="append", required=True, choices=ROLES, help="repeatable")
     kc.add_argument("--partition", action="append", help="repeatable; default: every partition")
     kc.add_argument("--cert", help="PEM client certificate to register instead of creating a key")
-    k.add_argument("--kek-file", help="the store's key-encryption key (else TAMBUA_KEK): principals are "
-                                      "authenticated under the store's data key")
     ks.add_parser("list", help="list keys and certificates (never their secrets)")
     ks.add_parser("seal", help="authenticate principals written before rows carried a MAC (once, after "
                                "checking `keys list`); until then they are refused")
