@@ -11,6 +11,8 @@ reflections) are masked in the normalised strip, where they are easier to see:
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import cv2
@@ -61,6 +63,16 @@ def _arc_means(img: np.ndarray, cx: np.ndarray, cy: np.ndarray, radii: np.ndarra
     return np.where(count == len(angles), v.mean(-1), np.nan)
 
 
+def _steps(means: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Daugman's radial step of arc means (centres x radii, NaN where an arc left the
+    image): the mean of the ``width`` arcs just outside each radius minus the ``width``
+    just inside. Returns (radius indices, steps: centres x those radii, NaN where a
+    window holds an arc that left the image)."""
+    c = np.concatenate([np.zeros((len(means), 1)), np.cumsum(means, axis=1)], axis=1)
+    r = np.arange(width, means.shape[1] - width)
+    return r, ((c[:, r + width] - c[:, r]) - (c[:, r] - c[:, r - width])) / width
+
+
 def _integro_differential(img: np.ndarray, cx: np.ndarray, cy: np.ndarray, radii: np.ndarray,
                           angles: np.ndarray, width: int = 2) -> tuple[int, int, float]:
     """Daugman's operator: the centre and radius where the arc mean steps up most.
@@ -71,11 +83,8 @@ def _integro_differential(img: np.ndarray, cx: np.ndarray, cy: np.ndarray, radii
 
     Returns (centre index, radius index, step in grey levels).
     """
-    means = np.nan_to_num(_arc_means(img, cx, cy, radii, angles), nan=-1e4)
-    c = np.concatenate([np.zeros((len(means), 1)), np.cumsum(means, axis=1)], axis=1)
-    r = np.arange(width, means.shape[1] - width)
-    step = ((c[:, r + width] - c[:, r]) - (c[:, r] - c[:, r - width])) / width
-    step[step > 1e3] = -1e4  # windows that reach outside the image
+    r, step = _steps(_arc_means(img, cx, cy, radii, angles), width)
+    step = np.nan_to_num(step, nan=-np.inf)
     ci, ri = np.unravel_index(int(np.argmax(step)), step.shape)
     return int(ci), int(r[ri]), float(step[ci, ri])
 
@@ -112,9 +121,69 @@ def _edge_strength(img: np.ndarray, cands: np.ndarray, offsets=(1.0, 2.0, 3.0), 
     return np.nan_to_num(np.nanmedian(step, axis=1), nan=-1e4)
 
 
-def find_pupil(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0) -> tuple[Circle, float] | None:
-    """The darkest round blob with the sharpest edge: (circle, roundness) or None when
-    there is none."""
+def remove_reflections(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image with its specular reflections painted over, and where they were.
+
+    A reflection is a small bright spot on something dark: a white top-hat (the image
+    less its opening by a disc wider than any illuminator spot) of at least 60 grey
+    levels, at least 180 bright, in a blob no larger than that disc whose surroundings
+    (a 3-pixel ring) are at most half as bright as it. Every real NIR camera leaves
+    one or a ring of them in the pupil; they split it, notch its edge and pull an arc
+    mean, so boundaries are looked for only after they are inpainted from their
+    surroundings. Skin seen between eyelashes passes the top-hat too, but its
+    surroundings are bright skin: inpainting it would paint the lashes across it.
+
+    Returns:
+        (cleaned uint8 image, bool mask of the reflections, grown by two pixels).
+    """
+    side = max(15, (min(img.shape) // 12) | 1)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+    spots = ((cv2.subtract(img, cv2.morphologyEx(img, cv2.MORPH_OPEN, disc)) > 60) & (img >= 180)).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(spots, connectivity=8)
+    h, w = img.shape
+    keep = np.zeros(n, bool)
+    for i in range(1, n):
+        x, y, bw, bh, area = stats[i]
+        if area > side * side:
+            continue
+        x0, y0, x1, y1 = max(0, x - 3), max(0, y - 3), min(w, x + bw + 3), min(h, y + bh + 3)
+        own = labels[y0:y1, x0:x1] == i
+        ring = cv2.dilate(own.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~own
+        keep[i] = np.median(img[y0:y1, x0:x1][ring]) <= 0.5 * img[y0:y1, x0:x1][own].mean()
+    if not keep[1:].any():
+        return img, np.zeros(img.shape, bool)
+    # Grown by two pixels: a spot's blurred rim is brighter than what it covers.
+    mask = cv2.dilate(keep[labels].astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    return cv2.inpaint(img, mask, 3, cv2.INPAINT_TELEA), mask.astype(bool)
+
+
+def _inscribed(filled: np.ndarray, labels: np.ndarray, i: int, box: np.ndarray) -> tuple[float, float, float]:
+    """Centre and radius of the largest disc inside component ``i`` (its distance-transform peak)."""
+    x, y, w, h = (int(v) for v in box[:4])
+    sub = np.pad((labels[y:y + h, x:x + w] == i).astype(np.uint8), 1)
+    dist = cv2.distanceTransform(sub, cv2.DIST_L2, 5)
+    yy, xx = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return float(x + xx - 1), float(y + yy - 1), float(dist[yy, xx])
+
+
+def _interior_spread(img: np.ndarray, cands: np.ndarray, n_angles: int = 32) -> np.ndarray:
+    """Spread (standard deviation) of the grey levels inside each candidate circle (rows
+    x, y, r), sampled on rings at 0.15-0.8 of its radius, the brightest tenth left out.
+    A pupil is a flat dark disc; a dark gap between eyelashes is not."""
+    th = np.linspace(0, 2 * np.pi, n_angles, endpoint=False)
+    f = np.array([0.15, 0.3, 0.45, 0.6, 0.8])
+    h, w = img.shape
+    r = cands[:, 2, None, None] * f[None, :, None]
+    x = np.clip(np.rint(cands[:, 0, None, None] + r * np.cos(th)), 0, w - 1).astype(np.int64)
+    y = np.clip(np.rint(cands[:, 1, None, None] + r * np.sin(th)), 0, h - 1).astype(np.int64)
+    v = np.sort(img[y, x].reshape(len(cands), -1).astype(np.float32), axis=1)
+    return v[:, : int(0.9 * v.shape[1])].std(axis=1)
+
+
+def pupil_candidates(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0,
+                     max_spread: float = 12.0) -> Iterator[tuple[Circle, float]]:
+    """Pupils, best first: the dark round blobs with the sharpest edges, as (circle,
+    roundness), each refined to a quarter pixel; the next lies outside the last."""
     smooth = cv2.medianBlur(img, 5)
     # Blobs are looked for on a copy about 120 px on its short side (pupils of r >= 8 px
     # keep r >= 4 there); edges are then measured and refined at full resolution.
@@ -134,38 +203,71 @@ def find_pupil(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0) -> tupl
         dark = ((padded <= t) * 255).astype(np.uint8)
         dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, kernel)  # eyelashes are thin
         filled = _fill_holes(dark)
-        n, _, stats, cent = cv2.connectedComponentsWithStats(filled, connectivity=8)
+        n, labels, stats, cent = cv2.connectedComponentsWithStats(filled, connectivity=8)
         for i in range(1, n):
             _, _, w, h, area = stats[i]
-            if not min_r <= 0.25 * scale * (w + h) <= max_r or max(w, h) > 1.35 * min(w, h):
+            if min(w, h) * scale < 2 * min_r:
                 continue
             roundness = area / (np.pi * (max(w, h) / 2) ** 2)
-            if roundness < 0.78:
+            if max(w, h) <= 1.35 * min(w, h) and roundness >= 0.78:
+                cx, cy, r = float(cent[i][0] - 1), float(cent[i][1] - 1), float(np.sqrt(area / np.pi))
+            else:
+                # Eyelashes touching the pupil, or a lid across it, join it into one blob
+                # that is not round; the largest disc inside that blob is still the pupil.
+                cx, cy, r = _inscribed(filled, labels, i, stats[i])
+                cx, cy = cx - 1, cy - 1
+                roundness = np.pi * r * r / area
+                if roundness < 0.3:  # a disc lost in a large dark region: not a pupil
+                    continue
+            if not min_r <= scale * r <= max_r:
                 continue
-            cx, cy, r = float(cent[i][0] - 1), float(cent[i][1] - 1), float(np.sqrt(area / np.pi))
             key = (round(cx), round(cy), round(r))
             if key not in cands or roundness > cands[key][3]:
                 cands[key] = (scale * cx + (scale - 1) / 2, scale * cy + (scale - 1) / 2, scale * r, float(roundness))
     if not cands:
-        return None
+        return
     arr = np.array(list(cands.values()))
+    # A pupil cut by the image border leaves no whole iris to code; dark corners and the
+    # gaps between lashes along the border are the usual such blobs.
+    h, w = img.shape
+    whole = ((arr[:, 0] >= arr[:, 2]) & (arr[:, 0] <= w - 1 - arr[:, 2])
+             & (arr[:, 1] >= arr[:, 2]) & (arr[:, 1] <= h - 1 - arr[:, 2]))
+    arr = arr[whole]
+    if not len(arr):
+        return
     edge = _edge_strength(smooth, arr)
-    best = int(np.argmax(edge))
-    while True:
-        # A dark iris is a round blob too, its edge on the sclera often the sharpest:
-        # a good edge well inside the winner, concentric with it, is its pupil.
-        x, y, r = arr[best, :3]
-        inner = ((np.hypot(arr[:, 0] - x, arr[:, 1] - y) < 0.5 * r) & (arr[:, 2] <= 0.75 * r)
-                 & (edge >= 0.5 * edge[best]))
-        if not inner.any():
-            break
-        best = int(np.flatnonzero(inner)[np.argmax(edge[inner])])
-    best = arr[best]
-    c, roundness = Circle(*map(float, best[:3])), float(best[3])
-    # Refine on the full circle: the blob's edge depends on the threshold. A pixel grid
-    # first, then a quarter-pixel one: the code moves with the pupil's boundary, and
-    # sub-pixel noise in it cost CASIA-IrisV1 EER (0.49% -> 0.70% for ~0.5 px).
+    # A candidate whose inside is not flat (the pupil quality gate's own limit) is a gap
+    # among eyelashes or lid skin, however sharp its outline.
+    flat = _interior_spread(smooth, arr) <= max_spread
+    if flat.any():
+        arr, edge = arr[flat], edge[flat]
+    # A blob that is round only inside (the largest disc in a blob joined with lashes)
+    # is less sure than a round one: its edge counts in proportion.
+    edge = edge * np.minimum(1.0, arr[:, 3] / 0.78)
     f = cv2.GaussianBlur(img, (0, 0), 1.0).astype(np.float32)
+    while len(arr):
+        best = int(np.argmax(edge))
+        while True:
+            # A dark iris is a round blob too, its edge on the sclera often the sharpest:
+            # a good edge well inside the winner, concentric with it, is its pupil.
+            x, y, r = arr[best, :3]
+            inner = ((np.hypot(arr[:, 0] - x, arr[:, 1] - y) < 0.5 * r) & (arr[:, 2] <= 0.75 * r)
+                     & (edge >= 0.5 * edge[best]))
+            if not inner.any():
+                break
+            best = int(np.flatnonzero(inner)[np.argmax(edge[inner])])
+        yield _refine_pupil(f, Circle(*map(float, arr[best, :3])), min_r), float(arr[best, 3])
+        # The next guess lies elsewhere: drop every candidate centred inside this one.
+        x, y, r = arr[best, :3]
+        away = np.hypot(arr[:, 0] - x, arr[:, 1] - y) > r
+        arr, edge = arr[away], edge[away]
+
+
+def _refine_pupil(f: np.ndarray, c: Circle, min_r: float) -> Circle:
+    """Daugman's operator on the full circle around a blob's circle (its edge depends on
+    the threshold it was found at). A pixel grid first, then a quarter-pixel one: the
+    code moves with the pupil's boundary, and sub-pixel noise in it cost CASIA-IrisV1
+    EER (0.49% -> 0.70% for ~0.5 px)."""
     angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
     for step, reach, (r_lo, r_hi) in ((1.0, 2.0, (max(min_r - 2, c.r * 0.8), c.r * 1.25 + 2)),
                                       (0.25, 0.75, (c.r - 3.5, c.r + 3.5))):
@@ -174,12 +276,18 @@ def find_pupil(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0) -> tupl
         radii = np.arange(r_lo, r_hi + 1e-6, step)
         ci, ri, _ = _integro_differential(f, gx.ravel(), gy.ravel(), radii, angles, width=round(2 / step))
         c = Circle(float(gx.ravel()[ci]), float(gy.ravel()[ci]), float(radii[ri]))
-    return c, roundness
+    return c
 
 
 def find_limbus(img: np.ndarray, pupil: Circle) -> tuple[Circle, float] | None:
     """The limbus: Daugman's operator on the left and right arcs around the pupil, or
-    None when the image leaves no room for one."""
+    None when the image leaves no room for one.
+
+    Each side steps on its own and the two steps are averaged; where one side's arc
+    has left the image (close framing, an eye off centre) the other side's step counts
+    alone, with the centre's x held at the pupil's (one arc cannot tell a shifted
+    centre from a larger radius).
+    """
     f = cv2.GaussianBlur(img, (0, 0), 2.0).astype(np.float32)
     # Left and right arcs pin the centre's x and the radius but not its y: the y of the
     # pupil's centre is used (a free y shifted whole eyes by 13 px and broke their
@@ -192,22 +300,39 @@ def find_limbus(img: np.ndarray, pupil: Circle) -> tuple[Circle, float] | None:
     if len(radii) < 16:
         return None
     side = np.deg2rad(np.linspace(-20, 25, 20))  # y down; wider arcs meet the eyelids
-    angles = np.concatenate([side, np.pi - side])
-    ci, ri, step = _integro_differential(f, gx, gy, radii, angles, width=6)
-    return Circle(float(gx[ci]), float(gy[ci]), float(radii[ri])), step
+    r, right = _steps(_arc_means(f, gx, gy, radii, side), 6)
+    _, left = _steps(_arc_means(f, gx, gy, radii, np.pi - side), 6)
+    both = (right + left) / 2
+    one = np.where(np.isnan(right), left, right)
+    one[np.arange(len(gx)) != len(gx) // 2] = np.nan
+    step = np.nan_to_num(np.where(np.isnan(both), one, both), nan=-np.inf)
+    ci, ri = np.unravel_index(int(np.argmax(step)), step.shape)
+    if not np.isfinite(step[ci, ri]):
+        return None
+    return Circle(float(gx[ci]), float(gy[ci]), float(radii[r[ri]])), float(step[ci, ri])
 
 
-def segment(img: np.ndarray) -> IrisBoundaries | None:
+def segment(img: np.ndarray, accept: Callable[[IrisBoundaries], bool] | None = None,
+            tries: int = 3) -> IrisBoundaries | None:
     """Pupil and limbus of a near-infrared eye image, or None when no pupil (or no room
-    for an iris around it) is found."""
-    found = find_pupil(img)
-    if found is None:
-        return None
-    pupil, roundness = found
-    limbus = find_limbus(img, pupil)
-    if limbus is None:
-        return None
-    return IrisBoundaries(pupil, limbus[0], roundness, limbus[1])
+    for an iris around it) is found.
+
+    The pupil candidates are tried best first, up to ``tries``: the first whose
+    boundaries ``accept`` takes (by default, any with a limbus) wins. A dark gap among
+    eyelashes or at the eye's corner can have a sharper outline than a pupil crossed by
+    lashes, but no iris around it. Failing all, the first found is returned, for the
+    quality gates to refuse with their reason.
+    """
+    first = None
+    for pupil, roundness in itertools.islice(pupil_candidates(img), tries):
+        limbus = find_limbus(img, pupil)
+        if limbus is None:
+            continue
+        found = IrisBoundaries(pupil, limbus[0], roundness, limbus[1])
+        if accept is None or accept(found):
+            return found
+        first = first or found
+    return first
 
 
 def with_band(b: IrisBoundaries, scale: float) -> IrisBoundaries:
