@@ -2,8 +2,12 @@
 
 Usage::
 
-    python -m bench.accuracy --modality {face,fingerprint,fingerprint-lite,fingerprint-nbis,iris} --root DIR --layout {folders,lfw-pairs} \\
-        [--protocol {all,fvc}] --json OUT [--plot PNG]
+    python -m bench.accuracy --modality {face,fingerprint,fingerprint-lite,fingerprint-nbis,iris} --root DIR [DIR ...] \\
+        --layout {folders,lfw-pairs} [--protocol {all,fvc}] --json OUT [--plot PNG]
+
+Several roots: each set is measured alone (under ``sets`` in the JSON) and the top-level
+keys are measured on all their pairs pooled (pairs stay within a set), with
+``threshold_spread``: each set's threshold at each target FMR beside the pooled one.
 
 Layouts:
     folders    every subfolder of DIR is one identity; genuine pairs are all pairs
@@ -410,7 +414,8 @@ def plot_det(gen: np.ndarray, imp: np.ndarray, path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Biometric accuracy by the standard protocols.")
     parser.add_argument("--modality", required=True, choices=sorted(MODALITIES))
-    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--root", required=True, type=Path, nargs="+",
+                        help="one labelled set, or several: each is measured alone and all are pooled")
     parser.add_argument("--layout", required=True, choices=["folders", "lfw-pairs"])
     parser.add_argument("--protocol", choices=["all", "fvc"], help="folders layout (default: the modality's)")
     parser.add_argument("--exclude", type=Path, help="file of known mislabelled images to leave out")
@@ -418,26 +423,73 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="DET curve PNG")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    if not args.root.is_dir():
-        parser.error(f"--root {args.root} is not a folder")
+    for root in args.root:
+        if not root.is_dir():
+            parser.error(f"--root {root} is not a folder")
     # One request at a time on one core is the deployment we measure; keep BLAS/OMP quiet.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     modality = MODALITIES[args.modality]
     protocol = args.protocol or modality.default_protocol
     exclude = load_exclusions(args.exclude)
-    pairs = load_lfw_pairs(args.root) if args.layout == "lfw-pairs" else load_folders(args.root, protocol, exclude)
-    result, gen, imp = evaluate(modality, pairs, progress=not args.no_progress)
-    result["root"] = str(args.root)
-    result["layout"] = args.layout
-    result["protocol"] = protocol if args.layout == "folders" else "lfw"
-    result["excluded"] = sorted(e for e in exclude if e.startswith(args.root.name + "/"))
+    results, gens, imps = {}, [], []
+    for root in args.root:
+        pairs = load_lfw_pairs(root) if args.layout == "lfw-pairs" else load_folders(root, protocol, exclude)
+        result, gen, imp = evaluate(modality, pairs, progress=not args.no_progress)
+        result["root"] = str(root)
+        result["layout"] = args.layout
+        result["protocol"] = protocol if args.layout == "folders" else "lfw"
+        result["excluded"] = sorted(e for e in exclude if e.startswith(root.name + "/"))
+        results[root.name] = result
+        gens.append(gen)
+        imps.append(imp)
+    if len(args.root) == 1:
+        out = results[args.root[0].name]
+    else:
+        out = pooled(results, np.concatenate(gens), np.concatenate(imps))
+    gen, imp = np.concatenate(gens), np.concatenate(imps)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
     if args.plot:
-        plot_det(gen, imp, args.plot, f"{modality.name}: {args.root.name}")
-    summary = {k: result[k] for k in ("eer", "accuracy", "tar_at_far_1e-3", "rank1", "failure_to_enrol")}
+        plot_det(gen, imp, args.plot, f"{modality.name}: {' + '.join(r.name for r in args.root)}")
+    summary = {k: out[k] for k in ("eer", "accuracy", "tar_at_far_1e-3", "rank1", "failure_to_enrol")}
     print(json.dumps(summary))
     return 0
+
+
+def pooled(results: dict[str, dict], gen: np.ndarray, imp: np.ndarray) -> dict:
+    """Several sets in one report: each set's result under ``sets``, and at the top the
+    same keys measured on every set's genuine and impostor pairs pooled (pairs stay
+    within a set), with how far each set's threshold for a target FMR lies from the
+    pooled one (``threshold_spread``): a threshold fitted to one set is only as good as
+    that spread is small."""
+    images = sum(r["images"] for r in results.values())
+    rates = _error_rates(gen, imp)
+    weight = {name: r["images"] / images for name, r in results.items()}
+    probes = sum(r["rank1_probes"] for r in results.values())
+    out = {
+        "modality": next(iter(results.values()))["modality"],
+        "score": next(iter(results.values()))["score"],
+        "sets": results,
+        "images": images,
+        "genuine_pairs": int(len(gen)),
+        "impostor_pairs": int(len(imp)),
+        "failure_to_enrol": float(sum(weight[n] * r["failure_to_enrol"] for n, r in results.items())),
+        "eer": rates["eer"],
+        "fnmr_at_fmr": rates["fnmr_at_fmr"],
+        "thresholds_at_fmr": rates["thresholds_at_fmr"],
+        "zero_fmr": rates["zero_fmr"],
+        "tar_at_far_1e-3": 1.0 - rates["fnmr_at_fmr"]["0.001"] if "0.001" in rates["fnmr_at_fmr"] else None,
+        "accuracy": None,
+        "extract_ms_median": float(np.median([r["extract_ms_median"] for r in results.values()
+                                              if r["extract_ms_median"] is not None] or [np.nan])),
+        "rank1": float(sum(r["rank1"] * r["rank1_probes"] for r in results.values()) / max(probes, 1)),
+        "rank1_probes": probes,
+        "threshold_spread": {
+            target: {name: r["thresholds_at_fmr"].get(target) for name, r in results.items()} | {"pooled": thr}
+            for target, thr in rates["thresholds_at_fmr"].items()
+        },
+    }
+    return out
 
 
 if __name__ == "__main__":
