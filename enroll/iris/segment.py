@@ -46,8 +46,8 @@ class IrisBoundaries:
 
 
 def _arc_means(img: np.ndarray, cx: np.ndarray, cy: np.ndarray, radii: np.ndarray,
-               angles: np.ndarray) -> np.ndarray:
-    """Mean grey level on arcs: (centres, radii) for the given angles (bilinear)."""
+               angles: np.ndarray, median: bool = False) -> np.ndarray:
+    """Mean (or median) grey level on arcs: (centres, radii) for the given angles (bilinear)."""
     cos, sin = np.cos(angles), np.sin(angles)
     x = cx[:, None, None] + radii[None, :, None] * cos[None, None, :]
     y = cy[:, None, None] + radii[None, :, None] * sin[None, None, :]
@@ -60,7 +60,7 @@ def _arc_means(img: np.ndarray, cx: np.ndarray, cy: np.ndarray, radii: np.ndarra
          + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
     count = inside.sum(-1)
     # An arc leaving the image is no arc: a mean over fewer angles steps by itself.
-    return np.where(count == len(angles), v.mean(-1), np.nan)
+    return np.where(count == len(angles), np.median(v, -1) if median else v.mean(-1), np.nan)
 
 
 def _steps(means: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,28 +142,26 @@ def remove_reflections(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(spots, connectivity=8)
     h, w = img.shape
     keep = np.zeros(n, bool)
-    for i in range(1, n):
-        x, y, bw, bh, area = stats[i]
-        if area > side * side:
-            continue
+    for i in np.flatnonzero(stats[1:, 4] <= side * side) + 1:
+        x, y, bw, bh, _ = stats[i]
         x0, y0, x1, y1 = max(0, x - 3), max(0, y - 3), min(w, x + bw + 3), min(h, y + bh + 3)
         own = labels[y0:y1, x0:x1] == i
         ring = cv2.dilate(own.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool) & ~own
         keep[i] = np.median(img[y0:y1, x0:x1][ring]) <= 0.5 * img[y0:y1, x0:x1][own].mean()
-    if not keep[1:].any():
+    if not keep.any():
         return img, np.zeros(img.shape, bool)
     # Grown by two pixels: a spot's blurred rim is brighter than what it covers.
     mask = cv2.dilate(keep[labels].astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     return cv2.inpaint(img, mask, 3, cv2.INPAINT_TELEA), mask.astype(bool)
 
 
-def _inscribed(filled: np.ndarray, labels: np.ndarray, i: int, box: np.ndarray) -> tuple[float, float, float]:
-    """Centre and radius of the largest disc inside component ``i`` (its distance-transform peak)."""
+def _inscribed(dist: np.ndarray, labels: np.ndarray, i: int, box: np.ndarray) -> tuple[float, float, float]:
+    """Centre and radius of the largest disc inside component ``i``: the peak of the
+    distance transform ``dist`` of the whole mask within it."""
     x, y, w, h = (int(v) for v in box[:4])
-    sub = np.pad((labels[y:y + h, x:x + w] == i).astype(np.uint8), 1)
-    dist = cv2.distanceTransform(sub, cv2.DIST_L2, 5)
-    yy, xx = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return float(x + xx - 1), float(y + yy - 1), float(dist[yy, xx])
+    sub = np.where(labels[y:y + h, x:x + w] == i, dist[y:y + h, x:x + w], 0.0)
+    yy, xx = np.unravel_index(int(np.argmax(sub)), sub.shape)
+    return float(x + xx), float(y + yy), float(sub[yy, xx])
 
 
 def _interior_spread(img: np.ndarray, cands: np.ndarray, n_angles: int = 32) -> np.ndarray:
@@ -204,6 +202,7 @@ def pupil_candidates(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0,
         dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, kernel)  # eyelashes are thin
         filled = _fill_holes(dark)
         n, labels, stats, cent = cv2.connectedComponentsWithStats(filled, connectivity=8)
+        dist = None
         for i in range(1, n):
             _, _, w, h, area = stats[i]
             if min(w, h) * scale < 2 * min_r:
@@ -214,7 +213,9 @@ def pupil_candidates(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0,
             else:
                 # Eyelashes touching the pupil, or a lid across it, join it into one blob
                 # that is not round; the largest disc inside that blob is still the pupil.
-                cx, cy, r = _inscribed(filled, labels, i, stats[i])
+                if dist is None:
+                    dist = cv2.distanceTransform(filled, cv2.DIST_L2, 5)
+                cx, cy, r = _inscribed(dist, labels, i, stats[i])
                 cx, cy = cx - 1, cy - 1
                 roundness = np.pi * r * r / area
                 if roundness < 0.3:  # a disc lost in a large dark region: not a pupil
@@ -303,7 +304,9 @@ def find_limbus(img: np.ndarray, pupil: Circle) -> tuple[Circle, float] | None:
     r, right = _steps(_arc_means(f, gx, gy, radii, side), 6)
     _, left = _steps(_arc_means(f, gx, gy, radii, np.pi - side), 6)
     both = (right + left) / 2
-    one = np.where(np.isnan(right), left, right)
+    # The missing side counts as no step: one side alone must step twice as high as
+    # both sides do on average (an eye corner or a skin fold on one side is no limbus).
+    one = np.where(np.isnan(right), left, right) / 2
     one[np.arange(len(gx)) != len(gx) // 2] = np.nan
     step = np.nan_to_num(np.where(np.isnan(both), one, both), nan=-np.inf)
     ci, ri = np.unravel_index(int(np.argmax(step)), step.shape)
