@@ -301,8 +301,12 @@ def find_limbus(img: np.ndarray, pupil: Circle) -> tuple[Circle, float] | None:
     if len(radii) < 16:
         return None
     side = np.deg2rad(np.linspace(-20, 25, 20))  # y down; wider arcs meet the eyelids
-    r, right = _steps(_arc_means(f, gx, gy, radii, side), 6)
-    _, left = _steps(_arc_means(f, gx, gy, radii, np.pi - side), 6)
+    # The step's window grows with the eye in the image (a fifth of the pupil radius,
+    # 5-12 px): the limbus is a soft edge whose width scales with the iris, the
+    # collarette inside it a sharp one; 6 px fixed lost large irises to the collarette.
+    width = int(np.clip(round(0.2 * pupil.r), 5, 12))
+    r, right = _steps(_arc_means(f, gx, gy, radii, side), width)
+    _, left = _steps(_arc_means(f, gx, gy, radii, np.pi - side), width)
     both = (right + left) / 2
     # The missing side counts as no step: one side alone must step twice as high as
     # both sides do on average (an eye corner or a skin fold on one side is no limbus).
