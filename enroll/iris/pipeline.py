@@ -19,8 +19,9 @@ from matcher.iris import IrisTemplate
 from models import iris_gabor as gabor
 from models.paths import model_dir as default_model_dir
 
-IRIS_MODEL_ID = "iris/gabor-v1"
+IRIS_MODEL_ID = "iris/gabor-v2"
 _FACE_CHECK_SIDE = 160  # px: the face-photo check runs on a copy this small
+_ROUND_PUPIL = 0.78  # blob area over its enclosing circle's: a pupil seen whole (segment.py's test)
 _FACE_SCORE = 0.9  # O-Net probability; every LFW photo scored above, no eye image above 0.7
 ENCODER_FILE = "iris_encode_gabor_v1.onnx"
 # A probe is also coded with its iris band 10% narrower and wider: the limbus is the least
@@ -37,6 +38,9 @@ class IrisQualityConfig:
     Attributes:
         min_iris_radius: limbus radius in pixels; a smaller iris has too few pixels for
             the code's 128 angles (and dark gaps among eyelashes make such small "eyes").
+        max_out_of_frame: share of the iris ring (pupil to limbus) outside the image;
+            the code would be mostly mask, and a dark eye corner at the image's edge
+            makes such "eyes" in a closed-eye picture.
         min_ratio / max_ratio: pupil radius over iris radius; outside, the pupil or the
             limbus was missed (or the pupil is drug-dilated).
         min_contrast: grey-level step across the limbus; below, no iris edge was found.
@@ -58,6 +62,7 @@ class IrisQualityConfig:
     """
 
     min_iris_radius: float = 35.0  # the sample sets: 47 and up (ISO/IEC 19794-6 calls < 50 marginal)
+    max_out_of_frame: float = 0.25  # the sample sets: up to 0.19 (IITD, framed close)
     min_ratio: float = 0.2
     max_ratio: float = 0.7
     min_contrast: float = 4.0
@@ -68,29 +73,50 @@ class IrisQualityConfig:
     min_pupil_cnr: float = 5.0  # the sample sets: 5.5 and up (MMU1; CASIA 54, IITD 7.4)
 
 
+def _around_pupil(grey: np.ndarray, b: IrisBoundaries) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The square of the image within the limbus radius of the pupil's centre (every
+    measure below lies inside it), with each pixel's offsets and distance from that
+    centre: (window, dx, dy, distance)."""
+    h, w = grey.shape
+    reach = b.iris.r + 2
+    x0, x1 = max(0, int(b.pupil.x - reach)), min(w, int(b.pupil.x + reach) + 1)
+    y0, y1 = max(0, int(b.pupil.y - reach)), min(h, int(b.pupil.y + reach) + 1)
+    dy, dx = np.mgrid[y0:y1, x0:x1]
+    dx, dy = dx - b.pupil.x, dy - b.pupil.y
+    return grey[y0:y1, x0:x1], dx, dy, np.hypot(dx, dy)
+
+
 def sharpness(grey: np.ndarray, b: IrisBoundaries) -> float:
     """Focus: mean |Laplacian| inside the iris ring, relative to its mean grey."""
-    lap = np.abs(cv2.Laplacian(grey.astype(np.float32), cv2.CV_32F, ksize=3))
-    yy, xx = np.mgrid[: grey.shape[0], : grey.shape[1]]
-    d = np.hypot(xx - b.pupil.x, yy - b.pupil.y)
+    win, _, _, d = _around_pupil(grey, b)
+    lap = np.abs(cv2.Laplacian(win.astype(np.float32), cv2.CV_32F, ksize=3))
     ring = (d > b.pupil.r + 3) & (d < b.pupil.r + 0.6 * (b.iris.r - b.pupil.r))
     if not ring.any():
         return 0.0
-    return float(lap[ring].mean() / max(grey[ring].mean(), 1.0))
+    return float(lap[ring].mean() / max(win[ring].mean(), 1.0))
+
+
+def out_of_frame(shape: tuple[int, int], b: IrisBoundaries) -> float:
+    """Share of the iris ring between pupil and limbus (64 angles x 8 radii, as the
+    rubber sheet samples it) that falls outside an image of this shape."""
+    theta = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    rho = ((np.arange(8) + 0.5) / 8)[:, None]
+    x = (1 - rho) * (b.pupil.x + b.pupil.r * np.cos(theta)) + rho * (b.iris.x + b.iris.r * np.cos(theta))
+    y = (1 - rho) * (b.pupil.y + b.pupil.r * np.sin(theta)) + rho * (b.iris.y + b.iris.r * np.sin(theta))
+    h, w = shape
+    return float(np.mean((x < 0) | (y < 0) | (x > w - 1) | (y > h - 1)))
 
 
 def pupil_contrast(grey: np.ndarray, b: IrisBoundaries) -> tuple[float, float, float]:
     """(iris ring mean minus pupil mean, pupil std, dark share), the pupil's brightest
     tenth left out. The dark share is the part of the ring beside the pupil (left and
     right sectors) darker than a third of the way from the pupil's median to the ring's."""
-    yy, xx = np.mgrid[: grey.shape[0], : grey.shape[1]]
-    dx, dy = xx - b.pupil.x, yy - b.pupil.y
-    d = np.hypot(dx, dy)
-    pupil = darkest_pupil(grey[d < 0.8 * b.pupil.r])
+    win, _, dy, d = _around_pupil(grey, b)
+    pupil = darkest_pupil(win[d < 0.8 * b.pupil.r])
     inner = (d > 1.2 * b.pupil.r) & (d < b.pupil.r + 0.8 * (b.iris.r - b.pupil.r))
-    ring = grey[inner]
-    side = grey[inner & (np.abs(dy) < 0.5 * d)].astype(np.float64)
-    if not len(ring) or not len(side):
+    ring = win[inner]
+    side = win[inner & (np.abs(dy) < 0.5 * d)].astype(np.float64)
+    if not len(ring) or not len(side) or not len(pupil):
         return 0.0, float("inf"), 1.0
     level = np.median(pupil) + (np.median(side) - np.median(pupil)) / 3
     return float(ring.mean() - pupil.mean()), float(pupil.std()), float(np.mean(side < level))
@@ -150,24 +176,34 @@ class IrisExtractor:
         gap, spread, dark = pupil_contrast(grey, b)
         if gap < q.min_pupil_gap or gap < q.min_pupil_cnr * (spread + 1) or dark > q.max_dark_share:
             return QualityError("no eye found: nothing like a pupil inside an iris", "IRIS_NOT_FOUND")
-        if b.iris.r < q.min_iris_radius:
-            return QualityError(f"the iris is {2 * b.iris.r:.0f} pixels across, too small to code: "
-                                f"bring the camera closer", "IRIS_TOO_SMALL")
-        ratio = b.pupil.r / b.iris.r
-        if not q.min_ratio <= ratio <= q.max_ratio:
-            return QualityError(f"pupil/iris radius ratio {ratio:.2f} is outside {q.min_ratio}..{q.max_ratio}",
-                                "PUPIL_IRIS_RATIO")
+        framing = self._framing(grey.shape, b)
+        if framing is not None and b.pupil_roundness < _ROUND_PUPIL:
+            # Only a pupil seen whole says an eye is there, badly framed; a dark blob
+            # joined with lashes that fails here is most often a closed eye's lash line.
+            return QualityError("no open eye found: is the eye open, and in the middle of the picture?",
+                                "IRIS_NOT_FOUND")
+        if framing is not None:
+            return framing
         sharp = sharpness(grey, b)
         if sharp < q.min_sharpness:
             return QualityError(f"the iris is out of focus (sharpness {sharp:.3f})", "BLURRED")
         return None
 
-    def check(self, grey: np.ndarray, b: IrisBoundaries | None) -> float:
-        """Raise :class:`QualityError` for an unusable eye image; returns the sharpness."""
-        refused = self.refusal(grey, b)
-        if refused is not None:
-            raise refused
-        return sharpness(grey, b)
+    def _framing(self, shape: tuple[int, int], b: IrisBoundaries) -> QualityError | None:
+        """What is wrong with how an eye was framed (its size, place, pupil size), if anything."""
+        q = self.quality
+        if b.iris.r < q.min_iris_radius:
+            return QualityError(f"the iris is {2 * b.iris.r:.0f} pixels across, too small to code: "
+                                f"bring the camera closer", "IRIS_TOO_SMALL")
+        cut = out_of_frame(shape, b)
+        if cut > q.max_out_of_frame:
+            return QualityError(f"{cut:.0%} of the iris lies outside the picture: centre the eye in the frame",
+                                "IRIS_OUT_OF_FRAME")
+        ratio = b.pupil.r / b.iris.r
+        if not q.min_ratio <= ratio <= q.max_ratio:
+            return QualityError(f"pupil/iris radius ratio {ratio:.2f} is outside {q.min_ratio}..{q.max_ratio}",
+                                "PUPIL_IRIS_RATIO")
+        return None
 
     def extract(self, data: bytes) -> IrisTemplate:
         """Extract one iris image.
@@ -180,8 +216,17 @@ class IrisExtractor:
         image = decode_image(data)
         self.refuse_face_photo(image.rgb)
         grey, glints = remove_reflections(cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY))
-        b = segment(grey, lambda found: self.refusal(grey, found) is None)
-        sharp = self.check(grey, b)
+        verdicts: dict[IrisBoundaries, QualityError | None] = {}
+
+        def accept(found: IrisBoundaries) -> bool:
+            verdicts[found] = self.refusal(grey, found)
+            return verdicts[found] is None
+
+        b = segment(grey, accept)
+        refused = verdicts[b] if b in verdicts else self.refusal(grey, b)
+        if refused is not None:
+            raise refused
+        sharp = sharpness(grey, b)
         bands = (b, *(with_band(b, s) for s in RADIAL_SCALES))
         sheets = [rubber_sheet(grey, band, gabor.ROWS, gabor.COLS) for band in bands]
         # Inpainted reflections show no iris: masked as the image's edge is.
