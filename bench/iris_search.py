@@ -30,7 +30,7 @@ from matcher.iris import IrisTemplate
 from matcher.modalities import IrisMatcher
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "iris"
-MODEL = "iris/gabor-v1"
+MODEL = "iris/gabor-v2"
 
 
 def real_responses(cache: Path) -> dict[str, np.ndarray]:

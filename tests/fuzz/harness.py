@@ -49,7 +49,7 @@ def _templates() -> list[bytes]:
     return [
         EmbeddingTemplate("face/dlib-resnet-v1", rng.normal(size=128).astype(np.float32), 80).to_bytes(),
         MinutiaeTemplate(FINGER_MODEL, minutiae, 256, 256, 70).to_bytes(),
-        IrisTemplate("iris/gabor-v1", bits, np.ones_like(bits), 60).to_bytes(),
+        IrisTemplate("iris/gabor-v2", bits, np.ones_like(bits), 60).to_bytes(),
     ]
 
 

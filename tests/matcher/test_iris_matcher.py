@@ -24,7 +24,7 @@ def codes(iris_extractor, irises):
 def test_mates_first_removal_and_eyes(codes, exhaustive_limit, shortlist, refine):
     enrol, probe = codes
     assert all(len(t.alternates) == 2 for t in probe.values())  # probes from images: two radial alternates
-    m = IrisMatcher("iris/gabor-v1", Calibration.load("iris/gabor-v1"), exhaustive_limit=exhaustive_limit,
+    m = IrisMatcher("iris/gabor-v2", Calibration.load("iris/gabor-v2"), exhaustive_limit=exhaustive_limit,
                     shortlist=shortlist, refine=refine)
     for eye, t in enrol.items():
         m.add("p", eye, 1, t)
@@ -47,7 +47,7 @@ def test_mates_first_removal_and_eyes(codes, exhaustive_limit, shortlist, refine
 
 def test_compaction_keeps_the_living(codes):
     enrol, probe = codes
-    m = IrisMatcher("iris/gabor-v1", Calibration.load("iris/gabor-v1"), exhaustive_limit=0, shortlist=5)
+    m = IrisMatcher("iris/gabor-v2", Calibration.load("iris/gabor-v2"), exhaustive_limit=0, shortlist=5)
     for eye, t in enrol.items():
         m.add("p", eye, 1, t)
     gone = sorted(enrol)[:15]  # half the rows removed: the arrays and sketch index get rebuilt
@@ -86,8 +86,8 @@ def test_exact_pass_follows_the_rotation_the_sketch_chose(codes):
 
     p = probe[eye]
     tilted = IrisTemplate(p.model_id, *turned(p.code, p.mask), alternates=tuple(turned(c, m) for c, m in p.alternates))
-    cal = Calibration.load("iris/gabor-v1")
-    exhaustive, windowed = IrisMatcher("iris/gabor-v1", cal), IrisMatcher("iris/gabor-v1", cal, 0, shortlist=10, refine=1)
+    cal = Calibration.load("iris/gabor-v2")
+    exhaustive, windowed = IrisMatcher("iris/gabor-v2", cal), IrisMatcher("iris/gabor-v2", cal, 0, shortlist=10, refine=1)
     for name, t in enrol.items():
         exhaustive.add("p", name, 1, t)
         windowed.add("p", name, 1, t)

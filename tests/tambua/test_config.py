@@ -51,7 +51,7 @@ def test_finger_network_from_the_environment_and_the_store_guard():
 
     assert Config.load(env={"TAMBUA_INSECURE": "1"}).finger_network == "auto"
     assert Config.load(env={"TAMBUA_INSECURE": "1", "TAMBUA_FINGER_NETWORK": "lite"}).finger_network == "lite"
-    running = {"face": "face/dlib-resnet-v1", "finger": "finger/lite-mcc-v1", "iris": "iris/gabor-v1"}
-    refuse_foreign_templates({("finger", "finger/lite-mcc-v1"): 20, ("iris", "iris/gabor-v1"): 2}, running)
+    running = {"face": "face/dlib-resnet-v1", "finger": "finger/lite-mcc-v1", "iris": "iris/gabor-v2"}
+    refuse_foreign_templates({("finger", "finger/lite-mcc-v1"): 20, ("iris", "iris/gabor-v2"): 2}, running)
     with pytest.raises(ModelMismatch, match="20 finger templates of finger/leader-mcc-v1"):
         refuse_foreign_templates({("finger", "finger/leader-mcc-v1"): 20, ("face", "face/dlib-resnet-v1"): 1}, running)

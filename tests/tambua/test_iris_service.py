@@ -5,6 +5,9 @@ person with all three)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import grpc
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 from tambua.v1 import tambua_pb2 as pb
 
 from tests.tambua.test_finger_service import fcj, ten  # noqa: F401 - fixture reused
-from tests.tambua.test_server import Server, _reason, face
+from tests.tambua.test_server import REPO, Server, _reason, face
 
 RIGHT, LEFT = 1, 2
 
@@ -42,7 +45,7 @@ def test_two_iris_enrolment_dedup_verify_and_refusals(server, irises, orl):
     for p in people:
         r = stub.Enroll(pb.EnrollRequest(subject_id=f"I{p}", samples=both(irises, p, 0)), timeout=60)
         assert r.outcome == pb.EnrollResponse.ENROLLED, p
-        assert "iris/gabor-v1" in r.model_ids
+        assert "iris/gabor-v2" in r.model_ids
     again = stub.Enroll(pb.EnrollRequest(subject_id="I21-again", samples=both(irises, 21, 1)), timeout=60)
     assert again.outcome == pb.EnrollResponse.DUPLICATE
     assert again.candidates[0].subject_id == "I21" and again.candidates[0].fpir < 1e-4
@@ -70,7 +73,7 @@ def test_subject_with_face_fingers_and_irises_is_found_by_any(server, irises, or
     samples = [face(orl, 31, 1)] + ten(fcj, 6, 1)[:2] + both(irises, 24, 0)
     r = stub.Enroll(pb.EnrollRequest(subject_id="ALL", samples=samples), timeout=120)
     assert r.outcome == pb.EnrollResponse.ENROLLED
-    assert {"face/dlib-resnet-v1", "finger/leader-mcc-v1", "iris/gabor-v1"} <= set(r.model_ids)
+    assert {"face/dlib-resnet-v1", "finger/leader-mcc-v1", "iris/gabor-v2"} <= set(r.model_ids)
     stub.Enroll(pb.EnrollRequest(subject_id="OTHER", samples=[face(orl, 32, 1)] + ten(fcj, 7, 1)[:2]
                                  + both(irises, 25, 0)), timeout=120)
     probes = {"face": [face(orl, 31, 2)], "finger": ten(fcj, 6, 3)[1:2], "iris": [_eye(irises, 24, "right", 3)]}
@@ -95,9 +98,28 @@ def test_cli_extract_reports_quality_components_and_stores_nothing(server, irise
                  "--json"]) == 0
     out = {t["modality"]: t for t in json.loads(capsys.readouterr().out)["templates"]}
     iris, fing = out["iris"], out["finger"]
-    assert iris["position"] == LEFT and iris["model_id"] == "iris/gabor-v1" and 0 < iris["quality"] <= 100
+    assert iris["position"] == LEFT and iris["model_id"] == "iris/gabor-v2" and 0 < iris["quality"] <= 100
     q = iris["quality_components"]
     assert {"usable_iris_area", "iris_radius", "pupil_iris_ratio", "margin_adequacy", "sharpness"} <= set(q)
     assert 40 < q["iris_radius"] < 80 and 20 <= q["pupil_iris_ratio"] <= 70  # MMU1: ~58 px irises
     assert fing["position"] == 3 and fing["quality_components"]["minutiae"] >= 8
     assert server.stub.Stats(pb.StatsRequest()).subjects == before
+
+
+def test_a_store_of_old_iris_codes_is_refused(tmp_path, irises, iris_extractor):
+    """Irises enrolled by iris/gabor-v1 (the segmentation before real-scanner images)
+    code the same eye a little differently: a server refuses to start on such a store
+    rather than search them with codes of another make."""
+    from matcher.iris import IrisTemplate
+    from matcher.store import StoredTemplate, Subject, SubjectStore
+
+    new = iris_extractor.extract(sorted((irises / "casia_v1" / "001").iterdir())[0].read_bytes())
+    old = IrisTemplate("iris/gabor-v1", new.code, new.mask, new.quality)
+    store = SubjectStore(tmp_path / "data" / "subjects.sqlite")
+    store.add(Subject("OLD1", "default", (StoredTemplate("iris", LEFT, old),)))
+    store.close()
+    run = subprocess.run([sys.executable, "-m", "tambua.cli", "serve", "--port", "0", "--metrics-port", "-1",
+                          "--data-dir", str(tmp_path / "data"), "--insecure"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert "MODEL_MISMATCH" in run.stderr and "1 iris templates of iris/gabor-v1" in run.stderr
