@@ -3,6 +3,7 @@ occlusion mask, ONNX Gabor encoder."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ _FACE_CHECK_SIDE = 160  # px: the face-photo check runs on a copy this small
 _ROUND_PUPIL = 0.78  # blob area over its enclosing circle's: a pupil seen whole (segment.py's test)
 _FACE_SCORE = 0.9  # O-Net probability; every LFW photo scored above, no eye image above 0.7
 ENCODER_FILE = "iris_encode_gabor_v1.onnx"
+WORK_SIDE = 280  # px: the short side images larger than this are segmented and coded at
 # A probe is also coded with its iris band 10% narrower and wider: the limbus is the least
 # sure boundary and the iris stretches unevenly as the pupil dilates. Compared at all three,
 # best kept: CASIA-IrisV1 EER 0.44% -> 0.35% (FNMR at FMR 1e-3 0.79% -> 0.53%), MMU1 no worse
@@ -162,8 +164,10 @@ class IrisExtractor:
         if any(d.score >= _FACE_SCORE for d in self.faces.detect(small)):
             raise QualityError("this is a photo of a face: send a near-infrared close-up of one eye", "FACE_PHOTO")
 
-    def refusal(self, grey: np.ndarray, b: IrisBoundaries | None) -> QualityError | None:
-        """Why this segmentation of an eye image is unusable, or None when it passes."""
+    def refusal(self, grey: np.ndarray, b: IrisBoundaries | None, scale: float = 1.0) -> QualityError | None:
+        """Why this segmentation of an eye image is unusable, or None when it passes.
+        ``scale``: the working image's size over the captured one's (sizes are judged
+        in captured pixels)."""
         q = self.quality
         if b is None:
             # An oblique gaze lands here too: the pupil finder takes only round blobs.
@@ -176,7 +180,7 @@ class IrisExtractor:
         gap, spread, dark = pupil_contrast(grey, b)
         if gap < q.min_pupil_gap or gap < q.min_pupil_cnr * (spread + 1) or dark > q.max_dark_share:
             return QualityError("no eye found: nothing like a pupil inside an iris", "IRIS_NOT_FOUND")
-        framing = self._framing(grey.shape, b)
+        framing = self._framing(grey.shape, b, scale)
         if framing is not None and b.pupil_roundness < _ROUND_PUPIL:
             # Only a pupil seen whole says an eye is there, badly framed; a dark blob
             # joined with lashes that fails here is most often a closed eye's lash line.
@@ -189,11 +193,11 @@ class IrisExtractor:
             return QualityError(f"the iris is out of focus (sharpness {sharp:.3f})", "BLURRED")
         return None
 
-    def _framing(self, shape: tuple[int, int], b: IrisBoundaries) -> QualityError | None:
+    def _framing(self, shape: tuple[int, int], b: IrisBoundaries, scale: float) -> QualityError | None:
         """What is wrong with how an eye was framed (its size, place, pupil size), if anything."""
         q = self.quality
-        if b.iris.r < q.min_iris_radius:
-            return QualityError(f"the iris is {2 * b.iris.r:.0f} pixels across, too small to code: "
+        if b.iris.r / scale < q.min_iris_radius:
+            return QualityError(f"the iris is {2 * b.iris.r / scale:.0f} pixels across, too small to code: "
                                 f"bring the camera closer", "IRIS_TOO_SMALL")
         cut = out_of_frame(shape, b)
         if cut > q.max_out_of_frame:
@@ -215,15 +219,23 @@ class IrisExtractor:
         """
         image = decode_image(data)
         self.refuse_face_photo(image.rgb)
-        grey, glints = remove_reflections(cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY))
+        grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
+        # Larger captures are worked on at WORK_SIDE on their short side: an iris there is
+        # still ~100 px in radius, finer than the code's filters read (16-32 of 512
+        # angles), and every step costs by the pixel (a 640 x 480 eye took 100 ms).
+        scale = min(1.0, WORK_SIDE / min(grey.shape))
+        if scale < 1.0:
+            grey = cv2.resize(grey, (round(grey.shape[1] * scale), round(grey.shape[0] * scale)),
+                              interpolation=cv2.INTER_AREA)
+        grey, glints = remove_reflections(grey)
         verdicts: dict[IrisBoundaries, QualityError | None] = {}
 
         def accept(found: IrisBoundaries) -> bool:
-            verdicts[found] = self.refusal(grey, found)
+            verdicts[found] = self.refusal(grey, found, scale)
             return verdicts[found] is None
 
         b = segment(grey, accept)
-        refused = verdicts[b] if b in verdicts else self.refusal(grey, b)
+        refused = verdicts[b] if b in verdicts else self.refusal(grey, b, scale)
         if refused is not None:
             raise refused
         sharp = sharpness(grey, b)
@@ -240,5 +252,6 @@ class IrisExtractor:
         codes = self.encoder.run(np.stack([strip for strip, _ in sheets])[:, None])["code"] > 0.5
         pairs = [(bits, np.broadcast_to(v, bits.shape).copy()) for bits, v in zip(codes, valid)]
         iso = measure(grey, b, sheets[0][0], occluded[0], sharp)
+        iso = dataclasses.replace(iso, iris_radius=iso.iris_radius / scale)  # in captured pixels
         return IrisTemplate(IRIS_MODEL_ID, *pairs[0], quality_score(b, usable, sharp),
                             components=tuple(iso.as_dict().items()), alternates=tuple(pairs[1:]))

@@ -192,10 +192,12 @@ def _interior_spread(img: np.ndarray, cands: np.ndarray, n_angles: int = 32) -> 
     return v[:, : int(0.9 * v.shape[1])].std(axis=1)
 
 
-def pupil_candidates(img: np.ndarray, min_r: float = 8.0, max_r: float = 90.0,
+def pupil_candidates(img: np.ndarray, min_r: float = 8.0, max_r: float | None = None,
                      max_spread: float = 12.0) -> Iterator[tuple[Circle, float]]:
     """Pupils, best first: the dark round blobs with the sharpest edges, as (circle,
-    roundness), each refined to a quarter pixel; the next lies outside the last."""
+    roundness), each refined to a quarter pixel; the next lies outside the last.
+    ``max_r`` defaults to 3/8 of the image's short side (90 px at 240)."""
+    max_r = 0.375 * min(img.shape) if max_r is None else max_r
     smooth = cv2.medianBlur(img, 5)
     # Blobs are looked for on a copy about 120 px on its short side (pupils of r >= 8 px
     # keep r >= 4 there); edges are then measured and refined at full resolution.

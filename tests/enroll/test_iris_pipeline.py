@@ -268,3 +268,13 @@ def test_a_small_or_cut_iris_says_what_to_fix(iris_extractor, irises):
     with pytest.raises(QualityError) as e:
         iris_extractor.extract(_png(edge))
     assert e.value.reason == "IRIS_OUT_OF_FRAME", e.value
+
+
+def test_a_larger_capture_is_coded_as_the_same_eye(iris_extractor, irises, threshold):
+    """The same eye at 640 x 480 (twice the IITD frame) is worked on at 280 px on its short
+    side: it enrols, matches the original, and reports its iris radius in captured pixels."""
+    grey = cv2.imread(str(_iitd(irises, "001_L_01")), 0)
+    big = cv2.resize(grey, None, fx=2.0, fy=2.0, interpolation=cv2.INTER_CUBIC)
+    small, large = iris_extractor.extract(_png(grey)), iris_extractor.extract(_png(big))
+    assert distance(large, small) < threshold
+    assert dict(large.components)["iris_radius"] == pytest.approx(2 * dict(small.components)["iris_radius"], rel=0.06)
