@@ -71,7 +71,7 @@ class IrisQualityConfig:
     min_usable: float = 0.35
     min_sharpness: float = 0.05  # the sample sets: 0.12 and up
     max_dark_share: float = 0.3  # the sample sets: up to 0.24; fingerprints 0.34 and up
-    min_pupil_gap: float = 30.0  # the sample sets: 44 and up
+    min_pupil_gap: float = 15.0  # the sample sets: 42 and up; darker exposures 23 (contrast to noise decides)
     min_pupil_cnr: float = 5.0  # the sample sets: 5.5 and up (MMU1; CASIA 54, IITD 7.4)
 
 

@@ -278,3 +278,13 @@ def test_a_larger_capture_is_coded_as_the_same_eye(iris_extractor, irises, thres
     small, large = iris_extractor.extract(_png(grey)), iris_extractor.extract(_png(big))
     assert distance(large, small) < threshold
     assert dict(large.components)["iris_radius"] == pytest.approx(2 * dict(small.components)["iris_radius"], rel=0.06)
+
+
+@pytest.mark.parametrize("path", ["iitd_v1/081_R/081_R_06.png", "mmu1/10_left/fional1.png"])
+def test_a_darker_exposure_still_enrols_and_matches(iris_extractor, irises, threshold, path):
+    """Another camera's exposure: mid-tones darkened (gamma 1.6) leave the pupil only 23-30
+    grey levels below the iris, but flat (contrast to noise over 20); an absolute 30-level
+    gap refused these as no eye."""
+    grey = cv2.imread(str(irises / path), 0)
+    dark = (255 * (grey / 255.0) ** 1.6).astype(np.uint8)
+    assert distance(iris_extractor.extract(_png(dark)), iris_extractor.extract(_png(grey))) < threshold
