@@ -168,7 +168,7 @@ def _kek(args) -> int:
     if args.keys_command == "new-kek":
         print(sealing.new_key().hex())
         return 0
-    path = Path(args.data_dir) / "subjects.sqlite"
+    path = Path(args.data_dir or "tambua-data") / "subjects.sqlite"
     if not path.exists():
         print(f"error: no store at {path}", file=sys.stderr)
         return 1
@@ -196,7 +196,13 @@ def _keys(args) -> int:
     if args.keys_command in ("new-kek", "rotate"):
         return _kek(args)
 
-    data_dir = Path(args.data_dir)
+    data_dir = Path(args.data_dir or "tambua-data")
+    if args.data_dir is None and not (data_dir / "subjects.sqlite").exists():
+        # Named, a new data directory is one being prepared for a server; unnamed, creating
+        # ./tambua-data would register the key where no server looks.
+        print(f"error: no Tambua store in {data_dir}/: give the server's data directory (--data-dir or "
+              "TAMBUA_DATA_DIR)", file=sys.stderr)
+        return 1
     try:
         kek = load_kek(Path(args.kek_file) if args.kek_file else None)
         if kek is None:
@@ -367,24 +373,30 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--days", type=int, default=30)
 
     k = sub.add_parser("keys", help="API keys and client certificates (run on the server host)")
-    k.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
-    k.add_argument("--kek-file", help="the store's key-encryption key (else TAMBUA_KEK): principals are "
-                                      "authenticated under the store's data key")
-    k.add_argument("--json", action="store_true")
+    # The store options go before or after the subcommand (`keys --json list` and `keys list
+    # --json` alike): declared on both, the subcommand's copies leave alone what was not given.
+    store_options = argparse.ArgumentParser(add_help=False)
+    for where, unset in ((k, None), (store_options, argparse.SUPPRESS)):
+        where.add_argument("--data-dir", default=unset or os.environ.get("TAMBUA_DATA_DIR"),
+                           help="the server's data directory (else $TAMBUA_DATA_DIR, else ./tambua-data)")
+        where.add_argument("--kek-file", default=unset, help="the store's key-encryption key (else TAMBUA_KEK): "
+                                                             "principals are authenticated under the store's data key")
+        where.add_argument("--json", action="store_true", default=unset or False)
     ks = k.add_subparsers(dest="keys_command", required=True)
-    kc = ks.add_parser("create", help="create an API key, or register a client certificate with --cert")
+    kc = ks.add_parser("create", parents=[store_options],
+                       help="create an API key, or register a client certificate with --cert")
     kc.add_argument("--name", required=True, help="who holds it: a device, a partner, a person")
     kc.add_argument("--role", action="append", required=True, choices=ROLES, help="repeatable")
     kc.add_argument("--partition", action="append", help="repeatable; default: every partition")
     kc.add_argument("--cert", help="PEM client certificate to register instead of creating a key")
-    ks.add_parser("list", help="list keys and certificates (never their secrets)")
-    ks.add_parser("seal", help="authenticate principals written before rows carried a MAC (once, after "
+    ks.add_parser("list", parents=[store_options], help="list keys and certificates (never their secrets)")
+    ks.add_parser("seal", parents=[store_options], help="authenticate principals written before rows carried a MAC (once, after "
                                "checking `keys list`); until then they are refused")
-    ks.add_parser("new-kek", help="print a new random key-encryption key (64 hex digits) for kek_file")
-    kk = ks.add_parser("rotate", help="re-wrap the store's data key under a new key-encryption key, online")
+    ks.add_parser("new-kek", parents=[store_options], help="print a new random key-encryption key (64 hex digits) for kek_file")
+    kk = ks.add_parser("rotate", parents=[store_options], help="re-wrap the store's data key under a new key-encryption key, online")
     kk.add_argument("--old-kek-file", required=True)
     kk.add_argument("--new-kek-file", required=True)
-    kr = ks.add_parser("revoke", help="revoke a key or certificate at once")
+    kr = ks.add_parser("revoke", parents=[store_options], help="revoke a key or certificate at once")
     kr.add_argument("id")
 
     def client(name: str, help_: str, parent=sub):
