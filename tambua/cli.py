@@ -23,6 +23,14 @@ from matcher.errors import TambuaError
 from tambua.auth import ROLES
 
 
+def _read(path: str | Path, what: str) -> bytes:
+    """The bytes of a file the operator named, or exit with what and which file could not be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {what} {path}: {e.strerror or e}") from None
+
+
 def _stub(args):
     """A stub over TLS when ``--ca`` is given (mutual with ``--cert``/``--key``), else plain text."""
     from tambua.v1 import tambua_pb2_grpc
@@ -32,9 +40,9 @@ def _stub(args):
     if bool(args.cert) != bool(args.key):
         raise SystemExit("error: --cert and --key go together")
     creds = grpc.ssl_channel_credentials(
-        root_certificates=Path(args.ca).read_bytes(),
-        private_key=Path(args.key).read_bytes() if args.key else None,
-        certificate_chain=Path(args.cert).read_bytes() if args.cert else None)
+        root_certificates=_read(args.ca, "the server CA (--ca)"),
+        private_key=_read(args.key, "the client key (--key)") if args.key else None,
+        certificate_chain=_read(args.cert, "the client certificate (--cert)") if args.cert else None)
     return tambua_pb2_grpc.MatcherStub(grpc.secure_channel(args.address, creds))
 
 
@@ -96,7 +104,7 @@ def _sync_rpc(args, stub, md) -> dict:
         return {"to": args.to, "bundles": r.bundles, "applied": r.applied, "already": r.already,
                 "acked_seq": r.acked_seq, "flagged": r.flagged}
     if args.sync_command == "import":
-        r = stub.SyncImport(pb.SyncImportRequest(data=args.file.read_bytes()), timeout=600, metadata=md)
+        r = stub.SyncImport(pb.SyncImportRequest(data=_read(args.file, "the sync bundle")), timeout=600, metadata=md)
         if r.was_ack:
             return {"ack_from": r.from_site, "acked_seq": r.acked_seq}
         if args.ack_out:
@@ -220,7 +228,7 @@ def _keys(args) -> int:
         if args.keys_command == "create":
             partitions = set(args.partition or ["*"])
             if args.cert:
-                p, secret = store.add_certificate(Path(args.cert).read_bytes(), args.name, set(args.role), partitions), None
+                p, secret = store.add_certificate(_read(args.cert, "the client certificate (--cert)"), args.name, set(args.role), partitions), None
             else:
                 p, secret = store.create_key(args.name, set(args.role), partitions)
             out = _principal_json(p)
@@ -302,11 +310,11 @@ def _samples(args) -> list:
 
     out = []
     if args.face:
-        out.append(pb.Sample(modality=pb.FACE, position=0, image=Path(args.face).read_bytes()))
+        out.append(pb.Sample(modality=pb.FACE, position=0, image=_read(args.face, "image")))
     for pos, path in args.finger or []:
-        out.append(pb.Sample(modality=pb.FINGER, position=pos, image=Path(path).read_bytes(), dpi=args.dpi))
+        out.append(pb.Sample(modality=pb.FINGER, position=pos, image=_read(path, "image"), dpi=args.dpi))
     for eye, path in args.iris or []:
-        out.append(pb.Sample(modality=pb.IRIS, position=eye, image=Path(path).read_bytes()))
+        out.append(pb.Sample(modality=pb.IRIS, position=eye, image=_read(path, "image")))
     if not out:
         raise SystemExit("error: give --face IMG, --finger POS=IMG and/or --iris left|right=IMG")
     return out
@@ -332,7 +340,10 @@ def _error(e: grpc.RpcError) -> int:
             info = error_details_pb2.ErrorInfo()
             if detail.Unpack(info):
                 reason = info.reason
-    print(f"error: {e.code().name} {reason}: {e.details()}", file=sys.stderr)
+    # The code, then the reason where it says more than the code (NOT_FOUND, not NOT_FOUND NOT_FOUND).
+    code = e.code().name
+    said = f"{code} ({reason})" if reason and reason != code else code
+    print(f"error: {said}: {e.details()}", file=sys.stderr)
     return 1
 
 
@@ -540,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as e:
         return _error(e)
     except OSError as e:
-        print(f"error: cannot read image: {e.strerror}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     _print(out, args.json)
     return 0
