@@ -30,7 +30,7 @@ from typing import Protocol
 from matcher.calibration import Calibration
 from matcher.errors import DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap, Unimplemented
 from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
-from matcher.store import StoredTemplate, Subject, SubjectStore
+from matcher.store import StoredTemplate, Subject, SubjectStore, normalise_id
 from matcher.templates import Template
 
 log = logging.getLogger(__name__)
@@ -261,6 +261,8 @@ class Engine:
         A request whose deadline passes before the write stores nothing: its caller has
         stopped waiting and would never learn of the enrolment.
         """
+        # Ids first: a bad one is refused before seconds of extraction.
+        subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")
         templates = self.templates_of(samples, deadline)
         if any(t.position == 0 and t.modality == "finger" for t in templates):
             raise InvalidInput("an enrolled finger needs its position (1 right thumb ... 10 left little)")
@@ -287,12 +289,15 @@ class Engine:
                            deadline: float | None = None) -> list[ScoredCandidate]:
         """1:N search with templates already extracted (:meth:`templates_of`)."""
         self.check_deadline(deadline)
+        if within is not None:
+            within = frozenset(normalise_id(i) for i in within)
         return self._candidates(partition, templates, max_candidates or self.thresholds.max_candidates, within)
 
     def verify(self, subject_id: str, partition: str, samples: list[SampleInput],
                deadline: float | None = None) -> VerifyResult:
         """1:1 against an enrolled subject: every sample against the subject's template of the
         same modality and position, fused, decided at the configured FMR."""
+        subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")
         templates = self.templates_of(samples, deadline)
         self.store.get(partition, subject_id)  # NotFound for an unknown subject
         fmr = self._subject_fmr(partition, subject_id, templates)
@@ -350,6 +355,7 @@ class Engine:
         return outcome, candidates
 
     def delete(self, partition: str, subject_id: str) -> None:
+        subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")
         with self._lock(partition):
             self.store.delete(partition, subject_id)
             for m in self.matchers.values():

@@ -18,6 +18,7 @@ import json
 import sqlite3
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,16 +201,34 @@ class Subject:
     created_ns: int = field(default_factory=time.time_ns)
 
     def __post_init__(self) -> None:
-        for name, value in (("subject id", self.subject_id), ("partition", self.partition)):
-            if not isinstance(value, str) or len(value) > MAX_ID_LEN or not value.isprintable():
-                raise InvalidInput(f"{name} must be printable text of at most {MAX_ID_LEN} characters")
-        if not self.subject_id:
-            raise InvalidInput("subject id is empty")
+        # Frozen, but its ids are normalised once here, so every path in (RPC, sync, restore) agrees.
+        object.__setattr__(self, "subject_id", normalise_id(self.subject_id))
+        object.__setattr__(self, "partition", normalise_id(self.partition, "partition"))
         if not self.templates:
             raise InvalidInput("a subject needs at least one template")
         keys = [(t.modality, t.position) for t in self.templates]
         if len(set(keys)) != len(keys):
             raise InvalidInput("two samples for the same modality and position")
+
+
+def normalise_id(value: str, name: str = "subject id") -> str:
+    """The one spelling of a subject id or partition: Unicode NFC (``JOSÉ-1`` typed with a
+    combining accent is the same subject as with a precomposed one).
+
+    Raises:
+        InvalidInput: empty, longer than ``MAX_ID_LEN``, spaces at its start or end, or
+            characters that do not print (controls, line breaks).
+    """
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be text")
+    v = unicodedata.normalize("NFC", value)
+    if not v:
+        raise InvalidInput(f"{name} is empty")
+    if v != v.strip():
+        raise InvalidInput(f"{name} {v!r} has spaces at its start or end")
+    if len(v) > MAX_ID_LEN or not v.isprintable():
+        raise InvalidInput(f"{name} must be printable text of at most {MAX_ID_LEN} characters")
+    return v
 
 
 class SubjectStore:
@@ -409,7 +428,9 @@ class SubjectStore:
 
         Raises:
             NotFound: no such subject.
+            InvalidInput: an id that is no id (see :func:`normalise_id`).
         """
+        partition, subject_id = normalise_id(partition, "partition"), normalise_id(subject_id)
         with self._transaction():
             if not self._delete(partition, subject_id):
                 raise NotFound(f"subject {subject_id!r} is not enrolled")
@@ -560,7 +581,9 @@ class SubjectStore:
 
         Raises:
             NotFound: no such subject.
+            InvalidInput: an id that is no id (see :func:`normalise_id`).
         """
+        partition, subject_id = normalise_id(partition, "partition"), normalise_id(subject_id)
         with self._lock:
             row = self._db.execute(
                 "SELECT created_ns, linked FROM subjects WHERE partition=? AND subject_id=?", (partition, subject_id)

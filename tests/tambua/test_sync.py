@@ -177,13 +177,13 @@ def test_bad_bundles_are_refused_with_their_reason_and_change_nothing(sites, orl
     stranger = tmp / "stranger"
     identity(stranger, "field-9", tmp)  # a site the country has never been told about
     cases = {
-        "tampered": (_tamper(good), "INVALID_ARGUMENT BAD_SIGNATURE"),
-        "truncated": (good[: len(good) - 100], "INVALID_ARGUMENT BAD_SIGNATURE"),
-        "cut-header": (good[:20], "INVALID_ARGUMENT TRUNCATED"),
-        "gap": ((tmp / "later.tmb").read_bytes(), "FAILED_PRECONDITION SEQUENCE_GAP"),
-        "wrong-recipient": ((tmp / "for-other.tmb").read_bytes(), "INVALID_ARGUMENT WRONG_RECIPIENT"),
-        "replayed-as-another-site": (_relabel(good), "INVALID_ARGUMENT UNKNOWN_SITE"),
-        "not-a-bundle": (b"PK\x03\x04" + bytes(200), "INVALID_ARGUMENT MALFORMED"),
+        "tampered": (_tamper(good), "INVALID_ARGUMENT (BAD_SIGNATURE)"),
+        "truncated": (good[: len(good) - 100], "INVALID_ARGUMENT (BAD_SIGNATURE)"),
+        "cut-header": (good[:20], "INVALID_ARGUMENT (TRUNCATED)"),
+        "gap": ((tmp / "later.tmb").read_bytes(), "FAILED_PRECONDITION (SEQUENCE_GAP)"),
+        "wrong-recipient": ((tmp / "for-other.tmb").read_bytes(), "INVALID_ARGUMENT (WRONG_RECIPIENT)"),
+        "replayed-as-another-site": (_relabel(good), "INVALID_ARGUMENT (UNKNOWN_SITE)"),
+        "not-a-bundle": (b"PK\x03\x04" + bytes(200), "INVALID_ARGUMENT (MALFORMED)"),
     }
     for name, (data, expected) in cases.items():
         f = tmp / f"{name}.tmb"
