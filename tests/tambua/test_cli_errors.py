@@ -6,22 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 
-from tests.tambua.test_server import REPO, Server
+from tests.tambua.test_server import REPO
 
 
 def _tambua(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tambua.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=120)
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, models):
-    s = Server(tmp_path_factory.mktemp("cli") / "data")
-    s.start()
-    yield s
-    s.stop()
 
 
 def test_a_missing_file_is_named(tmp_path):
@@ -34,8 +26,8 @@ def test_a_missing_file_is_named(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr and f"cannot read image {image}" in r.stderr
 
 
-def test_a_refusal_says_its_code_once_and_its_reason(server, orl, irises):
-    r = _tambua("verify", "--address", server.address, "--subject", "NOBODY", "--face", str(orl / "s1" / "1.pgm"))
+def test_a_refusal_says_its_code_once_and_its_reason(plain_server, orl, irises):
+    r = _tambua("verify", "--address", plain_server.address, "--subject", "NOBODY", "--face", str(orl / "s1" / "1.pgm"))
     assert r.returncode == 1 and r.stderr.startswith("error: NOT_FOUND: ") and "NOT_FOUND NOT_FOUND" not in r.stderr
-    r = _tambua("extract", "--address", server.address, "--iris", f"left={orl / 's1' / '1.pgm'}")
+    r = _tambua("extract", "--address", plain_server.address, "--iris", f"left={orl / 's1' / '1.pgm'}")
     assert r.returncode == 1 and r.stderr.startswith("error: INVALID_ARGUMENT (FACE_PHOTO): "), r.stderr

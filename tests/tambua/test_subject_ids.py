@@ -9,18 +9,11 @@ import grpc
 import pytest
 
 from tambua.v1 import tambua_pb2 as pb
-from tests.tambua.test_server import Server, _reason, face
+from tests.tambua.test_server import _reason, face
 
 NFC = unicodedata.normalize("NFC", "JOSÉ-1")
 NFD = unicodedata.normalize("NFD", "JOSÉ-1")
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, models):
-    s = Server(tmp_path_factory.mktemp("ids") / "data")
-    s.start()
-    yield s
-    s.stop()
 
 
 def _refused(call) -> tuple[grpc.StatusCode, str, str]:
@@ -29,9 +22,9 @@ def _refused(call) -> tuple[grpc.StatusCode, str, str]:
     return e.value.code(), _reason(e.value), e.value.details()
 
 
-def test_nfc_and_nfd_spellings_are_one_subject(server, orl):
+def test_nfc_and_nfd_spellings_are_one_subject(plain_server, orl):
     assert NFC != NFD
-    stub = server.stub
+    stub = plain_server.stub
     assert stub.Enroll(pb.EnrollRequest(subject_id=NFD, samples=[face(orl, 1, 1)])).outcome == pb.EnrollResponse.ENROLLED
     code, _, _ = _refused(lambda: stub.Enroll(pb.EnrollRequest(subject_id=NFC, samples=[face(orl, 2, 1)])))
     assert code is grpc.StatusCode.ALREADY_EXISTS
@@ -50,8 +43,8 @@ def test_nfc_and_nfd_spellings_are_one_subject(server, orl):
     pytest.param("A\x00001", "printable", id="control"),
     pytest.param("", "empty", id="empty"),
 ])
-def test_an_id_that_is_no_id_is_refused_before_extraction(server, orl, bad, says):
-    stub = server.stub
+def test_an_id_that_is_no_id_is_refused_before_extraction(plain_server, orl, bad, says):
+    stub = plain_server.stub
     for call in (lambda: stub.Enroll(pb.EnrollRequest(subject_id=bad, samples=[face(orl, 3, 1)])),
                  lambda: stub.Verify(pb.VerifyRequest(subject_id=bad, samples=[face(orl, 3, 1)])),
                  lambda: stub.GetSubject(pb.SubjectRequest(subject_id=bad))):
