@@ -348,6 +348,8 @@ def _error(e: grpc.RpcError) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Whatever a command writes (stores, keys, backups, certificates) is this user's alone.
+    os.umask(0o077)
     p = argparse.ArgumentParser(prog="tambua", description="Tambua biometric matching service.")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="run the service")

@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
+import os
 import signal
 import threading
 import time
 import uuid
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -386,6 +388,24 @@ def refuse_foreign_templates(stored: dict[tuple[str, str], int], running: dict[s
                          f"(finger_network: {settings})")
 
 
+def private_data_dir(data_dir: Path) -> list[tuple[Path, int]]:
+    """Make the data directory this user's alone: folders 0700, files 0600 (the stores,
+    the audit log, site and row keys hold biometrics of vulnerable people and what
+    protects them). Files made from now on follow (umask 077). Returns what was wider,
+    with its old mode, for the caller to say so loudly.
+    """
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    widened = []
+    for path in [data_dir, *data_dir.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        want = 0o700 if path.is_dir() else 0o600
+        if mode & 0o077:
+            path.chmod(want)
+            widened.append((path, mode))
+    return widened
+
+
 def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully (in-flight requests get ``grace_s``)."""
     from enroll.face.pipeline import FaceExtractor
@@ -408,6 +428,8 @@ def serve(config: Config) -> None:
                           "(make one with `tambua keys new-kek`); insecure mode only may run without")
     if kek is None:
         log.warning("INSECURE MODE: templates stored without encryption")
+    for path, mode in private_data_dir(config.data_dir):
+        log.warning("%s was readable by others (mode %o): now only by this service's user", path, mode)
     store = SubjectStore(config.data_dir / "subjects.sqlite", kek)
     stored = store.model_counts()
     finger_network, why = networks.choose(config.finger_network, stored)
