@@ -40,6 +40,7 @@ import grpc
 
 from matcher.errors import InvalidInput, KeyMismatch, PermissionDenied, RecordTampered, Unauthenticated
 from tambua.audit import AuditLog
+from tambua.context import enter, leave
 
 log = logging.getLogger(__name__)
 
@@ -348,10 +349,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
         abort: ``abort(context, error)`` ends a call with the service's one error mapping.
         api_keys: whether API keys are accepted (False: client certificates only).
         audit: where every Matcher call is recorded, refused ones included (None: nowhere).
+        on_refused: ``on_refused(method, error)`` for each call refused here (metrics).
     """
 
-    def __init__(self, store: AccessStore | None, abort, api_keys: bool = True, audit: AuditLog | None = None) -> None:
+    def __init__(self, store: AccessStore | None, abort, api_keys: bool = True, audit: AuditLog | None = None,
+                 on_refused=None) -> None:
         self.store, self.abort, self.api_keys, self.audit = store, abort, api_keys, audit
+        self.on_refused = on_refused
 
     def authenticate(self, context) -> Principal:
         if self.store is None:
@@ -407,27 +411,33 @@ class AuthInterceptor(grpc.ServerInterceptor):
             return principal
         except (Unauthenticated, PermissionDenied, InvalidInput) as e:
             log.warning("%s refused: %s", short or "call", e.reason)
+            if self.on_refused is not None:
+                self.on_refused(short, e)
             self._audit(principal, short, request, None, e.reason)
             self.abort(context, e)
             raise  # abort raises; this keeps the type checker and a stub abort honest
 
     def _guard(self, behaviour, short: str | None):
         def guarded(request, context):
-            principal = self._admit(request, context, short)
-            response, outcome = None, "OK"
-            token = current.set(principal)
-            touched = _touched.set([])
+            call = enter(context)  # a refusal's log line carries the request id too
             try:
-                response = behaviour(request, context)
-                return response
-            except BaseException:
-                outcome = _outcome(context)
-                raise
+                principal = self._admit(request, context, short)
+                response, outcome = None, "OK"
+                token = current.set(principal)
+                touched = _touched.set([])
+                try:
+                    response = behaviour(request, context)
+                    return response
+                except BaseException:
+                    outcome = _outcome(context)
+                    raise
+                finally:
+                    current.reset(token)
+                    extra = _touched.get()
+                    _touched.reset(touched)
+                    self._audit(principal, short, request, response, outcome, extra)
             finally:
-                current.reset(token)
-                extra = _touched.get()
-                _touched.reset(touched)
-                self._audit(principal, short, request, response, outcome, extra)
+                leave(call)
 
         return guarded
 
@@ -436,7 +446,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         is written when the stream ends, with its outcome and every subject it touched,
         not when it opens."""
         def guarded(request, context):
-            principal = self._admit(request, context, short)
+            call = enter(context)
+            try:
+                principal = self._admit(request, context, short)
+            finally:
+                leave(call)  # a generator's frames may run on other threads: the id ends here
             outcome = "OK"
             token = current.set(principal)
             touched = _touched.set([])

@@ -5,14 +5,12 @@
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import logging
 import os
 import signal
 import threading
 import time
-import uuid
 from concurrent import futures
 from pathlib import Path
 
@@ -31,25 +29,17 @@ from tambua import sync
 from tambua.audit import AuditLog
 from tambua.auth import AccessStore, AuthInterceptor, note_touched
 from tambua.config import Config
+from tambua.context import RequestIdFilter, enter, leave
 from tambua.sync import SiteKeys
 from tambua.status import abort, code_of
 from tambua.v1 import tambua_pb2 as pb
 from tambua.v1 import tambua_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
 _MODALITY = {pb.FACE: "face", pb.FINGER: "finger", pb.IRIS: "iris"}
 _MODALITY_PB = {v: k for k, v in _MODALITY.items()}
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Matcher"].full_name
-
-
-class RequestIdFilter(logging.Filter):
-    """Adds the current request id to every log record (``%(request_id)s``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
-        return True
 
 
 class Metrics:
@@ -68,6 +58,18 @@ class Metrics:
         )
         self.rejections = Counter("tambua_quality_rejections_total", "Samples rejected by reason", ["reason"],
                                   registry=registry)
+        self.refusals = Counter("tambua_refused_total", "Calls refused before any servicer ran (no or bad "
+                                "credentials, a role or partition not granted, a malformed message)",
+                                ["method", "code", "reason"], registry=registry)
+
+        def note_refused(method: str | None, error: Exception) -> None:
+            """A call the authentication interceptor refused: counted with every other call
+            of its method by code, and by its reason (a brute force shows here)."""
+            code = code_of(error).name
+            self.rpcs.labels(method or "other", code).inc()
+            self.refusals.labels(method or "other", code, getattr(error, "reason", code)).inc()
+
+        self.note_refused = note_refused
 
         class _Gallery:
             def collect(self_inner):
@@ -136,8 +138,7 @@ def _rpc(method):
 
     @functools.wraps(method)
     def wrapper(self, request, context):
-        md = dict(context.invocation_metadata() or ())
-        token = request_id.set(md.get("x-request-id") or uuid.uuid4().hex[:16])
+        token = enter(context)
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
@@ -148,7 +149,7 @@ def _rpc(method):
         finally:
             self.metrics.rpcs.labels(method.__name__, code.name).inc()
             self.metrics.latency.labels(method.__name__).observe(time.perf_counter() - start)
-            request_id.reset(token)
+            leave(token)
 
     return wrapper
 
@@ -336,7 +337,8 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
     audit = AuditLog(config.data_dir / "audit.jsonl")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
-        interceptors=[AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit)],
+        interceptors=[AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit,
+                                      on_refused=metrics.note_refused)],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     peers = sync.Peers(config.data_dir)
