@@ -62,15 +62,6 @@ class Metrics:
                                 "credentials, a role or partition not granted, a malformed message)",
                                 ["method", "code", "reason"], registry=registry)
 
-        def note_refused(method: str | None, error: Exception) -> None:
-            """A call the authentication interceptor refused: counted with every other call
-            of its method by code, and by its reason (a brute force shows here)."""
-            code = code_of(error).name
-            self.rpcs.labels(method or "other", code).inc()
-            self.refusals.labels(method or "other", code, getattr(error, "reason", code)).inc()
-
-        self.note_refused = note_refused
-
         class _Gallery:
             def collect(self_inner):
                 g = GaugeMetricFamily("tambua_gallery_templates", "Indexed templates", labels=["modality"])
@@ -79,6 +70,13 @@ class Metrics:
                 yield g
 
         registry.register(_Gallery())
+
+    def note_refused(self, method: str | None, error: Exception) -> None:
+        """A call the authentication interceptor refused: counted with every other call of
+        its method by code, and by its reason (a brute force shows here)."""
+        code = code_of(error).name
+        self.rpcs.labels(method or "other", code).inc()
+        self.refusals.labels(method or "other", code, getattr(error, "reason", code)).inc()
 
     def watch_sync(self, store, peers) -> None:
         """Per-peer sync gauges, read at scrape time from the store (bounded labels: configured peers)."""

@@ -13,7 +13,8 @@ import numpy as np
 from enroll.face.detect import DetectorParams, FaceDetector
 from enroll.image import decode_image
 from enroll.iris.quality import darkest_pupil, measure
-from enroll.iris.segment import IrisBoundaries, occlusion_mask, remove_reflections, rubber_sheet, segment, with_band
+from enroll.iris.segment import (ROUND_BLOB, IrisBoundaries, occlusion_mask, outside_image, remove_reflections,
+                                 rubber_sheet, segment, sheet_coords, with_band)
 from enroll.onnx_model import OnnxModel
 from matcher.errors import QualityError
 from matcher.iris import IrisTemplate
@@ -22,7 +23,6 @@ from models.paths import model_dir as default_model_dir
 
 IRIS_MODEL_ID = "iris/gabor-v2"
 _FACE_CHECK_SIDE = 160  # px: the face-photo check runs on a copy this small
-_ROUND_PUPIL = 0.78  # blob area over its enclosing circle's: a pupil seen whole (segment.py's test)
 _FACE_SCORE = 0.9  # O-Net probability; every LFW photo scored above, no eye image above 0.7
 ENCODER_FILE = "iris_encode_gabor_v1.onnx"
 WORK_SIDE = 280  # px: the short side images larger than this are segmented and coded at
@@ -101,12 +101,7 @@ def sharpness(grey: np.ndarray, b: IrisBoundaries) -> float:
 def out_of_frame(shape: tuple[int, int], b: IrisBoundaries) -> float:
     """Share of the iris ring between pupil and limbus (64 angles x 8 radii, as the
     rubber sheet samples it) that falls outside an image of this shape."""
-    theta = np.linspace(0, 2 * np.pi, 64, endpoint=False)
-    rho = ((np.arange(8) + 0.5) / 8)[:, None]
-    x = (1 - rho) * (b.pupil.x + b.pupil.r * np.cos(theta)) + rho * (b.iris.x + b.iris.r * np.cos(theta))
-    y = (1 - rho) * (b.pupil.y + b.pupil.r * np.sin(theta)) + rho * (b.iris.y + b.iris.r * np.sin(theta))
-    h, w = shape
-    return float(np.mean((x < 0) | (y < 0) | (x > w - 1) | (y > h - 1)))
+    return float(outside_image(shape, *sheet_coords(b, 8, 64)).mean())
 
 
 def pupil_contrast(grey: np.ndarray, b: IrisBoundaries) -> tuple[float, float, float]:
@@ -181,7 +176,7 @@ class IrisExtractor:
         if gap < q.min_pupil_gap or gap < q.min_pupil_cnr * (spread + 1) or dark > q.max_dark_share:
             return QualityError("no eye found: nothing like a pupil inside an iris", "IRIS_NOT_FOUND")
         framing = self._framing(grey.shape, b, scale)
-        if framing is not None and b.pupil_roundness < _ROUND_PUPIL:
+        if framing is not None and b.pupil_roundness < ROUND_BLOB:
             # Only a pupil seen whole says an eye is there, badly framed; a dark blob
             # joined with lashes that fails here is most often a closed eye's lash line.
             return QualityError("no open eye found: is the eye open, and in the middle of the picture?",
@@ -240,11 +235,9 @@ class IrisExtractor:
             raise refused
         sharp = sharpness(grey, b)
         bands = (b, *(with_band(b, s) for s in RADIAL_SCALES))
-        sheets = [rubber_sheet(grey, band, gabor.ROWS, gabor.COLS) for band in bands]
         # Inpainted reflections show no iris: masked as the image's edge is.
-        glint_sheets = [rubber_sheet(glints.astype(np.uint8), band, gabor.ROWS, gabor.COLS)[0] > 0.25
-                        for band in bands]
-        occluded = [occlusion_mask(strip, outside | glint) for (strip, outside), glint in zip(sheets, glint_sheets)]
+        sheets = [rubber_sheet(grey, band, gabor.ROWS, gabor.COLS, glints) for band in bands]
+        occluded = [occlusion_mask(strip, outside) for strip, outside in sheets]
         valid = [code_mask(o) for o in occluded]
         usable = float(valid[0].mean())
         if usable < self.quality.min_usable:

@@ -19,6 +19,9 @@ import cv2
 import numpy as np
 
 
+ROUND_BLOB = 0.78  # blob area over its enclosing circle's at and above which a pupil is seen whole
+
+
 @dataclass(frozen=True)
 class Circle:
     """A circle in image pixels (x right, y down)."""
@@ -224,7 +227,7 @@ def pupil_candidates(img: np.ndarray, min_r: float = 8.0, max_r: float | None = 
             if min(w, h) * scale < 2 * min_r:
                 continue
             roundness = area / (np.pi * (max(w, h) / 2) ** 2)
-            if max(w, h) <= 1.35 * min(w, h) and roundness >= 0.78:
+            if max(w, h) <= 1.35 * min(w, h) and roundness >= ROUND_BLOB:
                 cx, cy, r = float(cent[i][0] - 1), float(cent[i][1] - 1), float(np.sqrt(area / np.pi))
             else:
                 # Eyelashes touching the pupil, or a lid across it, join it into one blob
@@ -260,7 +263,7 @@ def pupil_candidates(img: np.ndarray, min_r: float = 8.0, max_r: float | None = 
         arr, edge = arr[flat], edge[flat]
     # A blob that is round only inside (the largest disc in a blob joined with lashes)
     # is less sure than a round one: its edge counts in proportion.
-    edge = edge * np.minimum(1.0, arr[:, 3] / 0.78)
+    edge = edge * np.minimum(1.0, arr[:, 3] / ROUND_BLOB)
     f = cv2.GaussianBlur(img, (0, 0), 1.0).astype(np.float32)
     while len(arr):
         best = int(np.argmax(edge))
@@ -365,23 +368,35 @@ def with_band(b: IrisBoundaries, scale: float) -> IrisBoundaries:
     return IrisBoundaries(b.pupil, iris, b.pupil_roundness, b.limbus_contrast)
 
 
-def rubber_sheet(img: np.ndarray, b: IrisBoundaries, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-    """Daugman's rubber sheet: (rows x cols float32 strip, rows x cols bool 'outside image').
-
-    Row 0 is the pupil boundary, the last row the limbus; column j is the angle
-    2*pi*j/cols counter-clockwise from the right as seen on the image.
-    """
+def sheet_coords(b: IrisBoundaries, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Image x and y (rows x cols float32) of Daugman's rubber sheet: row i at (i + 0.5) /
+    rows of the way from the pupil boundary to the limbus, column j at the angle
+    2*pi*j/cols counter-clockwise from the right as seen on the image."""
     theta = 2 * np.pi * np.arange(cols) / cols
-    rho = (np.arange(rows) + 0.5) / rows
-    px = b.pupil.x + b.pupil.r * np.cos(theta)
-    py = b.pupil.y - b.pupil.r * np.sin(theta)
-    ix = b.iris.x + b.iris.r * np.cos(theta)
-    iy = b.iris.y - b.iris.r * np.sin(theta)
-    mx = ((1 - rho)[:, None] * px[None] + rho[:, None] * ix[None]).astype(np.float32)
-    my = ((1 - rho)[:, None] * py[None] + rho[:, None] * iy[None]).astype(np.float32)
+    rho = ((np.arange(rows) + 0.5) / rows)[:, None]
+    mx = (1 - rho) * (b.pupil.x + b.pupil.r * np.cos(theta)) + rho * (b.iris.x + b.iris.r * np.cos(theta))
+    my = (1 - rho) * (b.pupil.y - b.pupil.r * np.sin(theta)) + rho * (b.iris.y - b.iris.r * np.sin(theta))
+    return mx.astype(np.float32), my.astype(np.float32)
+
+
+def outside_image(shape: tuple[int, int], mx: np.ndarray, my: np.ndarray) -> np.ndarray:
+    """Where sampling points fall outside an image of this shape."""
+    h, w = shape
+    return (mx < 0) | (my < 0) | (mx > w - 1) | (my > h - 1)
+
+
+def rubber_sheet(img: np.ndarray, b: IrisBoundaries, rows: int, cols: int,
+                 hidden: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Daugman's rubber sheet: (rows x cols float32 strip, rows x cols bool 'not seen':
+    outside the image, or where the bool image ``hidden`` is set, e.g. inpainted
+    reflections). Row 0 is the pupil boundary, the last row the limbus (see
+    :func:`sheet_coords`)."""
+    mx, my = sheet_coords(b, rows, cols)
     strip = cv2.remap(img.astype(np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    h, w = img.shape
-    outside = (mx < 0) | (my < 0) | (mx > w - 1) | (my > h - 1)
+    outside = outside_image(img.shape, mx, my)
+    if hidden is not None:
+        outside |= cv2.remap(hidden.astype(np.float32), mx, my, cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE) > 0.25
     return strip, outside
 
 
