@@ -27,8 +27,9 @@ tambua/v1/__init__.py: $(PROTOS)
 	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
 	touch $@
 
+# Options go in ARGS: make run ARGS="--port 50061 --data-dir demo-data"
 run: setup
-	$(BIN)/tambua serve --insecure
+	$(BIN)/tambua serve --insecure $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q

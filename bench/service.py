@@ -72,7 +72,8 @@ def run(n: int, queries: int, workdir: Path, images: list[bytes], secure: bool =
     engine = Engine(store, {"face": FaceExtractor()})
     rebuild_s = time.perf_counter() - t0
     settings, creds, md = _secure(workdir, store) if secure else ({"insecure": True}, None, None)
-    server, port, _ = create_server(Config(port=0, metrics_port=-1, data_dir=workdir, **settings), engine)
+    bound = create_server(Config(port=0, metrics_port=-1, data_dir=workdir, **settings), engine)
+    server, port = bound.server, bound.port
     server.start()
     channel = (grpc.secure_channel(f"localhost:{port}", creds) if secure
                else grpc.insecure_channel(f"127.0.0.1:{port}"))

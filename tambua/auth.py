@@ -350,12 +350,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
         api_keys: whether API keys are accepted (False: client certificates only).
         audit: where every Matcher call is recorded, refused ones included (None: nowhere).
         on_refused: ``on_refused(method, error)`` for each call refused here (metrics).
+        cert_port: in mixed mode, the port where client certificates are taken (named in
+            the refusal of a caller without credentials).
     """
 
     def __init__(self, store: AccessStore | None, abort, api_keys: bool = True, audit: AuditLog | None = None,
-                 on_refused=None) -> None:
+                 on_refused=None, cert_port: int | None = None) -> None:
         self.store, self.abort, self.api_keys, self.audit = store, abort, api_keys, audit
-        self.on_refused = on_refused
+        self.on_refused, self.cert_port = on_refused, cert_port
 
     def authenticate(self, context) -> Principal:
         if self.store is None:
@@ -372,7 +374,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if not self.api_keys:
             raise Unauthenticated("a client certificate is required")
         if not header.startswith("Bearer "):
-            raise Unauthenticated("no credentials: present a client certificate or 'authorization: Bearer <key>'")
+            elsewhere = f" (client certificates connect to port {self.cert_port})" if self.cert_port else ""
+            raise Unauthenticated("no credentials: present a client certificate or 'authorization: Bearer <key>'"
+                                  + elsewhere)
         p = self.store.by_key(header[len("Bearer "):].strip())
         if p is None:
             raise Unauthenticated("unknown or revoked API key")

@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int)
     s.add_argument("--data-dir", type=Path)
     s.add_argument("--metrics-port", type=int)
+    s.add_argument("--mtls-port", type=int, help="client certificates' port when API keys are on too (mixed mode)")
     s.add_argument("--finger-network", choices=sorted({FINGER_AUTO, *FINGER_NETWORKS}),
                    help="minutiae network (default auto: the one the store's finger templates were made "
                         "with, leader for a store with none; lite is ~4x faster, see the finger model card; "
@@ -483,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             config = Config.load(args.config, port=args.port, data_dir=args.data_dir,
-                                 metrics_port=args.metrics_port, insecure=args.insecure,
+                                 metrics_port=args.metrics_port, mtls_port=args.mtls_port, insecure=args.insecure,
                                  finger_network=args.finger_network)
         except ValueError as e:
             print(f"error: configuration: {e}", file=sys.stderr)

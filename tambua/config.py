@@ -32,6 +32,9 @@ class Config:
             registered certificate identifies its holder (``tambua keys create --cert``).
         api_keys: accept API keys from callers without a client certificate; with
             ``client_ca`` set and this off, a client certificate is required to connect.
+        mtls_port: with ``client_ca`` set and ``api_keys`` on (mixed mode), the port where
+            holders of client certificates connect (``port`` takes API keys). grpcio can
+            ask for a client certificate only by requiring one, so one port cannot take both.
         kek_file: the key-encryption key (64 hex digits or base64 of 32 bytes); else
             ``$TAMBUA_KEK``. Required unless insecure: templates are encrypted at rest.
         finger_network: the minutiae network: ``auto`` (default: the network the
@@ -57,11 +60,12 @@ class Config:
     tls_key: Path | None = None
     client_ca: Path | None = None
     api_keys: bool = True
+    mtls_port: int = 50052
     kek_file: Path | None = None
     finger_network: str = AUTO
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
+        if not (0 <= self.port <= 65535 and 0 <= self.mtls_port <= 65535 and -1 <= self.metrics_port <= 65535):
             raise ValueError("ports must be within 0..65535 (metrics_port -1 disables)")
         if self.workers < 1 or self.max_message_mb < 1:
             raise ValueError("workers and max_message_mb must be positive")
@@ -73,6 +77,14 @@ class Config:
                              "for local development only, set insecure = true (--insecure)")
         if not self.insecure and not self.api_keys and self.client_ca is None:
             raise ValueError("api_keys = false leaves client certificates as the only way in: set client_ca")
+        if self.mixed_mode and self.port and self.port == self.mtls_port:
+            raise ValueError(f"port and mtls_port are both {self.port}: API keys and client certificates "
+                             "need a port each")
+
+    @property
+    def mixed_mode(self) -> bool:
+        """API keys on ``port`` and client certificates on ``mtls_port``."""
+        return not self.insecure and self.client_ca is not None and self.api_keys
 
     @property
     def thresholds(self) -> Thresholds:

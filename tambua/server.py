@@ -1,6 +1,6 @@
 """The gRPC server: servicer (proto <-> engine), errors, request ids, metrics, health, reflection.
 
-``create_server(config, engine)`` returns ``(server, port)`` so tests bind to port 0.
+``create_server(config, engine)`` returns the server and the ports it bound (tests bind port 0).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import signal
 import threading
 import time
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -317,12 +318,24 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         )
 
 
-def create_server(config: Config, engine: Engine, registry: CollectorRegistry | None = None):
-    """Build (not start) the server.
+@dataclass(frozen=True)
+class Bound:
+    """A built server and the ports it bound (config ports may be 0).
 
-    Returns:
-        (server, port, metrics_port): the bound ports (config ports may be 0); metrics -1 when disabled.
+    Attributes:
+        port: gRPC (API keys in mixed mode).
+        metrics_port: Prometheus; -1 when disabled.
+        mtls_port: client certificates in mixed mode; -1 otherwise.
     """
+
+    server: grpc.Server
+    port: int
+    metrics_port: int
+    mtls_port: int = -1
+
+
+def create_server(config: Config, engine: Engine, registry: CollectorRegistry | None = None) -> Bound:
+    """Build (not start) the server."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry, engine)
     engine.observer = metrics
@@ -333,10 +346,10 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
         log.warning("%d principals fail authentication and are refused: %s (rows from before row MACs: "
                     "check them with `tambua keys list`, then `tambua keys seal`)", len(refused), ", ".join(refused))
     audit = AuditLog(config.data_dir / "audit.jsonl")
+    guard = AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit, on_refused=metrics.note_refused)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
-        interceptors=[AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit,
-                                      on_refused=metrics.note_refused)],
+        interceptors=[guard],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     peers = sync.Peers(config.data_dir)
@@ -349,25 +362,33 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     address = f"{config.host}:{config.port}"
+    mtls_port = -1
     if config.insecure:
         log.warning("INSECURE MODE: plain-text gRPC and no authentication; for local development only")
         port = server.add_insecure_port(address)
+    elif config.mixed_mode:
+        port = server.add_secure_port(address, _credentials(config, client_certificates=False))
+        mtls_port = server.add_secure_port(f"{config.host}:{config.mtls_port}",
+                                           _credentials(config, client_certificates=True))
+        guard.cert_port = mtls_port
     else:
-        port = server.add_secure_port(address, _credentials(config))
+        port = server.add_secure_port(address, _credentials(config, client_certificates=config.client_ca is not None))
     metrics_port = -1
     if config.metrics_port >= 0:
         http, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
         metrics_port = http.server_port
-    return server, port, metrics_port
+    return Bound(server, port, metrics_port, mtls_port)
 
 
-def _credentials(config: Config) -> grpc.ServerCredentials:
-    """TLS, and mutual TLS when a client CA is configured (required when API keys are off)."""
+def _credentials(config: Config, client_certificates: bool) -> grpc.ServerCredentials:
+    """TLS; with ``client_certificates`` mutual TLS: a certificate from ``client_ca`` is
+    required to connect (grpcio cannot request one without requiring it, hence a port each
+    in mixed mode)."""
     chain = [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
-    if config.client_ca is None:
+    if not client_certificates:
         return grpc.ssl_server_credentials(chain)
     return grpc.ssl_server_credentials(chain, root_certificates=config.client_ca.read_bytes(),
-                                       require_client_auth=not config.api_keys)
+                                       require_client_auth=True)
 
 
 def refuse_foreign_templates(stored: dict[tuple[str, str], int], running: dict[str, str]) -> None:
@@ -438,10 +459,13 @@ def serve(config: Config) -> None:
                   "iris": IrisExtractor()}
     refuse_foreign_templates(stored, {m: ex.model_id for m, ex in extractors.items()})
     engine = Engine(store, extractors, config.thresholds)
-    server, port, metrics_port = create_server(config, engine)
+    bound = create_server(config, engine)
+    server = bound.server
     server.start()
-    log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, port, metrics_port, store.count())
-    print(f"tambua listening on {config.host}:{port}", flush=True)
+    log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, bound.port, bound.metrics_port,
+             store.count())
+    certs = f" (client certificates on {config.host}:{bound.mtls_port})" if bound.mtls_port >= 0 else ""
+    print(f"tambua listening on {config.host}:{bound.port}{certs}", flush=True)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -15,8 +15,9 @@ from tambua.v1 import tambua_pb2_grpc as pb_grpc
 def test_rpc_stage_rejection_and_gallery_metrics(tmp_path, face_extractor, orl):
     store = SubjectStore(tmp_path / "m.sqlite")
     registry = CollectorRegistry()
-    server, port, _ = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=tmp_path),
-                                     Engine(store, {"face": face_extractor}), registry)
+    bound = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=tmp_path),
+                          Engine(store, {"face": face_extractor}), registry)
+    server, port = bound.server, bound.port
     server.start()
     try:
         stub = pb_grpc.MatcherStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -48,8 +49,9 @@ def test_sync_metrics_show_which_peer_falls_behind(tmp_path, face_extractor):
     store.note_peer("country", acked_seq=3, last_ack_ms=1_700_000_000_000)
     store.note_peer("field-2", refused=2, gaps=1)
     registry = CollectorRegistry()
-    server, _, _ = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=tmp_path),
-                                 Engine(store, {"face": face_extractor}), registry)
+    bound = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=tmp_path),
+                          Engine(store, {"face": face_extractor}), registry)
+    server = bound.server
     try:
         get = registry.get_sample_value
         assert get("tambua_sync_pending_changes", {"peer": "country"}) == 1

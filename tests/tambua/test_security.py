@@ -49,7 +49,7 @@ def _config(tmp: Path, ca: DevCA, api_keys: bool) -> Path:
         kek.write_text(os.urandom(32).hex())
     f = tmp / f"tambua-{api_keys}.toml"
     f.write_text(f'tls_cert = "{cert}"\ntls_key = "{key}"\nclient_ca = "{ca.ca_pem}"\n'
-                 f'api_keys = {str(api_keys).lower()}\nkek_file = "{kek}"\n')
+                 f'api_keys = {str(api_keys).lower()}\nkek_file = "{kek}"\nmtls_port = 0\n')
     return f
 
 
@@ -209,6 +209,30 @@ def test_mutual_tls_only_server_refuses_callers_without_a_registered_certificate
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         s.stop()
+
+
+def test_mixed_mode_takes_api_keys_on_one_port_and_client_certificates_on_the_other(tls_server, pki, orl):
+    server, _ = tls_server
+    cert, key = pki.issue("distribution point 7")
+    registered = create(server.data_dir, "distribution point 7", ["verifier"], cert=cert)
+    request = pb.CompareRequest(a=face(orl, 4, 1), b=face(orl, 4, 2))
+    assert server.mtls_address, "a mixed-mode server names its client-certificate port"
+    with server.connect(pki.ca_pem, cert, key, address=server.mtls_address) as ch:
+        assert pb_grpc.MatcherStub(ch).Compare(request, timeout=60).score > 0
+    # The API-key port cannot ask for a certificate (grpcio requests one only by requiring
+    # it): a certificate holder there is told where to go.
+    with server.connect(pki.ca_pem, cert, key) as ch, pytest.raises(grpc.RpcError) as e:
+        pb_grpc.MatcherStub(ch).Compare(request, timeout=20)
+    port = server.mtls_address.rsplit(":", 1)[1]
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED and f"port {port}" in e.value.details()
+    with server.connect(pki.ca_pem, address=server.mtls_address) as ch, pytest.raises(grpc.RpcError) as e:
+        pb_grpc.MatcherStub(ch).Compare(request, timeout=20)  # no certificate: no handshake there
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    keys(server.data_dir, "revoke", registered["id"])
+    with server.connect(pki.ca_pem, cert, key, address=server.mtls_address) as ch, \
+            pytest.raises(grpc.RpcError) as e:
+        pb_grpc.MatcherStub(ch).Compare(request, timeout=20)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_plain_text_clients_cannot_talk_to_a_tls_server(tls_server, orl):

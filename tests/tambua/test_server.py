@@ -53,15 +53,19 @@ class Server:
         m = re.search(r"listening on (\S+)", line)
         assert m, f"server did not start: {line!r}"
         self.address = m.group(1)
+        certs = re.search(r"client certificates on (\S+)\)", line)  # mixed mode: a port for certificates
+        self.mtls_address = certs.group(1) if certs else ""
         if self.config is None:
             self.channel = grpc.insecure_channel(self.address)
             self.stub = pb_grpc.MatcherStub(self.channel)
 
-    def connect(self, ca: Path, cert: Path | None = None, key: Path | None = None) -> grpc.Channel:
-        """A TLS channel to localhost (the name the test server certificate carries)."""
+    def connect(self, ca: Path, cert: Path | None = None, key: Path | None = None,
+                address: str | None = None) -> grpc.Channel:
+        """A TLS channel to localhost (the name the test server certificate carries), to
+        ``address``'s port (default: the main one)."""
         creds = grpc.ssl_channel_credentials(ca.read_bytes(), key.read_bytes() if key else None,
                                              cert.read_bytes() if cert else None)
-        return grpc.secure_channel(f"localhost:{self.address.rsplit(':', 1)[1]}", creds)
+        return grpc.secure_channel(f"localhost:{(address or self.address).rsplit(':', 1)[1]}", creds)
 
     def kill(self) -> None:
         os.kill(self.proc.pid, signal.SIGKILL)
