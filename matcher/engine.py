@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from matcher.calibration import Calibration
-from matcher.errors import DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap, Unimplemented
+from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap, TambuaError,
+                            Unimplemented)
 from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
 from matcher.store import StoredTemplate, Subject, SubjectStore, normalise_id
 from matcher.templates import Template
@@ -39,6 +40,19 @@ MODALITIES = ("face", "finger", "iris")
 POSITIONS = {"face": range(0, 1), "finger": range(0, 11), "iris": range(0, 3)}
 _MIN_FMR = 1e-300
 FUSION_TAU = 1e-3
+_FINGERS = ("thumb", "index", "middle", "ring", "little")
+
+
+def sample_name(modality: str, position: int) -> str:
+    """What a person calls a sample: ``face``, ``right index finger``, ``left iris``
+    (positions as in ISO/IEC 19794-4 and -6)."""
+    if modality == "finger":
+        if 1 <= position <= 10:
+            return f"{'right' if position <= 5 else 'left'} {_FINGERS[(position - 1) % 5]} finger"
+        return "finger of unknown position"
+    if modality == "iris":
+        return {1: "right iris", 2: "left iris"}.get(position, "iris of unknown eye")
+    return modality
 
 
 class Observer(Protocol):
@@ -85,10 +99,12 @@ class Thresholds:
     verify_fmr: float = 1e-3
     dedup_fpir: float = 1e-2
     max_candidates: int = 10
+    identify_fpir: float = 1e-2
 
     def __post_init__(self) -> None:
-        if not (0 < self.verify_fmr < 1 and 0 < self.dedup_fpir < 1 and self.max_candidates >= 1):
-            raise ValueError("rates must be in (0, 1) and max_candidates >= 1")
+        if not (0 < self.verify_fmr < 1 and 0 < self.dedup_fpir < 1 and 0 < self.identify_fpir <= 1
+                and self.max_candidates >= 1):
+            raise ValueError("rates must be in (0, 1) (identify_fpir up to 1) and max_candidates >= 1")
 
 
 @dataclass(frozen=True)
@@ -117,13 +133,19 @@ class VerifyResult:
 def fuse(fmrs: list[float], tau: float = FUSION_TAU) -> float:
     """Truncated product method: P(product of the rates <= tau is this small | impostor).
 
-    One rate at or below ``tau`` is returned unchanged; rates above it add nothing.
+    One rate at or below ``tau`` is returned unchanged; rates above it add nothing. When
+    none is at or below ``tau`` the product method has no evidence to weigh, and the best
+    rate is taken, corrected for having looked at ``L`` of them (Sidak: ``1 - (1 - min)^L``):
+    still a valid rate, equal to the one rate of a single comparison (so Verify and
+    Identify of one sample say what Compare says), and about ``L * tau`` on both sides of
+    ``tau``.
     """
     if not fmrs:
         return 1.0
     kept = [max(f, _MIN_FMR) for f in fmrs if f <= tau]
     if not kept:
-        return 1.0
+        best = min(min(fmrs), 1.0)
+        return float(-math.expm1(len(fmrs) * math.log1p(-best))) if best < 1.0 else 1.0
     big_l = len(fmrs)
     log_w, log_tau = sum(math.log(f) for f in kept), math.log(tau)
     total = 0.0
@@ -223,13 +245,19 @@ class Engine:
         for s in samples:
             self.check_deadline(deadline)
             matcher = self._matcher(s.modality)
-            if s.image is not None:
-                t0 = time.perf_counter()
-                ex = self.extractors[s.modality]
-                tpl = ex.extract(s.image, dpi=s.dpi) if s.modality == "finger" else ex.extract(s.image)
-                self.observer.timing("extract", s.modality, time.perf_counter() - t0)
-            else:
-                tpl = matcher.parse(s.template)  # type: ignore[arg-type]
+            try:
+                if s.image is not None:
+                    t0 = time.perf_counter()
+                    ex = self.extractors[s.modality]
+                    tpl = ex.extract(s.image, dpi=s.dpi) if s.modality == "finger" else ex.extract(s.image)
+                    self.observer.timing("extract", s.modality, time.perf_counter() - t0)
+                else:
+                    tpl = matcher.parse(s.template)  # type: ignore[arg-type]
+            except TambuaError as e:
+                if len(samples) == 1:
+                    raise
+                # Which of the request's samples failed, so the operator re-captures that one.
+                raise type(e)(f"{sample_name(s.modality, s.position)}: {e.message}", e.reason) from e
             out.append(StoredTemplate(s.modality, s.position, tpl))
         return tuple(out)
 
@@ -241,7 +269,8 @@ class Engine:
 
     def _candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
                     within: frozenset[str] | None = None) -> list[ScoredCandidate]:
-        """Shortlist per sample, then every shortlisted subject scored on all samples."""
+        """Shortlist per sample, then every shortlisted subject scored on all samples; the
+        ``k`` best, with FPIR over the subjects searched (the partition, or ``within``)."""
         shortlist: set[str] = set()
         for t in templates:
             t0 = time.perf_counter()
@@ -249,6 +278,8 @@ class Engine:
             self.observer.timing("search", t.modality, time.perf_counter() - t0)
             shortlist.update(s for s, _ in hits)
         n = max(self._subjects.get(partition, 0), 1)
+        if within is not None:
+            n = max(min(n, len(within)), 1)
         scored = sorted((fmr, sid) for sid in shortlist
                         if (fmr := self._subject_fmr(partition, sid, templates)) is not None)
         return [ScoredCandidate(sid, evidence(fmr), float(-math.expm1(n * math.log1p(-min(fmr, 1 - 1e-16)))))
@@ -261,17 +292,21 @@ class Engine:
         A request whose deadline passes before the write stores nothing: its caller has
         stopped waiting and would never learn of the enrolment.
         """
-        # Ids first: a bad one is refused before seconds of extraction.
+        # Ids and positions first: a bad one is refused before seconds of extraction.
         subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")
-        templates = self.templates_of(samples, deadline)
-        if any(t.position == 0 and t.modality == "finger" for t in templates):
+        if any(s.position == 0 and s.modality == "finger" for s in samples):
             raise InvalidInput("an enrolled finger needs its position (1 right thumb ... 10 left little)")
-        subject = Subject(subject_id, partition, templates, tuple(adjudicated))
+        adjudicated = tuple(normalise_id(a) for a in adjudicated)
+        templates = self.templates_of(samples, deadline)
         with self._lock(partition):
             candidates = [c for c in self._candidates(partition, templates, self.thresholds.max_candidates)
                           if c.fpir <= self.thresholds.dedup_fpir]
             if candidates and not force:
                 return EnrollResult("DUPLICATE", subject_id, tuple(candidates), templates)
+            # Enrolled anyway: the links are the candidates named by the adjudicator and the
+            # ones this search found (what the enrolment was decided against).
+            links = tuple(dict.fromkeys((*adjudicated, *(c.subject_id for c in candidates))))
+            subject = Subject(subject_id, partition, templates, links)
             self.check_deadline(deadline)
             self.store.add(subject)  # synced to disk before we answer
             for t in templates:
@@ -280,18 +315,29 @@ class Engine:
         return EnrollResult("ENROLLED", subject_id, tuple(candidates), templates)
 
     def identify(self, partition: str, samples: list[SampleInput], max_candidates: int = 0,
-                 within: frozenset[str] | None = None, deadline: float | None = None) -> list[ScoredCandidate]:
+                 within: frozenset[str] | None = None, deadline: float | None = None,
+                 max_fpir: float = 0.0) -> list[ScoredCandidate]:
         return self.identify_templates(partition, self.templates_of(samples, deadline), max_candidates, within,
-                                       deadline)
+                                       deadline, max_fpir)
 
     def identify_templates(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,
-                           within: frozenset[str] | None = None,
-                           deadline: float | None = None) -> list[ScoredCandidate]:
-        """1:N search with templates already extracted (:meth:`templates_of`)."""
+                           within: frozenset[str] | None = None, deadline: float | None = None,
+                           max_fpir: float = 0.0) -> list[ScoredCandidate]:
+        """1:N search with templates already extracted (:meth:`templates_of`).
+
+        Args:
+            max_candidates: at most this many, best first (0: the configured default).
+            max_fpir: only candidates at or below this FPIR (0: the configured
+                ``identify_fpir``; 1: every ranked candidate, a list for investigation).
+        """
         self.check_deadline(deadline)
+        if not 0 <= max_fpir <= 1:
+            raise InvalidInput(f"max_fpir must be within 0..1, not {max_fpir}")
         if within is not None:
             within = frozenset(normalise_id(i) for i in within)
-        return self._candidates(partition, templates, max_candidates or self.thresholds.max_candidates, within)
+        limit = max_fpir or self.thresholds.identify_fpir
+        found = self._candidates(partition, templates, max_candidates or self.thresholds.max_candidates, within)
+        return [c for c in found if c.fpir <= limit]
 
     def verify(self, subject_id: str, partition: str, samples: list[SampleInput],
                deadline: float | None = None) -> VerifyResult:
@@ -302,7 +348,7 @@ class Engine:
         self.store.get(partition, subject_id)  # NotFound for an unknown subject
         fmr = self._subject_fmr(partition, subject_id, templates)
         if fmr is None:
-            wanted = ", ".join(f"{t.modality} {t.position}" for t in templates)
+            wanted = ", ".join(sample_name(t.modality, t.position) for t in templates)
             raise NotFound(f"subject {subject_id!r} has no enrolled template for {wanted}")
         return VerifyResult(fmr <= self.thresholds.verify_fmr, evidence(fmr), fmr, templates[0].template.model_id)
 

@@ -46,10 +46,14 @@ def parse_key(text: str | bytes) -> bytes:
 
 
 def load_kek(path: Path | None = None, env: dict[str, str] | None = None) -> bytes | None:
-    """The key-encryption key from ``path`` or ``$TAMBUA_KEK`` (None when neither is set)."""
+    """The key-encryption key from ``path``, else ``$TAMBUA_KEK``, else the file named by
+    ``$TAMBUA_KEK_FILE`` (a mounted secret); None when none is set."""
+    env = os.environ if env is None else env
+    if path is None and not env.get("TAMBUA_KEK") and env.get("TAMBUA_KEK_FILE"):
+        path = Path(env["TAMBUA_KEK_FILE"])
     if path is not None:
         return parse_key(Path(path).read_bytes())
-    value = (os.environ if env is None else env).get("TAMBUA_KEK")
+    value = env.get("TAMBUA_KEK")
     return parse_key(value) if value else None
 
 
@@ -89,10 +93,16 @@ class AesGcmSealer:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
         self._aead = AESGCM(dek)
+        self._dek = dek
 
     def seal(self, data: bytes, context: bytes) -> bytes:
         nonce = os.urandom(_NONCE)  # random 96-bit nonces: safe far beyond 2^32 records a key
         return _VERSION + nonce + self._aead.encrypt(nonce, data, context)
+
+    def derive(self, name: str) -> bytes:
+        """A 256-bit key for ``name`` derived from the data key (HKDF-Expand, one block):
+        nothing to store, so nothing to delete or swap, and it goes wherever the data key goes."""
+        return hmac.new(self._dek, b"tambua derived key\x00" + name.encode() + b"\x01", hashlib.sha256).digest()
 
     def open(self, data: bytes, context: bytes) -> bytes:
         from cryptography.exceptions import InvalidTag

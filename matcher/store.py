@@ -339,6 +339,11 @@ class SubjectStore:
         to ``name``: for secrets kept beside the store, e.g. the site's private keys."""
         return self._sealer.seal(data, b"\x00secret:" + name.encode())
 
+    def derive_key(self, name: str) -> bytes | None:
+        """A key for ``name`` derived from this store's data key (the audit chain's); None
+        for a plain store, which has no key."""
+        return None if not self.encrypted else self._sealer.derive(name)
+
     def open_secret(self, data: bytes, name: str) -> bytes:
         """What :meth:`seal_secret` sealed under ``name``.
 

@@ -14,9 +14,7 @@ the iris, where eyelids reach least) x 128 angles. Outputs are the filter respon
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
-from models.onnx_graph import GraphBuilder
 
 ROWS, COLS = 64, 512
 FILTERS = ((16.0, 6.0, 3.0), (32.0, 10.0, 5.0))  # (wavelength, sigma along angle, sigma along radius) in px
@@ -62,9 +60,14 @@ def encode_numpy(strip: np.ndarray) -> np.ndarray:
     return out
 
 
-def to_onnx() -> onnx.ModelProto:
+def to_onnx() -> "onnx.ModelProto":  # noqa: F821 - onnx is a build dependency, imported here only
     """Input ``strip`` [N, 1, 64, 512] float32 (grey levels); outputs ``response`` and
     ``code`` [N, 4, 6, 128]."""
+    # The runtime imports this module for its constants; onnx is for `make models` only.
+    import onnx
+
+    from models.onnx_graph import GraphBuilder
+
     g = GraphBuilder()
     mean = g.op("ReduceMean", ["strip"], axes=[2, 3], keepdims=1)  # opset 17: axes is an attribute
     x = g.op("Sub", ["strip", mean])

@@ -3,8 +3,12 @@
 One JSON object a line in ``audit.jsonl`` beside the subject store: sequence number, time,
 caller (principal id and name), RPC, partition, the subject ids the call touched or
 returned, and the outcome (a gRPC status name). Never images, templates or scores. Each
-entry carries the SHA-256 of the previous entry's hash and its own canonical JSON, so an
-edited, removed, inserted or reordered entry breaks the chain (:func:`verify`). Each entry
+entry carries an HMAC-SHA256 of the previous entry's hash and its own canonical JSON, so an
+edited, removed, inserted or reordered entry breaks the chain (:func:`verify`). The HMAC
+key is derived from the subject store's data key (so the KEK protects it, and it is never
+written anywhere): whoever can write ``audit.jsonl`` but lacks the KEK cannot remove an
+entry and recompute the chain, and verifying needs the KEK too. A store without
+encryption (insecure development mode) has no key; its chain is plain SHA-256. Each entry
 is written and fsynced before the caller gets its answer; calls that end together share
 one fsync (group commit), so the log does not hold concurrent calls to one disk flush each.
 Another process may append too (``tambua keys`` records grants and revocations made on
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -29,7 +34,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from matcher.errors import RecordTampered
+
 log = logging.getLogger(__name__)
+
+KEY_NAME = "audit.jsonl/chain"  # what the chain key is derived under (SubjectStore.derive_key)
 
 GENESIS = "0" * 64  # the "previous hash" of the first entry
 
@@ -49,7 +58,7 @@ class AuditEntry:
             or returned as candidates.
         outcome: ``OK`` or the gRPC status name (``PERMISSION_DENIED``, ...).
         prev: the previous entry's hash (``GENESIS`` for the first).
-        hash: SHA-256 over ``prev`` and this entry's other fields.
+        hash: HMAC-SHA256 (SHA-256 without a key) over ``prev`` and this entry's other fields.
     """
 
     seq: int
@@ -64,11 +73,13 @@ class AuditEntry:
     hash: str
 
 
-def _digest(fields: dict) -> str:
+def _digest(fields: dict, key: bytes | None) -> str:
     body = {k: v for k, v in fields.items() if k != "hash"}
     body["subject_ids"] = list(body["subject_ids"])
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    if key is None:
+        return hashlib.sha256(canonical).hexdigest()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 def _entry(line: str) -> AuditEntry:
@@ -81,11 +92,20 @@ class AuditLog:
     """Appends entries to ``path``. Thread-safe: one lock orders the chain.
 
     A line left half-written by a crash (its call never answered) is cut off at start.
+
+    Args:
+        path: the log file.
+        key: the chain key (``store.derive_key(KEY_NAME)``); None: plain SHA-256 (a store
+            without encryption).
+
+    Raises:
+        RecordTampered: the last entry is not chained under ``key`` (a log written before
+            the chain was keyed, or one rewritten without the key): nothing is appended to it.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, key: bytes | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        self.path, self._key = path, key
         self._lock = threading.Lock()  # order: the chain and the file's lines
         self._flush = threading.Lock()  # one fsync at a time; waiters often find theirs done
         self._seq, self._head = 0, GENESIS
@@ -114,6 +134,15 @@ class AuditLog:
             os.truncate(self.path, end)
         if end:
             last = _entry(data[data.rfind(b"\n", 0, end - 1) + 1:end].decode())
+            if _digest(asdict(last), self._key) != last.hash:
+                # Chaining on would bury the fault under new, valid-looking entries.
+                unkeyed = self._key is not None and _digest(asdict(last), None) == last.hash
+                raise RecordTampered(
+                    f"{self.path.name}: its last entry (seq {last.seq}) is "
+                    + ("chained without the store's key: a log from before the chain was keyed, or one "
+                       f"rewritten without the key. Move it aside (check it with `tambua audit verify "
+                       f"--unkeyed --log FILE`); a new keyed log starts in its place" if unkeyed
+                       else "not chained under this store's key: altered, or another store's log"))
             self._seq, self._head = last.seq, last.hash
         self._size = end
 
@@ -137,7 +166,7 @@ class AuditLog:
             fields = {"seq": self._seq + 1, "unix_ms": int(time.time() * 1000), "principal_id": principal_id,
                       "principal_name": principal_name, "rpc": rpc, "partition": partition,
                       "subject_ids": tuple(subject_ids), "outcome": outcome, "prev": self._head, "hash": ""}
-            fields["hash"] = _digest(fields)
+            fields["hash"] = _digest(fields, self._key)
             entry = AuditEntry(**fields)
             line = json.dumps({**asdict(entry), "subject_ids": list(entry.subject_ids)}, sort_keys=True,
                               separators=(",", ":"), ensure_ascii=True) + "\n"
@@ -183,9 +212,20 @@ class VerifyReport:
     problem: str = ""
 
 
-def verify(path: Path, expect_head: tuple[int, str] | None = None) -> VerifyReport:
-    """Check the whole chain: every entry's hash, its link to the one before, and the
-    sequence without gaps; optionally that the head is (at least) a known one.
+def head_of(path: Path) -> tuple[int, str]:
+    """(sequence, hash) of the last whole entry, unchecked (:func:`verify` checks)."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if not end:
+        return 0, GENESIS
+    last = _entry(data[data.rfind(b"\n", 0, end - 1) + 1:end].decode())
+    return last.seq, last.hash
+
+
+def verify(path: Path, expect_head: tuple[int, str] | None = None, key: bytes | None = None) -> VerifyReport:
+    """Check the whole chain: every entry's hash (an HMAC under ``key``), its link to the
+    one before, and the sequence without gaps; optionally that the head is (at least) a
+    known one.
 
     Returns:
         The report; ``problem`` names the first bad line and what is wrong with it.
@@ -198,8 +238,11 @@ def verify(path: Path, expect_head: tuple[int, str] | None = None) -> VerifyRepo
                 e = _entry(raw.decode("ascii"))
             except (ValueError, TypeError, UnicodeDecodeError):
                 return VerifyReport(False, n, (seq, head), f"line {number}: not an audit entry")
-            if _digest(asdict(e)) != e.hash:
-                return VerifyReport(False, n, (seq, head), f"line {number} (seq {e.seq}): edited (its hash does not match)")
+            if _digest(asdict(e), key) != e.hash:
+                what = ("chained without the key (rewritten by someone without it, or from before the chain "
+                        "was keyed)" if key is not None and _digest(asdict(e), None) == e.hash
+                        else "edited (its hash does not match)")
+                return VerifyReport(False, n, (seq, head), f"line {number} (seq {e.seq}): {what}")
             if e.seq != seq + 1 or e.prev != head:
                 what = "entries missing or out of order" if e.seq > seq + 1 else "out of order or repeated"
                 return VerifyReport(False, n, (seq, head),

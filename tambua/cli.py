@@ -150,7 +150,9 @@ def _backup(args) -> int:
 
 def _audit_verify(args) -> int:
     """``tambua audit verify``: exit 0 when the chain is whole, 1 with the first fault."""
-    from tambua.audit import verify
+    from matcher.sealing import load_kek
+    from matcher.store import SubjectStore
+    from tambua.audit import KEY_NAME, verify
 
     head = None
     if args.head:
@@ -158,11 +160,28 @@ def _audit_verify(args) -> int:
         if not seq.isdigit() or len(digest) != 64:
             raise SystemExit("error: --head is SEQ:HASH (64 hex digits)")
         head = (int(seq), digest)
-    path = Path(args.data_dir) / "audit.jsonl"
+    data_dir = Path(args.data_dir)
+    path = Path(args.log) if args.log else data_dir / "audit.jsonl"
     if not path.exists():
         print(f"error: no audit log at {path}", file=sys.stderr)
         return 1
-    report = verify(path, head)
+    key = None
+    if not args.unkeyed:  # the chain key is derived from the store's data key: open the store
+        if not (data_dir / "subjects.sqlite").exists():
+            print(f"error: no store in {data_dir}/ to take the chain's key from (--data-dir; --unkeyed for "
+                  "a log from before the chain was keyed)", file=sys.stderr)
+            return 1
+        try:
+            store = SubjectStore(data_dir / "subjects.sqlite", load_kek(Path(args.kek_file) if args.kek_file else None))
+        except TambuaError as e:
+            print(f"error: {e.message} (the audit chain is keyed under the store's data key: give "
+                  "--kek-file or TAMBUA_KEK)", file=sys.stderr)
+            return 1
+        try:
+            key = store.derive_key(KEY_NAME)
+        finally:
+            store.close()
+    report = verify(path, head, key)
     _print({"ok": report.ok, "entries": report.entries, "head": f"{report.head[0]}:{report.head[1]}",
             "problem": report.problem}, args.json)
     return 0 if report.ok else 1
@@ -199,6 +218,7 @@ def _keys(args) -> int:
     from matcher.errors import InvalidInput, KeyMismatch
     from matcher.sealing import load_kek
     from matcher.store import SubjectStore
+    from tambua.audit import KEY_NAME as AUDIT_KEY
     from tambua.auth import AccessStore
 
     if args.keys_command in ("new-kek", "rotate"):
@@ -219,6 +239,7 @@ def _keys(args) -> int:
         subjects = SubjectStore(data_dir / "subjects.sqlite", kek)
         try:
             store = AccessStore(data_dir / "access.sqlite", subjects)
+            audit_key = subjects.derive_key(AUDIT_KEY)
         finally:
             subjects.close()
     except (TambuaError, OSError) as e:
@@ -258,7 +279,7 @@ def _keys(args) -> int:
     finally:
         store.close()
     if change:
-        _audit_on_host(data_dir, f"keys {change}")
+        _audit_on_host(data_dir, f"keys {change}", audit_key)
     _print(out, args.json)
     return 0
 
@@ -267,7 +288,7 @@ def _principal_json(p) -> dict:
     return {"id": p.id, "kind": p.kind, "name": p.name, "roles": sorted(p.roles), "partitions": sorted(p.partitions)}
 
 
-def _audit_on_host(data_dir: Path, action: str) -> None:
+def _audit_on_host(data_dir: Path, action: str, key: bytes | None) -> None:
     """Record a change an administrator made on the server host (not through an RPC) in
     the data directory's audit log, chained with the server's own entries."""
     import getpass
@@ -278,7 +299,7 @@ def _audit_on_host(data_dir: Path, action: str) -> None:
         user = getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry
         user = f"uid {os.getuid()}"
-    audit = AuditLog(data_dir / "audit.jsonl")
+    audit = AuditLog(data_dir / "audit.jsonl", key)
     try:
         audit.append(f"host:{user}", f"{user} on the server host", action, "", (), "OK")
     finally:
@@ -318,6 +339,15 @@ def _samples(args) -> list:
     if not out:
         raise SystemExit("error: give --face IMG, --finger POS=IMG and/or --iris left|right=IMG")
     return out
+
+
+def _templates(msgs) -> list[dict]:
+    """Templates as JSON: what they are and their quality, never their bytes."""
+    from tambua.v1 import tambua_pb2 as pb
+
+    return [{"modality": pb.Modality.Name(t.modality).lower(), "position": t.position, "model_id": t.model_id,
+             "quality": t.quality, "bytes": len(t.data), "quality_components": dict(sorted(t.quality_components.items()))}
+            for t in msgs]
 
 
 def _candidates(msgs) -> list[dict]:
@@ -370,6 +400,12 @@ def main(argv: list[str] | None = None) -> int:
     av = asub.add_parser("verify", help="check the chain of the log on this host (exit 1 on any fault)")
     av.add_argument("--data-dir", default=os.environ.get("TAMBUA_DATA_DIR", "tambua-data"))
     av.add_argument("--head", help="SEQ:HASH of a head kept elsewhere: the log must still contain it")
+    av.add_argument("--kek-file", help="the store's key-encryption key (else TAMBUA_KEK): the chain is keyed "
+                                       "under the store's data key")
+    av.add_argument("--log", help="another log file to check (an archived one) with the data directory's key")
+    av.add_argument("--unkeyed", action="store_true",
+                    help="check a plain SHA-256 chain (a log from before the chain was keyed): proves order, "
+                         "not who wrote it")
     av.add_argument("--json", action="store_true")
 
     b = sub.add_parser("backup", help="consistent online snapshot of the data directory (stays encrypted)")
@@ -437,7 +473,17 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--subject", required=True)
     samples(c)
     c.add_argument("--force", action="store_true", help="enrol anyway after adjudication")
-    samples(client("identify", "1:N search"))
+    c.add_argument("--adjudicated", action="append", default=[], metavar="ID",
+                   help="with --force: a candidate the adjudicator looked at (repeatable; the candidates "
+                        "the server finds are recorded too)")
+    c = client("identify", "1:N search")
+    samples(c)
+    c.add_argument("--max-candidates", type=int, default=0, help="at most this many (default: the server's)")
+    c.add_argument("--max-fpir", type=float, default=0.0,
+                   help="only candidates at or below this FPIR (default: the server's identify_fpir; "
+                        "1 lists every ranked candidate)")
+    c = client("get", "a subject's record: templates, when enrolled, adjudication links")
+    c.add_argument("--subject", required=True)
     samples(client("extract", "templates and quality measures of samples, nothing stored"))
     c = client("verify", "1:1 against an enrolled subject")
     c.add_argument("--subject", required=True)
@@ -521,18 +567,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "enroll":
             r = stub.Enroll(pb.EnrollRequest(subject_id=args.subject, samples=_samples(args),
-                                             partition=args.partition, force=args.force), timeout=60, metadata=md)
+                                             partition=args.partition, force=args.force,
+                                             adjudicated_candidates=args.adjudicated), timeout=60, metadata=md)
             out = {"outcome": pb.EnrollResponse.Outcome.Name(r.outcome), "subject_id": r.subject_id,
                    "candidates": _candidates(r.candidates)}
         elif args.command == "identify":
-            r = stub.Identify(pb.IdentifyRequest(samples=_samples(args), partition=args.partition), timeout=60, metadata=md)
+            r = stub.Identify(pb.IdentifyRequest(samples=_samples(args), partition=args.partition,
+                                                 max_candidates=args.max_candidates, max_fpir=args.max_fpir),
+                              timeout=60, metadata=md)
             out = {"candidates": _candidates(r.candidates)}
+        elif args.command == "get":
+            r = stub.GetSubject(pb.SubjectRequest(subject_id=args.subject, partition=args.partition),
+                                timeout=30, metadata=md)
+            out = {"subject_id": r.subject_id, "partition": r.partition, "created_unix_ms": r.created_unix_ms,
+                   "linked_subject_ids": list(r.linked_subject_ids), "templates": _templates(r.templates)}
         elif args.command == "extract":
             r = stub.Extract(pb.ExtractRequest(samples=_samples(args)), timeout=60, metadata=md)
-            out = {"templates": [
-                {"modality": pb.Modality.Name(t.modality).lower(), "position": t.position, "model_id": t.model_id,
-                 "quality": t.quality, "bytes": len(t.data), "quality_components": dict(sorted(t.quality_components.items()))}
-                for t in r.templates]}
+            out = {"templates": _templates(r.templates)}
         elif args.command == "verify":
             r = stub.Verify(pb.VerifyRequest(subject_id=args.subject, samples=_samples(args),
                                              partition=args.partition), timeout=60, metadata=md)

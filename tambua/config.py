@@ -25,6 +25,8 @@ class Config:
         workers: gRPC worker threads (requests in flight).
         max_message_mb: largest request accepted.
         verify_fmr / dedup_fpir / max_candidates: decision rates (see the model cards).
+        identify_fpir: Identify returns candidates at or below this FPIR unless the
+            request asks for another (``max_fpir``; 1 lists every ranked candidate).
         grace_s: seconds in-flight requests get at shutdown.
         insecure: plain-text gRPC and no authentication, for local development only.
         tls_cert / tls_key: the server's PEM certificate chain and key (required unless insecure).
@@ -54,6 +56,7 @@ class Config:
     verify_fmr: float = 1e-3
     dedup_fpir: float = 1e-2
     max_candidates: int = 10
+    identify_fpir: float = 1e-2
     grace_s: float = 5.0
     insecure: bool = False
     tls_cert: Path | None = None
@@ -88,7 +91,7 @@ class Config:
 
     @property
     def thresholds(self) -> Thresholds:
-        return Thresholds(self.verify_fmr, self.dedup_fpir, self.max_candidates)
+        return Thresholds(self.verify_fmr, self.dedup_fpir, self.max_candidates, self.identify_fpir)
 
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None, **overrides) -> "Config":

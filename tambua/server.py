@@ -27,7 +27,7 @@ from matcher.engine import Engine, SampleInput
 from matcher.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
 from tambua import sync
-from tambua.audit import AuditLog
+from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
 from tambua.auth import AccessStore, AuthInterceptor, note_touched
 from tambua.config import Config
 from tambua.context import RequestIdFilter, enter, leave
@@ -206,7 +206,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         deadline = _deadline(context)
         templates = self.engine.templates_of(_samples(request.samples), deadline)
         cands = self.engine.identify_templates(request.partition or "default", templates, request.max_candidates,
-                                               within, deadline)
+                                               within, deadline, request.max_fpir)
         return pb.IdentifyResponse(
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in cands],
             model_ids=self._model_ids(templates),
@@ -345,7 +345,7 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
     if refused:
         log.warning("%d principals fail authentication and are refused: %s (rows from before row MACs: "
                     "check them with `tambua keys list`, then `tambua keys seal`)", len(refused), ", ".join(refused))
-    audit = AuditLog(config.data_dir / "audit.jsonl")
+    audit = AuditLog(config.data_dir / "audit.jsonl", engine.store.derive_key(AUDIT_KEY))
     guard = AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit, on_refused=metrics.note_refused)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from matcher.engine import Engine, SampleInput
+from matcher.engine import FUSION_TAU, Engine, SampleInput, fuse
 from matcher.errors import AlreadyExists, InvalidInput, ModelMismatch, NotFound, Unimplemented
 from matcher.store import SubjectStore
 from matcher.templates import EmbeddingTemplate
@@ -36,6 +36,9 @@ def test_second_photo_is_a_duplicate_ranked_first(engine, orl):
     forced = engine.enroll("new-2", "default", [_face(orl, 2, 4)], force=True, adjudicated=("P2",))
     assert forced.outcome == "ENROLLED"
     assert engine.store.get("default", "new-2").linked == ("P2",)
+    # Enrolled anyway without naming the candidates: the ones found are the links.
+    assert engine.enroll("new-5", "default", [_face(orl, 5, 4)], force=True).outcome == "ENROLLED"
+    assert engine.store.get("default", "new-5").linked == ("P5",)
 
 
 def test_new_person_is_enrolled(engine, orl):
@@ -52,45 +55,61 @@ def test_verify_mated_and_non_mated(engine, orl):
 
 
 def test_identify_and_within(engine, orl):
-    assert engine.identify("default", [_face(orl, 7, 8)])[0].subject_id == "P7"
-    within = engine.identify("default", [_face(orl, 7, 8)], within=frozenset({"P1", "P2"}))
-    assert {c.subject_id for c in within} <= {"P1", "P2"}
+    (hit,) = engine.identify("default", [_face(orl, 7, 8)])  # one mate; nobody else near the FPIR
+    assert hit.subject_id == "P7" and hit.fpir <= engine.thresholds.identify_fpir
+    within = engine.identify("default", [_face(orl, 7, 8)], within=frozenset({"P1", "P2"}), max_fpir=1)
+    assert {c.subject_id for c in within} == {"P1", "P2"}
+    assert engine.identify("default", [_face(orl, 7, 8)], within=frozenset({"P1", "P2"})) == []
 
 
-def test_bad_requests_store_nothing(engine, orl, face_extractor):
+def test_identify_trims_to_the_requested_fpir_and_count(engine, orl):
+    stranger = [_face(orl, 25, 1)]  # never enrolled
+    assert engine.identify("default", stranger) == []
+    ranked = engine.identify("default", stranger, max_fpir=1)
+    assert len(ranked) == engine.thresholds.max_candidates == 10
+    assert [c.fpir for c in ranked] == sorted(c.fpir for c in ranked)
+    assert all(c.fpir > engine.thresholds.identify_fpir for c in ranked)
+    limit = ranked[4].fpir
+    assert engine.identify("default", stranger, max_fpir=limit) == [c for c in ranked if c.fpir <= limit]
+    assert engine.identify("default", stranger, max_fpir=1, max_candidates=3) == ranked[:3]
     with pytest.raises(InvalidInput):
-        engine.enroll("X", "default", [SampleInput("face", 0, image=b"\x00" * 100)])
-    with pytest.raises(Unimplemented):
-        engine.enroll("X", "default", [SampleInput("finger", 1, image=b"png")])
-    other = face_extractor.extract((orl / "s1" / "2.pgm").read_bytes())
-    alien = EmbeddingTemplate("face/other-v9", other.vector).to_bytes()
-    with pytest.raises(ModelMismatch):
-        engine.enroll("X", "default", [SampleInput("face", 0, template=alien)])
-    with pytest.raises(NotFound):
-        engine.verify("nobody", "default", [_face(orl, 1, 2)])
-    assert engine.store.count() == 10
+        engine.identify("default", stranger, max_fpir=2)
 
 
-def test_parallel_enrolments_of_one_person_store_one(engine, orl):
-    outcomes = []
-
-    def go(i: int) -> None:
-        outcomes.append(engine.enroll(f"same-{i}", "default", [_face(orl, 30, 1 + i % 3)]).outcome)
-
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert outcomes.count("ENROLLED") == 1 and outcomes.count("DUPLICATE") == 7
-    assert engine.store.count() == 11
+def test_one_sample_scores_the_same_in_compare_verify_and_identify(engine, orl):
+    """The fused rate of one comparison is that comparison's rate, matched or not."""
+    for person in (3, 8):  # a weak non-mate of P4 and its mate
+        (probe,) = engine.templates_of([_face(orl, person, 6)])
+        (enrolled,) = engine.store.get("default", "P4").templates
+        compared = engine.compare(probe, enrolled)
+        verified = engine.verify("P4", "default", [_face(orl, person, 6)])
+        (identified,) = engine.identify("default", [_face(orl, person, 6)], within=frozenset({"P4"}), max_fpir=1)
+        assert compared.fmr == pytest.approx(verified.fmr) == pytest.approx(identified.fpir)
+        assert compared.score == pytest.approx(verified.score) == pytest.approx(identified.score)
 
 
-def test_delete_and_restart_rebuilds(engine, orl, tmp_path, face_extractor):
-    engine.delete("default", "P4")
-    with pytest.raises(NotFound):
-        engine.delete("default", "P4")
-    assert engine.enroll("P4-again", "default", [_face(orl, 4, 3)]).outcome == "ENROLLED"
-    again = Engine(engine.store, {"face": face_extractor})
-    assert again.matchers["face"].size("default") == 10
-    assert again.identify("default", [_face(orl, 6, 9)])[0].subject_id == "P6"
+def test_fusion_of_one_rate_is_that_rate_and_rates_above_tau_still_count():
+    for p in (1e-9, 1e-4, FUSION_TAU, 2e-3, 0.3, 1.0):
+        assert fuse([p]) == pytest.approx(p)
+    # Two weak rates: the best, corrected for two looks (not "no evidence").
+    assert fuse([0.02, 0.5]) == pytest.approx(1 - 0.98**2)
+    # Continuous enough across tau: just below and just above differ by little.
+    below, above = fuse([FUSION_TAU * 0.999, 0.5]), fuse([FUSION_TAU * 1.001, 0.5])
+    assert 0.5 < below / above < 2
+
+
+def test_a_finger_without_position_is_refused_before_any_extraction(engine):
+    # This engine has no finger extractor: had extraction been tried, the answer would be UNIMPLEMENTED.
+    with pytest.raises(InvalidInput, match="needs its position"):
+        engine.enroll("X", "default", [SampleInput("finger", 0, image=b"not read")])
+
+
+def test_an_error_names_the_sample_that_failed(tmp_path, face_extractor, iris_extractor, orl, irises):
+    e = Engine(SubjectStore(tmp_path / "s.sqlite"), {"face": face_extractor, "iris": iris_extractor})
+    a_face = (orl / "s1" / "1.pgm").read_bytes()  # a face where the left eye's image should be
+    with pytest.raises(InvalidInput, match=r"^[A-Z_]+: left iris: "):  # str(): REASON: message
+        e.enroll("X", "default", [_face(orl, 1, 1), SampleInput("iris", 2, image=a_face)])
+    e.enroll("F", "default", [_face(orl, 1, 1)])
+    eye = sorted((irises / "mmu1" / "30_left").iterdir())[0].read_bytes()
+    with pytest.raises(NotFound, match="no enrolled template for right iris"):
+        e.verify("F", "default", [SampleInput("iris", 1, image=eye)])

@@ -75,7 +75,7 @@ def test_backup_under_enrolment_restores_every_acknowledged_subject(tmp_path, or
             b.stop()
     finally:
         a.stop()
-    audit = cli("audit", "verify", "--data-dir", str(tmp_path / "b"), "--json")
+    audit = cli("audit", "verify", "--data-dir", str(tmp_path / "b"), "--json", env={**os.environ, **kek})
     assert audit.returncode == 0 and json.loads(audit.stdout)["ok"]
     for env, says in [({"TAMBUA_KEK": os.urandom(32).hex()}, "wrong key-encryption key"), ({}, "is encrypted")]:
         refused = cli("serve", "--insecure", "--port", "0", "--metrics-port", "-1", "--data-dir", str(tmp_path / "b"),

@@ -49,16 +49,17 @@ def test_readme_quick_start(tmp_path, orl, models):
         for line in quick:
             r = subprocess.run(shlex.split(line), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
             assert r.returncode == 0, f"{line}: {r.stderr}"
-            outputs.append(r.stdout)
+            outputs.append(json.loads(r.stdout) if "--json" in line else r.stdout)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    enrolled, duplicate, verified, identified, _deleted, stats = outputs
-    assert json.loads(enrolled)["outcome"] == "ENROLLED"
-    dup = json.loads(duplicate)
-    assert dup["outcome"] == "DUPLICATE" and dup["candidates"][0]["subject_id"] == "A-001"
-    assert json.loads(verified)["match"] is True
-    # Someone else: Identify still ranks the gallery, but nobody reaches the dedup rate.
-    assert all(c["fpir"] > 0.01 for c in json.loads(identified)["candidates"])
-    assert json.loads(stats)["subjects"] == 0  # A-001 deleted, A-002 never stored
+    enrolled, duplicate, forced, record, verified, identified, ranked, _deleted, stats = outputs
+    assert enrolled["outcome"] == "ENROLLED"
+    assert duplicate["outcome"] == "DUPLICATE" and duplicate["candidates"][0]["subject_id"] == "A-001"
+    assert forced["outcome"] == "ENROLLED" and record["linked_subject_ids"] == ["A-001"]
+    assert verified["match"] is True
+    assert {c["subject_id"] for c in identified["candidates"]} == {"A-001", "A-002"}  # one person, twice
+    # Someone else: nobody reaches the FPIR; asked for every ranked candidate, the gallery.
+    assert ranked["candidates"] and all(c["fpir"] > 0.01 for c in ranked["candidates"])
+    assert stats["subjects"] == 1  # A-001 deleted, A-002 enrolled anyway
     assert (tmp_path / "tambua-data").is_dir()  # the embedded default data directory

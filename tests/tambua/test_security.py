@@ -273,7 +273,8 @@ def test_every_call_is_audited_with_who_what_and_which_subjects(tls_server, orl)
     text = (server.data_dir / "audit.jsonl").read_text()
     assert "score" not in text and "template" not in text  # who, what, which: no biometric content
     keys_cli = subprocess.run([sys.executable, "-m", "tambua.cli", "audit", "verify", "--data-dir",
-                               str(server.data_dir), "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+                               str(server.data_dir), "--kek-file", str(server.data_dir.parent / "kek"), "--json"],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert keys_cli.returncode == 0 and json.loads(keys_cli.stdout)["ok"]
 
 
@@ -347,5 +348,6 @@ def test_grants_and_revocations_on_the_host_are_in_the_server_s_audit_chain(tls_
         (f"keys create {created['id']}", "OK"), ("Extract", "OK"), (f"keys revoke {created['id']}", "OK")]
     assert mine[0]["principal_id"].startswith("host:") and "roles registrar; partitions *" in mine[0]["rpc"]
     r = subprocess.run([sys.executable, "-m", "tambua.cli", "audit", "verify", "--data-dir", str(server.data_dir),
-                        "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+                        "--kek-file", str(server.data_dir.parent / "kek"), "--json"], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
     assert r.returncode == 0 and json.loads(r.stdout)["ok"]

@@ -118,13 +118,14 @@ def test_disconnected_enrolments_arrive_once_however_often_imported(sites, orl):
     head = country.status()["peers"][0]["audit_head"]
     before = [e for e in audit["field"] if e["seq"] < exported[0]["seq"]]
     assert head == f"{before[-1]['seq']}:{before[-1]['hash']}"
-    assert ok("audit", "verify", "--data-dir", str(field.server.data_dir), "--head", head, "--json")["ok"]
-    cut = tmp / "cut"
-    cut.mkdir()
+    kek = ["--kek-file", str(tmp / "field.kek")]
+    field_dir = ["--data-dir", str(field.server.data_dir)]
+    assert ok("audit", "verify", *field_dir, *kek, "--head", head, "--json")["ok"]
+    cut = tmp / "cut.jsonl"
     lines = (field.server.data_dir / "audit.jsonl").read_text().splitlines(keepends=True)
-    (cut / "audit.jsonl").write_text("".join(lines[:before[-1]["seq"] - 1]))
-    assert cli("audit", "verify", "--data-dir", str(cut), "--head", head, "--json").returncode == 1
-    assert cli("audit", "verify", "--data-dir", str(cut), "--json").returncode == 0  # alone, the cut log looks whole
+    cut.write_text("".join(lines[:before[-1]["seq"] - 1]))
+    assert cli("audit", "verify", *field_dir, *kek, "--log", str(cut), "--head", head, "--json").returncode == 1
+    assert cli("audit", "verify", *field_dir, *kek, "--log", str(cut), "--json").returncode == 0  # alone it looks whole
     acked = field.imports(tmp / "a1.tmb")
     assert acked == {"ack_from": "country", "acked_seq": 5}
     status = field.status()
