@@ -9,11 +9,23 @@ Template bytes pass through a :class:`Sealer` before they reach the disk: AES-25
 under the store's data key when it was created with a key-encryption key
 (:mod:`matcher.sealing`), each record bound to its partition, subject, modality,
 position and model. Deleted rows are overwritten in the file (``secure_delete``).
+
+Subject ids are personal data (a refugee's case number) and are never written in clear:
+every table keys a subject by its *ref*, a keyed hash (HMAC-SHA256, 16 bytes) of the id
+under a key derived from the data key, and the id itself is sealed beside it. Links
+between subjects and flag candidates are refs. Deleting a subject erases it: its rows go,
+its enrol change is emptied to ``erased`` (sync needs only that a number was used), and its
+delete change keeps the sealed id only until every peer has acknowledged it, then only the
+ref. The audit log names subjects by the same ref (:meth:`SubjectStore.pseudonym`), which
+:meth:`SubjectStore.resolve` turns back into the id while the subject is enrolled. (A
+store without encryption, for local development, seals nothing: its ids are readable.)
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import json
 import sqlite3
 import threading
@@ -28,11 +40,92 @@ from matcher import sealing
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.templates import Template, parse_template
 
-SCHEMA_VERSION = 5  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
-# 5: relayed changes (a change's origin site and the peer it came through)
+SCHEMA_VERSION = 6  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
+# 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed
 MAX_ID_LEN = 128
 
+_PEERS = """
+-- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
+CREATE TABLE IF NOT EXISTS peers (
+    site TEXT PRIMARY KEY,
+    applied_seq INTEGER NOT NULL DEFAULT 0,
+    acked_seq INTEGER NOT NULL DEFAULT 0,
+    last_import_ms INTEGER,
+    last_export_ms INTEGER,
+    last_ack_ms INTEGER,
+    refused INTEGER NOT NULL DEFAULT 0,
+    gaps INTEGER NOT NULL DEFAULT 0,
+    audit_seq INTEGER,
+    audit_hash TEXT
+);
+"""
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- ref: HMAC-SHA256 of the subject id under a key derived from the data key (16 bytes); the
+-- id itself is sealed in ``id``. Links are refs (hex) of the subjects an enrol-anyway was
+-- adjudicated against.
+CREATE TABLE IF NOT EXISTS subjects (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    id BLOB NOT NULL,
+    created_ns INTEGER NOT NULL,
+    linked TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (partition, ref)
+);
+CREATE INDEX IF NOT EXISTS subjects_by_ref ON subjects (ref);
+CREATE TABLE IF NOT EXISTS templates (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    derived BLOB,  -- features computed from data (finger: MCC cylinders), sealed like it; NULL: compute
+    PRIMARY KEY (partition, ref, modality, position),
+    FOREIGN KEY (partition, ref) REFERENCES subjects (partition, ref) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
+-- The changes this site sends peers, numbered without gaps in the transaction that makes
+-- them: its own (via '') and those it applied from a peer (via that peer), so a change made
+-- at one field site reaches the others through the country server. origin/origin_seq name
+-- the site that made it and its number there ('' / 0: this site, this seq). id: the sealed
+-- subject id, NULL once nothing needs it (an erased enrolment; a deletion every peer has).
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    id BLOB,
+    unix_ms INTEGER NOT NULL,
+    via TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
+    origin_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS changes_by_ref ON changes (ref);
+-- Where an imported subject came from: the site that enrolled it and its change number there.
+CREATE TABLE IF NOT EXISTS origins (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    site TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (partition, ref)
+);
+""" + _PEERS + """
+-- Imported enrolments that need a person's decision (a cross-site duplicate, an id taken);
+-- candidates are refs (hex).
+CREATE TABLE IF NOT EXISTS flags (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    site TEXT NOT NULL,
+    candidates TEXT NOT NULL,
+    unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (partition, ref, kind, site)
+);
+"""
+
+# The layout of versions 1-5 (ids in clear), kept to migrate such stores from.
+_SCHEMA_V5 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS subjects (
     partition TEXT NOT NULL,
@@ -48,15 +141,11 @@ CREATE TABLE IF NOT EXISTS templates (
     position INTEGER NOT NULL,
     model_id TEXT NOT NULL,
     data BLOB NOT NULL,
-    derived BLOB,  -- features computed from data (finger: MCC cylinders), sealed like it; NULL: compute
+    derived BLOB,
     PRIMARY KEY (partition, subject_id, modality, position),
     FOREIGN KEY (partition, subject_id) REFERENCES subjects (partition, subject_id) ON DELETE CASCADE
 );
 CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
--- The changes this site sends peers, numbered without gaps in the transaction that makes
--- them: its own (via '') and those it applied from a peer (via that peer), so a change made
--- at one field site reaches the others through the country server. origin/origin_seq name
--- the site that made it and its number there ('' / 0: this site, this seq).
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -67,7 +156,6 @@ CREATE TABLE IF NOT EXISTS changes (
     origin TEXT NOT NULL DEFAULT '',
     origin_seq INTEGER NOT NULL DEFAULT 0
 );
--- Where an imported subject came from: the site that enrolled it and its change number there.
 CREATE TABLE IF NOT EXISTS origins (
     partition TEXT NOT NULL,
     subject_id TEXT NOT NULL,
@@ -75,20 +163,7 @@ CREATE TABLE IF NOT EXISTS origins (
     seq INTEGER NOT NULL,
     PRIMARY KEY (partition, subject_id)
 );
--- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
-CREATE TABLE IF NOT EXISTS peers (
-    site TEXT PRIMARY KEY,
-    applied_seq INTEGER NOT NULL DEFAULT 0,
-    acked_seq INTEGER NOT NULL DEFAULT 0,
-    last_import_ms INTEGER,
-    last_export_ms INTEGER,
-    last_ack_ms INTEGER,
-    refused INTEGER NOT NULL DEFAULT 0,
-    gaps INTEGER NOT NULL DEFAULT 0,
-    audit_seq INTEGER,
-    audit_hash TEXT
-);
--- Imported enrolments that need a person's decision (a cross-site duplicate, an id taken).
+""" + _PEERS + """
 CREATE TABLE IF NOT EXISTS flags (
     partition TEXT NOT NULL,
     subject_id TEXT NOT NULL,
@@ -103,11 +178,13 @@ CREATE TABLE IF NOT EXISTS flags (
 
 class Sealer(Protocol):
     """Turns template bytes into what is stored, and back; ``context`` says where the
-    record belongs (authenticated, not stored)."""
+    record belongs (authenticated, not stored); ``derive`` gives keys for other uses."""
 
     def seal(self, data: bytes, context: bytes) -> bytes: ...
 
     def open(self, data: bytes, context: bytes) -> bytes: ...
+
+    def derive(self, name: str) -> bytes: ...
 
 
 class PlainSealer:
@@ -119,12 +196,24 @@ class PlainSealer:
     def open(self, data: bytes, context: bytes) -> bytes:
         return data
 
+    def derive(self, name: str) -> bytes:
+        """A fixed key: without a key-encryption key there is no secret to derive from."""
+        return hashlib.sha256(b"tambua plain store\x00" + name.encode()).digest()
+
 
 _DERIVED = b"\x00derived"  # appended to a row's context: its features cannot pass for its template
 
 
 def _context(partition: str, subject_id: str, modality: str, position: int, model_id: str) -> bytes:
     return "\x00".join((partition, subject_id, modality, str(position), model_id)).encode()
+
+
+def _id_context(partition: str, ref: bytes) -> bytes:
+    return b"\x00subject id\x00" + partition.encode() + b"\x00" + ref
+
+
+_REF_BYTES = 16
+_PSEUDONYM = "s:"  # how the audit log writes a ref
 
 
 @dataclass(frozen=True)
@@ -231,6 +320,17 @@ def normalise_id(value: str, name: str = "subject id") -> str:
     return v
 
 
+def _run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run a schema script statement by statement (``executescript`` would commit an open
+    transaction, and the migration runs one inside its transaction)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+
+
 class SubjectStore:
     """SQLite-backed subject store. Thread-safe: one connection, calls serialised by a lock.
 
@@ -252,15 +352,21 @@ class SubjectStore:
         self._db.execute("PRAGMA synchronous=FULL")  # WAL + FULL: committed means on disk
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA secure_delete=ON")  # erased templates are zeroed in the file, not left in free pages
-        self._db.executescript(_SCHEMA)
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
         if "schema_version" not in meta:
+            _run_script(self._db, _SCHEMA)
             meta = self._create_meta(kek)
-        elif meta["schema_version"] in ("1", "2", "3", "4"):
-            self._migrate(int(meta["schema_version"]))
-        elif int(meta["schema_version"]) != SCHEMA_VERSION:
-            raise RuntimeError(f"store schema {meta['schema_version']} is not the supported {SCHEMA_VERSION}")
+        version = int(meta["schema_version"])
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(f"store schema {version} is newer than the supported {SCHEMA_VERSION}")
         self._sealer = self._open_sealer(meta, kek)
+        self._id_key = self._sealer.derive("subject ids")
+        if version < SCHEMA_VERSION:
+            _run_script(self._db, _SCHEMA_V5)  # tables an old version lacked, in the layout it had
+            if version < 5:
+                self._migrate(version)
+            self._migrate_refs()
 
     def _migrate(self, version: int) -> None:
         """Version 1 had no change log: every subject enrolled so far becomes a change, in
@@ -285,7 +391,102 @@ class SubjectStore:
                                ("origin_seq", "INTEGER NOT NULL DEFAULT 0")):
                 if name not in columns:
                     self._db.execute(f"ALTER TABLE changes ADD COLUMN {name} {kind}")
-            self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            self._db.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
+
+    def _migrate_refs(self) -> None:
+        """Version 5 kept subject ids in clear: every table is rebuilt keyed by refs with the
+        ids sealed, in one transaction; then the file is rewritten (VACUUM) and the WAL
+        emptied, so that no free page or old frame keeps an id in clear."""
+        db = self._db
+        with self._transaction():
+            db.execute("DROP INDEX IF EXISTS templates_by_model")  # the name is v6's too
+            for table in ("templates", "subjects", "changes", "origins", "flags"):
+                db.execute(f"ALTER TABLE {table} RENAME TO v5_{table}")
+            _run_script(db, _SCHEMA)
+            enrolled = set()
+            for partition, sid, created, linked in db.execute(
+                    "SELECT partition, subject_id, created_ns, linked FROM v5_subjects").fetchall():
+                ref = self._ref(sid)
+                enrolled.add((partition, sid))
+                db.execute("INSERT INTO subjects VALUES (?, ?, ?, ?, ?)",
+                           (partition, ref, self._seal_id(partition, ref, sid), created, self._refs(json.loads(linked))))
+            db.executemany("INSERT INTO templates VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                (p, self._ref(sid), *rest) for p, sid, *rest in db.execute(
+                    "SELECT partition, subject_id, modality, position, model_id, data, derived FROM v5_templates")])
+            for seq, kind, p, sid, unix_ms, via, origin, origin_seq in db.execute(
+                    "SELECT seq, kind, partition, subject_id, unix_ms, via, origin, origin_seq FROM v5_changes").fetchall():
+                ref = self._ref(sid)
+                erased = kind == "enrol" and (p, sid) not in enrolled  # deleted since: nothing to keep
+                db.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (seq, "erased" if erased else kind, p, ref, None if erased else self._seal_id(p, ref, sid),
+                            unix_ms, via, origin, origin_seq))
+            db.executemany("INSERT INTO origins VALUES (?, ?, ?, ?)", [
+                (p, self._ref(sid), site, seq) for p, sid, site, seq in db.execute("SELECT * FROM v5_origins")])
+            db.executemany("INSERT INTO flags VALUES (?, ?, ?, ?, ?, ?)", [
+                (p, self._ref(sid), kind, site, self._refs(json.loads(cands)), t)
+                for p, sid, kind, site, cands, t in db.execute("SELECT * FROM v5_flags")])
+            for table in ("templates", "subjects", "changes", "origins", "flags"):
+                db.execute(f"DROP TABLE v5_{table}")
+            self._forget_delivered()
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        with self._lock:
+            db.execute("VACUUM")
+        self._scrub()
+
+    # --- refs: subject ids as keyed hashes, the ids sealed -------------------------------
+
+    def _ref(self, subject_id: str) -> bytes:
+        return hmac.new(self._id_key, subject_id.encode(), hashlib.sha256).digest()[:_REF_BYTES]
+
+    def _refs(self, subject_ids) -> str:
+        """JSON list of the refs (hex) of ``subject_ids``: how links and candidates are kept."""
+        return json.dumps([self._ref(i).hex() for i in subject_ids])
+
+    def _seal_id(self, partition: str, ref: bytes, subject_id: str) -> bytes:
+        return self._sealer.seal(subject_id.encode(), _id_context(partition, ref))
+
+    def _open_id(self, partition: str, ref: bytes, sealed: bytes) -> str:
+        return self._sealer.open(sealed, _id_context(partition, ref)).decode()
+
+    def _enrolled_ids(self, partition: str, refs_json: str) -> tuple[str, ...]:
+        """The ids of the refs in ``refs_json`` still enrolled in ``partition`` (caller holds the lock)."""
+        out = []
+        for ref_hex in json.loads(refs_json):
+            ref = bytes.fromhex(ref_hex)
+            row = self._db.execute("SELECT id FROM subjects WHERE partition=? AND ref=?", (partition, ref)).fetchone()
+            if row is not None:
+                out.append(self._open_id(partition, ref, row[0]))
+        return tuple(out)
+
+    def pseudonym(self, subject_id: str) -> str:
+        """How records outside the store (the audit log) name a subject: ``s:`` and its ref
+        in hex. It names the same subject in every partition and after the subject is gone,
+        but only the key holder can tell which id it is (:meth:`resolve`)."""
+        return _PSEUDONYM + self._ref(unicodedata.normalize("NFC", subject_id)).hex()
+
+    def resolve(self, pseudonyms) -> dict[str, str]:
+        """The ids of those ``pseudonyms`` whose subjects are enrolled (in any partition);
+        erased and never-enrolled ones are absent."""
+        out = {}
+        with self._lock:
+            for p in set(pseudonyms):
+                try:
+                    ref = bytes.fromhex(p.removeprefix(_PSEUDONYM)) if p.startswith(_PSEUDONYM) else b""
+                except ValueError:
+                    continue
+                row = self._db.execute("SELECT partition, id FROM subjects WHERE ref=? LIMIT 1", (ref,)).fetchone()
+                if row is not None:
+                    out[p] = self._open_id(row[0], ref, row[1])
+        return out
+
+    def _forget_delivered(self) -> None:
+        """Drop the sealed id of every deletion that each peer which could need it has
+        acknowledged (the one it came from and the site that made it hold it already); only
+        its ref stays. Caller holds a transaction."""
+        self._db.execute(
+            "UPDATE changes SET id = NULL WHERE kind = 'delete' AND id IS NOT NULL AND NOT EXISTS ("
+            "SELECT 1 FROM peers WHERE peers.acked_seq < changes.seq AND peers.site != changes.via "
+            "AND peers.site != changes.origin)")
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -302,9 +503,11 @@ class SubjectStore:
 
     def _log(self, kind: str, partition: str, subject_id: str, via: str = "", origin: str = "",
              origin_seq: int = 0) -> None:
-        self._db.execute("INSERT INTO changes (kind, partition, subject_id, unix_ms, via, origin, origin_seq) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (kind, partition, subject_id, int(time.time() * 1000), via, origin, origin_seq))
+        ref = self._ref(subject_id)
+        self._db.execute("INSERT INTO changes (kind, partition, ref, id, unix_ms, via, origin, origin_seq) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (kind, partition, ref, self._seal_id(partition, ref, subject_id), int(time.time() * 1000),
+                          via, origin, origin_seq))
 
     def _create_meta(self, kek: bytes | None) -> dict[str, str]:
         meta = {"schema_version": str(SCHEMA_VERSION), "encryption": "none"}
@@ -404,15 +607,18 @@ class SubjectStore:
             raise AlreadyExists(f"{what} already enrolled") from e
 
     def _insert(self, subjects: list[Subject]) -> None:
-        heads = [(s.partition, s.subject_id, s.created_ns, json.dumps(list(s.linked))) for s in subjects]
-        rows = []
+        heads, rows = [], []
         for s in subjects:
+            ref = self._ref(s.subject_id)
+            heads.append((s.partition, ref, self._seal_id(s.partition, ref, s.subject_id), s.created_ns,
+                          self._refs(s.linked)))
             for t in s.templates:
+                # Templates stay bound to the id itself (authenticated, never stored).
                 context = _context(s.partition, s.subject_id, t.modality, t.position, t.template.model_id)
-                rows.append((s.partition, s.subject_id, t.modality, t.position, t.template.model_id,
+                rows.append((s.partition, ref, t.modality, t.position, t.template.model_id,
                              self._sealer.seal(t.template.to_bytes(), context), self._seal_derived(t.template, context)))
-        self._db.executemany("INSERT INTO subjects VALUES (?, ?, ?, ?)", heads)
-        self._db.executemany("INSERT INTO templates (partition, subject_id, modality, position, model_id, data, "
+        self._db.executemany("INSERT INTO subjects VALUES (?, ?, ?, ?, ?)", heads)
+        self._db.executemany("INSERT INTO templates (partition, ref, modality, position, model_id, data, "
                              "derived) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def _seal_derived(self, template: Template, context: bytes) -> bytes | None:
@@ -440,11 +646,19 @@ class SubjectStore:
             if not self._delete(partition, subject_id):
                 raise NotFound(f"subject {subject_id!r} is not enrolled")
             self._log("delete", partition, subject_id)
+            self._forget_delivered()
         self._scrub()
 
     def _delete(self, partition: str, subject_id: str) -> bool:
-        cur = self._db.execute("DELETE FROM subjects WHERE partition=? AND subject_id=?", (partition, subject_id))
-        self._db.execute("DELETE FROM origins WHERE partition=? AND subject_id=?", (partition, subject_id))
+        """Erase a subject: its rows, its origin and flags, and its enrol changes' content
+        (they become ``erased``: the number stays for sync, the person goes)."""
+        ref = self._ref(subject_id)
+        cur = self._db.execute("DELETE FROM subjects WHERE partition=? AND ref=?", (partition, ref))
+        if cur.rowcount:
+            for table in ("origins", "flags"):
+                self._db.execute(f"DELETE FROM {table} WHERE partition=? AND ref=?", (partition, ref))
+            self._db.execute("UPDATE changes SET kind='erased', id=NULL WHERE partition=? AND ref=? AND kind='enrol'",
+                             (partition, ref))
         return cur.rowcount == 1
 
     def _scrub(self) -> None:
@@ -458,10 +672,12 @@ class SubjectStore:
     def changes_since(self, after_seq: int, limit: int = 10_000) -> list[Change]:
         """This site's changes after ``after_seq``, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, kind, partition, subject_id, unix_ms, via, origin, origin_seq "
+            rows = self._db.execute("SELECT seq, kind, partition, ref, id, unix_ms, via, origin, origin_seq "
                                     "FROM changes WHERE seq > ? "
                                     "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
-        return [Change(*r) for r in rows]
+        # An erased enrolment or a deletion every peer has keeps no id: "".
+        return [Change(seq, kind, p, "" if sealed is None else self._open_id(p, ref, sealed), *rest)
+                for seq, kind, p, ref, sealed, *rest in rows]
 
     def pending(self, site: str) -> int:
         """Changes ``site`` has not acknowledged and does not hold already
@@ -494,6 +710,7 @@ class SubjectStore:
             for name, value in fields.items():
                 if name == "acked_seq":
                     self._db.execute("UPDATE peers SET acked_seq = MAX(acked_seq, ?) WHERE site=?", (value, site))
+                    self._forget_delivered()
                 elif name in ("refused", "gaps"):
                     self._db.execute(f"UPDATE peers SET {name} = {name} + ? WHERE site=?", (value, site))
                 else:
@@ -542,10 +759,11 @@ class SubjectStore:
             now = int(time.time() * 1000)
             outcome = "applied"
             if kind == "enrol":
-                taken = self._db.execute("SELECT 1 FROM subjects WHERE partition=? AND subject_id=?",
-                                         (subject.partition, subject.subject_id)).fetchone()
-                came = self._db.execute("SELECT site, seq FROM origins WHERE partition=? AND subject_id=?",
-                                        (subject.partition, subject.subject_id)).fetchone()
+                ref = self._ref(subject.subject_id)
+                taken = self._db.execute("SELECT 1 FROM subjects WHERE partition=? AND ref=?",
+                                         (subject.partition, ref)).fetchone()
+                came = self._db.execute("SELECT site, seq FROM origins WHERE partition=? AND ref=?",
+                                        (subject.partition, ref)).fetchone()
                 if taken and came == (origin, origin_seq):
                     outcome, flag = "known", None
                 elif taken:
@@ -553,15 +771,16 @@ class SubjectStore:
                 else:
                     self._insert([subject])
                     self._db.execute("INSERT INTO origins VALUES (?, ?, ?, ?)",
-                                     (subject.partition, subject.subject_id, origin, origin_seq))
+                                     (subject.partition, ref, origin, origin_seq))
                     self._log("enrol", subject.partition, subject.subject_id, site, origin, origin_seq)
                 if flag:
                     self._db.execute("INSERT OR REPLACE INTO flags VALUES (?, ?, ?, ?, ?, ?)",
-                                     (subject.partition, subject.subject_id, flag[0], site, json.dumps(flag[1]), now))
+                                     (subject.partition, ref, flag[0], site, self._refs(flag[1]), now))
             elif kind == "delete":
                 outcome = "applied" if self._delete(partition, subject_id) else "absent"
                 if outcome == "applied":
                     self._log("delete", partition, subject_id, site, origin, origin_seq)
+                    self._forget_delivered()
             elif kind == "erased":  # enrolled and deleted again before it was sent: nothing to store
                 outcome = "erased"
             elif kind == "skip":  # relayed to us from here, or through here: we hold it
@@ -575,11 +794,15 @@ class SubjectStore:
 
     def flags(self) -> list[dict]:
         """Imported enrolments waiting for adjudication, oldest first."""
+        out = []
         with self._lock:
-            rows = self._db.execute("SELECT partition, subject_id, kind, site, candidates, unix_ms FROM flags "
-                                    "ORDER BY unix_ms, subject_id").fetchall()
-        return [{"partition": p, "subject_id": s, "kind": k, "site": site, "candidates": json.loads(c),
-                 "unix_ms": t} for p, s, k, site, c, t in rows]
+            rows = self._db.execute("SELECT partition, ref, kind, site, candidates, unix_ms FROM flags "
+                                    "ORDER BY unix_ms, ref").fetchall()
+            for p, ref, k, site, candidates, t in rows:
+                (subject_id,) = self._enrolled_ids(p, json.dumps([ref.hex()])) or ("",)
+                out.append({"partition": p, "subject_id": subject_id, "kind": k, "site": site,
+                            "candidates": list(self._enrolled_ids(p, candidates)), "unix_ms": t})
+        return out
 
     def get(self, partition: str, subject_id: str) -> Subject:
         """Return a subject with its templates.
@@ -589,45 +812,49 @@ class SubjectStore:
             InvalidInput: an id that is no id (see :func:`normalise_id`).
         """
         partition, subject_id = normalise_id(partition, "partition"), normalise_id(subject_id)
+        ref = self._ref(subject_id)
         with self._lock:
             row = self._db.execute(
-                "SELECT created_ns, linked FROM subjects WHERE partition=? AND subject_id=?", (partition, subject_id)
+                "SELECT created_ns, linked FROM subjects WHERE partition=? AND ref=?", (partition, ref)
             ).fetchone()
             if row is None:
                 raise NotFound(f"subject {subject_id!r} is not enrolled")
             trows = self._db.execute(
-                "SELECT modality, position, model_id, data, derived FROM templates WHERE partition=? AND subject_id=? "
+                "SELECT modality, position, model_id, data, derived FROM templates WHERE partition=? AND ref=? "
                 "ORDER BY modality, position",
-                (partition, subject_id),
+                (partition, ref),
             ).fetchall()
+            linked = self._enrolled_ids(partition, row[1])  # links to erased subjects are gone with them
         templates = tuple(
             StoredTemplate(m, p, self._parse(d, dv, _context(partition, subject_id, m, p, model))[0])
             for m, p, model, d, dv in trows
         )
-        return Subject(subject_id, partition, templates, tuple(json.loads(row[1])), row[0])
+        return Subject(subject_id, partition, templates, linked, row[0])
 
     def templates(self, model_id: str) -> Iterator[tuple[str, str, int, Template]]:
         """Every stored template of one model as (partition, subject_id, position, template): index rebuilds."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT partition, subject_id, modality, position, data, derived FROM templates WHERE model_id=? "
-                "ORDER BY partition, subject_id, position",
+                "SELECT t.partition, t.ref, s.id, t.modality, t.position, t.data, t.derived FROM templates t "
+                "JOIN subjects s ON s.partition = t.partition AND s.ref = t.ref WHERE t.model_id=? "
+                "ORDER BY t.partition, t.ref, t.position",
                 (model_id,),
             ).fetchall()
         stale = []
-        for partition, subject_id, modality, position, data, derived in rows:
+        for partition, ref, sealed_id, modality, position, data, derived in rows:
+            subject_id = self._open_id(partition, ref, sealed_id)
             context = _context(partition, subject_id, modality, position, model_id)
             template, refresh = self._parse(data, derived, context)
             yield partition, subject_id, position, template
             if refresh:
-                stale.append((template, context, partition, subject_id, modality, position))
+                stale.append((template, context, partition, ref, modality, position))
         if stale:
             # The caller has had every template (a gallery load computes the features as it
             # adds them): keep them, so that the next start loads instead of computing.
             with self._transaction():
                 self._db.executemany(
-                    "UPDATE templates SET derived=? WHERE partition=? AND subject_id=? AND modality=? AND position=?",
-                    [(self._seal_derived(t, c), p, s, m, pos) for t, c, p, s, m, pos in stale])
+                    "UPDATE templates SET derived=? WHERE partition=? AND ref=? AND modality=? AND position=?",
+                    [(self._seal_derived(t, c), p, r, m, pos) for t, c, p, r, m, pos in stale])
 
     def model_counts(self) -> dict[tuple[str, str], int]:
         """Number of stored templates per (modality, model id)."""

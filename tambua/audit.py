@@ -8,7 +8,12 @@ edited, removed, inserted or reordered entry breaks the chain (:func:`verify`). 
 key is derived from the subject store's data key (so the KEK protects it, and it is never
 written anywhere): whoever can write ``audit.jsonl`` but lacks the KEK cannot remove an
 entry and recompute the chain, and verifying needs the KEK too. A store without
-encryption (insecure development mode) has no key; its chain is plain SHA-256. Each entry
+encryption (insecure development mode) has no key; its chain is plain SHA-256.
+
+Subjects are named by pseudonyms (``s:`` and a keyed hash of the id, from the subject
+store), never by their ids: an erased subject leaves no id in the log, yet the entries
+about it stay provable and findable by whoever knows the id (``ReadAudit`` with
+``subject_id``), and ``ReadAudit`` shows the ids of subjects still enrolled. Each entry
 is written and fsynced before the caller gets its answer; calls that end together share
 one fsync (group commit), so the log does not hold concurrent calls to one disk flush each.
 Another process may append too (``tambua keys`` records grants and revocations made on
@@ -31,6 +36,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,8 +60,8 @@ class AuditEntry:
         rpc: the method's short name; for a change made on the server host, what it was
             (``keys create <id> (...)``, ``keys revoke <id>``, ``keys seal <ids>``).
         partition: the gallery partition named by the request ("" when none).
-        subject_ids: subjects the call touched (enrolled, deleted, read, verified against)
-            or returned as candidates.
+        subject_ids: pseudonyms of the subjects the call touched (enrolled, deleted, read,
+            verified against) or returned as candidates.
         outcome: ``OK`` or the gRPC status name (``PERMISSION_DENIED``, ...).
         prev: the previous entry's hash (``GENESIS`` for the first).
         hash: HMAC-SHA256 (SHA-256 without a key) over ``prev`` and this entry's other fields.
@@ -97,15 +103,17 @@ class AuditLog:
         path: the log file.
         key: the chain key (``store.derive_key(KEY_NAME)``); None: plain SHA-256 (a store
             without encryption).
+        pseudonym: turns a subject id into what the log keeps (``store.pseudonym``); None
+            keeps ids as given (logs that name no subjects: the host's ``keys`` commands).
 
     Raises:
         RecordTampered: the last entry is not chained under ``key`` (a log written before
             the chain was keyed, or one rewritten without the key): nothing is appended to it.
     """
 
-    def __init__(self, path: Path, key: bytes | None = None) -> None:
+    def __init__(self, path: Path, key: bytes | None = None, pseudonym: Callable[[str], str] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self._key = path, key
+        self.path, self._key, self._pseudonym = path, key, pseudonym
         self._lock = threading.Lock()  # order: the chain and the file's lines
         self._flush = threading.Lock()  # one fsync at a time; waiters often find theirs done
         self._seq, self._head = 0, GENESIS
@@ -160,6 +168,8 @@ class AuditLog:
         and one fsync makes every line written before it durable, so calls that end at the
         same time wait for one flush between them instead of one each.
         """
+        if self._pseudonym is not None:
+            subject_ids = tuple(dict.fromkeys(self._pseudonym(s) for s in subject_ids))
         with self._lock, self._other_writers():
             if os.fstat(self._fd).st_size != self._size:  # another process appended since
                 self._catch_up()
@@ -184,15 +194,16 @@ class AuditLog:
             os.fsync(self._fd)
             self._durable = written
 
-    def read(self, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
-        """Entries with ``seq > after_seq``, oldest first, at most ``limit``."""
+    def read(self, after_seq: int = 0, limit: int = 1000, about: str | None = None) -> list[AuditEntry]:
+        """Entries with ``seq > after_seq``, oldest first, at most ``limit``; with ``about``
+        (a pseudonym) only those naming that subject."""
         out: list[AuditEntry] = []
         with open(self.path, encoding="ascii") as f:
             for line in f:
                 if not line.endswith("\n"):
                     break
                 e = _entry(line)
-                if e.seq > after_seq:
+                if e.seq > after_seq and (about is None or about in e.subject_ids):
                     out.append(e)
                     if len(out) >= limit:
                         break

@@ -491,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     c = client("audit-read", "read audit entries over gRPC (auditor role)")
     c.add_argument("--after", type=int, default=0, help="entries after this sequence number")
     c.add_argument("--limit", type=int, default=1000)
+    c.add_argument("--subject", default="", help="only entries about this subject (also after it was erased)")
     c = client("delete", "delete a subject")
     c.add_argument("--subject", required=True)
     client("stats", "gallery statistics")
@@ -589,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
                                              partition=args.partition), timeout=60, metadata=md)
             out = {"match": r.match, "score": r.score, "fmr": r.fmr}
         elif args.command == "audit-read":
-            r = stub.ReadAudit(pb.ReadAuditRequest(after_seq=args.after, limit=args.limit), timeout=30, metadata=md)
+            r = stub.ReadAudit(pb.ReadAuditRequest(after_seq=args.after, limit=args.limit, subject_id=args.subject),
+                               timeout=30, metadata=md)
             out = {"head_seq": r.head_seq, "head_hash": r.head_hash, "entries": [
                 {"seq": e.seq, "unix_ms": e.unix_ms, "principal_id": e.principal_id,
                  "principal_name": e.principal_name, "rpc": e.rpc, "partition": e.partition,

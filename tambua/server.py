@@ -246,12 +246,19 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         if self.audit is None:
             raise NotFound("this server keeps no audit log")
         seq, head = self.audit.head
-        entries = self.audit.read(request.after_seq, min(request.limit or 1000, 10_000))
+        store = self.engine.store
+        about = store.pseudonym(request.subject_id) if request.subject_id else None
+        entries = self.audit.read(request.after_seq, min(request.limit or 1000, 10_000), about)
+        # The log keeps pseudonyms: shown as ids for subjects still enrolled and for the one
+        # asked about; an erased subject stays a pseudonym.
+        ids = store.resolve(p for e in entries for p in e.subject_ids)
+        if about is not None:
+            ids[about] = request.subject_id
         return pb.ReadAuditResponse(
             entries=[pb.AuditEntry(seq=e.seq, unix_ms=e.unix_ms, principal_id=e.principal_id,
                                    principal_name=e.principal_name, rpc=e.rpc, partition=e.partition,
-                                   subject_ids=list(e.subject_ids), outcome=e.outcome, prev_hash=e.prev,
-                                   hash=e.hash) for e in entries],
+                                   subject_ids=[ids.get(p, p) for p in e.subject_ids], outcome=e.outcome,
+                                   prev_hash=e.prev, hash=e.hash) for e in entries],
             head_seq=seq, head_hash=head)
 
     def _site(self) -> SiteKeys:
@@ -345,7 +352,7 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
     if refused:
         log.warning("%d principals fail authentication and are refused: %s (rows from before row MACs: "
                     "check them with `tambua keys list`, then `tambua keys seal`)", len(refused), ", ".join(refused))
-    audit = AuditLog(config.data_dir / "audit.jsonl", engine.store.derive_key(AUDIT_KEY))
+    audit = AuditLog(config.data_dir / "audit.jsonl", engine.store.derive_key(AUDIT_KEY), engine.store.pseudonym)
     guard = AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit, on_refused=metrics.note_refused)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),

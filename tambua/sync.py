@@ -280,6 +280,8 @@ def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: st
             continue
         record = {"seq": c.seq, "kind": c.kind, "partition": c.partition, "subject_id": c.subject_id,
                   "unix_ms": c.unix_ms, "origin": c.origin or keys.site, "origin_seq": c.origin_seq or c.seq}
+        if c.kind == "delete" and not c.subject_id:
+            record["kind"] = "erased"  # a deletion whose id was dropped: this peer never had the subject
         if c.kind == "enrol":
             try:
                 s = store.get(c.partition, c.subject_id)

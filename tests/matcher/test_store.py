@@ -26,6 +26,11 @@ def _subject(sid: str, partition: str = "default", seed: int = 0) -> Subject:
     return Subject(sid, partition, (StoredTemplate("face", 0, EmbeddingTemplate(MODEL, vec, 80)),))
 
 
+def ref(store: SubjectStore, subject_id: str) -> bytes:
+    """The key a subject's rows carry in the file (its pseudonym without the ``s:``)."""
+    return bytes.fromhex(store.pseudonym(subject_id).removeprefix("s:"))
+
+
 @pytest.fixture
 def store(tmp_path):
     s = SubjectStore(tmp_path / "db" / "tambua.sqlite")

@@ -267,7 +267,11 @@ def test_every_call_is_audited_with_who_what_and_which_subjects(tls_server, orl)
     assert mine == [("Identify", "OK", [c.subject_id for c in found], "default"),
                     ("DeleteSubject", "PERMISSION_DENIED", ["S1"], "default"),
                     ("ReadAudit", "PERMISSION_DENIED", [], ""),
-                    ("GetSubject", "NOT_FOUND", ["nobody"], "default")]
+                    ("GetSubject", "NOT_FOUND", [mine[3][2][0]], "default")]
+    # Someone never enrolled is kept as a pseudonym, which only a question naming them resolves.
+    assert mine[3][2][0].startswith("s:") and "nobody" not in (server.data_dir / "audit.jsonl").read_text()
+    about = stub.ReadAudit(pb.ReadAuditRequest(after_seq=head, subject_id="nobody"), metadata=auditor, timeout=30)
+    assert [(e.rpc, list(e.subject_ids)) for e in about.entries] == [("GetSubject", ["nobody"])]
     assert found and found[0].subject_id == "S1"
     assert all(e.principal_name for e in r.entries) and r.head_seq >= r.entries[-1].seq
     text = (server.data_dir / "audit.jsonl").read_text()
