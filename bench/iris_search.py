@@ -46,7 +46,7 @@ def real_responses(cache: Path) -> dict[str, np.ndarray]:
 
         from enroll.iris.pipeline import IrisExtractor, code_mask
         from enroll.iris.segment import occlusion_mask, rubber_sheet, segment
-        from models import iris_gabor as gabor
+        from enroll.iris import gabor
 
         ex = IrisExtractor()
         resp, masks, eyes, names, alt_code, alt_mask = [], [], [], [], [], []

@@ -32,6 +32,15 @@ def distance_of_score(score: float) -> float:
     return 1.0 / score - 1.0
 
 
+
+def at_least_one(fmr: float, comparisons: int) -> float:
+    """The rate at which at least one of ``comparisons`` independent impostor comparisons
+    reaches a score of false-match rate ``fmr`` (Sidak): 1 - (1 - FMR)^N. The one formula
+    behind FPIR (N = gallery size), several tries of one sample, and fusion's fallback."""
+    if comparisons <= 1:
+        return fmr
+    return float(-math.expm1(comparisons * math.log1p(-min(fmr, 1.0 - 1e-16))))
+
 @dataclass(frozen=True)
 class Calibration:
     """Measured FMR-versus-distance table of one model (FMR decreasing with distance).
@@ -137,8 +146,7 @@ class Calibration:
 
         With independent comparisons, FPIR = 1 - (1 - FMR)^N.
         """
-        fmr = self.fmr_at_distance(distance)
-        return float(-math.expm1(max(gallery_size, 1) * math.log1p(-fmr)))
+        return at_least_one(self.fmr_at_distance(distance), gallery_size)
 
     def distance_at_fpir(self, fpir: float, gallery_size: int) -> float:
         """Threshold keeping a 1:N search's FPIR at ``fpir`` for the given gallery size.

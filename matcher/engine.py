@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from matcher.calibration import Calibration
+from matcher.calibration import Calibration, at_least_one
 from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap, TambuaError,
                             Unimplemented)
 from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
@@ -144,8 +144,7 @@ def fuse(fmrs: list[float], tau: float = FUSION_TAU) -> float:
         return 1.0
     kept = [max(f, _MIN_FMR) for f in fmrs if f <= tau]
     if not kept:
-        best = min(min(fmrs), 1.0)
-        return float(-math.expm1(len(fmrs) * math.log1p(-best))) if best < 1.0 else 1.0
+        return at_least_one(min(min(fmrs), 1.0), len(fmrs))
     big_l = len(fmrs)
     log_w, log_tau = sum(math.log(f) for f in kept), math.log(tau)
     total = 0.0
@@ -282,7 +281,7 @@ class Engine:
             n = max(min(n, len(within)), 1)
         scored = sorted((fmr, sid) for sid in shortlist
                         if (fmr := self._subject_fmr(partition, sid, templates)) is not None)
-        return [ScoredCandidate(sid, evidence(fmr), float(-math.expm1(n * math.log1p(-min(fmr, 1 - 1e-16)))))
+        return [ScoredCandidate(sid, evidence(fmr), at_least_one(fmr, n))
                 for fmr, sid in scored[:k]]
 
     def enroll(self, subject_id: str, partition: str, samples: list[SampleInput], force: bool = False,

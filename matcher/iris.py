@@ -2,7 +2,7 @@
 compiled kernel that compares one probe with many enrolled irises.
 
 A code is ``CHANNELS x ROWS x COLS`` bits (Gabor signs on the rubber-sheet grid, see
-:mod:`models.iris_gabor`) with a mask bit per code bit (1 = iris seen there). Two codes
+:mod:`enroll.iris.gabor`) with a mask bit per code bit (1 = iris seen there). Two codes
 are compared at every rotation of ``-MAX_SHIFT..MAX_SHIFT`` code columns (each 2.8
 degrees) by the fractional Hamming distance over the bits valid in both, and the best
 rotation wins. The distance is normalised for how many bits were compared (Daugman,
@@ -24,7 +24,7 @@ from functools import cached_property
 import numpy as np
 
 from matcher.errors import ModelMismatch, TemplateFormatError
-from matcher.templates import pack_header, unpack_header
+from matcher.codec import pack_header, unpack_header
 
 _MAGIC = b"TMBI"
 _FIELDS = struct.Struct("<BBHH")  # quality, channels, rows, cols

@@ -14,7 +14,7 @@ import numpy as np
 
 from matcher import mcc
 from matcher.errors import ModelMismatch, TemplateFormatError
-from matcher.templates import pack_header, unpack_header
+from matcher.codec import pack_header, unpack_header
 
 _MAGIC = b"TMBM"
 _FIELDS = struct.Struct("<BHHHH")  # quality, width, height, dpi, minutiae count

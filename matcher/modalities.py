@@ -8,7 +8,6 @@ fingers without knowing how each one scores.
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import Protocol
 
@@ -17,19 +16,13 @@ import numpy as np
 from matcher import iris, mcc
 from matcher.calibration import Calibration
 from matcher.errors import InvalidInput
+from matcher.calibration import at_least_one
 from matcher.finger_index import FingerIndex
 from matcher.gallery import FlatGallery
 from matcher.iris import IrisTemplate
 from matcher.iso19794 import import_record
 from matcher.minutiae import MinutiaeTemplate
 from matcher.templates import EmbeddingTemplate, Template, parse_template
-
-
-def at_least_one(fmr: float, comparisons: int) -> float:
-    """FMR of the best of ``comparisons`` independent impostor comparisons (Sidak)."""
-    if comparisons <= 1:
-        return fmr
-    return float(-math.expm1(comparisons * math.log1p(-min(fmr, 1.0 - 1e-16))))
 
 
 def compile_kernels() -> None:

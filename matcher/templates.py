@@ -9,50 +9,18 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import numpy as np
 
+from matcher.codec import pack_header, unpack_header
 from matcher.errors import ModelMismatch, TemplateFormatError
-
-if TYPE_CHECKING:
-    from matcher.iris import IrisTemplate
-    from matcher.minutiae import MinutiaeTemplate
+from matcher.iris import IrisTemplate
+from matcher.minutiae import MinutiaeTemplate
 
 _MAGIC = b"TMBT"
-_FORMAT_VERSION = 1
-_HEADER = struct.Struct("<4sHB")  # magic, format version, model id length
 _FIELDS = struct.Struct("<BH")  # quality, dimension
 _MODALITIES = ("face", "finger", "iris")
-
-
-def pack_header(magic: bytes, model_id: str, fields: struct.Struct, *values) -> bytes:
-    """Magic, format version, model id, then the caller's fixed fields."""
-    mid = model_id.encode("ascii")
-    return _HEADER.pack(magic, _FORMAT_VERSION, len(mid)) + mid + fields.pack(*values)
-
-
-def unpack_header(data: bytes, magic: bytes, fields: struct.Struct) -> tuple[str, tuple, bytes]:
-    """Validate magic and version; return (model id, the fixed fields, the body after them).
-
-    Raises:
-        TemplateFormatError: too short, another kind of template, an unknown format
-            version (``TEMPLATE_VERSION``) or a corrupt header.
-    """
-    if len(data) < _HEADER.size:
-        raise TemplateFormatError("template bytes too short")
-    found, version, n = _HEADER.unpack_from(data)
-    if found != magic:
-        raise TemplateFormatError(f"not a Tambua template of this kind (magic {found!r}, expected {magic!r})")
-    if version != _FORMAT_VERSION:
-        raise TemplateFormatError(f"template format version {version} is not supported", "TEMPLATE_VERSION")
-    off = _HEADER.size
-    try:
-        model_id = bytes(data[off : off + n]).decode("ascii")
-        values = fields.unpack_from(data, off + n)
-    except (UnicodeDecodeError, struct.error) as e:
-        raise TemplateFormatError("template header is corrupt") from e
-    return model_id, values, bytes(data[off + n + fields.size :])
 
 
 @dataclass(frozen=True)
@@ -111,7 +79,7 @@ class EmbeddingTemplate:
         return cls(model_id, np.frombuffer(body, "<f4").astype(np.float32), quality)
 
 
-Template = Union["EmbeddingTemplate", "MinutiaeTemplate", "IrisTemplate"]
+Template = Union["EmbeddingTemplate", MinutiaeTemplate, IrisTemplate]
 
 
 def parse_template(data: bytes) -> "Template":
@@ -120,9 +88,6 @@ def parse_template(data: bytes) -> "Template":
     Raises:
         TemplateFormatError: not a Tambua template, or corrupt.
     """
-    from matcher.iris import IrisTemplate
-    from matcher.minutiae import MinutiaeTemplate
-
     kinds = {_MAGIC: EmbeddingTemplate, b"TMBM": MinutiaeTemplate, b"TMBI": IrisTemplate}
     kind = kinds.get(bytes(data[:4]))
     if kind is None:

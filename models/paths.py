@@ -1,15 +1,11 @@
-"""Where model files live. Imported by the runtime, so it depends on nothing heavy."""
+"""Where the build keeps its sources (``models/.cache``) and writes models (the runtime's
+:func:`enroll.model_files.model_dir`). Build tooling only."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+from enroll.model_files import CHECKOUT_MODELS as REPO_MODELS
+from enroll.model_files import model_dir
 
-REPO_MODELS = Path(__file__).resolve().parent
 CACHE_DIR = REPO_MODELS / ".cache"
 
-
-def model_dir() -> Path:
-    """The folder of built models: ``$TAMBUA_MODEL_DIR`` or ``models/build``."""
-    env = os.environ.get("TAMBUA_MODEL_DIR")
-    return Path(env) if env else REPO_MODELS / "build"
+__all__ = ["CACHE_DIR", "REPO_MODELS", "model_dir"]

@@ -28,7 +28,7 @@ from matcher.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
 from tambua import sync
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
-from tambua.auth import AccessStore, AuthInterceptor, note_touched
+from tambua.auth import DEFAULT_PARTITION, AccessStore, AuthInterceptor, note_touched
 from tambua.config import Config
 from tambua.context import RequestIdFilter, enter, leave
 from tambua.sync import SiteKeys
@@ -119,6 +119,11 @@ def _samples(msgs) -> list[SampleInput]:
     return out
 
 
+def _partition(request) -> str:
+    """The request's partition; an empty one is the default partition (set here only)."""
+    return request.partition or DEFAULT_PARTITION
+
+
 def _deadline(context) -> float | None:
     """The call's deadline on ``time.monotonic()``'s clock, or None without one."""
     remaining = context.time_remaining()
@@ -189,7 +194,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @_rpc
     def Enroll(self, request, context):
-        r = self.engine.enroll(request.subject_id, request.partition or "default", _samples(request.samples),
+        r = self.engine.enroll(request.subject_id, _partition(request), _samples(request.samples),
                                force=request.force, adjudicated=tuple(request.adjudicated_candidates),
                                deadline=_deadline(context))
         return pb.EnrollResponse(
@@ -205,7 +210,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         within = frozenset(request.within_subject_ids) if request.within_subject_ids else None
         deadline = _deadline(context)
         templates = self.engine.templates_of(_samples(request.samples), deadline)
-        cands = self.engine.identify_templates(request.partition or "default", templates, request.max_candidates,
+        cands = self.engine.identify_templates(_partition(request), templates, request.max_candidates,
                                                within, deadline, request.max_fpir)
         return pb.IdentifyResponse(
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in cands],
@@ -214,7 +219,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @_rpc
     def Verify(self, request, context):
-        r = self.engine.verify(request.subject_id, request.partition or "default", _samples(request.samples),
+        r = self.engine.verify(request.subject_id, _partition(request), _samples(request.samples),
                                _deadline(context))
         return pb.VerifyResponse(match=r.match, score=r.score, fmr=r.fmr, model_ids=[r.model_id])
 
@@ -231,14 +236,14 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @_rpc
     def GetSubject(self, request, context):
-        s = self.engine.store.get(request.partition or "default", request.subject_id)
+        s = self.engine.store.get(_partition(request), request.subject_id)
         return pb.GetSubjectResponse(subject_id=s.subject_id, partition=s.partition,
                                      templates=[_template_pb(t) for t in s.templates],
                                      created_unix_ms=s.created_ns // 1_000_000, linked_subject_ids=list(s.linked))
 
     @_rpc
     def DeleteSubject(self, request, context):
-        self.engine.delete(request.partition or "default", request.subject_id)
+        self.engine.delete(_partition(request), request.subject_id)
         return pb.DeleteSubjectResponse()
 
     @_rpc

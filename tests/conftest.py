@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.paths import model_dir
+from enroll.model_files import model_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -25,7 +25,7 @@ from enroll.image import DecodedImage, decode_image
 from enroll.onnx_model import OnnxModel
 from matcher.errors import TambuaError
 from matcher.templates import EmbeddingTemplate
-from models.paths import model_dir as default_model_dir
+from enroll.model_files import model_dir as default_model_dir
 
 log = logging.getLogger(__name__)
 

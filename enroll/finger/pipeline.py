@@ -16,7 +16,7 @@ from enroll.finger.segment import Foreground, segment
 from enroll.image import decode_image
 from matcher.errors import InvalidInput, QualityError
 from matcher.minutiae import MAX_MINUTIAE, MinutiaeTemplate
-from models.paths import model_dir as default_model_dir
+from enroll.model_files import model_dir as default_model_dir
 
 FINGER_MODEL_ID, LEADER_FILE = LEADER.model_id, LEADER.graph
 NATIVE_DPI = 500

@@ -18,8 +18,8 @@ from enroll.iris.segment import (ROUND_BLOB, IrisBoundaries, occlusion_mask, out
 from enroll.onnx_model import OnnxModel
 from matcher.errors import QualityError
 from matcher.iris import IrisTemplate
-from models import iris_gabor as gabor
-from models.paths import model_dir as default_model_dir
+from enroll.iris import gabor
+from enroll.model_files import model_dir as default_model_dir
 
 IRIS_MODEL_ID = "iris/gabor-v2"
 _FACE_CHECK_SIDE = 160  # px: the face-photo check runs on a copy this small

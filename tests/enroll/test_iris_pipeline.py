@@ -90,7 +90,7 @@ def test_kernel_equals_numpy_reference(iris_extractor, irises):
 def test_encoder_graph_equals_numpy_filters(models):
     import onnxruntime as ort
 
-    from models import iris_gabor
+    from enroll.iris import gabor as iris_gabor
 
     strip = np.random.default_rng(3).uniform(0, 255, (1, 1, iris_gabor.ROWS, iris_gabor.COLS)).astype(np.float32)
     session = ort.InferenceSession(str(models / "iris_encode_gabor_v1.onnx"), providers=["CPUExecutionProvider"])
