@@ -69,10 +69,11 @@ def run(n: int, queries: int, workdir: Path, images: list[bytes], secure: bool =
     t0 = time.perf_counter()
     from enroll.face.pipeline import FaceExtractor
 
-    engine = Engine(store, {"face": FaceExtractor()})
+    extractors = {"face": FaceExtractor()}
+    engine = Engine(store, {"face": extractors["face"].model_id})
     rebuild_s = time.perf_counter() - t0
     settings, creds, md = _secure(workdir, store) if secure else ({"insecure": True}, None, None)
-    bound = create_server(Config(port=0, metrics_port=-1, data_dir=workdir, **settings), engine)
+    bound = create_server(Config(port=0, metrics_port=-1, data_dir=workdir, **settings), engine, extractors)
     server, port = bound.server, bound.port
     server.start()
     channel = (grpc.secure_channel(f"localhost:{port}", creds) if secure

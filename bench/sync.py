@@ -28,7 +28,7 @@ def _subjects(prefix: str, n: int, seed: int) -> list[Subject]:
 
 
 def run(n: int, workdir: Path) -> dict:
-    from enroll.face.pipeline import FaceExtractor
+    from enroll.face.pipeline import FACE_MODEL_ID
     from matcher.sealing import new_key
     from tambua import sync
 
@@ -43,7 +43,7 @@ def run(n: int, workdir: Path) -> dict:
     for start in range(0, n, 10_000):
         field.add_many(subjects[start:start + 10_000])
     country.add_many(_subjects("C", n, seed=6))
-    engine = Engine(country, {"face": FaceExtractor()})
+    engine = Engine(country, {"face": FACE_MODEL_ID})
 
     t0 = time.perf_counter()
     bundles = []

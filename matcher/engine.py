@@ -1,6 +1,7 @@
 """The matching engine: enrol with deduplication, identify, verify, compare, delete.
 
-Pure domain logic (no grpc): the service layer translates requests into these calls.
+Pure domain logic on templates (no images, no grpc): the service layer extracts templates
+from a request's images (``tambua/extraction.py``) and hands them here.
 The store is the system of record; each modality's matcher (its in-memory gallery) is
 rebuilt from it at start.
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from matcher.calibration import Calibration, at_least_one
-from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap, TambuaError,
+from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap,
                             Unimplemented)
 from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
 from matcher.store import StoredTemplate, Subject, SubjectStore, normalise_id
@@ -55,6 +56,13 @@ def sample_name(modality: str, position: int) -> str:
     return modality
 
 
+def check_enrolment(samples) -> None:
+    """What an enrolment needs of its samples (templates, or the requests' samples before
+    anything is extracted, so that a bad one is refused before seconds of work)."""
+    if any(s.position == 0 and s.modality == "finger" for s in samples):
+        raise InvalidInput("an enrolled finger needs its position (1 right thumb ... 10 left little)")
+
+
 class Observer(Protocol):
     """Receives stage timings (the service layer turns them into metrics)."""
 
@@ -64,32 +72,6 @@ class Observer(Protocol):
 class _NoObserver:
     def timing(self, stage: str, modality: str, seconds: float) -> None:
         pass
-
-
-class Extractor(Protocol):
-    model_id: str
-
-    def extract(self, data: bytes) -> Template: ...
-
-
-@dataclass(frozen=True)
-class SampleInput:
-    """One sample of a request: image bytes or template bytes for a modality and position."""
-
-    modality: str
-    position: int = 0
-    image: bytes | None = None
-    template: bytes | None = None
-    dpi: int = 0
-
-    def __post_init__(self) -> None:
-        if self.modality not in MODALITIES:
-            raise InvalidInput("sample modality is missing or unknown")
-        if (self.image is None) == (self.template is None):
-            raise InvalidInput("a sample carries either image bytes or a template")
-        if self.position not in POSITIONS[self.modality]:
-            raise InvalidInput(f"position {self.position} is not valid for {self.modality} "
-                               "(face 0; finger 1-10 as in ISO/IEC 19794-4, 0 unknown; iris 1 right, 2 left)")
 
 
 @dataclass(frozen=True)
@@ -167,14 +149,15 @@ def evidence(fmr: float) -> float:
     return max(0.0, -math.log10(max(fmr, _MIN_FMR)))
 
 
-def default_matcher(modality: str, extractor: Extractor) -> ModalityMatcher:
-    """The matcher for an extractor's model, with the model's calibration file."""
-    cal = Calibration.load(extractor.model_id)
+def default_matcher(modality: str, model_id: str, dim: int = 128) -> ModalityMatcher:
+    """The matcher for a model's templates, with the model's calibration file (``dim``:
+    an embedding model's vector length)."""
+    cal = Calibration.load(model_id)
     if modality == "finger":
-        return MinutiaeMatcher(extractor.model_id, cal)
+        return MinutiaeMatcher(model_id, cal)
     if modality == "iris":
-        return IrisMatcher(extractor.model_id, cal)
-    return EmbeddingMatcher(modality, extractor.model_id, getattr(extractor, "dim", 128), cal)
+        return IrisMatcher(model_id, cal)
+    return EmbeddingMatcher(modality, model_id, dim, cal)
 
 
 class Engine:
@@ -182,25 +165,24 @@ class Engine:
 
     Args:
         store: the durable subject store.
-        extractors: one extractor per supported modality (``face``, ``finger``).
+        models: the model id of each supported modality (``{"face": "face/dlib-resnet-v1"}``).
         thresholds: decision rates.
-        matchers: per modality; built from each extractor's model when absent.
-        observer: receives ``extract`` and ``search`` timings per modality.
+        matchers: per modality; built for each model (:func:`default_matcher`) when absent.
+        observer: receives ``search`` timings per modality (the service adds ``extract``).
     """
 
     def __init__(
         self,
         store: SubjectStore,
-        extractors: dict[str, Extractor],
+        models: dict[str, str],
         thresholds: Thresholds = Thresholds(),
         matchers: dict[str, ModalityMatcher] | None = None,
         observer: Observer | None = None,
     ) -> None:
         self.observer = observer or _NoObserver()
         self.store = store
-        self.extractors = extractors
         self.thresholds = thresholds
-        self.matchers = matchers or {m: default_matcher(m, ex) for m, ex in extractors.items()}
+        self.matchers = matchers or {m: default_matcher(m, model_id) for m, model_id in models.items()}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._subjects = store.count_by_partition()
@@ -228,37 +210,24 @@ class Engine:
             raise Unimplemented(f"{modality} matching is not available yet")
         return self.matchers[modality]
 
-    def templates_of(self, samples: list[SampleInput], deadline: float | None = None,
-                     one_per_position: bool = True) -> tuple[StoredTemplate, ...]:
-        """Extract (or parse and check) every sample's template.
+    def parse(self, modality: str, data: bytes) -> Template:
+        """Template bytes sent instead of an image, checked against this server's model.
 
-        ``one_per_position``: a subject's samples (enrol, identify, verify) hold at most one
-        per modality and position; Compare's two samples may be of the same finger.
+        Raises:
+            Unimplemented: no matcher for ``modality``.
+            TemplateFormatError / ModelMismatch: bytes that are no template of the model.
         """
-        if not samples:
+        return self._matcher(modality).parse(data)
+
+    @staticmethod
+    def _check(templates: tuple[StoredTemplate, ...]) -> tuple[StoredTemplate, ...]:
+        """A subject's templates (enrol, identify, verify): at least one, one per modality and position."""
+        if not templates:
             raise InvalidInput("the request has no samples")
-        keys = [(s.modality, s.position) for s in samples]
-        if one_per_position and len(set(keys)) != len(keys):
+        keys = [(t.modality, t.position) for t in templates]
+        if len(set(keys)) != len(keys):
             raise InvalidInput("two samples for the same modality and position")
-        out = []
-        for s in samples:
-            self.check_deadline(deadline)
-            matcher = self._matcher(s.modality)
-            try:
-                if s.image is not None:
-                    t0 = time.perf_counter()
-                    ex = self.extractors[s.modality]
-                    tpl = ex.extract(s.image, dpi=s.dpi) if s.modality == "finger" else ex.extract(s.image)
-                    self.observer.timing("extract", s.modality, time.perf_counter() - t0)
-                else:
-                    tpl = matcher.parse(s.template)  # type: ignore[arg-type]
-            except TambuaError as e:
-                if len(samples) == 1:
-                    raise
-                # Which of the request's samples failed, so the operator re-captures that one.
-                raise type(e)(f"{sample_name(s.modality, s.position)}: {e.message}", e.reason) from e
-            out.append(StoredTemplate(s.modality, s.position, tpl))
-        return tuple(out)
+        return tuple(templates)
 
     def _subject_fmr(self, partition: str, subject_id: str, templates: tuple[StoredTemplate, ...]) -> float | None:
         fmrs = [f for t in templates
@@ -284,19 +253,17 @@ class Engine:
         return [ScoredCandidate(sid, evidence(fmr), at_least_one(fmr, n))
                 for fmr, sid in scored[:k]]
 
-    def enroll(self, subject_id: str, partition: str, samples: list[SampleInput], force: bool = False,
+    def enroll(self, subject_id: str, partition: str, templates: tuple[StoredTemplate, ...], force: bool = False,
                adjudicated: tuple[str, ...] = (), deadline: float | None = None) -> EnrollResult:
         """Deduplicate, then store. A duplicate stores nothing unless ``force``.
 
         A request whose deadline passes before the write stores nothing: its caller has
         stopped waiting and would never learn of the enrolment.
         """
-        # Ids and positions first: a bad one is refused before seconds of extraction.
         subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")
-        if any(s.position == 0 and s.modality == "finger" for s in samples):
-            raise InvalidInput("an enrolled finger needs its position (1 right thumb ... 10 left little)")
+        check_enrolment(templates)
         adjudicated = tuple(normalise_id(a) for a in adjudicated)
-        templates = self.templates_of(samples, deadline)
+        templates = self._check(templates)
         with self._lock(partition):
             candidates = [c for c in self._candidates(partition, templates, self.thresholds.max_candidates)
                           if c.fpir <= self.thresholds.dedup_fpir]
@@ -313,16 +280,10 @@ class Engine:
             self._subjects[partition] = self._subjects.get(partition, 0) + 1
         return EnrollResult("ENROLLED", subject_id, tuple(candidates), templates)
 
-    def identify(self, partition: str, samples: list[SampleInput], max_candidates: int = 0,
+    def identify(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,
                  within: frozenset[str] | None = None, deadline: float | None = None,
                  max_fpir: float = 0.0) -> list[ScoredCandidate]:
-        return self.identify_templates(partition, self.templates_of(samples, deadline), max_candidates, within,
-                                       deadline, max_fpir)
-
-    def identify_templates(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,
-                           within: frozenset[str] | None = None, deadline: float | None = None,
-                           max_fpir: float = 0.0) -> list[ScoredCandidate]:
-        """1:N search with templates already extracted (:meth:`templates_of`).
+        """1:N search.
 
         Args:
             max_candidates: at most this many, best first (0: the configured default).
@@ -330,6 +291,7 @@ class Engine:
                 ``identify_fpir``; 1: every ranked candidate, a list for investigation).
         """
         self.check_deadline(deadline)
+        templates = self._check(templates)
         if not 0 <= max_fpir <= 1:
             raise InvalidInput(f"max_fpir must be within 0..1, not {max_fpir}")
         if within is not None:
@@ -338,12 +300,13 @@ class Engine:
         found = self._candidates(partition, templates, max_candidates or self.thresholds.max_candidates, within)
         return [c for c in found if c.fpir <= limit]
 
-    def verify(self, subject_id: str, partition: str, samples: list[SampleInput],
+    def verify(self, subject_id: str, partition: str, templates: tuple[StoredTemplate, ...],
                deadline: float | None = None) -> VerifyResult:
         """1:1 against an enrolled subject: every sample against the subject's template of the
         same modality and position, fused, decided at the configured FMR."""
         subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")
-        templates = self.templates_of(samples, deadline)
+        self.check_deadline(deadline)
+        templates = self._check(templates)
         self.store.get(partition, subject_id)  # NotFound for an unknown subject
         fmr = self._subject_fmr(partition, subject_id, templates)
         if fmr is None:
@@ -355,7 +318,7 @@ class Engine:
         """1:1 decision on two samples of one modality at the configured FMR."""
         if a.modality != b.modality:
             raise InvalidInput(f"cannot compare a {a.modality} sample with a {b.modality} sample")
-        matcher = self.matchers[a.modality]
+        matcher = self._matcher(a.modality)
         if a.template.model_id != b.template.model_id:
             raise ModelMismatch(f"cannot compare {a.template.model_id} with {b.template.model_id}")
         fmr = matcher.fmr(a.template, b.template)

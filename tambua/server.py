@@ -23,14 +23,16 @@ from prometheus_client.core import GaugeMetricFamily
 
 from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
-from matcher.engine import Engine, SampleInput
+from matcher.engine import Engine
 from matcher.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
+from matcher.store import normalise_id
 from tambua import sync
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
 from tambua.auth import DEFAULT_PARTITION, AccessStore, AuthInterceptor, note_touched
 from tambua.config import Config
 from tambua.context import RequestIdFilter, enter, leave
+from tambua.extraction import Extraction, Extractor, SampleInput
 from tambua.sync import SiteKeys
 from tambua.status import abort, code_of
 from tambua.v1 import tambua_pb2 as pb
@@ -168,9 +170,10 @@ def _peer_status(store, site: str) -> pb.PeerStatus:
 
 
 class MatcherServicer(pb_grpc.MatcherServicer):
-    def __init__(self, engine: Engine, metrics: Metrics, audit: AuditLog | None = None,
+    def __init__(self, engine: Engine, extraction: Extraction, metrics: Metrics, audit: AuditLog | None = None,
                  site: SiteKeys | None = None, peers: sync.Peers | None = None) -> None:
         self.engine = engine
+        self.extraction = extraction
         self.metrics = metrics
         self.audit = audit
         self.site = site
@@ -194,9 +197,12 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @_rpc
     def Enroll(self, request, context):
-        r = self.engine.enroll(request.subject_id, _partition(request), _samples(request.samples),
-                               force=request.force, adjudicated=tuple(request.adjudicated_candidates),
-                               deadline=_deadline(context))
+        # Ids and positions first: a bad one is refused before seconds of extraction.
+        subject_id, partition = normalise_id(request.subject_id), normalise_id(_partition(request), "partition")
+        deadline = _deadline(context)
+        templates = self.extraction.templates(_samples(request.samples), deadline, enrolment=True)
+        r = self.engine.enroll(subject_id, partition, templates, force=request.force,
+                               adjudicated=tuple(request.adjudicated_candidates), deadline=deadline)
         return pb.EnrollResponse(
             outcome=pb.EnrollResponse.ENROLLED if r.outcome == "ENROLLED" else pb.EnrollResponse.DUPLICATE,
             subject_id=r.subject_id,
@@ -209,9 +215,9 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     def Identify(self, request, context):
         within = frozenset(request.within_subject_ids) if request.within_subject_ids else None
         deadline = _deadline(context)
-        templates = self.engine.templates_of(_samples(request.samples), deadline)
-        cands = self.engine.identify_templates(_partition(request), templates, request.max_candidates,
-                                               within, deadline, request.max_fpir)
+        templates = self.extraction.templates(_samples(request.samples), deadline)
+        cands = self.engine.identify(_partition(request), templates, request.max_candidates, within, deadline,
+                                     request.max_fpir)
         return pb.IdentifyResponse(
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in cands],
             model_ids=self._model_ids(templates),
@@ -219,19 +225,21 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @_rpc
     def Verify(self, request, context):
-        r = self.engine.verify(request.subject_id, _partition(request), _samples(request.samples),
-                               _deadline(context))
+        subject_id = normalise_id(request.subject_id)  # before extraction, as for Enroll
+        deadline = _deadline(context)
+        r = self.engine.verify(subject_id, _partition(request),
+                               self.extraction.templates(_samples(request.samples), deadline), deadline)
         return pb.VerifyResponse(match=r.match, score=r.score, fmr=r.fmr, model_ids=[r.model_id])
 
     @_rpc
     def Compare(self, request, context):
-        a, b = self.engine.templates_of(_samples([request.a, request.b]), _deadline(context), one_per_position=False)
+        a, b = self.extraction.templates(_samples([request.a, request.b]), _deadline(context), one_per_position=False)
         r = self.engine.compare(a, b)
         return pb.CompareResponse(score=r.score, fmr=r.fmr, model_id=r.model_id)
 
     @_rpc
     def Extract(self, request, context):
-        templates = self.engine.templates_of(_samples(request.samples), _deadline(context))
+        templates = self.extraction.templates(_samples(request.samples), _deadline(context))
         return pb.ExtractResponse(templates=[_template_pb(t) for t in templates])
 
     @_rpc
@@ -346,8 +354,10 @@ class Bound:
     mtls_port: int = -1
 
 
-def create_server(config: Config, engine: Engine, registry: CollectorRegistry | None = None) -> Bound:
-    """Build (not start) the server."""
+def create_server(config: Config, engine: Engine, extractors: dict[str, Extractor],
+                  registry: CollectorRegistry | None = None) -> Bound:
+    """Build (not start) the server: ``extractors`` turn the requests' images into the
+    templates ``engine`` matches."""
     registry = registry or CollectorRegistry()
     metrics = Metrics(registry, engine)
     engine.observer = metrics
@@ -367,7 +377,8 @@ def create_server(config: Config, engine: Engine, registry: CollectorRegistry | 
     peers = sync.Peers(config.data_dir)
     metrics.watch_sync(engine.store, peers)
     pb_grpc.add_MatcherServicer_to_server(
-        MatcherServicer(engine, metrics, audit, SiteKeys.load(config.data_dir, engine.store), peers), server)
+        MatcherServicer(engine, Extraction(extractors, engine), metrics, audit,
+                        SiteKeys.load(config.data_dir, engine.store), peers), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -470,8 +481,8 @@ def serve(config: Config) -> None:
     extractors = {"face": FaceExtractor(), "finger": FingerExtractor(network=finger_network),
                   "iris": IrisExtractor()}
     refuse_foreign_templates(stored, {m: ex.model_id for m, ex in extractors.items()})
-    engine = Engine(store, extractors, config.thresholds)
-    bound = create_server(config, engine)
+    engine = Engine(store, {m: ex.model_id for m, ex in extractors.items()}, config.thresholds)
+    bound = create_server(config, engine, extractors)
     server = bound.server
     server.start()
     log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, bound.port, bound.metrics_port,

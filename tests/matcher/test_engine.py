@@ -1,26 +1,41 @@
-"""The engine on real ORL faces: dedup catches a second photo, verify decides at the FMR,
-concurrent enrolments of one person store one subject, a restart rebuilds the gallery."""
+"""The engine on templates of real ORL faces: dedup catches a second photo, verify decides
+at the FMR, concurrent enrolments of one person store one subject, a restart rebuilds the
+gallery; and the service's extraction step in front of it (tambua/extraction.py): what it
+refuses before extracting, and which sample an error names."""
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import pytest
 
-from matcher.engine import FUSION_TAU, Engine, SampleInput, fuse
+from matcher.engine import FUSION_TAU, Engine, fuse
 from matcher.errors import AlreadyExists, InvalidInput, ModelMismatch, NotFound, Unimplemented
-from matcher.store import SubjectStore
+from matcher.store import StoredTemplate, SubjectStore
 from matcher.templates import EmbeddingTemplate
+from tambua.extraction import Extraction, SampleInput
+
+FACE = "face/dlib-resnet-v1"
 
 
-def _face(orl, person: int, shot: int) -> SampleInput:
-    return SampleInput("face", 0, image=(orl / f"s{person}" / f"{shot}.pgm").read_bytes())
+@functools.cache
+def _extractor():
+    from enroll.face.pipeline import FaceExtractor
+
+    return FaceExtractor()
+
+
+@functools.cache
+def _face(orl, person: int, shot: int) -> StoredTemplate:
+    """The face template of an ORL photo (the engine never sees images)."""
+    return StoredTemplate("face", 0, _extractor().extract((orl / f"s{person}" / f"{shot}.pgm").read_bytes()))
 
 
 @pytest.fixture
-def engine(tmp_path, face_extractor, orl):
+def engine(tmp_path, models, orl):
     store = SubjectStore(tmp_path / "db.sqlite")
-    e = Engine(store, {"face": face_extractor})
+    e = Engine(store, {"face": FACE})
     for person in range(1, 11):
         assert e.enroll(f"P{person}", "default", [_face(orl, person, 1)]).outcome == "ENROLLED"
     yield e
@@ -79,7 +94,7 @@ def test_identify_trims_to_the_requested_fpir_and_count(engine, orl):
 def test_one_sample_scores_the_same_in_compare_verify_and_identify(engine, orl):
     """The fused rate of one comparison is that comparison's rate, matched or not."""
     for person in (3, 8):  # a weak non-mate of P4 and its mate
-        (probe,) = engine.templates_of([_face(orl, person, 6)])
+        probe = _face(orl, person, 6)
         (enrolled,) = engine.store.get("default", "P4").templates
         compared = engine.compare(probe, enrolled)
         verified = engine.verify("P4", "default", [_face(orl, person, 6)])
@@ -98,18 +113,62 @@ def test_fusion_of_one_rate_is_that_rate_and_rates_above_tau_still_count():
     assert 0.5 < below / above < 2
 
 
+def test_bad_requests_store_nothing(engine, orl, face_extractor):
+    extraction = Extraction({"face": face_extractor}, engine)
+    with pytest.raises(InvalidInput):
+        extraction.templates([SampleInput("face", 0, image=b"\x00" * 100)], enrolment=True)
+    with pytest.raises(Unimplemented):
+        extraction.templates([SampleInput("finger", 1, image=b"png")], enrolment=True)
+    other = face_extractor.extract((orl / "s1" / "2.pgm").read_bytes())
+    alien = EmbeddingTemplate("face/other-v9", other.vector).to_bytes()
+    with pytest.raises(ModelMismatch):
+        extraction.templates([SampleInput("face", 0, template=alien)], enrolment=True)
+    with pytest.raises(ModelMismatch):
+        engine.enroll("X", "default", [StoredTemplate("face", 0, EmbeddingTemplate("face/other-v9", other.vector))])
+    with pytest.raises(NotFound):
+        engine.verify("nobody", "default", [_face(orl, 1, 2)])
+    assert engine.store.count() == 10
+
+
+def test_parallel_enrolments_of_one_person_store_one(engine, orl):
+    outcomes = []
+
+    def go(i: int) -> None:
+        outcomes.append(engine.enroll(f"same-{i}", "default", [_face(orl, 30, 1 + i % 3)]).outcome)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("ENROLLED") == 1 and outcomes.count("DUPLICATE") == 7
+    assert engine.store.count() == 11
+
+
+def test_delete_and_restart_rebuilds(engine, orl, tmp_path):
+    engine.delete("default", "P4")
+    with pytest.raises(NotFound):
+        engine.delete("default", "P4")
+    assert engine.enroll("P4-again", "default", [_face(orl, 4, 3)]).outcome == "ENROLLED"
+    again = Engine(engine.store, {"face": FACE})
+    assert again.matchers["face"].size("default") == 10
+    assert again.identify("default", [_face(orl, 6, 9)])[0].subject_id == "P6"
+
+
 def test_a_finger_without_position_is_refused_before_any_extraction(engine):
-    # This engine has no finger extractor: had extraction been tried, the answer would be UNIMPLEMENTED.
+    # This engine has no finger matcher: had extraction been tried, the answer would be UNIMPLEMENTED.
     with pytest.raises(InvalidInput, match="needs its position"):
-        engine.enroll("X", "default", [SampleInput("finger", 0, image=b"not read")])
+        Extraction({}, engine).templates([SampleInput("finger", 0, image=b"not read")], enrolment=True)
 
 
 def test_an_error_names_the_sample_that_failed(tmp_path, face_extractor, iris_extractor, orl, irises):
-    e = Engine(SubjectStore(tmp_path / "s.sqlite"), {"face": face_extractor, "iris": iris_extractor})
+    e = Engine(SubjectStore(tmp_path / "s.sqlite"), {"face": FACE, "iris": iris_extractor.model_id})
+    extraction = Extraction({"face": face_extractor, "iris": iris_extractor}, e)
     a_face = (orl / "s1" / "1.pgm").read_bytes()  # a face where the left eye's image should be
+    face = SampleInput("face", 0, image=a_face)
     with pytest.raises(InvalidInput, match=r"^[A-Z_]+: left iris: "):  # str(): REASON: message
-        e.enroll("X", "default", [_face(orl, 1, 1), SampleInput("iris", 2, image=a_face)])
-    e.enroll("F", "default", [_face(orl, 1, 1)])
+        extraction.templates([face, SampleInput("iris", 2, image=a_face)], enrolment=True)
+    e.enroll("F", "default", extraction.templates([face]))
     eye = sorted((irises / "mmu1" / "30_left").iterdir())[0].read_bytes()
     with pytest.raises(NotFound, match="no enrolled template for right iris"):
-        e.verify("F", "default", [SampleInput("iris", 1, image=eye)])
+        e.verify("F", "default", extraction.templates([SampleInput("iris", 1, image=eye)]))

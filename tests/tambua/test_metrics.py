@@ -16,7 +16,7 @@ def test_rpc_stage_rejection_and_gallery_metrics(tmp_path, face_extractor, orl):
     store = SubjectStore(tmp_path / "m.sqlite")
     registry = CollectorRegistry()
     bound = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=tmp_path),
-                          Engine(store, {"face": face_extractor}), registry)
+                          Engine(store, {"face": face_extractor.model_id}), {"face": face_extractor}, registry)
     server, port = bound.server, bound.port
     server.start()
     try:
@@ -50,7 +50,7 @@ def test_sync_metrics_show_which_peer_falls_behind(tmp_path, face_extractor):
     store.note_peer("field-2", refused=2, gaps=1)
     registry = CollectorRegistry()
     bound = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=tmp_path),
-                          Engine(store, {"face": face_extractor}), registry)
+                          Engine(store, {"face": face_extractor.model_id}), {"face": face_extractor}, registry)
     server = bound.server
     try:
         get = registry.get_sample_value

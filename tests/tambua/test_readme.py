@@ -1,4 +1,5 @@
-"""Every command block of the README, run as written against real servers.
+"""Every command block of the README, run as written against real servers (and its
+``python`` example, run as written too).
 
 Each README ``sh`` block is found by its first line and run line by line in bash, in a
 fresh working folder (``.venv`` linked into it, ``.venv/bin`` on ``PATH``), with what one
@@ -13,6 +14,7 @@ test are listed in ``NOT_RUN`` with the reason; a new block fails
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -271,3 +273,17 @@ def test_field_site_sync(tmp_path, orl, models):
     exported, imported, acked, status = out
     assert exported["changes"] == 2 and imported["applied"] == 2 and acked["acked_seq"] == 2
     assert status["site"] == "kakuma-3" and status["peers"][0]["pending"] == 0
+
+
+def test_python_block_runs_as_written(tmp_path, orl, models):
+    """The library example runs in a fresh folder holding the photo it names, and shows what
+    its comment says: the model id, the vector shape and a quality in 0..100."""
+    (example,) = blocks("python")  # another python block fails here until it is run too
+    Image.open(orl / "s12" / "1.pgm").convert("RGB").save(tmp_path / "photo.jpg", quality=95)
+    shown = next(line.split("#")[0].strip() for line in example if line.startswith("template.model_id"))
+    script = "\n".join(example) + f"\nprint(repr(({shown})))"
+    r = subprocess.run([str(VENV_BIN / "python"), "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    model, shape, quality = ast.literal_eval(r.stdout.splitlines()[-1])
+    assert (model, shape) == ("face/dlib-resnet-v1", (128,)) and 0 <= quality <= 100

@@ -40,7 +40,7 @@ def test_refused_calls_are_counted_and_logged_with_their_request_id(tmp_path, fa
     store = SubjectStore(tmp_path / "data" / "subjects.sqlite", load_kek(kek))
     registry = CollectorRegistry()
     config = Config(port=0, metrics_port=-1, tls_cert=cert, tls_key=key, kek_file=kek, data_dir=tmp_path / "data")
-    bound = create_server(config, Engine(store, {"face": face_extractor}), registry)
+    bound = create_server(config, Engine(store, {"face": face_extractor.model_id}), {"face": face_extractor}, registry)
     server, port = bound.server, bound.port
     lines = _Lines()
     logging.getLogger("tambua").addHandler(lines)
