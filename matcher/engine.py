@@ -26,13 +26,14 @@ import math
 import threading
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from matcher.calibration import Calibration, at_least_one
 from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap,
                             Unimplemented)
 from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
-from matcher.store import StoredTemplate, Subject, SubjectStore, normalise_id
+from matcher.store import Applied, StoredTemplate, Subject, SubjectStore, normalise_id
 from matcher.templates import Template
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,14 @@ class ScoredCandidate:
     fpir: float
 
 
+class EnrollOutcome(StrEnum):
+    ENROLLED = "ENROLLED"
+    DUPLICATE = "DUPLICATE"  # nothing stored: see the candidates
+
+
 @dataclass(frozen=True)
 class EnrollResult:
-    outcome: str  # "ENROLLED" or "DUPLICATE"
+    outcome: EnrollOutcome
     subject_id: str
     candidates: tuple[ScoredCandidate, ...]
     templates: tuple[StoredTemplate, ...]
@@ -268,7 +274,7 @@ class Engine:
             candidates = [c for c in self._candidates(partition, templates, self.thresholds.max_candidates)
                           if c.fpir <= self.thresholds.dedup_fpir]
             if candidates and not force:
-                return EnrollResult("DUPLICATE", subject_id, tuple(candidates), templates)
+                return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates)
             # Enrolled anyway: the links are the candidates named by the adjudicator and the
             # ones this search found (what the enrolment was decided against).
             links = tuple(dict.fromkeys((*adjudicated, *(c.subject_id for c in candidates))))
@@ -278,7 +284,7 @@ class Engine:
             for t in templates:
                 self.matchers[t.modality].add(partition, subject_id, t.position, t.template)
             self._subjects[partition] = self._subjects.get(partition, 0) + 1
-        return EnrollResult("ENROLLED", subject_id, tuple(candidates), templates)
+        return EnrollResult(EnrollOutcome.ENROLLED, subject_id, tuple(candidates), templates)
 
     def identify(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,
                  within: frozenset[str] | None = None, deadline: float | None = None,
@@ -326,7 +332,7 @@ class Engine:
 
     def import_change(self, site: str, seq: int, kind: str, subject: Subject | None = None, partition: str = "",
                       subject_id: str = "", origin: str = "", origin_seq: int = 0,
-                      ) -> tuple[str, tuple[ScoredCandidate, ...]]:
+                      ) -> tuple[Applied, tuple[ScoredCandidate, ...]]:
         """Apply change ``seq`` of peer ``site`` (see :meth:`SubjectStore.apply_remote`).
 
         An imported enrolment is deduplicated against this gallery like a local one, but
@@ -337,7 +343,7 @@ class Engine:
             (the store's outcome, the duplicate candidates found for an enrolment).
         """
         if seq <= self.store.peer(site).applied_seq:
-            return "already", ()
+            return Applied.ALREADY, ()
         candidates: tuple[ScoredCandidate, ...] = ()
         part = subject.partition if subject is not None else partition
         with self._lock(part):
@@ -347,18 +353,18 @@ class Engine:
                 flag = ("CROSS_SITE_DUPLICATE", [c.subject_id for c in candidates]) if candidates else None
                 outcome = self.store.apply_remote(site, seq, kind, subject, flag=flag, origin=origin,
                                                   origin_seq=origin_seq)
-                if outcome == "applied":
+                if outcome is Applied.APPLIED:
                     for t in subject.templates:
                         self.matchers[t.modality].add(part, subject.subject_id, t.position, t.template)
                     self._subjects[part] = self._subjects.get(part, 0) + 1
             else:
                 outcome = self.store.apply_remote(site, seq, kind, partition=partition, subject_id=subject_id,
                                                   origin=origin, origin_seq=origin_seq)
-                if kind == "delete" and outcome == "applied":
+                if kind == "delete" and outcome is Applied.APPLIED:
                     for m in self.matchers.values():
                         m.remove(partition, subject_id)
                     self._subjects[partition] = max(0, self._subjects.get(partition, 1) - 1)
-        if outcome == "gap":
+        if outcome is Applied.GAP:
             raise SequenceGap(f"change {seq} of site {site!r} arrived before the ones preceding it")
         return outcome, candidates
 

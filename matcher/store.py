@@ -33,6 +33,7 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -238,6 +239,38 @@ class Change:
         """Whether ``site`` has this change already (it made it, or relayed it here); the
         same rule counts :meth:`SubjectStore.pending`."""
         return site in (self.via, self.origin)
+
+
+class Applied(StrEnum):
+    """What applying a peer's change did (:meth:`SubjectStore.apply_remote`)."""
+
+    APPLIED = "applied"
+    ALREADY = "already"  # seen before: nothing done
+    KNOWN = "known"  # an enrolment that reached here before by another path
+    CONFLICT = "conflict"  # the id is taken here by another enrolment: flagged, not stored
+    ABSENT = "absent"  # a delete of nothing
+    ERASED = "erased"  # an enrolment deleted at its site before it was sent
+    SKIPPED = "skipped"  # a change the peer holds from this site
+    GAP = "gap"  # not the next change from that peer: nothing applied
+
+
+@dataclass(frozen=True)
+class Flag:
+    """An imported enrolment waiting for a person's decision.
+
+    Attributes:
+        kind: ``CROSS_SITE_DUPLICATE`` (it matched subjects here) or ``ID_CONFLICT`` (its
+            id is taken here by another enrolment).
+        site: the peer it came from.
+        candidates: the subjects here it matched (still enrolled).
+    """
+
+    subject_id: str
+    partition: str
+    kind: str
+    site: str
+    candidates: tuple[str, ...] = ()
+    unix_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -726,7 +759,7 @@ class SubjectStore:
 
     def apply_remote(self, site: str, seq: int, kind: str, subject: Subject | None = None,
                      partition: str = "", subject_id: str = "",
-                     flag: tuple[str, list[str]] | None = None, origin: str = "", origin_seq: int = 0) -> str:
+                     flag: tuple[str, list[str]] | None = None, origin: str = "", origin_seq: int = 0) -> Applied:
         """Apply change ``seq`` of peer ``site`` in one transaction with its cursor.
 
         An applied enrolment or deletion joins this site's own change log (via ``site``), so
@@ -752,12 +785,12 @@ class SubjectStore:
             self._db.execute("INSERT OR IGNORE INTO peers (site) VALUES (?)", (site,))
             applied = self._db.execute("SELECT applied_seq FROM peers WHERE site=?", (site,)).fetchone()[0]
             if seq <= applied:
-                return "already"
+                return Applied.ALREADY
             if seq != applied + 1:
                 self._db.execute("UPDATE peers SET gaps = gaps + 1 WHERE site=?", (site,))  # counted, nothing applied
-                return "gap"
+                return Applied.GAP
             now = int(time.time() * 1000)
-            outcome = "applied"
+            outcome = Applied.APPLIED
             if kind == "enrol":
                 ref = self._ref(subject.subject_id)
                 taken = self._db.execute("SELECT 1 FROM subjects WHERE partition=? AND ref=?",
@@ -765,9 +798,9 @@ class SubjectStore:
                 came = self._db.execute("SELECT site, seq FROM origins WHERE partition=? AND ref=?",
                                         (subject.partition, ref)).fetchone()
                 if taken and came == (origin, origin_seq):
-                    outcome, flag = "known", None
+                    outcome, flag = Applied.KNOWN, None
                 elif taken:
-                    outcome, flag = "conflict", ("ID_CONFLICT", [subject.subject_id])
+                    outcome, flag = Applied.CONFLICT, ("ID_CONFLICT", [subject.subject_id])
                 else:
                     self._insert([subject])
                     self._db.execute("INSERT INTO origins VALUES (?, ?, ?, ?)",
@@ -777,14 +810,14 @@ class SubjectStore:
                     self._db.execute("INSERT OR REPLACE INTO flags VALUES (?, ?, ?, ?, ?, ?)",
                                      (subject.partition, ref, flag[0], site, self._refs(flag[1]), now))
             elif kind == "delete":
-                outcome = "applied" if self._delete(partition, subject_id) else "absent"
-                if outcome == "applied":
+                outcome = Applied.APPLIED if self._delete(partition, subject_id) else Applied.ABSENT
+                if outcome is Applied.APPLIED:
                     self._log("delete", partition, subject_id, site, origin, origin_seq)
                     self._forget_delivered()
             elif kind == "erased":  # enrolled and deleted again before it was sent: nothing to store
-                outcome = "erased"
+                outcome = Applied.ERASED
             elif kind == "skip":  # relayed to us from here, or through here: we hold it
-                outcome = "skipped"
+                outcome = Applied.SKIPPED
             else:
                 raise InvalidInput(f"unknown change kind {kind!r}")
             self._db.execute("UPDATE peers SET applied_seq=?, last_import_ms=? WHERE site=?", (seq, now, site))
@@ -792,7 +825,7 @@ class SubjectStore:
             self._scrub()
         return outcome
 
-    def flags(self) -> list[dict]:
+    def flags(self) -> list[Flag]:
         """Imported enrolments waiting for adjudication, oldest first."""
         out = []
         with self._lock:
@@ -800,8 +833,7 @@ class SubjectStore:
                                     "ORDER BY unix_ms, ref").fetchall()
             for p, ref, k, site, candidates, t in rows:
                 (subject_id,) = self._enrolled_ids(p, json.dumps([ref.hex()])) or ("",)
-                out.append({"partition": p, "subject_id": subject_id, "kind": k, "site": site,
-                            "candidates": list(self._enrolled_ids(p, candidates)), "unix_ms": t})
+                out.append(Flag(subject_id, p, k, site, self._enrolled_ids(p, candidates), t))
         return out
 
     def get(self, partition: str, subject_id: str) -> Subject:

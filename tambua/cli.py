@@ -102,7 +102,7 @@ def _sync_rpc(args, stub, md) -> dict:
         peer_md = [("authorization", f"Bearer {args.peer_api_key}")] if args.peer_api_key else None
         r = sync.push(stub, peer, args.to, args.batch, md, peer_md)
         return {"to": args.to, "bundles": r.bundles, "applied": r.applied, "already": r.already,
-                "acked_seq": r.acked_seq, "flagged": r.flagged}
+                "acked_seq": r.acked_seq, "flagged": [_flag(f) for f in r.flagged]}
     if args.sync_command == "import":
         r = stub.SyncImport(pb.SyncImportRequest(data=_read(args.file, "the sync bundle")), timeout=600, metadata=md)
         if r.was_ack:

@@ -26,7 +26,7 @@ from enroll.finger.networks import NETWORKS
 from matcher.engine import Engine
 from matcher.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
-from matcher.store import normalise_id
+from matcher.store import Flag, normalise_id
 from tambua import sync
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
 from tambua.auth import DEFAULT_PARTITION, AccessStore, AuthInterceptor, note_touched
@@ -160,6 +160,11 @@ def _rpc(method):
     return wrapper
 
 
+def _flag_pb(f: Flag) -> pb.FlaggedEnrolment:
+    return pb.FlaggedEnrolment(subject_id=f.subject_id, partition=f.partition, kind=f.kind,
+                               candidates=list(f.candidates), site=f.site)
+
+
 def _peer_status(store, site: str) -> pb.PeerStatus:
     p = store.peer(site)
     return pb.PeerStatus(site=site, pending=store.pending(site), acked_seq=p.acked_seq,
@@ -204,7 +209,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         r = self.engine.enroll(subject_id, partition, templates, force=request.force,
                                adjudicated=tuple(request.adjudicated_candidates), deadline=deadline)
         return pb.EnrollResponse(
-            outcome=pb.EnrollResponse.ENROLLED if r.outcome == "ENROLLED" else pb.EnrollResponse.DUPLICATE,
+            outcome=pb.EnrollResponse.Outcome.Value(r.outcome),
             subject_id=r.subject_id,
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in r.candidates],
             templates=[_template_pb(t) for t in r.templates],
@@ -316,8 +321,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         note_touched(r.subject_ids)
         return pb.SyncImportResponse(
             from_site=r.from_site, first_seq=r.first_seq, last_seq=r.last_seq, applied=r.applied, already=r.already,
-            flagged=[pb.FlaggedEnrolment(subject_id=f["subject_id"], partition=f["partition"], kind=f["kind"],
-                                         candidates=f["candidates"], site=r.from_site) for f in r.flagged],
+            flagged=[_flag_pb(f) for f in r.flagged],
             ack=r.ack)
 
     @_rpc
@@ -326,8 +330,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         return pb.SyncStatusResponse(
             site=self.site.site if self.site else "", last_seq=store.last_seq(),
             peers=[_peer_status(store, site) for site in sorted(self.peers.all())],
-            flagged=[pb.FlaggedEnrolment(subject_id=f["subject_id"], partition=f["partition"], kind=f["kind"],
-                                         candidates=f["candidates"], site=f["site"]) for f in store.flags()])
+            flagged=[_flag_pb(f) for f in store.flags()])
 
     @_rpc
     def Stats(self, request, context):

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matcher.errors import InvalidInput, NotFound, SequenceGap
-from matcher.store import StoredTemplate, Subject, SubjectStore
+from matcher.store import Applied, Flag, StoredTemplate, Subject, SubjectStore
 from matcher.templates import parse_template
 
 BUNDLE_MAGIC, ACK_MAGIC = b"TMBS", b"TMBA"
@@ -318,7 +318,7 @@ class ImportReport:
     last_seq: int
     applied: int = 0
     already: int = 0
-    flagged: tuple[dict, ...] = ()
+    flagged: tuple[Flag, ...] = ()
     ack: bytes = field(default=b"", repr=False)
     subject_ids: tuple[str, ...] = ()
 
@@ -392,14 +392,14 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
     for r in records:
         outcome, candidates = engine.import_change(site, r["seq"], r["kind"], subjects.get(r["seq"]),
                                                    r["partition"], r["subject_id"], *origins[r["seq"]])
-        if outcome in ("already", "known", "skipped"):
+        if outcome in (Applied.ALREADY, Applied.KNOWN, Applied.SKIPPED):
             already += 1
             continue
         applied += 1
-        if candidates or outcome == "conflict":
-            flagged.append({"subject_id": r["subject_id"], "partition": r["partition"],
-                            "kind": "ID_CONFLICT" if outcome == "conflict" else "CROSS_SITE_DUPLICATE",
-                            "candidates": [c.subject_id for c in candidates]})
+        if candidates or outcome is Applied.CONFLICT:
+            flagged.append(Flag(r["subject_id"], r["partition"],
+                                "ID_CONFLICT" if outcome is Applied.CONFLICT else "CROSS_SITE_DUPLICATE", site,
+                                tuple(c.subject_id for c in candidates), int(time.time() * 1000)))
     if audit_head is not None:
         store.note_audit_head(site, *audit_head)
     return ImportReport(site, header["first"], header["last"], applied, already, tuple(flagged),
@@ -468,7 +468,7 @@ class PushReport:
     applied: int
     already: int
     acked_seq: int
-    flagged: tuple[dict, ...] = ()
+    flagged: tuple[Flag, ...] = ()
 
 
 def push(local, remote, to_site: str, batch: int = 200, local_metadata=None, remote_metadata=None,
@@ -499,12 +499,11 @@ def push(local, remote, to_site: str, batch: int = 200, local_metadata=None, rem
 
     sent = applied = already = 0
     acked = first.first_seq - 1
-    flagged: list[dict] = []
+    flagged: list[Flag] = []
     for answer in remote.SyncPush(bundles(), metadata=remote_metadata):
         local.SyncImport(pb.SyncImportRequest(data=answer.ack), metadata=local_metadata, timeout=60)
         sent, applied, already, acked = sent + 1, applied + answer.applied, already + answer.already, answer.last_seq
-        flagged += [{"subject_id": f.subject_id, "partition": f.partition, "kind": f.kind,
-                     "candidates": list(f.candidates)} for f in answer.flagged]
+        flagged += [Flag(f.subject_id, f.partition, f.kind, f.site, tuple(f.candidates)) for f in answer.flagged]
         if on_ack is not None:
             on_ack(answer)
     return PushReport(sent, applied, already, acked, tuple(flagged))

@@ -138,8 +138,7 @@ def test_a_version_5_store_is_rekeyed_and_keeps_no_id_in_clear(tmp_path):
     assert sorted(sid for _, sid, _, _ in s.templates(MODEL)) == ["MIGRATE-ALPHA-0001", "MIGRATE-CHARLIE-0003"]
     assert [(c.kind, c.subject_id) for c in s.changes_since(0)] == [
         ("enrol", "MIGRATE-ALPHA-0001"), ("enrol", "MIGRATE-CHARLIE-0003"), ("erased", ""), ("delete", "")]
-    assert [(f["subject_id"], f["candidates"]) for f in s.flags()] == [("MIGRATE-CHARLIE-0003",
-                                                                        ["MIGRATE-ALPHA-0001"])]
+    assert [(f.subject_id, f.candidates) for f in s.flags()] == [("MIGRATE-CHARLIE-0003", ("MIGRATE-ALPHA-0001",))]
     s.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert not any(f"MIGRATE-{n}".encode() in raw for n in ("ALPHA", "BRAVO", "CHARLIE"))
@@ -159,8 +158,8 @@ def test_peer_changes_apply_once_in_order(store):
     assert store.apply_remote("field-1", 5, "enrol", _subject("L9", seed=3)) == "conflict"
     assert store.peer("field-1").applied_seq == 5
     assert {s for _, s, _, _ in store.templates("face/dlib-resnet-v1")} == {"F2", "L7", "L9"}
-    assert sorted((f["subject_id"], f["kind"], f["candidates"]) for f in store.flags()) == [
-        ("F2", "CROSS_SITE_DUPLICATE", ["L7"]), ("L9", "ID_CONFLICT", ["L9"])]
+    assert sorted((f.subject_id, f.kind, f.candidates) for f in store.flags()) == [
+        ("F2", "CROSS_SITE_DUPLICATE", ("L7",)), ("L9", "ID_CONFLICT", ("L9",))]
     # applied imports join this site's log to be relayed, with where they came from
     # (F1, deleted by the site that made it, leaves no id: no other peer needs one)
     assert [(c.subject_id, c.kind, c.via, c.origin, c.origin_seq) for c in store.changes_since(0)] == [
@@ -175,6 +174,6 @@ def test_a_relayed_enrolment_arriving_again_by_another_path_is_known_not_a_confl
     assert store.apply_remote("field-3", 1, "enrol", _subject("R1", seed=5)) == "conflict"  # another R1
     assert store.apply_remote("country", 2, "skip") == "skipped"
     assert store.peer("country").applied_seq == 2 and store.peer("field-2").applied_seq == 1
-    assert [(f["subject_id"], f["site"]) for f in store.flags()] == [("R1", "field-3")]
+    assert [(f.subject_id, f.site) for f in store.flags()] == [("R1", "field-3")]
     assert [(c.subject_id, c.via, c.origin, c.origin_seq) for c in store.changes_since(0)] == [
         ("R1", "country", "field-2", 1)]
