@@ -32,29 +32,22 @@ from typing import Protocol
 from matcher.calibration import Calibration, at_least_one
 from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap,
                             Unimplemented)
-from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
+from matcher.modalities import ModalityMatcher
+from matcher.registry import REGISTRY
 from matcher.store import Applied, StoredTemplate, Subject, SubjectStore, normalise_id
 from matcher.templates import Template
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("face", "finger", "iris")
-POSITIONS = {"face": range(0, 1), "finger": range(0, 11), "iris": range(0, 3)}
+MODALITIES = tuple(REGISTRY)
+POSITIONS = {name: m.positions for name, m in REGISTRY.items()}
 _MIN_FMR = 1e-300
 FUSION_TAU = 1e-3
-_FINGERS = ("thumb", "index", "middle", "ring", "little")
 
 
 def sample_name(modality: str, position: int) -> str:
-    """What a person calls a sample: ``face``, ``right index finger``, ``left iris``
-    (positions as in ISO/IEC 19794-4 and -6)."""
-    if modality == "finger":
-        if 1 <= position <= 10:
-            return f"{'right' if position <= 5 else 'left'} {_FINGERS[(position - 1) % 5]} finger"
-        return "finger of unknown position"
-    if modality == "iris":
-        return {1: "right iris", 2: "left iris"}.get(position, "iris of unknown eye")
-    return modality
+    """What a person calls a sample: ``face``, ``right index finger``, ``left iris``."""
+    return REGISTRY[modality].sample_name(position) if modality in REGISTRY else modality
 
 
 def check_enrolment(samples) -> None:
@@ -155,15 +148,15 @@ def evidence(fmr: float) -> float:
     return max(0.0, -math.log10(max(fmr, _MIN_FMR)))
 
 
-def default_matcher(modality: str, model_id: str, dim: int = 128) -> ModalityMatcher:
-    """The matcher for a model's templates, with the model's calibration file (``dim``:
-    an embedding model's vector length)."""
-    cal = Calibration.load(model_id)
-    if modality == "finger":
-        return MinutiaeMatcher(model_id, cal)
-    if modality == "iris":
-        return IrisMatcher(model_id, cal)
-    return EmbeddingMatcher(modality, model_id, dim, cal)
+def default_matcher(modality: str, model_id: str) -> ModalityMatcher:
+    """The matcher the registry gives a model's templates, with the model's calibration file.
+
+    Raises:
+        Unimplemented: a modality the registry does not know.
+    """
+    if modality not in REGISTRY:
+        raise Unimplemented(f"{modality} matching is not available")
+    return REGISTRY[modality].matcher(model_id, Calibration.load(model_id))
 
 
 class Engine:

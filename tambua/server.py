@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
-from matcher.engine import Engine
+from matcher.engine import MODALITIES, Engine
 from matcher.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
 from matcher.store import Flag, normalise_id
@@ -40,7 +40,8 @@ from tambua.v1 import tambua_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-_MODALITY = {pb.FACE: "face", pb.FINGER: "finger", pb.IRIS: "iris"}
+# Each registered modality's proto enum value is its name in upper case.
+_MODALITY = {pb.Modality.Value(name.upper()): name for name in MODALITIES}
 _MODALITY_PB = {v: k for k, v in _MODALITY.items()}
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Matcher"].full_name
 

@@ -1,0 +1,54 @@
+"""The modalities this matcher knows, one entry each: the positions a sample may take, what
+a person calls a sample, and the matcher a model's templates get. A new modality is one
+entry here (plus its template kind, its matcher class, its extractor in ``enroll/``, its
+proto enum value and its calibration); the engine, the service's sample checks and its
+proto mapping read this table instead of naming modalities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from matcher.calibration import Calibration
+from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
+
+_FINGERS = ("thumb", "index", "middle", "ring", "little")
+FACE_DIM = 128  # the face embedding's length (dlib ResNet)
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One modality.
+
+    Attributes:
+        name: as in the API (``face``; the proto enum value is its upper case).
+        positions: valid sample positions (0 where unknown or not applicable).
+        sample_name: what a person calls the sample at a position (``left iris``).
+        matcher: the matcher for a model's templates, given the model id and its calibration.
+    """
+
+    name: str
+    positions: range
+    sample_name: Callable[[int], str]
+    matcher: Callable[[str, Calibration], ModalityMatcher]
+
+
+def _finger_name(position: int) -> str:
+    """ISO/IEC 19794-4: 1 right thumb ... 5 right little, 6 left thumb ... 10 left little."""
+    if 1 <= position <= 10:
+        return f"{'right' if position <= 5 else 'left'} {_FINGERS[(position - 1) % 5]} finger"
+    return "finger of unknown position"
+
+
+def _iris_name(position: int) -> str:
+    """ISO/IEC 19794-6: 1 right, 2 left."""
+    return {1: "right iris", 2: "left iris"}.get(position, "iris of unknown eye")
+
+
+REGISTRY: dict[str, Modality] = {m.name: m for m in (
+    Modality("face", range(0, 1), lambda _position: "face",
+             lambda model_id, cal: EmbeddingMatcher("face", model_id, FACE_DIM, cal)),
+    Modality("finger", range(0, 11), _finger_name, MinutiaeMatcher),
+    Modality("iris", range(0, 3), _iris_name, IrisMatcher),
+)}
