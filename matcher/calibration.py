@@ -36,7 +36,11 @@ def distance_of_score(score: float) -> float:
 def at_least_one(fmr: float, comparisons: int) -> float:
     """The rate at which at least one of ``comparisons`` independent impostor comparisons
     reaches a score of false-match rate ``fmr`` (Sidak): 1 - (1 - FMR)^N. The one formula
-    behind FPIR (N = gallery size), several tries of one sample, and fusion's fallback."""
+    behind FPIR (N = gallery size), several tries of one sample, and fusion's fallback.
+
+    >>> round(at_least_one(1e-6, 100_000), 4)  # a 1e-6 score searched against 100,000 people
+    0.0952
+    """
     if comparisons <= 1:
         return fmr
     return float(-math.expm1(comparisons * math.log1p(-min(fmr, 1.0 - 1e-16))))

@@ -46,7 +46,11 @@ FUSION_TAU = 1e-3
 
 
 def sample_name(modality: str, position: int) -> str:
-    """What a person calls a sample: ``face``, ``right index finger``, ``left iris``."""
+    """What a person calls a sample.
+
+    >>> sample_name("finger", 2), sample_name("iris", 2), sample_name("face", 0)
+    ('right index finger', 'left iris', 'face')
+    """
     return REGISTRY[modality].sample_name(position) if modality in REGISTRY else modality
 
 
@@ -120,6 +124,13 @@ def fuse(fmrs: list[float], tau: float = FUSION_TAU) -> float:
     still a valid rate, equal to the one rate of a single comparison (so Verify and
     Identify of one sample say what Compare says), and about ``L * tau`` on both sides of
     ``tau``.
+
+    >>> round(fuse([1e-4]), 12)  # one rate is that rate
+    0.0001
+    >>> fuse([1e-4, 1e-4]) < 1e-4  # two fingers that match moderately add up
+    True
+    >>> round(fuse([0.02, 0.5]), 4)  # nothing below tau: the best, for two looks
+    0.0396
     """
     if not fmrs:
         return 1.0
@@ -144,7 +155,11 @@ def fuse(fmrs: list[float], tau: float = FUSION_TAU) -> float:
 
 
 def evidence(fmr: float) -> float:
-    """The API score of a false-match rate: -log10(FMR), higher = more alike."""
+    """The API score of a false-match rate: -log10(FMR), higher = more alike.
+
+    >>> evidence(1e-3), evidence(1.0)
+    (3.0, 0.0)
+    """
     return max(0.0, -math.log10(max(fmr, _MIN_FMR)))
 
 

@@ -340,6 +340,9 @@ def normalise_id(value: str, name: str = "subject id") -> str:
     Raises:
         InvalidInput: empty, longer than ``MAX_ID_LEN``, spaces at its start or end, or
             characters that do not print (controls, line breaks).
+
+    >>> normalise_id("JOSE\u0301-1") == normalise_id("JOS\u00c9-1") == "JOS\u00c9-1"
+    True
     """
     if not isinstance(value, str):
         raise InvalidInput(f"{name} must be text")
