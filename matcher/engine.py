@@ -34,7 +34,8 @@ from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFo
                             Unimplemented)
 from matcher.modalities import ModalityMatcher
 from matcher.registry import REGISTRY
-from matcher.store import Applied, StoredTemplate, Subject, SubjectStore, normalise_id
+from matcher.repository import Repository
+from matcher.store import Applied, StoredTemplate, Subject, normalise_id
 from matcher.templates import Template
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ class Engine:
 
     def __init__(
         self,
-        store: SubjectStore,
+        store: Repository,
         models: dict[str, str],
         thresholds: Thresholds = Thresholds(),
         matchers: dict[str, ModalityMatcher] | None = None,

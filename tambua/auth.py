@@ -34,11 +34,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import grpc
 
 from matcher.errors import InvalidInput, KeyMismatch, PermissionDenied, RecordTampered, Unauthenticated
+from matcher.repository import SecretKeeper
 from tambua.audit import AuditLog
 from tambua.context import enter, leave
 
@@ -134,16 +134,6 @@ def certificate_id(pem: bytes) -> str:
     except ValueError as e:
         raise InvalidInput("not a PEM X.509 certificate") from e
     return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
-
-
-class SecretKeeper(Protocol):
-    """Seals small secrets under a data key: the subject store (:class:`matcher.store.SubjectStore`)."""
-
-    encrypted: bool
-
-    def seal_secret(self, data: bytes, name: str) -> bytes: ...
-
-    def open_secret(self, data: bytes, name: str) -> bytes: ...
 
 
 _COLUMNS = "id, kind, name, roles, partitions, salt, digest, created_ms, revoked_ms"

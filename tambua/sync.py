@@ -42,7 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matcher.errors import InvalidInput, NotFound, SequenceGap
-from matcher.store import Applied, Flag, StoredTemplate, Subject, SubjectStore
+from matcher.repository import ChangeLog, Repository, SecretKeeper
+from matcher.store import Applied, Flag, StoredTemplate, Subject
 from matcher.templates import parse_template
 
 BUNDLE_MAGIC, ACK_MAGIC = b"TMBS", b"TMBA"
@@ -86,7 +87,7 @@ class SiteKeys:
         self._box = X25519PrivateKey.from_private_bytes(box_seed)
 
     @classmethod
-    def create(cls, data_dir: Path, site: str, store: SubjectStore | None = None) -> "SiteKeys":
+    def create(cls, data_dir: Path, site: str, store: SecretKeeper | None = None) -> "SiteKeys":
         """New keys for ``site`` in ``data_dir`` (refuses to replace existing ones), sealed
         under the data key of ``store`` when it is encrypted."""
         path = data_dir / "site.key"
@@ -100,7 +101,7 @@ class SiteKeys:
         return keys
 
     @classmethod
-    def load(cls, data_dir: Path, store: SubjectStore | None = None) -> "SiteKeys | None":
+    def load(cls, data_dir: Path, store: SecretKeeper | None = None) -> "SiteKeys | None":
         """The site's keys, or None when this server has no site identity.
 
         With an encrypted ``store`` the keys are kept sealed under its data key (the KEK
@@ -131,7 +132,7 @@ class SiteKeys:
             staged.replace(path)
         return keys
 
-    def _file(self, store: SubjectStore | None) -> str:
+    def _file(self, store: SecretKeeper | None) -> str:
         seeds = self._seed(self._sign) + self._seed(self._box)
         if store is not None and store.encrypted:
             return json.dumps({"site": self.site, "sealed": store.seal_secret(seeds, f"site.key/{self.site}").hex()})
@@ -257,7 +258,7 @@ class Bundle:
     subject_ids: tuple[str, ...] = ()
 
 
-def export_bundle(store: SubjectStore, keys: SiteKeys, peers: Peers, to_site: str,
+def export_bundle(store: Repository, keys: SiteKeys, peers: Peers, to_site: str,
                   limit: int = MAX_CHANGES, from_seq: int = 0, audit_head: tuple[int, str] | None = None) -> Bundle:
     """The changes ``to_site`` has not acknowledged (or those from ``from_seq`` on, to
     resend after the peer lost some), sealed for it and signed.
@@ -370,7 +371,7 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
         BundleRefused: the file fails a check; nothing applied, the refusal counted.
         SequenceGap: the bundle starts after a missing one; nothing applied.
     """
-    store: SubjectStore = engine.store
+    store: Repository = engine.store
     try:
         header, records = read_bundle(data, keys, peers)
         audit_head = _audit_head(header)
@@ -438,13 +439,13 @@ def _claimed_sender(data: bytes) -> str:
         return ""
 
 
-def make_ack(store: SubjectStore, keys: SiteKeys, to_site: str) -> bytes:
+def make_ack(store: ChangeLog, keys: SiteKeys, to_site: str) -> bytes:
     """A signed acknowledgement: how far this site applied ``to_site``'s changes."""
     return _frame(ACK_MAGIC, {"from": keys.site, "to": to_site, "applied": store.peer(to_site).applied_seq,
                               "created_ms": int(time.time() * 1000)}, b"", keys)
 
 
-def import_ack(store: SubjectStore, keys: SiteKeys, peers: Peers, data: bytes) -> tuple[str, int]:
+def import_ack(store: ChangeLog, keys: SiteKeys, peers: Peers, data: bytes) -> tuple[str, int]:
     """Apply a peer's acknowledgement: the next export to it starts after what it applied.
 
     Returns:
