@@ -55,6 +55,16 @@ def sample_name(modality: str, position: int) -> str:
     return REGISTRY[modality].sample_name(position) if modality in REGISTRY else modality
 
 
+def check_samples(samples, one_per_position: bool = True) -> None:
+    """A request's samples or a subject's templates (enrol, identify, verify): at least one,
+    and one per modality and position (Compare's two may be of the same finger)."""
+    if not samples:
+        raise InvalidInput("the request has no samples")
+    keys = [(s.modality, s.position) for s in samples]
+    if one_per_position and len(set(keys)) != len(keys):
+        raise InvalidInput("two samples for the same modality and position")
+
+
 def check_enrolment(samples) -> None:
     """What an enrolment needs of its samples (templates, or the requests' samples before
     anything is extracted, so that a bad one is refused before seconds of work)."""
@@ -236,12 +246,7 @@ class Engine:
 
     @staticmethod
     def _check(templates: tuple[StoredTemplate, ...]) -> tuple[StoredTemplate, ...]:
-        """A subject's templates (enrol, identify, verify): at least one, one per modality and position."""
-        if not templates:
-            raise InvalidInput("the request has no samples")
-        keys = [(t.modality, t.position) for t in templates]
-        if len(set(keys)) != len(keys):
-            raise InvalidInput("two samples for the same modality and position")
+        check_samples(templates)
         return tuple(templates)
 
     def _subject_fmr(self, partition: str, subject_id: str, templates: tuple[StoredTemplate, ...]) -> float | None:

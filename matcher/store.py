@@ -484,15 +484,15 @@ class SubjectStore:
     def _open_id(self, partition: str, ref: bytes, sealed: bytes) -> str:
         return self._sealer.open(sealed, _id_context(partition, ref)).decode()
 
+    def _enrolled_id(self, partition: str, ref: bytes) -> str | None:
+        """The id of ``ref`` if it is enrolled in ``partition`` (caller holds the lock)."""
+        row = self._db.execute("SELECT id FROM subjects WHERE partition=? AND ref=?", (partition, ref)).fetchone()
+        return None if row is None else self._open_id(partition, ref, row[0])
+
     def _enrolled_ids(self, partition: str, refs_json: str) -> tuple[str, ...]:
         """The ids of the refs in ``refs_json`` still enrolled in ``partition`` (caller holds the lock)."""
-        out = []
-        for ref_hex in json.loads(refs_json):
-            ref = bytes.fromhex(ref_hex)
-            row = self._db.execute("SELECT id FROM subjects WHERE partition=? AND ref=?", (partition, ref)).fetchone()
-            if row is not None:
-                out.append(self._open_id(partition, ref, row[0]))
-        return tuple(out)
+        ids = (self._enrolled_id(partition, bytes.fromhex(r)) for r in json.loads(refs_json))
+        return tuple(i for i in ids if i is not None)
 
     def pseudonym(self, subject_id: str) -> str:
         """How records outside the store (the audit log) name a subject: ``s:`` and its ref
@@ -835,8 +835,7 @@ class SubjectStore:
             rows = self._db.execute("SELECT partition, ref, kind, site, candidates, unix_ms FROM flags "
                                     "ORDER BY unix_ms, ref").fetchall()
             for p, ref, k, site, candidates, t in rows:
-                (subject_id,) = self._enrolled_ids(p, json.dumps([ref.hex()])) or ("",)
-                out.append(Flag(subject_id, p, k, site, self._enrolled_ids(p, candidates), t))
+                out.append(Flag(self._enrolled_id(p, ref) or "", p, k, site, self._enrolled_ids(p, candidates), t))
         return out
 
     def get(self, partition: str, subject_id: str) -> Subject:

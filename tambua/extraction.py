@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from matcher.engine import MODALITIES, POSITIONS, Engine, check_enrolment, sample_name
+from matcher.engine import MODALITIES, POSITIONS, Engine, check_enrolment, check_samples, sample_name
 from matcher.errors import InvalidInput, TambuaError, Unimplemented
 from matcher.store import StoredTemplate
 from matcher.templates import Template
@@ -66,11 +66,7 @@ class Extraction:
                 per modality and position; Compare's two samples may be of the same finger.
             enrolment: check what an enrolment needs (finger positions) before extracting.
         """
-        if not samples:
-            raise InvalidInput("the request has no samples")
-        keys = [(s.modality, s.position) for s in samples]
-        if one_per_position and len(set(keys)) != len(keys):
-            raise InvalidInput("two samples for the same modality and position")
+        check_samples(samples, one_per_position)
         if enrolment:
             check_enrolment(samples)
         out = []
