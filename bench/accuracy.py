@@ -108,7 +108,7 @@ def _cylinders(templates: list) -> list:
 
 
 def _finger_shortlist_ranks(templates: list, gallery: list[int], probes: list[int], ids: list[str]) -> np.ndarray:
-    from matcher.finger_index import FingerIndex
+    from matcher.finger.index import FingerIndex
 
     index = FingerIndex()
     for g in gallery:
@@ -123,7 +123,7 @@ def _finger_shortlist_ranks(templates: list, gallery: list[int], probes: list[in
 
 
 def _mcc_scores(cyl: list, pairs: np.ndarray) -> np.ndarray:
-    from matcher import mcc
+    from matcher.finger import mcc
 
     return np.array([mcc.similarity(cyl[a], cyl[b]) for a, b in pairs], np.float64)
 
@@ -155,7 +155,7 @@ def _iris_extractor():
 
 def _iris_scores(templates: list, pairs: np.ndarray) -> np.ndarray:
     """Negative normalised Hamming distance, one kernel call per left-hand template."""
-    from matcher.iris import distances
+    from matcher.iris.template import distances
 
     out = np.empty(len(pairs))
     for a in np.unique(pairs[:, 0]):

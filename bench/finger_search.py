@@ -11,7 +11,7 @@ probes beside real impostors, so one can see that they are realistic impostors.
 
 For each gallery size and index kind (``flat``: exact; ``ivf``: inverted lists,
 ``nprobe`` visited per probe minutia) it reports the service's own
-:class:`matcher.finger_index.FingerIndex` build time, memory per finger (index codes
+:class:`matcher.finger.index.FingerIndex` build time, memory per finger (index codes
 and side arrays; the cylinders MCC keeps per finger are reported apart), shortlist
 latency on one thread (p50/p99), the mate's rank among the votes (first, top 10, top
 100, within the shortlist of max(100, 0.1%) of the gallery that the service re-ranks),
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from matcher import mcc
-from matcher.finger_index import FingerIndex
-from matcher.minutiae import MinutiaeTemplate
+from matcher.finger import mcc
+from matcher.finger.index import FingerIndex
+from matcher.finger.template import MinutiaeTemplate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fingerprint"
 NOISE = Path(__file__).resolve().parent / "data" / "fingerprint_label_noise.txt"

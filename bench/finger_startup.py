@@ -23,8 +23,8 @@ MODEL = "finger/leader-mcc-v1"
 
 
 def _fingers(n: int, seed: int = 3) -> list:
-    from matcher.minutiae import MinutiaeTemplate
-    from matcher.store import StoredTemplate, Subject
+    from matcher.finger.template import MinutiaeTemplate
+    from matcher.types import StoredTemplate, Subject
 
     rng = np.random.default_rng(seed)
     out = []
@@ -38,9 +38,9 @@ def _fingers(n: int, seed: int = 3) -> list:
 def run(n: int, workdir: Path) -> dict:
     from matcher.calibration import Calibration
     from matcher.engine import Engine
-    from matcher.modalities import MinutiaeMatcher
-    from matcher.sealing import new_key
-    from matcher.store import SubjectStore
+    from matcher.finger.matcher import MinutiaeMatcher
+    from store.sealing import new_key
+    from store.sqlite import SubjectStore
 
     kek = new_key()
     workdir.mkdir(parents=True)

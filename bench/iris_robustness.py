@@ -56,7 +56,7 @@ def measure(images: list[Path]) -> dict:
     from enroll.iris.pipeline import IrisExtractor
     from matcher.calibration import Calibration
     from matcher.errors import QualityError
-    from matcher.iris import distance
+    from matcher.iris.template import distance
 
     extractor = IrisExtractor()
     threshold = Calibration.load(extractor.model_id).distance_at_fmr(1e-4)

@@ -10,7 +10,7 @@ and each gets the mask of a random real image turned by a random angle. The JSON
 records how the synthetic irises score against the probes beside real impostors
 (quantiles and degrees of freedom), so one can check that they are realistic impostors.
 
-For each gallery size it measures the service's :class:`matcher.modalities.IrisMatcher`
+For each gallery size it measures the service's :class:`matcher.iris.matcher.IrisMatcher`
 both ways, exhaustive (every iris compared exactly) and with the sketch first pass:
 latency on one thread (p50/p99), comparisons per second per core, how often the first
 candidate is the same as the exhaustive search's, and how often it is the mate.
@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from matcher import iris
+from matcher.iris import template as iris
 from matcher.calibration import Calibration
-from matcher.iris import IrisTemplate
-from matcher.modalities import IrisMatcher
+from matcher.iris.template import IrisTemplate
+from matcher.iris.matcher import IrisMatcher
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "iris"
 MODEL = "iris/gabor-v2"

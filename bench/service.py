@@ -23,8 +23,9 @@ import numpy as np
 
 from bench.search import STATS_DIR, draw
 from matcher.engine import Engine
-from matcher.store import StoredTemplate, Subject, SubjectStore
-from matcher.templates import EmbeddingTemplate
+from matcher.types import StoredTemplate, Subject
+from store.sqlite import SubjectStore
+from matcher.face.template import EmbeddingTemplate
 
 MODEL = "face/dlib-resnet-v1"
 
@@ -49,7 +50,7 @@ def _secure(workdir: Path, store: SubjectStore) -> tuple[dict, grpc.ChannelCrede
 
 def run(n: int, queries: int, workdir: Path, images: list[bytes], secure: bool = False) -> dict:
     """One gallery size; ``secure``: TLS, an API key on every call, templates encrypted at rest."""
-    from matcher.sealing import new_key
+    from store.sealing import new_key
     from tambua.config import Config
     from tambua.server import create_server
     from tambua.v1 import tambua_pb2 as pb

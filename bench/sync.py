@@ -15,8 +15,9 @@ from pathlib import Path
 from bench.search import STATS_DIR, draw
 from bench.sizes import sizes_cli
 from matcher.engine import Engine
-from matcher.store import StoredTemplate, Subject, SubjectStore
-from matcher.templates import EmbeddingTemplate
+from matcher.types import StoredTemplate, Subject
+from store.sqlite import SubjectStore
+from matcher.face.template import EmbeddingTemplate
 
 MODEL = "face/dlib-resnet-v1"
 
@@ -29,8 +30,8 @@ def _subjects(prefix: str, n: int, seed: int) -> list[Subject]:
 
 def run(n: int, workdir: Path) -> dict:
     from enroll.face.pipeline import FACE_MODEL_ID
-    from matcher.sealing import new_key
-    from tambua import sync
+    from store.sealing import new_key
+    import sync
 
     workdir.mkdir(parents=True)
     field_keys = sync.SiteKeys.create(workdir / "field", "field-1")

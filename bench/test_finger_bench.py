@@ -22,7 +22,7 @@ def test_extract_one_core(benchmark, extractor, name):
 
 
 def test_mcc_compare(benchmark, extractor):
-    from matcher import mcc
+    from matcher.finger import mcc
 
     a = mcc.encode(extractor.extract(IMAGES["fcj2020 280x360"].read_bytes()).minutiae)
     b = mcc.encode(extractor.extract(IMAGES["fvc2002 388x374"].read_bytes()).minutiae)

@@ -38,16 +38,16 @@ def test_extract_one_core(benchmark, extractor, eyes):
 
 
 def test_compare_one_pair(benchmark, extractor, eyes):
-    from matcher import iris
+    from matcher.iris import template as iris
 
     a, b = (extractor.extract(e) for e in eyes)
     assert benchmark(iris.distance, b, a) < 0.35  # the same eye: far below impostors (~0.45)
 
 
 def test_identify_100k_one_core(benchmark, extractor, eyes):
-    from matcher import iris
+    from matcher.iris import template as iris
     from matcher.calibration import Calibration
-    from matcher.modalities import IrisMatcher
+    from matcher.iris.matcher import IrisMatcher
 
     enrolled, probe = (extractor.extract(e) for e in eyes)
     real = real_responses(Path(__file__).resolve().parents[1] / ".bench-cache")

@@ -1,5 +1,5 @@
-"""The binary header every template kind starts with: magic, format version, model id,
-then the kind's fixed fields. Each template module builds on it; it depends on nothing
+"""The binary header every template kind starts with (magic, format version, model id,
+then the kind's fixed fields) and the checks of model id and quality they share. Each template module builds on it; it depends on nothing
 but the error types, so the template kinds and :mod:`matcher.templates` (which parses any
 of them) import it without importing each other."""
 
@@ -40,3 +40,17 @@ def unpack_header(data: bytes, magic: bytes, fields: struct.Struct) -> tuple[str
     except (UnicodeDecodeError, struct.error) as e:
         raise TemplateFormatError("template header is corrupt") from e
     return model_id, values, bytes(data[off + n + fields.size :])
+
+
+def check_model_and_quality(model_id: str, modalities: tuple[str, ...], quality: int) -> None:
+    """What every template kind checks of its model id (``<modality>/<name>``, ASCII, at
+    most 64 characters, one of ``modalities``) and its quality score (0..100).
+
+    Raises:
+        TemplateFormatError: ``TEMPLATE_INVALID``.
+    """
+    modality, slash, _ = model_id.partition("/")
+    if not slash or modality not in modalities or not model_id.isascii() or len(model_id) > 64:
+        raise TemplateFormatError(f"unknown model id {model_id!r}", "TEMPLATE_INVALID")
+    if not 0 <= quality <= 100:
+        raise TemplateFormatError("quality must be within 0..100", "TEMPLATE_INVALID")

@@ -32,10 +32,11 @@ from typing import Protocol
 from matcher.calibration import Calibration, at_least_one
 from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap,
                             Unimplemented)
-from matcher.modalities import ModalityMatcher
+from matcher.base import ModalityMatcher
 from matcher.registry import REGISTRY
 from matcher.repository import Repository
-from matcher.store import Applied, StoredTemplate, Subject, normalise_id
+from matcher.repository import Applied
+from matcher.types import StoredTemplate, Subject, normalise_id
 from matcher.templates import Template
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """The modalities this matcher knows, one entry each: the positions a sample may take, what
-a person calls a sample, and the matcher a model's templates get. A new modality is one
-entry here (plus its template kind, its matcher class, its extractor in ``enroll/``, its
-proto enum value and its calibration); the engine, the service's sample checks and its
-proto mapping read this table instead of naming modalities.
+a person calls a sample, its template kind, the matcher a model's templates get, and what
+to compile before serving. A new modality is one folder beside ``matcher/face/`` (its
+template kind and matcher), one entry here and in :data:`matcher.templates.KINDS`, its
+extractor in ``enroll/``, its proto enum value and its calibration; the engine, the
+service's sample checks and its proto mapping read this table instead of naming modalities.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from matcher.calibration import Calibration
-from matcher.modalities import EmbeddingMatcher, IrisMatcher, MinutiaeMatcher, ModalityMatcher
+from matcher.base import ModalityMatcher
+from matcher.face.matcher import EmbeddingMatcher
+from matcher.face.template import EmbeddingTemplate
+from matcher.finger import matcher as finger
+from matcher.finger.template import MinutiaeTemplate
+from matcher.iris import matcher as iris
+from matcher.iris.template import IrisTemplate
 
 _FINGERS = ("thumb", "index", "middle", "ring", "little")
 FACE_DIM = 128  # the face embedding's length (dlib ResNet)
@@ -25,13 +32,18 @@ class Modality:
         name: as in the API (``face``; the proto enum value is its upper case).
         positions: valid sample positions (0 where unknown or not applicable).
         sample_name: what a person calls the sample at a position (``left iris``).
+        template: the template kind its extractors make and its matcher takes.
         matcher: the matcher for a model's templates, given the model id and its calibration.
+        warm_up: compiles what the matcher compiles on first use (numba kernels), so that a
+            server does it before it listens and the first request does not wait.
     """
 
     name: str
     positions: range
     sample_name: Callable[[int], str]
+    template: type
     matcher: Callable[[str, Calibration], ModalityMatcher]
+    warm_up: Callable[[], None] = lambda: None
 
 
 def _finger_name(position: int) -> str:
@@ -47,8 +59,14 @@ def _iris_name(position: int) -> str:
 
 
 REGISTRY: dict[str, Modality] = {m.name: m for m in (
-    Modality("face", range(0, 1), lambda _position: "face",
+    Modality("face", range(0, 1), lambda _position: "face", EmbeddingTemplate,
              lambda model_id, cal: EmbeddingMatcher("face", model_id, FACE_DIM, cal)),
-    Modality("finger", range(0, 11), _finger_name, MinutiaeMatcher),
-    Modality("iris", range(0, 3), _iris_name, IrisMatcher),
+    Modality("finger", range(0, 11), _finger_name, MinutiaeTemplate, finger.MinutiaeMatcher, finger.warm_up),
+    Modality("iris", range(0, 3), _iris_name, IrisTemplate, iris.IrisMatcher, iris.warm_up),
 )}
+
+
+def warm_up() -> None:
+    """Compile every modality's kernels (or load them from numba's cache)."""
+    for modality in REGISTRY.values():
+        modality.warm_up()

@@ -1,19 +1,95 @@
 """What the rest of Tambua needs of a subject store, as three interfaces: the engine's
 (:class:`Subjects`), site sync's (:class:`ChangeLog`) and the keepers of secrets beside the
 store (:class:`SecretKeeper`: the principals table, site keys, the audit chain). The SQLite
-store (:class:`matcher.store.SubjectStore`) is the one implementation today; a store per
+store (:class:`store.sqlite.SubjectStore`) is the one implementation today; a store per
 shard or a remote one (issue 24's cluster) implements the same, and nothing above it
-changes. Types only: this module imports nothing of the store.
+changes. The interfaces live here, with the engine that needs them, not in ``store/``:
+``store/`` implements them and imports ``matcher/``, never the reverse. Also the records
+the store and sync exchange (changes, what applying one did, flags, a peer's state).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from matcher.store import Applied, Change, Flag, PeerState, Subject
     from matcher.templates import Template
+    from matcher.types import Subject
+
+
+@dataclass(frozen=True)
+class Change:
+    """One change this site sends its peers: ``enrol`` or ``delete``, made here or relayed.
+
+    Attributes:
+        via: the peer it was applied from ("" when made here): never sent back there.
+        origin / origin_seq: the site that made it and its number there ("" / 0: here).
+    """
+
+    seq: int
+    kind: str
+    partition: str
+    subject_id: str
+    unix_ms: int
+    via: str = ""
+    origin: str = ""
+    origin_seq: int = 0
+
+    def held_by(self, site: str) -> bool:
+        """Whether ``site`` has this change already (it made it, or relayed it here); the
+        same rule counts :meth:`SubjectStore.pending`."""
+        return site in (self.via, self.origin)
+
+
+class Applied(StrEnum):
+    """What applying a peer's change did (:meth:`SubjectStore.apply_remote`)."""
+
+    APPLIED = "applied"
+    ALREADY = "already"  # seen before: nothing done
+    KNOWN = "known"  # an enrolment that reached here before by another path
+    CONFLICT = "conflict"  # the id is taken here by another enrolment: flagged, not stored
+    ABSENT = "absent"  # a delete of nothing
+    ERASED = "erased"  # an enrolment deleted at its site before it was sent
+    SKIPPED = "skipped"  # a change the peer holds from this site
+    GAP = "gap"  # not the next change from that peer: nothing applied
+
+
+@dataclass(frozen=True)
+class Flag:
+    """An imported enrolment waiting for a person's decision.
+
+    Attributes:
+        kind: ``CROSS_SITE_DUPLICATE`` (it matched subjects here) or ``ID_CONFLICT`` (its
+            id is taken here by another enrolment).
+        site: the peer it came from.
+        candidates: the subjects here it matched (still enrolled).
+    """
+
+    subject_id: str
+    partition: str
+    kind: str
+    site: str
+    candidates: tuple[str, ...] = ()
+    unix_ms: int = 0
+
+
+@dataclass(frozen=True)
+class PeerState:
+    """What this site knows of a peer: how far each side got, and when."""
+
+    site: str
+    applied_seq: int = 0
+    acked_seq: int = 0
+    last_import_ms: int | None = None
+    last_export_ms: int | None = None
+    last_ack_ms: int | None = None
+    refused: int = 0
+    gaps: int = 0
+    audit_seq: int | None = None  # the peer's audit head as its newest bundle stated it
+    audit_hash: str | None = None
 
 
 @runtime_checkable

@@ -1,95 +1,32 @@
-"""Templates: the typed, versioned result of extraction that galleries store and compare.
+"""Template kinds: every modality's template type, and parsing any of them by its magic.
 
 A template records the model that made it; a gallery or comparator accepts only
-templates of its own model. The binary form is self-describing and validated on
-load (magic, format version, model id, dimension, finite values).
+templates of its own model. Each kind's binary form is self-describing and validated on
+load (magic, format version, model id, its fixed fields, finite values); the kinds live
+with their modality (``matcher/face/template.py``, ``matcher/finger/template.py``,
+``matcher/iris/template.py``) and each names its magic (``MAGIC``).
 """
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass, field
 from typing import Union
 
-import numpy as np
+from matcher.errors import TemplateFormatError
+from matcher.face.template import EmbeddingTemplate
+from matcher.finger.template import MinutiaeTemplate
+from matcher.iris.template import IrisTemplate
 
-from matcher.codec import pack_header, unpack_header
-from matcher.errors import ModelMismatch, TemplateFormatError
-from matcher.iris import IrisTemplate
-from matcher.minutiae import MinutiaeTemplate
-
-_MAGIC = b"TMBT"
-_FIELDS = struct.Struct("<BH")  # quality, dimension
-_MODALITIES = ("face", "finger", "iris")
+Template = Union[EmbeddingTemplate, MinutiaeTemplate, IrisTemplate]
+KINDS: dict[bytes, type] = {kind.MAGIC: kind for kind in (EmbeddingTemplate, MinutiaeTemplate, IrisTemplate)}
 
 
-@dataclass(frozen=True)
-class EmbeddingTemplate:
-    """A fixed-length float32 embedding (face now; any modality compared by distance).
-
-    Attributes:
-        model_id: e.g. ``"face/dlib-resnet-v1"``; the part before ``/`` is the modality.
-        vector: (D,) float32, finite.
-        quality: 0..100 sample quality score of the source image.
-        components: named quality measures taken at extraction (e.g. ISO/IEC 29794-6 for
-            irises); not part of the template bytes, so empty once parsed back.
-    """
-
-    model_id: str
-    vector: np.ndarray = field(repr=False)
-    quality: int = 0
-    components: tuple[tuple[str, float], ...] = field(default=(), compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        v = np.asarray(self.vector)
-        if v.ndim != 1 or v.size == 0 or v.dtype != np.float32:
-            raise TemplateFormatError("template vector must be a non-empty 1-D float32 array", "TEMPLATE_INVALID")
-        if not np.all(np.isfinite(v)):
-            raise TemplateFormatError("template vector has non-finite values", "TEMPLATE_INVALID")
-        if self.modality not in _MODALITIES or not self.model_id.isascii() or len(self.model_id) > 64:
-            raise TemplateFormatError(f"unknown model id {self.model_id!r}", "TEMPLATE_INVALID")
-        if not 0 <= self.quality <= 100:
-            raise TemplateFormatError("quality must be within 0..100", "TEMPLATE_INVALID")
-        v.setflags(write=False)
-
-    @property
-    def modality(self) -> str:
-        return self.model_id.split("/", 1)[0]
-
-    def require_model(self, model_id: str) -> None:
-        """Raise :class:`ModelMismatch` unless this template was made by ``model_id``."""
-        if self.model_id != model_id:
-            raise ModelMismatch(f"template made by {self.model_id}, expected {model_id}")
-
-    def to_bytes(self) -> bytes:
-        return pack_header(_MAGIC, self.model_id, _FIELDS, self.quality, self.vector.size) + self.vector.astype(
-            "<f4"
-        ).tobytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> "EmbeddingTemplate":
-        """Parse and validate serialised template bytes.
-
-        Raises:
-            TemplateFormatError: corrupt bytes or an unknown format version.
-        """
-        model_id, (quality, dim), body = unpack_header(data, _MAGIC, _FIELDS)
-        if len(body) != 4 * dim:
-            raise TemplateFormatError(f"template body has {len(body)} bytes, expected {4 * dim}")
-        return cls(model_id, np.frombuffer(body, "<f4").astype(np.float32), quality)
-
-
-Template = Union["EmbeddingTemplate", MinutiaeTemplate, IrisTemplate]
-
-
-def parse_template(data: bytes) -> "Template":
+def parse_template(data: bytes) -> Template:
     """Parse any Tambua template by its magic (embedding ``TMBT``, minutiae ``TMBM``, iris ``TMBI``).
 
     Raises:
         TemplateFormatError: not a Tambua template, or corrupt.
     """
-    kinds = {_MAGIC: EmbeddingTemplate, b"TMBM": MinutiaeTemplate, b"TMBI": IrisTemplate}
-    kind = kinds.get(bytes(data[:4]))
+    kind = KINDS.get(bytes(data[:4]))
     if kind is None:
         raise TemplateFormatError("not a Tambua template")
     return kind.from_bytes(data)

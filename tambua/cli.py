@@ -48,14 +48,14 @@ def _stub(args):
 
 def _sync_local(args) -> int:
     """``sync identity`` and ``sync peer add``: files in the data directory (on the host)."""
-    from tambua import sync
+    import sync
 
     data_dir = Path(args.data_dir)
     store = None
     try:
         if args.sync_command == "identity":
-            from matcher.sealing import load_kek
-            from matcher.store import SubjectStore
+            from store.sealing import load_kek
+            from store.sqlite import SubjectStore
 
             # The keys are sealed under the store's data key where the store is encrypted:
             # open it (with the KEK) if it exists or a KEK is given, else leave it uncreated.
@@ -96,11 +96,11 @@ def _sync_rpc(args, stub, md) -> dict:
     if args.sync_command == "push":
         from types import SimpleNamespace
 
-        from tambua import sync
+        from tambua.push import push
 
         peer = _stub(SimpleNamespace(address=args.peer, ca=args.peer_ca, cert=args.peer_cert, key=args.peer_key))
         peer_md = [("authorization", f"Bearer {args.peer_api_key}")] if args.peer_api_key else None
-        r = sync.push(stub, peer, args.to, args.batch, md, peer_md)
+        r = push(stub, peer, args.to, args.batch, md, peer_md)
         return {"to": args.to, "bundles": r.bundles, "applied": r.applied, "already": r.already,
                 "acked_seq": r.acked_seq, "flagged": [_flag(f) for f in r.flagged]}
     if args.sync_command == "import":
@@ -150,8 +150,8 @@ def _backup(args) -> int:
 
 def _audit_verify(args) -> int:
     """``tambua audit verify``: exit 0 when the chain is whole, 1 with the first fault."""
-    from matcher.sealing import load_kek
-    from matcher.store import SubjectStore
+    from store.sealing import load_kek
+    from store.sqlite import SubjectStore
     from tambua.audit import KEY_NAME, verify
 
     head = None
@@ -189,8 +189,8 @@ def _audit_verify(args) -> int:
 
 def _kek(args) -> int:
     """``keys new-kek`` and ``keys rotate``: the key-encryption key of encryption at rest."""
-    from matcher import sealing
-    from matcher.store import SubjectStore
+    from store import sealing
+    from store.sqlite import SubjectStore
 
     if args.keys_command == "new-kek":
         print(sealing.new_key().hex())
@@ -216,8 +216,8 @@ def _kek(args) -> int:
 def _keys(args) -> int:
     """``tambua keys create|list|revoke|seal`` on the server's data directory (administrators)."""
     from matcher.errors import InvalidInput, KeyMismatch
-    from matcher.sealing import load_kek
-    from matcher.store import SubjectStore
+    from store.sealing import load_kek
+    from store.sqlite import SubjectStore
     from tambua.audit import KEY_NAME as AUDIT_KEY
     from tambua.auth import AccessStore
 

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from matcher.engine import MODALITIES, POSITIONS, Engine, check_enrolment, check_samples, sample_name
 from matcher.errors import InvalidInput, TambuaError, Unimplemented
-from matcher.store import StoredTemplate
+from matcher.types import StoredTemplate
 from matcher.templates import Template
 
 

@@ -24,16 +24,17 @@ from prometheus_client.core import GaugeMetricFamily
 from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
 from matcher.engine import MODALITIES, Engine
-from matcher.iso19794 import export_record
+from matcher.finger.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
-from matcher.store import Flag, normalise_id
-from tambua import sync
+from matcher.repository import Flag
+from matcher.types import normalise_id
+import sync
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
 from tambua.auth import DEFAULT_PARTITION, AccessStore, AuthInterceptor, note_touched
 from tambua.config import Config
 from tambua.context import RequestIdFilter, enter, leave
 from tambua.extraction import Extraction, Extractor, SampleInput
-from tambua.sync import SiteKeys
+from sync.site import SiteKeys
 from tambua.status import abort, code_of
 from tambua.v1 import tambua_pb2 as pb
 from tambua.v1 import tambua_pb2_grpc as pb_grpc
@@ -301,7 +302,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     def SyncPush(self, request_iterator, context):
         """Online sync: a peer streams its bundles; each is imported as by SyncImport and
         answered at once with its acknowledgement, so a broken stream resumes from the
-        last acknowledged change (tambua.sync.push)."""
+        last acknowledged change (tambua.push.push)."""
         start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             for request in request_iterator:
@@ -459,16 +460,16 @@ def serve(config: Config) -> None:
     from enroll.face.pipeline import FaceExtractor
     from enroll.finger.pipeline import FingerExtractor
     from enroll.iris.pipeline import IrisExtractor
-    from matcher.modalities import compile_kernels
-    from matcher.sealing import KeyMismatch, load_kek
-    from matcher.store import SubjectStore
+    from matcher.registry import warm_up
+    from store.sealing import KeyMismatch, load_kek
+    from store.sqlite import SubjectStore
 
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     started = time.perf_counter()
-    compile_kernels()
+    warm_up()
     log.info("matching kernels ready in %.1f s", time.perf_counter() - started)
     kek = load_kek(config.kek_file)
     if kek is None and not config.insecure:

@@ -30,7 +30,7 @@ yaml = pytest.importorskip("yaml", reason="pyyaml is a test dependency (make set
 
 DOCKER = REPO / "docker"
 SETTINGS = {f"TAMBUA_{f.name.upper()}" for f in dataclasses.fields(Config)}
-OTHER_VARIABLES = {"TAMBUA_MODEL_DIR", "TAMBUA_KEK"}  # models.paths; matcher.sealing.load_kek
+OTHER_VARIABLES = {"TAMBUA_MODEL_DIR", "TAMBUA_KEK"}  # models.paths; store.sealing.load_kek
 
 
 def _compose() -> dict:
@@ -118,3 +118,19 @@ def test_the_compose_deployment_serves_tls_from_its_mounted_secrets(tmp_path, or
         server.terminate()
         server.wait(timeout=30)
     assert oct((tmp_path / "data" / "subjects.sqlite").stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_image_copies_every_package_and_runs_code_that_exists():
+    """The Dockerfile copies each package the project installs, and its build-time
+    ``python -c`` lines import names that exist (a package move must not break the image)."""
+    import importlib
+    import tomllib
+
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in include}
+    copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile, re.M))
+    assert packages <= copied, packages - copied
+    for module, name in re.findall(r'"from ([\w.]+) import (\w+);', dockerfile):
+        assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
+    assert re.findall(r'"from ([\w.]+) import (\w+);', dockerfile)  # the check saw the warm-up line

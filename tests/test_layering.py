@@ -1,9 +1,11 @@
 """The import layering, read from the source (no imports run): what each package may import,
 and no import cycles between modules.
 
-    tambua/   wiring, gRPC, CLI: may import enroll/ and matcher/
+    tambua/   wiring, gRPC, CLI: may import enroll/, matcher/, store/ and sync/
     enroll/   images -> templates (ONNX Runtime, OpenCV): may import matcher/; no grpc, faiss
-    matcher/  templates in, candidates out: no images, no grpc, no ONNX Runtime, no enroll/
+    sync/     site identities, bundles: may import matcher/ (its repository interfaces); no store/
+    store/    the SQLite store and sealing: may import matcher/ (it implements its interfaces)
+    matcher/  templates in, candidates out: no images, no grpc, no ONNX Runtime, no store/
     models/, bench/   build and measurement tools: may import the runtime, never the reverse
 """
 
@@ -14,12 +16,14 @@ from pathlib import Path
 
 from tests.tambua.test_server import REPO
 
-PACKAGES = ("enroll", "matcher", "tambua", "models", "bench")
+PACKAGES = ("enroll", "matcher", "store", "sync", "tambua", "models", "bench")
 # package -> top-level names it must not import
 FORBIDDEN = {
     # (OpenCV is allowed: MCC takes a minutiae set's convex hull with it; images are enroll/'s.)
-    "matcher": {"enroll", "tambua", "models", "bench", "grpc", "onnxruntime", "PIL"},
-    "enroll": {"tambua", "models", "bench", "grpc", "faiss"},
+    "matcher": {"enroll", "store", "sync", "tambua", "models", "bench", "grpc", "onnxruntime", "PIL"},
+    "store": {"enroll", "sync", "tambua", "models", "bench", "grpc", "onnxruntime", "PIL"},
+    "sync": {"enroll", "store", "tambua", "models", "bench", "grpc", "onnxruntime", "faiss"},
+    "enroll": {"store", "sync", "tambua", "models", "bench", "grpc", "faiss"},
     "tambua": {"models", "bench"},
 }
 

@@ -1,4 +1,4 @@
-"""The small public API: every name in ``enroll.__all__`` and ``matcher.__all__`` resolves
+"""The small public API: every name in ``enroll.__all__``, ``matcher.__all__`` and ``store.__all__`` resolves
 (on first use, so importing a package stays light), and the examples in the docstrings run
 as written (doctest)."""
 
@@ -13,12 +13,13 @@ import pytest
 
 import enroll
 import matcher
+import store
 from tests.tambua.test_server import REPO
 
-DOCTESTED = ("matcher.engine", "matcher.calibration", "matcher.store")
+DOCTESTED = ("matcher.engine", "matcher.calibration", "matcher.types")
 
 
-@pytest.mark.parametrize("package", [enroll, matcher], ids=["enroll", "matcher"])
+@pytest.mark.parametrize("package", [enroll, matcher, store], ids=["enroll", "matcher", "store"])
 def test_every_public_name_resolves(package):
     for name in package.__all__:
         home = importlib.import_module(package._HOMES[name])
@@ -28,7 +29,8 @@ def test_every_public_name_resolves(package):
 
 
 def test_importing_a_package_imports_none_of_its_modules():
-    code = "import sys, enroll, matcher; print(sorted(m for m in sys.modules if m.startswith(('enroll.', 'matcher.'))))"
+    code = ("import sys, enroll, matcher, store; "
+            "print(sorted(m for m in sys.modules if m.startswith(('enroll.', 'matcher.', 'store.'))))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
 

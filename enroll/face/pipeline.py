@@ -24,7 +24,7 @@ from enroll.face.quality import FaceQuality, FaceQualityConfig, assess, check_im
 from enroll.image import DecodedImage, decode_image
 from enroll.onnx_model import OnnxModel
 from matcher.errors import TambuaError
-from matcher.templates import EmbeddingTemplate
+from matcher.face.template import EmbeddingTemplate
 from enroll.model_files import model_dir as default_model_dir
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from enroll.finger.networks import LEADER, NETWORKS
 from enroll.finger.segment import Foreground, segment
 from enroll.image import decode_image
 from matcher.errors import InvalidInput, QualityError
-from matcher.minutiae import MAX_MINUTIAE, MinutiaeTemplate
+from matcher.finger.template import MAX_MINUTIAE, MinutiaeTemplate
 from enroll.model_files import model_dir as default_model_dir
 
 FINGER_MODEL_ID, LEADER_FILE = LEADER.model_id, LEADER.graph

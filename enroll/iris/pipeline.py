@@ -17,7 +17,7 @@ from enroll.iris.segment import (ROUND_BLOB, IrisBoundaries, occlusion_mask, out
                                  rubber_sheet, segment, sheet_coords, with_band)
 from enroll.onnx_model import OnnxModel
 from matcher.errors import QualityError
-from matcher.iris import IrisTemplate
+from matcher.iris.template import IrisTemplate
 from enroll.iris import gabor
 from enroll.model_files import model_dir as default_model_dir
 

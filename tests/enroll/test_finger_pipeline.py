@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from matcher import mcc
+from matcher.finger import mcc
 from matcher.errors import ImageDecodeError, QualityError
-from matcher.minutiae import MinutiaeTemplate
+from matcher.finger.template import MinutiaeTemplate
 
 
 def _png(a: np.ndarray) -> bytes:

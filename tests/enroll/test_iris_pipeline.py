@@ -9,7 +9,7 @@ import pytest
 
 from matcher.calibration import Calibration
 from matcher.errors import QualityError
-from matcher.iris import IrisTemplate, distance
+from matcher.iris.template import IrisTemplate, distance
 
 
 def _png(grey: np.ndarray) -> bytes:
@@ -72,7 +72,7 @@ def test_radial_alternates_find_a_limbus_found_elsewhere(iris_extractor, irises)
 
 
 def test_kernel_equals_numpy_reference(iris_extractor, irises):
-    from matcher.iris import MAX_SHIFT, N0, MIN_BITS
+    from matcher.iris.template import MAX_SHIFT, N0, MIN_BITS
 
     a = iris_extractor.extract((irises / "casia_v1" / "006" / "006_1_1.jpg").read_bytes())
     b = iris_extractor.extract((irises / "casia_v1" / "006" / "006_2_1.jpg").read_bytes())

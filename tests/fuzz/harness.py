@@ -19,10 +19,11 @@ from PIL import Image
 
 from enroll.image import decode_image
 from matcher.errors import TambuaError
-from matcher.iris import IrisTemplate
-from matcher.iso19794 import export_record, import_record
-from matcher.minutiae import MinutiaeTemplate
-from matcher.templates import EmbeddingTemplate, parse_template
+from matcher.iris.template import IrisTemplate
+from matcher.finger.iso19794 import export_record, import_record
+from matcher.finger.template import MinutiaeTemplate
+from matcher.face.template import EmbeddingTemplate
+from matcher.templates import parse_template
 from tambua.status import code_of
 
 FINGER_MODEL = "finger/leader-mcc-v1"

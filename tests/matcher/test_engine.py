@@ -12,8 +12,9 @@ import pytest
 
 from matcher.engine import FUSION_TAU, Engine, fuse
 from matcher.errors import AlreadyExists, InvalidInput, ModelMismatch, NotFound, Unimplemented
-from matcher.store import StoredTemplate, SubjectStore
-from matcher.templates import EmbeddingTemplate
+from matcher.types import StoredTemplate
+from store.sqlite import SubjectStore
+from matcher.face.template import EmbeddingTemplate
 from tambua.extraction import Extraction, SampleInput
 
 FACE = "face/dlib-resnet-v1"

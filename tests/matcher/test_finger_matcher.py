@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from matcher.calibration import Calibration
-from matcher.finger_index import FingerIndex
-from matcher.modalities import MinutiaeMatcher
+from matcher.finger.index import FingerIndex
+from matcher.finger.matcher import MinutiaeMatcher
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_pose_votes_reward_one_consistent_placement():
     neighbours it found there."""
     import numpy as np
 
-    from matcher.finger_index import POSE_SHIFT, pose_votes
+    from matcher.finger.index import POSE_SHIFT, pose_votes
 
     rng = np.random.default_rng(5)
     k = 20

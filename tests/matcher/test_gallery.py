@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from matcher.errors import InvalidInput, ModelMismatch
-from matcher.gallery import FlatGallery
-from matcher.templates import EmbeddingTemplate
+from matcher.face.gallery import FlatGallery
+from matcher.face.template import EmbeddingTemplate
 
 MODEL = "face/dlib-resnet-v1"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from matcher.calibration import Calibration
-from matcher.modalities import IrisMatcher
+from matcher.iris.matcher import IrisMatcher
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_compaction_keeps_the_living(codes):
 def test_sketch_shortlist_keeps_whole_tie_runs():
     import numpy as np
 
-    from matcher.modalities import _nearest_with_ties
+    from matcher.iris.matcher import _nearest_with_ties
 
     dist = np.array([5, 1, 3, 3, 3, 9, 3, 2])
     assert _nearest_with_ties(dist, 3, 1.0).tolist() == [1, 2, 3, 4, 6, 7]  # all four 3s, not one of them
@@ -76,7 +76,7 @@ def test_exact_pass_follows_the_rotation_the_sketch_chose(codes):
     window, so the windowed distance of its mate equals the exhaustive one."""
     import numpy as np
 
-    from matcher.iris import IrisTemplate
+    from matcher.iris.template import IrisTemplate
 
     enrol, probe = codes
     eye = sorted(enrol)[3]
@@ -99,8 +99,8 @@ def test_exact_pass_follows_the_rotation_the_sketch_chose(codes):
 def test_window_kernel_agrees_with_the_exhaustive_kernel(codes):
     import numpy as np
 
-    from matcher import iris
-    from matcher._iris_kernel import best_distances, window_distances
+    from matcher.iris import template as iris
+    from matcher.iris._kernel import best_distances, window_distances
 
     enrol, probe = codes
     gc = np.stack([t.packed[0] for t in enrol.values()])

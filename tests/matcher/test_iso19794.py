@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from matcher.errors import TemplateFormatError
-from matcher.iso19794 import export_record, import_record
-from matcher.minutiae import MinutiaeTemplate
+from matcher.finger.iso19794 import export_record, import_record
+from matcher.finger.template import MinutiaeTemplate
 
 MODEL = "finger/leader-mcc-v1"
 

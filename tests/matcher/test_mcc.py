@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matcher import mcc
+from matcher.finger import mcc
 from matcher.errors import TemplateFormatError
-from matcher.minutiae import MinutiaeTemplate
+from matcher.finger.template import MinutiaeTemplate
 
 
 def _finger(seed: int, n: int = 40) -> np.ndarray:

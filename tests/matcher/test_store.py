@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
-from matcher.store import StoredTemplate, Subject, SubjectStore
-from matcher.templates import EmbeddingTemplate
+from matcher.types import StoredTemplate, Subject
+from store.sqlite import SubjectStore
+from matcher.face.template import EmbeddingTemplate
 
 MODEL = "face/dlib-resnet-v1"
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +117,7 @@ def test_acknowledged_writes_survive_sigkill(tmp_path):
         import sys
         sys.path.insert(0, {str(REPO)!r})
         from tests.matcher.test_store import _subject
-        from matcher.store import SubjectStore
+        from store.sqlite import SubjectStore
         s = SubjectStore({str(path)!r})
         i = 0
         while True:

@@ -8,10 +8,12 @@ import sqlite3
 import numpy as np
 import pytest
 
-from matcher import mcc, sealing
+from store import sealing
+from matcher.finger import mcc
 from matcher.errors import RecordTampered
-from matcher.minutiae import MinutiaeTemplate
-from matcher.store import StoredTemplate, Subject, SubjectStore
+from matcher.finger.template import MinutiaeTemplate
+from matcher.types import StoredTemplate, Subject
+from store.sqlite import SubjectStore
 from tests.matcher.test_mcc import _finger
 from tests.matcher.test_store import ref
 

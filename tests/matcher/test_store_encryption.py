@@ -11,10 +11,11 @@ import sys
 import numpy as np
 import pytest
 
-from matcher import sealing
+from store import sealing
 from matcher.errors import KeyMismatch, RecordTampered
-from matcher.store import StoredTemplate, Subject, SubjectStore
-from matcher.templates import EmbeddingTemplate
+from matcher.types import StoredTemplate, Subject
+from store.sqlite import SubjectStore
+from matcher.face.template import EmbeddingTemplate
 from tests.matcher.test_store import MODEL, REPO, ref
 
 

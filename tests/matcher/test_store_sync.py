@@ -10,7 +10,8 @@ import sqlite3
 import pytest
 
 from matcher.errors import AlreadyExists, NotFound
-from matcher.store import Subject, SubjectStore
+from matcher.types import Subject
+from store.sqlite import SubjectStore
 from tests.matcher.test_store import MODEL, _subject
 
 
@@ -52,8 +53,9 @@ def test_a_deletion_keeps_its_sealed_id_until_every_peer_has_it(store):
 def _v5_store(path, subjects, kek=None, deleted=()):
     """A store as version 5 wrote it (ids in clear), holding ``subjects`` and the changes
     of ``deleted`` subjects enrolled and deleted again."""
-    from matcher import sealing
-    from matcher.store import _SCHEMA_V5, _context
+    from store import sealing
+    from store.schema import SCHEMA_V5 as _SCHEMA_V5
+    from store.sqlite import _context
 
     dek = sealing.new_key()
     meta = {"schema_version": "5", "encryption": "none"}
@@ -126,7 +128,7 @@ def test_a_version_4_store_relays_from_then_on(tmp_path):
 
 
 def test_a_version_5_store_is_rekeyed_and_keeps_no_id_in_clear(tmp_path):
-    from matcher import sealing
+    from store import sealing
 
     path, kek = tmp_path / "v5.sqlite", sealing.new_key()
     kept = _subject("MIGRATE-ALPHA-0001", seed=1)

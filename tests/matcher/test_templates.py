@@ -4,7 +4,7 @@ from hypothesis import given, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from matcher.errors import ModelMismatch, TemplateFormatError
-from matcher.templates import EmbeddingTemplate
+from matcher.face.template import EmbeddingTemplate
 
 finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matcher import mcc
+from matcher.finger import mcc
 from models import build, finger_student
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from matcher import sealing
+from store import sealing
 from matcher.errors import KeyMismatch, RecordTampered
-from matcher.store import SubjectStore
+from store.sqlite import SubjectStore
 from tambua.auth import AccessStore
 
 

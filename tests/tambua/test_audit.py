@@ -13,8 +13,8 @@ import sys
 import pytest
 
 from matcher.errors import RecordTampered
-from matcher.sealing import load_kek
-from matcher.store import SubjectStore
+from store.sealing import load_kek
+from store.sqlite import SubjectStore
 from tambua.audit import KEY_NAME, AuditLog, verify
 from tests.tambua.test_server import REPO
 

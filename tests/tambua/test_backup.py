@@ -84,9 +84,9 @@ def test_backup_under_enrolment_restores_every_acknowledged_subject(tmp_path, or
 
 
 def test_the_site_identity_travels_with_the_backup(tmp_path):
-    from matcher.sealing import new_key
-    from matcher.store import SubjectStore
-    from tambua.sync import SiteKeys
+    from store.sealing import new_key
+    from store.sqlite import SubjectStore
+    from sync.site import SiteKeys
 
     store = SubjectStore(tmp_path / "a" / "subjects.sqlite", kek := new_key())
     keys = SiteKeys.create(tmp_path / "a", "camp-9", store)
@@ -101,8 +101,8 @@ def test_the_site_identity_travels_with_the_backup(tmp_path):
 
 
 def test_principals_travel_with_the_backup_and_stay_authentic(tmp_path):
-    from matcher.sealing import new_key
-    from matcher.store import SubjectStore
+    from store.sealing import new_key
+    from store.sqlite import SubjectStore
     from tambua.auth import AccessStore
 
     store = SubjectStore(tmp_path / "a" / "subjects.sqlite", kek := new_key())
@@ -119,7 +119,7 @@ def test_principals_travel_with_the_backup_and_stay_authentic(tmp_path):
     restored.close()
 
 def test_a_changed_backup_is_refused_and_nothing_written(tmp_path):
-    from matcher.store import SubjectStore
+    from store.sqlite import SubjectStore
     from tests.matcher.test_store import _subject
 
     store = SubjectStore(tmp_path / "a" / "subjects.sqlite")

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from matcher.sealing import load_kek
-from matcher.store import SubjectStore
+from store.sealing import load_kek
+from store.sqlite import SubjectStore
 from tests.tambua.test_server import REPO
 
 

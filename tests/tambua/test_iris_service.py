@@ -110,8 +110,9 @@ def test_a_store_of_old_iris_codes_is_refused(tmp_path, irises, iris_extractor):
     """Irises enrolled by iris/gabor-v1 (the segmentation before real-scanner images)
     code the same eye a little differently: a server refuses to start on such a store
     rather than search them with codes of another make."""
-    from matcher.iris import IrisTemplate
-    from matcher.store import StoredTemplate, Subject, SubjectStore
+    from matcher.iris.template import IrisTemplate
+    from matcher.types import StoredTemplate, Subject
+    from store.sqlite import SubjectStore
 
     new = iris_extractor.extract(sorted((irises / "casia_v1" / "001").iterdir())[0].read_bytes())
     old = IrisTemplate("iris/gabor-v1", new.code, new.mask, new.quality)

@@ -5,7 +5,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from matcher.engine import Engine
-from matcher.store import SubjectStore
+from store.sqlite import SubjectStore
 from tambua.config import Config
 from tambua.server import create_server
 from tambua.v1 import tambua_pb2 as pb
@@ -38,7 +38,7 @@ def test_rpc_stage_rejection_and_gallery_metrics(tmp_path, face_extractor, orl):
 
 
 def test_sync_metrics_show_which_peer_falls_behind(tmp_path, face_extractor):
-    from tambua.sync import Peers, SiteKeys
+    from sync.site import Peers, SiteKeys
     from tests.matcher.test_store import _subject
 
     store = SubjectStore(tmp_path / "m.sqlite")

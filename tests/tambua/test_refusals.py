@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from matcher.engine import Engine
-from matcher.sealing import load_kek
-from matcher.store import SubjectStore
+from store.sealing import load_kek
+from store.sqlite import SubjectStore
 from tambua.config import Config
 from tambua.context import RequestIdFilter
 from tambua.devpki import DevCA

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from matcher.templates import EmbeddingTemplate
+from matcher.face.template import EmbeddingTemplate
 from tambua.v1 import tambua_pb2 as pb
 from tambua.v1 import tambua_pb2_grpc as pb_grpc
 

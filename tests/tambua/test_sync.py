@@ -81,7 +81,7 @@ class Site:
 
 @pytest.fixture
 def sites(tmp_path, orl, models):
-    from matcher.sealing import new_key
+    from store.sealing import new_key
 
     field_dir, country_dir, other_dir = tmp_path / "field", tmp_path / "country", tmp_path / "other"
     kek = new_key().hex()  # the field site encrypts at rest (its site keys too), the country server does not
@@ -205,7 +205,7 @@ def test_bad_bundles_are_refused_with_their_reason_and_change_nothing(sites, orl
 
 
 def test_online_sync_cut_mid_stream_resumes_and_converges(sites, orl):
-    from tambua import sync
+    from tambua.push import push
     from tambua.v1 import tambua_pb2_grpc as pb_grpc
 
     field, country, tmp = sites
@@ -220,8 +220,8 @@ def test_online_sync_cut_mid_stream_resumes_and_converges(sites, orl):
             raise ConnectionError("link lost")
 
     with pytest.raises(ConnectionError):
-        sync.push(field.stub, pb_grpc.MatcherStub(grpc.insecure_channel(country.server.address)), "country",
-                  batch=2, on_ack=cut_the_link)
+        push(field.stub, pb_grpc.MatcherStub(grpc.insecure_channel(country.server.address)), "country",
+             batch=2, on_ack=cut_the_link)
     assert seen == [2, 4] and field.status()["peers"][0]["pending"] == 3  # acknowledged what the peer applied
     country.server.start()  # same data directory: everything it acknowledged is on disk
     r = ok("sync", "push", "--address", field.server.address, "--to", "country", "--peer", country.server.address,
@@ -244,9 +244,9 @@ def test_online_sync_cut_mid_stream_resumes_and_converges(sites, orl):
 
 def test_site_keys_are_sealed_under_an_encrypted_store(tmp_path):
     from matcher.errors import KeyMismatch, RecordTampered
-    from matcher.sealing import new_key
-    from matcher.store import SubjectStore
-    from tambua.sync import SiteKeys
+    from store.sealing import new_key
+    from store.sqlite import SubjectStore
+    from sync.site import SiteKeys
 
     store = SubjectStore(tmp_path / "subjects.sqlite", new_key())
     keys = SiteKeys.create(tmp_path, "camp-7", store)

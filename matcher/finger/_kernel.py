@@ -1,8 +1,8 @@
 """The compiled MCC comparison (numba): local similarities, one-to-one pair selection and
 LSS-R consolidation in one pass, the same arithmetic as the numpy reference in
-:mod:`matcher.mcc` (a test holds them equal on real templates).
+:mod:`matcher.finger.mcc` (a test holds them equal on real templates).
 
-Kept apart from :mod:`matcher.mcc` so that numba's on-disk cache works (module-level
+Kept apart from :mod:`matcher.finger.mcc` so that numba's on-disk cache works (module-level
 functions) and so that the reference stays readable beside it.
 """
 
@@ -13,7 +13,7 @@ import math
 import numba
 import numpy as np
 
-from matcher._iris_kernel import _popcount
+from matcher._popcount import popcount as _popcount
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

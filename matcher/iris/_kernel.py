@@ -5,16 +5,8 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import types
-from numba.extending import intrinsic
 
-
-@intrinsic
-def _popcount(typingctx, x):
-    """LLVM ``ctpop``: one instruction where the CPU has one, a bit-twiddling sequence where not."""
-    def codegen(context, builder, signature, args):
-        return builder.ctpop(args[0])
-    return types.uint64(types.uint64), codegen
+from matcher._popcount import popcount as _popcount
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

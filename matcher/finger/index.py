@@ -1,7 +1,7 @@
 """Fast 1:N shortlist of enrolled fingers: MCC index codes in a FAISS binary index.
 
 Minutiae are not vectors, but each minutia's neighbourhood is: its 312-bit index code
-(:func:`matcher.mcc.index_codes`, padded to 512 bits). One FAISS binary index per
+(:func:`matcher.finger.mcc.index_codes`, padded to 512 bits). One FAISS binary index per
 partition and finger position holds every enrolled minutia's code, with side arrays of
 the owning finger and the minutia's direction and position. A probe finger's codes each
 fetch their nearest neighbours by Hamming distance h; a neighbour votes ``(1 - h/312)^10``
@@ -12,7 +12,7 @@ finger in cells of that pose (pi/4 of turn, 60 px of shift, each cell grid also 
 half a cell, the best kept), taking the best vote of each probe minutia in a cell, and a
 finger scores its best cell. Chance neighbours scatter over poses, a mate's pile up in
 one (a geometric Hough vote). The top of that list is re-ranked by full MCC
-(:class:`matcher.modalities.MinutiaeMatcher`).
+(:class:`matcher.finger.matcher.MinutiaeMatcher`).
 
 Index kinds (measured by ``python -m bench.search --modality finger``): a flat index is
 exact and needs no training; above ``ivf_min_codes`` codes a shelf is rebuilt as an
@@ -30,8 +30,8 @@ import threading
 import faiss
 import numpy as np
 
-from matcher import mcc
-from matcher.minutiae import MinutiaeTemplate
+from matcher.finger import mcc
+from matcher.finger.template import MinutiaeTemplate
 
 VOTE_POWER = 10
 MAX_TURN = np.pi / 4

@@ -1,7 +1,7 @@
 """Fingerprint minutiae templates: the typed, versioned output of finger extraction.
 
 Stored as minutiae (what ISO/IEC 19794-2 carries too); the cylinders MCC compares are
-derived from them deterministically (:mod:`matcher.mcc`) and cached by galleries.
+derived from them deterministically (:mod:`matcher.finger.mcc`) and cached by galleries.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 
-from matcher import mcc
+from matcher.finger import mcc
 from matcher.errors import ModelMismatch, TemplateFormatError
-from matcher.codec import pack_header, unpack_header
+from matcher.codec import check_model_and_quality, pack_header, unpack_header
 
-_MAGIC = b"TMBM"
 _FIELDS = struct.Struct("<BHHHH")  # quality, width, height, dpi, minutiae count
 MAX_MINUTIAE = 255
 
@@ -36,6 +36,8 @@ class MinutiaeTemplate:
             irises); not part of the template bytes, so empty once parsed back.
     """
 
+    MAGIC: ClassVar[bytes] = b"TMBM"
+
     model_id: str
     minutiae: np.ndarray = field(repr=False)
     width: int
@@ -54,10 +56,7 @@ class MinutiaeTemplate:
         if len(m) and (m[:, 0].min() < 0 or m[:, 1].min() < 0 or m[:, 0].max() >= self.width
                        or m[:, 1].max() >= self.height or np.abs(m[:, 2]).max() > np.pi + 1e-4):
             raise TemplateFormatError("a minutia lies outside the image or has a bad angle", "TEMPLATE_INVALID")
-        if not self.model_id.startswith("finger/") or not self.model_id.isascii() or len(self.model_id) > 64:
-            raise TemplateFormatError(f"unknown model id {self.model_id!r}", "TEMPLATE_INVALID")
-        if not 0 <= self.quality <= 100:
-            raise TemplateFormatError("quality must be within 0..100", "TEMPLATE_INVALID")
+        check_model_and_quality(self.model_id, ("finger",), self.quality)
         m.setflags(write=False)
 
     @property
@@ -96,7 +95,7 @@ class MinutiaeTemplate:
             raise ModelMismatch(f"template made by {self.model_id}, expected {model_id}")
 
     def to_bytes(self) -> bytes:
-        head = pack_header(_MAGIC, self.model_id, _FIELDS, self.quality, self.width, self.height, 500,
+        head = pack_header(self.MAGIC, self.model_id, _FIELDS, self.quality, self.width, self.height, 500,
                            len(self.minutiae))
         return head + self.minutiae.astype("<f4").tobytes()
 
@@ -107,7 +106,7 @@ class MinutiaeTemplate:
         Raises:
             TemplateFormatError: corrupt bytes or an unknown format version.
         """
-        model_id, (quality, width, height, _dpi, count), body = unpack_header(data, _MAGIC, _FIELDS)
+        model_id, (quality, width, height, _dpi, count), body = unpack_header(data, cls.MAGIC, _FIELDS)
         if len(body) != 20 * count:
             raise TemplateFormatError(f"template body has {len(body)} bytes, expected {20 * count}")
         rows = np.frombuffer(body, "<f4").astype(np.float32).reshape(count, 5)

@@ -20,13 +20,13 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import ClassVar
 
 import numpy as np
 
 from matcher.errors import ModelMismatch, TemplateFormatError
-from matcher.codec import pack_header, unpack_header
+from matcher.codec import check_model_and_quality, pack_header, unpack_header
 
-_MAGIC = b"TMBI"
 _FIELDS = struct.Struct("<BBHH")  # quality, channels, rows, cols
 MAX_SHIFT = 8  # code columns each way: +-22.5 degrees of head tilt
 N0 = 2300.0  # typical bits compared between two irises (median 2336 over CASIA-IrisV1 and MMU1)
@@ -51,6 +51,8 @@ class IrisTemplate:
             code.
     """
 
+    MAGIC: ClassVar[bytes] = b"TMBI"
+
     model_id: str
     code: np.ndarray = field(repr=False)
     mask: np.ndarray = field(repr=False)
@@ -66,10 +68,7 @@ class IrisTemplate:
         if any(a.shape != c.shape or b.shape != c.shape or a.dtype != bool or b.dtype != bool
                for a, b in self.alternates):
             raise TemplateFormatError("alternate iris codes must be shaped as the code", "TEMPLATE_INVALID")
-        if not self.model_id.startswith("iris/") or not self.model_id.isascii() or len(self.model_id) > 64:
-            raise TemplateFormatError(f"unknown model id {self.model_id!r}", "TEMPLATE_INVALID")
-        if not 0 <= self.quality <= 100:
-            raise TemplateFormatError("quality must be within 0..100", "TEMPLATE_INVALID")
+        check_model_and_quality(self.model_id, ("iris",), self.quality)
         c.setflags(write=False)
         m.setflags(write=False)
 
@@ -113,7 +112,7 @@ class IrisTemplate:
 
     def to_bytes(self) -> bytes:
         ch, rows, cols = self.code.shape
-        head = pack_header(_MAGIC, self.model_id, _FIELDS, self.quality, ch, rows, cols)
+        head = pack_header(self.MAGIC, self.model_id, _FIELDS, self.quality, ch, rows, cols)
         return head + np.packbits(self.code).tobytes() + np.packbits(self.mask).tobytes()
 
     @classmethod
@@ -123,7 +122,7 @@ class IrisTemplate:
         Raises:
             TemplateFormatError: corrupt bytes or an unknown format version.
         """
-        model_id, (quality, ch, rows, cols), body = unpack_header(data, _MAGIC, _FIELDS)
+        model_id, (quality, ch, rows, cols), body = unpack_header(data, cls.MAGIC, _FIELDS)
         bits = ch * rows * cols
         if bits == 0 or bits % 64 or len(body) != bits // 4:
             raise TemplateFormatError(f"iris template body has {len(body)} bytes for {ch}x{rows}x{cols} bits")
@@ -158,7 +157,7 @@ def distances(probe: IrisTemplate, codes: np.ndarray, masks: np.ndarray) -> np.n
     Returns:
         (N,) float64; 0.5 where fewer than ``MIN_BITS`` bits are valid in both.
     """
-    from matcher._iris_kernel import best_distances  # numba: imported (and compiled) on first use
+    from matcher.iris._kernel import best_distances  # numba: imported (and compiled) on first use
 
     pc, pm = probe.rotations
     if codes.shape[1:] != pc.shape[1:]:

@@ -7,7 +7,7 @@ Subject ids are the caller's opaque strings: no names or personal data are store
 
 Template bytes pass through a :class:`Sealer` before they reach the disk: AES-256-GCM
 under the store's data key when it was created with a key-encryption key
-(:mod:`matcher.sealing`), each record bound to its partition, subject, modality,
+(:mod:`store.sealing`), each record bound to its partition, subject, modality,
 position and model. Deleted rows are overwritten in the file (``secure_delete``).
 
 Subject ids are personal data (a refugee's case number) and are never written in clear:
@@ -32,175 +32,15 @@ import threading
 import time
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
 
-from matcher import sealing
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
+from matcher.repository import Applied, Change, Flag, PeerState
 from matcher.templates import Template, parse_template
-
-SCHEMA_VERSION = 6  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
-# 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed
-MAX_ID_LEN = 128
-
-_PEERS = """
--- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
-CREATE TABLE IF NOT EXISTS peers (
-    site TEXT PRIMARY KEY,
-    applied_seq INTEGER NOT NULL DEFAULT 0,
-    acked_seq INTEGER NOT NULL DEFAULT 0,
-    last_import_ms INTEGER,
-    last_export_ms INTEGER,
-    last_ack_ms INTEGER,
-    refused INTEGER NOT NULL DEFAULT 0,
-    gaps INTEGER NOT NULL DEFAULT 0,
-    audit_seq INTEGER,
-    audit_hash TEXT
-);
-"""
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- ref: HMAC-SHA256 of the subject id under a key derived from the data key (16 bytes); the
--- id itself is sealed in ``id``. Links are refs (hex) of the subjects an enrol-anyway was
--- adjudicated against.
-CREATE TABLE IF NOT EXISTS subjects (
-    partition TEXT NOT NULL,
-    ref BLOB NOT NULL,
-    id BLOB NOT NULL,
-    created_ns INTEGER NOT NULL,
-    linked TEXT NOT NULL DEFAULT '[]',
-    PRIMARY KEY (partition, ref)
-);
-CREATE INDEX IF NOT EXISTS subjects_by_ref ON subjects (ref);
-CREATE TABLE IF NOT EXISTS templates (
-    partition TEXT NOT NULL,
-    ref BLOB NOT NULL,
-    modality TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    model_id TEXT NOT NULL,
-    data BLOB NOT NULL,
-    derived BLOB,  -- features computed from data (finger: MCC cylinders), sealed like it; NULL: compute
-    PRIMARY KEY (partition, ref, modality, position),
-    FOREIGN KEY (partition, ref) REFERENCES subjects (partition, ref) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
--- The changes this site sends peers, numbered without gaps in the transaction that makes
--- them: its own (via '') and those it applied from a peer (via that peer), so a change made
--- at one field site reaches the others through the country server. origin/origin_seq name
--- the site that made it and its number there ('' / 0: this site, this seq). id: the sealed
--- subject id, NULL once nothing needs it (an erased enrolment; a deletion every peer has).
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    partition TEXT NOT NULL,
-    ref BLOB NOT NULL,
-    id BLOB,
-    unix_ms INTEGER NOT NULL,
-    via TEXT NOT NULL DEFAULT '',
-    origin TEXT NOT NULL DEFAULT '',
-    origin_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS changes_by_ref ON changes (ref);
--- Where an imported subject came from: the site that enrolled it and its change number there.
-CREATE TABLE IF NOT EXISTS origins (
-    partition TEXT NOT NULL,
-    ref BLOB NOT NULL,
-    site TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (partition, ref)
-);
-""" + _PEERS + """
--- Imported enrolments that need a person's decision (a cross-site duplicate, an id taken);
--- candidates are refs (hex).
-CREATE TABLE IF NOT EXISTS flags (
-    partition TEXT NOT NULL,
-    ref BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    site TEXT NOT NULL,
-    candidates TEXT NOT NULL,
-    unix_ms INTEGER NOT NULL,
-    PRIMARY KEY (partition, ref, kind, site)
-);
-"""
-
-# The layout of versions 1-5 (ids in clear), kept to migrate such stores from.
-_SCHEMA_V5 = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS subjects (
-    partition TEXT NOT NULL,
-    subject_id TEXT NOT NULL,
-    created_ns INTEGER NOT NULL,
-    linked TEXT NOT NULL DEFAULT '[]',
-    PRIMARY KEY (partition, subject_id)
-);
-CREATE TABLE IF NOT EXISTS templates (
-    partition TEXT NOT NULL,
-    subject_id TEXT NOT NULL,
-    modality TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    model_id TEXT NOT NULL,
-    data BLOB NOT NULL,
-    derived BLOB,
-    PRIMARY KEY (partition, subject_id, modality, position),
-    FOREIGN KEY (partition, subject_id) REFERENCES subjects (partition, subject_id) ON DELETE CASCADE
-);
-CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    partition TEXT NOT NULL,
-    subject_id TEXT NOT NULL,
-    unix_ms INTEGER NOT NULL,
-    via TEXT NOT NULL DEFAULT '',
-    origin TEXT NOT NULL DEFAULT '',
-    origin_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS origins (
-    partition TEXT NOT NULL,
-    subject_id TEXT NOT NULL,
-    site TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (partition, subject_id)
-);
-""" + _PEERS + """
-CREATE TABLE IF NOT EXISTS flags (
-    partition TEXT NOT NULL,
-    subject_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    site TEXT NOT NULL,
-    candidates TEXT NOT NULL,
-    unix_ms INTEGER NOT NULL,
-    PRIMARY KEY (partition, subject_id, kind, site)
-);
-"""
-
-
-class Sealer(Protocol):
-    """Turns template bytes into what is stored, and back; ``context`` says where the
-    record belongs (authenticated, not stored); ``derive`` gives keys for other uses."""
-
-    def seal(self, data: bytes, context: bytes) -> bytes: ...
-
-    def open(self, data: bytes, context: bytes) -> bytes: ...
-
-    def derive(self, name: str) -> bytes: ...
-
-
-class PlainSealer:
-    """Stores template bytes unchanged (stores created without a key-encryption key)."""
-
-    def seal(self, data: bytes, context: bytes) -> bytes:
-        return data
-
-    def open(self, data: bytes, context: bytes) -> bytes:
-        return data
-
-    def derive(self, name: str) -> bytes:
-        """A fixed key: without a key-encryption key there is no secret to derive from."""
-        return hashlib.sha256(b"tambua plain store\x00" + name.encode()).digest()
-
+from matcher.types import StoredTemplate, Subject, normalise_id
+from store import sealing
+from store.schema import SCHEMA, SCHEMA_V5, SCHEMA_VERSION, run_script
+from store.sealing import PlainSealer, Sealer
 
 _DERIVED = b"\x00derived"  # appended to a row's context: its features cannot pass for its template
 
@@ -215,156 +55,6 @@ def _id_context(partition: str, ref: bytes) -> bytes:
 
 _REF_BYTES = 16
 _PSEUDONYM = "s:"  # how the audit log writes a ref
-
-
-@dataclass(frozen=True)
-class Change:
-    """One change this site sends its peers: ``enrol`` or ``delete``, made here or relayed.
-
-    Attributes:
-        via: the peer it was applied from ("" when made here): never sent back there.
-        origin / origin_seq: the site that made it and its number there ("" / 0: here).
-    """
-
-    seq: int
-    kind: str
-    partition: str
-    subject_id: str
-    unix_ms: int
-    via: str = ""
-    origin: str = ""
-    origin_seq: int = 0
-
-    def held_by(self, site: str) -> bool:
-        """Whether ``site`` has this change already (it made it, or relayed it here); the
-        same rule counts :meth:`SubjectStore.pending`."""
-        return site in (self.via, self.origin)
-
-
-class Applied(StrEnum):
-    """What applying a peer's change did (:meth:`SubjectStore.apply_remote`)."""
-
-    APPLIED = "applied"
-    ALREADY = "already"  # seen before: nothing done
-    KNOWN = "known"  # an enrolment that reached here before by another path
-    CONFLICT = "conflict"  # the id is taken here by another enrolment: flagged, not stored
-    ABSENT = "absent"  # a delete of nothing
-    ERASED = "erased"  # an enrolment deleted at its site before it was sent
-    SKIPPED = "skipped"  # a change the peer holds from this site
-    GAP = "gap"  # not the next change from that peer: nothing applied
-
-
-@dataclass(frozen=True)
-class Flag:
-    """An imported enrolment waiting for a person's decision.
-
-    Attributes:
-        kind: ``CROSS_SITE_DUPLICATE`` (it matched subjects here) or ``ID_CONFLICT`` (its
-            id is taken here by another enrolment).
-        site: the peer it came from.
-        candidates: the subjects here it matched (still enrolled).
-    """
-
-    subject_id: str
-    partition: str
-    kind: str
-    site: str
-    candidates: tuple[str, ...] = ()
-    unix_ms: int = 0
-
-
-@dataclass(frozen=True)
-class PeerState:
-    """What this site knows of a peer: how far each side got, and when."""
-
-    site: str
-    applied_seq: int = 0
-    acked_seq: int = 0
-    last_import_ms: int | None = None
-    last_export_ms: int | None = None
-    last_ack_ms: int | None = None
-    refused: int = 0
-    gaps: int = 0
-    audit_seq: int | None = None  # the peer's audit head as its newest bundle stated it
-    audit_hash: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredTemplate:
-    """One template of a subject. ``position``: 0 face; 1-10 fingers (ISO/IEC 19794-4); 1/2 iris right/left."""
-
-    modality: str
-    position: int
-    template: Template
-
-    def __post_init__(self) -> None:
-        if self.modality != self.template.modality:
-            raise InvalidInput(f"{self.modality} sample carries a {self.template.modality} template")
-        if not 0 <= self.position <= 10:
-            raise InvalidInput(f"position {self.position} is out of range")
-
-
-@dataclass(frozen=True)
-class Subject:
-    """An enrolled subject.
-
-    Attributes:
-        subject_id: the caller's opaque id.
-        partition: gallery partition (one deployment may serve several operations).
-        templates: the stored templates.
-        linked: subject ids this enrolment was adjudicated against ("enrol anyway").
-        created_ns: enrolment time, Unix nanoseconds.
-    """
-
-    subject_id: str
-    partition: str
-    templates: tuple[StoredTemplate, ...]
-    linked: tuple[str, ...] = ()
-    created_ns: int = field(default_factory=time.time_ns)
-
-    def __post_init__(self) -> None:
-        # Frozen, but its ids are normalised once here, so every path in (RPC, sync, restore) agrees.
-        object.__setattr__(self, "subject_id", normalise_id(self.subject_id))
-        object.__setattr__(self, "partition", normalise_id(self.partition, "partition"))
-        if not self.templates:
-            raise InvalidInput("a subject needs at least one template")
-        keys = [(t.modality, t.position) for t in self.templates]
-        if len(set(keys)) != len(keys):
-            raise InvalidInput("two samples for the same modality and position")
-
-
-def normalise_id(value: str, name: str = "subject id") -> str:
-    """The one spelling of a subject id or partition: Unicode NFC (``JOSÉ-1`` typed with a
-    combining accent is the same subject as with a precomposed one).
-
-    Raises:
-        InvalidInput: empty, longer than ``MAX_ID_LEN``, spaces at its start or end, or
-            characters that do not print (controls, line breaks).
-
-    >>> normalise_id("JOSE\u0301-1") == normalise_id("JOS\u00c9-1") == "JOS\u00c9-1"
-    True
-    """
-    if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be text")
-    v = unicodedata.normalize("NFC", value)
-    if not v:
-        raise InvalidInput(f"{name} is empty")
-    if v != v.strip():
-        raise InvalidInput(f"{name} {v!r} has spaces at its start or end")
-    if len(v) > MAX_ID_LEN or not v.isprintable():
-        raise InvalidInput(f"{name} must be printable text of at most {MAX_ID_LEN} characters")
-    return v
-
-
-def _run_script(db: sqlite3.Connection, script: str) -> None:
-    """Run a schema script statement by statement (``executescript`` would commit an open
-    transaction, and the migration runs one inside its transaction)."""
-    statement = ""
-    for line in script.splitlines(keepends=True):
-        statement += line
-        if sqlite3.complete_statement(statement):
-            db.execute(statement)
-            statement = ""
 
 
 class SubjectStore:
@@ -391,7 +81,7 @@ class SubjectStore:
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall()) if "meta" in tables else {}
         if "schema_version" not in meta:
-            _run_script(self._db, _SCHEMA)
+            run_script(self._db, SCHEMA)
             meta = self._create_meta(kek)
         version = int(meta["schema_version"])
         if version > SCHEMA_VERSION:
@@ -399,7 +89,7 @@ class SubjectStore:
         self._sealer = self._open_sealer(meta, kek)
         self._id_key = self._sealer.derive("subject ids")
         if version < SCHEMA_VERSION:
-            _run_script(self._db, _SCHEMA_V5)  # tables an old version lacked, in the layout it had
+            run_script(self._db, SCHEMA_V5)  # tables an old version lacked, in the layout it had
             if version < 5:
                 self._migrate(version)
             self._migrate_refs()
@@ -438,7 +128,7 @@ class SubjectStore:
             db.execute("DROP INDEX IF EXISTS templates_by_model")  # the name is v6's too
             for table in ("templates", "subjects", "changes", "origins", "flags"):
                 db.execute(f"ALTER TABLE {table} RENAME TO v5_{table}")
-            _run_script(db, _SCHEMA)
+            run_script(db, SCHEMA)
             enrolled = set()
             for partition, sid, created, linked in db.execute(
                     "SELECT partition, subject_id, created_ns, linked FROM v5_subjects").fetchall():

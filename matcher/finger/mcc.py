@@ -295,10 +295,10 @@ def n_pairs(na: int, nb: int) -> int:
 def similarity(a: Cylinders, b: Cylinders) -> float:
     """Global similarity of two templates by LSS-R, in 0..1 (higher is more alike).
 
-    Runs the compiled kernel (:mod:`matcher._mcc_kernel`); :func:`similarity_reference`
+    Runs the compiled kernel (:mod:`matcher.finger._kernel`); :func:`similarity_reference`
     is the same computation in numpy, kept as its specification.
     """
-    from matcher import _mcc_kernel  # numba compiles (or loads its cache) on first use
+    from matcher.finger import _kernel as _mcc_kernel  # numba compiles (or loads its cache) on first use
 
     return float(_mcc_kernel.similarity(
         a.xy, a.theta, a.bits, a.valid, b.xy, b.theta, b.bits, b.valid,

@@ -18,6 +18,7 @@ import hmac
 import os
 import re
 from pathlib import Path
+from typing import Protocol
 
 from matcher.errors import KeyMismatch, RecordTampered
 
@@ -113,3 +114,28 @@ class AesGcmSealer:
             return self._aead.decrypt(data[1:1 + _NONCE], data[1 + _NONCE:], context)
         except InvalidTag as e:
             raise RecordTampered("a stored template fails authentication (altered or moved)") from e
+
+
+class Sealer(Protocol):
+    """Turns template bytes into what is stored, and back; ``context`` says where the
+    record belongs (authenticated, not stored); ``derive`` gives keys for other uses."""
+
+    def seal(self, data: bytes, context: bytes) -> bytes: ...
+
+    def open(self, data: bytes, context: bytes) -> bytes: ...
+
+    def derive(self, name: str) -> bytes: ...
+
+
+class PlainSealer:
+    """Stores template bytes unchanged (stores created without a key-encryption key)."""
+
+    def seal(self, data: bytes, context: bytes) -> bytes:
+        return data
+
+    def open(self, data: bytes, context: bytes) -> bytes:
+        return data
+
+    def derive(self, name: str) -> bytes:
+        """A fixed key: without a key-encryption key there is no secret to derive from."""
+        return hashlib.sha256(b"tambua plain store\x00" + name.encode()).digest()

@@ -19,7 +19,7 @@ import faiss
 import numpy as np
 
 from matcher.errors import InvalidInput, ModelMismatch
-from matcher.templates import EmbeddingTemplate
+from matcher.face.template import EmbeddingTemplate
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import struct
 import numpy as np
 
 from matcher.errors import TemplateFormatError
-from matcher.minutiae import MAX_MINUTIAE, MinutiaeTemplate
+from matcher.finger.template import MAX_MINUTIAE, MinutiaeTemplate
 
 _RECORD = struct.Struct(">4s4sIHHHHHBB")
 _VIEW = struct.Struct(">BBBB")

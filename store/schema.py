@@ -1,0 +1,151 @@
+"""The store's SQL schema (current and the version-5 layout migrations start from) and how to
+run a script inside an open transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+
+SCHEMA_VERSION = 6  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
+# 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed
+
+PEERS = """
+-- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
+CREATE TABLE IF NOT EXISTS peers (
+    site TEXT PRIMARY KEY,
+    applied_seq INTEGER NOT NULL DEFAULT 0,
+    acked_seq INTEGER NOT NULL DEFAULT 0,
+    last_import_ms INTEGER,
+    last_export_ms INTEGER,
+    last_ack_ms INTEGER,
+    refused INTEGER NOT NULL DEFAULT 0,
+    gaps INTEGER NOT NULL DEFAULT 0,
+    audit_seq INTEGER,
+    audit_hash TEXT
+);
+"""
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- ref: HMAC-SHA256 of the subject id under a key derived from the data key (16 bytes); the
+-- id itself is sealed in ``id``. Links are refs (hex) of the subjects an enrol-anyway was
+-- adjudicated against.
+CREATE TABLE IF NOT EXISTS subjects (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    id BLOB NOT NULL,
+    created_ns INTEGER NOT NULL,
+    linked TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (partition, ref)
+);
+CREATE INDEX IF NOT EXISTS subjects_by_ref ON subjects (ref);
+CREATE TABLE IF NOT EXISTS templates (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    derived BLOB,  -- features computed from data (finger: MCC cylinders), sealed like it; NULL: compute
+    PRIMARY KEY (partition, ref, modality, position),
+    FOREIGN KEY (partition, ref) REFERENCES subjects (partition, ref) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
+-- The changes this site sends peers, numbered without gaps in the transaction that makes
+-- them: its own (via '') and those it applied from a peer (via that peer), so a change made
+-- at one field site reaches the others through the country server. origin/origin_seq name
+-- the site that made it and its number there ('' / 0: this site, this seq). id: the sealed
+-- subject id, NULL once nothing needs it (an erased enrolment; a deletion every peer has).
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    id BLOB,
+    unix_ms INTEGER NOT NULL,
+    via TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
+    origin_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS changes_by_ref ON changes (ref);
+-- Where an imported subject came from: the site that enrolled it and its change number there.
+CREATE TABLE IF NOT EXISTS origins (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    site TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (partition, ref)
+);
+""" + PEERS + """
+-- Imported enrolments that need a person's decision (a cross-site duplicate, an id taken);
+-- candidates are refs (hex).
+CREATE TABLE IF NOT EXISTS flags (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    site TEXT NOT NULL,
+    candidates TEXT NOT NULL,
+    unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (partition, ref, kind, site)
+);
+"""
+
+# The layout of versions 1-5 (ids in clear), kept to migrate such stores from.
+SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subjects (
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    created_ns INTEGER NOT NULL,
+    linked TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (partition, subject_id)
+);
+CREATE TABLE IF NOT EXISTS templates (
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    derived BLOB,
+    PRIMARY KEY (partition, subject_id, modality, position),
+    FOREIGN KEY (partition, subject_id) REFERENCES subjects (partition, subject_id) ON DELETE CASCADE
+);
+CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    unix_ms INTEGER NOT NULL,
+    via TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
+    origin_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS origins (
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (partition, subject_id)
+);
+""" + PEERS + """
+CREATE TABLE IF NOT EXISTS flags (
+    partition TEXT NOT NULL,
+    subject_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    site TEXT NOT NULL,
+    candidates TEXT NOT NULL,
+    unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (partition, subject_id, kind, site)
+);
+"""
+
+
+def run_script(db: sqlite3.Connection, script: str) -> None:
+    """Run a schema script statement by statement (``executescript`` would commit an open
+    transaction, and the migration runs one inside its transaction)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
