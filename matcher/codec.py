@@ -1,7 +1,7 @@
 """The binary header every template kind starts with (magic, format version, model id,
-then the kind's fixed fields) and the checks of model id and quality they share. Each template module builds on it; it depends on nothing
-but the error types, so the template kinds and :mod:`matcher.templates` (which parses any
-of them) import it without importing each other."""
+then the kind's fixed fields) and the checks of model id and quality they share. It
+depends on nothing but the error types, so the template kinds and
+:mod:`matcher.templates` (which parses any of them) import it without importing each other."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ import grpc
 from matcher.errors import InvalidInput, KeyMismatch, PermissionDenied, RecordTampered, Unauthenticated
 from matcher.repository import SecretKeeper
 from tambua.audit import AuditLog
-from tambua.context import enter, leave
+from tambua.interceptors import OPEN_SERVICES, final_code, method_name, rewrap
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,6 @@ RULES: dict[str, frozenset[str]] = {
     "SyncStatus": frozenset({"admin"}),
     "SyncPush": frozenset({"admin"}),
 }
-_MATCHER_SERVICE = "/tambua.v1.Matcher/"
-_OPEN_SERVICES = ("/grpc.health.v1.Health/",)  # liveness says nothing about anyone
 
 
 @dataclass(frozen=True)
@@ -375,23 +373,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(_OPEN_SERVICES):
+        if handler is None or method.startswith(OPEN_SERVICES):  # liveness says nothing about anyone
             return handler
-        short = method[len(_MATCHER_SERVICE):] if method.startswith(_MATCHER_SERVICE) else None
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._guard(handler.unary_unary, short), _lenient(handler.request_deserializer),
-                handler.response_serializer)
-        if handler.unary_stream is not None:  # reflection and future streams: authenticated callers only
-            return grpc.unary_stream_rpc_method_handler(
-                self._guard_stream(handler.unary_stream, short), handler.request_deserializer,
-                handler.response_serializer)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._guard_stream(handler.stream_stream, short), handler.request_deserializer,
-                handler.response_serializer)
-        return grpc.stream_unary_rpc_method_handler(
-            self._guard(handler.stream_unary, short), handler.request_deserializer, handler.response_serializer)
+        short = method_name(method)
+        # Reflection and future streams: authenticated callers only. A request that does not
+        # parse reaches the guard as _Malformed, answered INVALID_ARGUMENT (gRPC: INTERNAL).
+        return rewrap(handler, lambda b: self._guard(b, short), lambda b: self._guard_stream(b, short),
+                      _lenient(handler.request_deserializer) if handler.unary_unary is not None else None)
 
     def _admit(self, request, context, short: str | None) -> Principal:
         """The caller, authenticated and authorised; a refusal is audited and aborts the call."""
@@ -413,25 +401,21 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     def _guard(self, behaviour, short: str | None):
         def guarded(request, context):
-            call = enter(context)  # a refusal's log line carries the request id too
+            principal = self._admit(request, context, short)
+            response, outcome = None, "OK"
+            token = current.set(principal)
+            touched = _touched.set([])
             try:
-                principal = self._admit(request, context, short)
-                response, outcome = None, "OK"
-                token = current.set(principal)
-                touched = _touched.set([])
-                try:
-                    response = behaviour(request, context)
-                    return response
-                except BaseException:
-                    outcome = _outcome(context)
-                    raise
-                finally:
-                    current.reset(token)
-                    extra = _touched.get()
-                    _touched.reset(touched)
-                    self._audit(principal, short, request, response, outcome, extra)
+                response = behaviour(request, context)
+                return response
+            except BaseException:
+                outcome = final_code(context).name
+                raise
             finally:
-                leave(call)
+                current.reset(token)
+                extra = _touched.get()
+                _touched.reset(touched)
+                self._audit(principal, short, request, response, outcome, extra)
 
         return guarded
 
@@ -440,11 +424,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         is written when the stream ends, with its outcome and every subject it touched,
         not when it opens."""
         def guarded(request, context):
-            call = enter(context)
-            try:
-                principal = self._admit(request, context, short)
-            finally:
-                leave(call)  # a generator's frames may run on other threads: the id ends here
+            principal = self._admit(request, context, short)
             outcome = "OK"
             token = current.set(principal)
             touched = _touched.set([])
@@ -454,7 +434,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 outcome = "CANCELLED"
                 raise
             except BaseException:
-                outcome = _outcome(context)
+                outcome = final_code(context).name
                 raise
             finally:
                 extra = _touched.get()
@@ -476,12 +456,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self.audit.append(principal.id if principal else "", principal.name if principal else "unauthenticated",
                           short, (request.partition or DEFAULT_PARTITION) if hasattr(request, "partition") else "",
                           tuple(dict.fromkeys(ids)), outcome)
-
-
-def _outcome(context) -> str:
-    """The status a failed call ended with, as the audit names it."""
-    code = context.code() if hasattr(context, "code") else None
-    return code.name if isinstance(code, grpc.StatusCode) else "INTERNAL"
 
 
 class _Malformed:

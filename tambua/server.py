@@ -32,8 +32,9 @@ import sync
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
 from tambua.auth import DEFAULT_PARTITION, AccessStore, AuthInterceptor, note_touched
 from tambua.config import Config
-from tambua.context import RequestIdFilter, enter, leave
+from tambua.context import RequestIdFilter
 from tambua.extraction import Extraction, Extractor, SampleInput
+from tambua.interceptors import CallMetrics, RequestIds
 from sync.site import SiteKeys
 from tambua.status import abort, code_of
 from tambua.v1 import tambua_pb2 as pb
@@ -77,10 +78,9 @@ class Metrics:
         registry.register(_Gallery())
 
     def note_refused(self, method: str | None, error: Exception) -> None:
-        """A call the authentication interceptor refused: counted with every other call of
-        its method by code, and by its reason (a brute force shows here)."""
+        """A call the authentication interceptor refused, by its reason (a brute force shows
+        here); :class:`tambua.interceptors.CallMetrics` counts it with every other call."""
         code = code_of(error).name
-        self.rpcs.labels(method or "other", code).inc()
         self.refusals.labels(method or "other", code, getattr(error, "reason", code)).inc()
 
     def watch_sync(self, store, peers) -> None:
@@ -142,22 +142,15 @@ def _template_pb(t) -> pb.Template:
 
 
 def _rpc(method):
-    """Wraps a servicer method: request id, metrics, and the one error-to-status mapping."""
+    """Wraps a servicer method in the one error-to-status mapping (the interceptors around
+    it give the call its request id, count and time it, and authenticate it)."""
 
     @functools.wraps(method)
     def wrapper(self, request, context):
-        token = enter(context)
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
         try:
             return method(self, request, context)
         except Exception as e:  # noqa: BLE001 - every error leaves through the one mapping
-            code = code_of(e)
             self._reject(method.__name__, e, context)
-        finally:
-            self.metrics.rpcs.labels(method.__name__, code.name).inc()
-            self.metrics.latency.labels(method.__name__).observe(time.perf_counter() - start)
-            leave(token)
 
     return wrapper
 
@@ -303,16 +296,11 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         """Online sync: a peer streams its bundles; each is imported as by SyncImport and
         answered at once with its acknowledgement, so a broken stream resumes from the
         last acknowledged change (tambua.push.push)."""
-        start, code = time.perf_counter(), grpc.StatusCode.OK
         try:
             for request in request_iterator:
                 yield self._import(request.data)
         except Exception as e:  # noqa: BLE001 - the same one mapping as every unary call
-            code = code_of(e)
             self._reject("SyncPush", e, context)
-        finally:
-            self.metrics.rpcs.labels("SyncPush", code.name).inc()
-            self.metrics.latency.labels("SyncPush").observe(time.perf_counter() - start)
 
     def _import(self, data: bytes) -> pb.SyncImportResponse:
         site = self._site()
@@ -376,7 +364,9 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     guard = AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit, on_refused=metrics.note_refused)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),
-        interceptors=[guard],
+        # Outermost first: the request id, then the call metrics (refusals included), then
+        # authentication, authorisation and audit; the servicer maps errors to statuses.
+        interceptors=[RequestIds(), CallMetrics(metrics.rpcs, metrics.latency), guard],
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     peers = sync.Peers(config.data_dir)

@@ -64,3 +64,40 @@ def test_refused_calls_are_counted_and_logged_with_their_request_id(tmp_path, fa
         logging.getLogger("tambua").removeHandler(lines)
         server.stop(0)
         store.close()
+
+
+def test_every_call_is_counted_once_and_logs_its_request_id_through_the_chain(tmp_path, face_extractor):
+    """The interceptor chain (request id, call metrics, auth) around the servicer: a call the
+    servicer refuses logs its caller's request id and counts once; a streaming call
+    (SyncPush) is counted with the status it ended with; no id outlives its call."""
+    store = SubjectStore(tmp_path / "subjects.sqlite")
+    registry = CollectorRegistry()
+    bound = create_server(Config(port=0, metrics_port=-1, insecure=True, data_dir=tmp_path),
+                          Engine(store, {"face": face_extractor.model_id}), {"face": face_extractor}, registry)
+    lines, logger = _Lines(), logging.getLogger("tambua")
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)  # "rejected" lines are INFO
+    bound.server.start()
+    try:
+        stub = pb_grpc.MatcherStub(grpc.insecure_channel(f"localhost:{bound.port}"))
+        sample = pb.Sample(modality=pb.FACE, image=b"not an image")
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Enroll(pb.EnrollRequest(subject_id="A-1", samples=[sample]), metadata=(("x-request-id", "probe-2"),))
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as e:  # this server has no site identity
+            list(stub.SyncPush(iter([pb.SyncImportRequest(data=b"x")]), metadata=(("x-request-id", "push-1"),)))
+        assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+        get = registry.get_sample_value
+        assert get("tambua_rpc_total", {"method": "Enroll", "code": "INVALID_ARGUMENT"}) == 1
+        assert get("tambua_rpc_total", {"method": "SyncPush", "code": "FAILED_PRECONDITION"}) == 1
+        assert get("tambua_rpc_seconds_count", {"method": "SyncPush"}) == 1
+        assert ("probe-2", "Enroll rejected: IMAGE_UNDECODABLE") in lines.lines, lines.lines
+        assert any(rid == "push-1" and msg.startswith("SyncPush rejected") for rid, msg in lines.lines), lines.lines
+        logger.info("between calls")
+        assert lines.lines[-1] == ("-", "between calls")
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+        bound.server.stop(0)
+        store.close()
