@@ -34,6 +34,9 @@ class ModalityMatcher(Protocol):
     def search(self, partition: str, position: int, template: Template, k: int,
                within: frozenset[str] | None = None) -> list[tuple[str, float]]: ...
 
+    def ranked(self, partition: str, position: int, template: Template, k: int,
+               within: frozenset[str] | None = None) -> list[tuple[str, float, float]]: ...
+
     def fmr_against(self, partition: str, subject_id: str, position: int, template: Template) -> float | None: ...
 
     def fmr(self, a: Template, b: Template) -> float: ...
@@ -76,3 +79,14 @@ def parse_own(data: bytes, kind: type, modality: str, model_id: str) -> Template
         raise InvalidInput(f"{'an' if modality[0] in 'aeiou' else 'a'} {modality} sample carries a {t.modality} template")
     t.require_model(model_id)
     return t
+
+
+def pairs(ranked: list[tuple[str, float, float]]) -> list[tuple[str, float]]:
+    """(subject id, FMR) of :meth:`ModalityMatcher.ranked`'s answer.
+
+    ``ranked`` adds the key the matcher orders its answer by (ascending, then by subject
+    id): a distance where it ranks by distance, the FMR where it ranks by FMR. Answers
+    from several shards merged by that key are the answer of one gallery, even where a
+    calibration gives many subjects one rate (it saturates at both ends of its table).
+    """
+    return [(s, f) for s, f, _ in ranked]

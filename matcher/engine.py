@@ -2,15 +2,13 @@
 
 Pure domain logic on templates (no images, no grpc): the service layer extracts templates
 from a request's images (``tambua/extraction.py``) and hands them here.
-The store is the system of record; each modality's matcher (its in-memory gallery) is
-rebuilt from it at start.
+The store is the system of record; the galleries (:mod:`matcher.galleries`: each
+modality's matcher in this process, or shards over a cluster) are rebuilt from it at start.
 
 Evidence from several samples (a face, up to ten fingers, two irises) is fused per subject:
 each comparison gives a false-match rate from its model's calibration, and the rates
-of one subject are combined by the truncated product method (Zaykin et al., 2002): only
-rates at or below ``FUSION_TAU`` count, so the bulk of impostor comparisons, where a
-calibrated rate is least reliable, adds no evidence, while two or three fingers that each
-match moderately add up. The result is one subject-level FMR. The score reported is ``-log10`` of that FMR (higher = more alike,
+of one subject are combined by the truncated product method (:mod:`matcher.fusion`).
+The result is one subject-level FMR. The score reported is ``-log10`` of that FMR (higher = more alike,
 comparable across modalities); 1:N rates are ``FPIR = 1 - (1 - FMR)^N`` over the N
 subjects of the partition.
 
@@ -22,7 +20,6 @@ the second one searches a gallery that already holds the first.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +30,8 @@ from matcher.calibration import Calibration, at_least_one
 from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap,
                             Unimplemented)
 from matcher.base import ModalityMatcher
+from matcher.fusion import evidence
+from matcher.galleries import Galleries, LocalGalleries
 from matcher.registry import REGISTRY
 from matcher.repository import Repository
 from matcher.repository import Applied
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 
 MODALITIES = tuple(REGISTRY)
 POSITIONS = {name: m.positions for name, m in REGISTRY.items()}
-_MIN_FMR = 1e-300
-FUSION_TAU = 1e-3
 
 
 def sample_name(modality: str, position: int) -> str:
@@ -127,54 +124,6 @@ class VerifyResult:
     model_id: str
 
 
-def fuse(fmrs: list[float], tau: float = FUSION_TAU) -> float:
-    """Truncated product method: P(product of the rates <= tau is this small | impostor).
-
-    One rate at or below ``tau`` is returned unchanged; rates above it add nothing. When
-    none is at or below ``tau`` the product method has no evidence to weigh, and the best
-    rate is taken, corrected for having looked at ``L`` of them (Sidak: ``1 - (1 - min)^L``):
-    still a valid rate, equal to the one rate of a single comparison (so Verify and
-    Identify of one sample say what Compare says), and about ``L * tau`` on both sides of
-    ``tau``.
-
-    >>> round(fuse([1e-4]), 12)  # one rate is that rate
-    0.0001
-    >>> fuse([1e-4, 1e-4]) < 1e-4  # two fingers that match moderately add up
-    True
-    >>> round(fuse([0.02, 0.5]), 4)  # nothing below tau: the best, for two looks
-    0.0396
-    """
-    if not fmrs:
-        return 1.0
-    kept = [max(f, _MIN_FMR) for f in fmrs if f <= tau]
-    if not kept:
-        return at_least_one(min(min(fmrs), 1.0), len(fmrs))
-    big_l = len(fmrs)
-    log_w, log_tau = sum(math.log(f) for f in kept), math.log(tau)
-    total = 0.0
-    for k in range(1, big_l + 1):
-        weight = math.comb(big_l, k) * (1.0 - tau) ** (big_l - k)
-        if log_w <= k * log_tau:
-            x = k * log_tau - log_w  # >= 0
-            term, series = 1.0, 1.0
-            for s in range(1, k):
-                term *= x / s
-                series += term
-            total += weight * math.exp(log_w) * series
-        else:
-            total += weight * tau**k
-    return min(1.0, total)
-
-
-def evidence(fmr: float) -> float:
-    """The API score of a false-match rate: -log10(FMR), higher = more alike.
-
-    >>> evidence(1e-3), evidence(1.0)
-    (3.0, 0.0)
-    """
-    return max(0.0, -math.log10(max(fmr, _MIN_FMR)))
-
-
 def default_matcher(modality: str, model_id: str) -> ModalityMatcher:
     """The matcher the registry gives a model's templates, with the model's calibration file.
 
@@ -195,6 +144,9 @@ class Engine:
         thresholds: decision rates.
         matchers: per modality; built for each model (:func:`default_matcher`) when absent.
         observer: receives ``search`` timings per modality (the service adds ``extract``).
+        galleries: where the searchable templates live (default: ``matchers`` in this
+            process, loaded from the store now); a cluster passes its shards, which load
+            themselves.
     """
 
     def __init__(
@@ -204,18 +156,24 @@ class Engine:
         thresholds: Thresholds = Thresholds(),
         matchers: dict[str, ModalityMatcher] | None = None,
         observer: Observer | None = None,
+        galleries: Galleries | None = None,
     ) -> None:
         self.observer = observer or _NoObserver()
         self.store = store
         self.thresholds = thresholds
+        self.models = dict(models)
+        # Compare and parse need no gallery: a matcher per model here, whatever holds the galleries.
         self.matchers = matchers or {m: default_matcher(m, model_id) for m, model_id in models.items()}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._subjects = store.count_by_partition()
-        for modality, matcher in self.matchers.items():
-            for partition, subject_id, position, tpl in store.templates(matcher.model_id):
-                matcher.add(partition, subject_id, position, tpl)
-            log.info("gallery %s loaded: %d templates", matcher.model_id, matcher.size())
+        if galleries is None:
+            local = LocalGalleries(self.matchers)
+            for modality, matcher in self.matchers.items():
+                local.load((modality, *row) for row in store.templates(matcher.model_id))
+                log.info("gallery %s loaded: %d templates", matcher.model_id, matcher.size())
+            galleries = local
+        self.galleries = galleries
 
     @property
     def model_ids(self) -> list[str]:
@@ -251,26 +209,20 @@ class Engine:
         return tuple(templates)
 
     def _subject_fmr(self, partition: str, subject_id: str, templates: tuple[StoredTemplate, ...]) -> float | None:
-        fmrs = [f for t in templates
-                if (f := self.matchers[t.modality].fmr_against(partition, subject_id, t.position, t.template))
-                is not None]
-        return fuse(fmrs) if fmrs else None
+        return self.galleries.score(partition, [subject_id], templates).get(subject_id)
 
     def _candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
                     within: frozenset[str] | None = None) -> list[ScoredCandidate]:
         """Shortlist per sample, then every shortlisted subject scored on all samples; the
         ``k`` best, with FPIR over the subjects searched (the partition, or ``within``)."""
-        shortlist: set[str] = set()
         for t in templates:
-            t0 = time.perf_counter()
-            hits = self.matchers[t.modality].search(partition, t.position, t.template, k, within)
-            self.observer.timing("search", t.modality, time.perf_counter() - t0)
-            shortlist.update(s for s, _ in hits)
+            self._matcher(t.modality)
+        shortlist = dict.fromkeys(s for hits in self.galleries.search(partition, templates, k, within, self.observer)
+                                  for s, *_ in hits)
         n = max(self._subjects.get(partition, 0), 1)
         if within is not None:
             n = max(min(n, len(within)), 1)
-        scored = sorted((fmr, sid) for sid in shortlist
-                        if (fmr := self._subject_fmr(partition, sid, templates)) is not None)
+        scored = sorted((fmr, sid) for sid, fmr in self.galleries.score(partition, shortlist, templates).items())
         return [ScoredCandidate(sid, evidence(fmr), at_least_one(fmr, n))
                 for fmr, sid in scored[:k]]
 
@@ -296,8 +248,7 @@ class Engine:
             subject = Subject(subject_id, partition, templates, links)
             self.check_deadline(deadline)
             self.store.add(subject)  # synced to disk before we answer
-            for t in templates:
-                self.matchers[t.modality].add(partition, subject_id, t.position, t.template)
+            self.galleries.add(partition, subject_id, templates)
             self._subjects[partition] = self._subjects.get(partition, 0) + 1
         return EnrollResult(EnrollOutcome.ENROLLED, subject_id, tuple(candidates), templates)
 
@@ -369,15 +320,13 @@ class Engine:
                 outcome = self.store.apply_remote(site, seq, kind, subject, flag=flag, origin=origin,
                                                   origin_seq=origin_seq)
                 if outcome is Applied.APPLIED:
-                    for t in subject.templates:
-                        self.matchers[t.modality].add(part, subject.subject_id, t.position, t.template)
+                    self.galleries.add(part, subject.subject_id, subject.templates)
                     self._subjects[part] = self._subjects.get(part, 0) + 1
             else:
                 outcome = self.store.apply_remote(site, seq, kind, partition=partition, subject_id=subject_id,
                                                   origin=origin, origin_seq=origin_seq)
                 if kind == "delete" and outcome is Applied.APPLIED:
-                    for m in self.matchers.values():
-                        m.remove(partition, subject_id)
+                    self.galleries.remove(partition, subject_id)
                     self._subjects[partition] = max(0, self._subjects.get(partition, 1) - 1)
         if outcome is Applied.GAP:
             raise SequenceGap(f"change {seq} of site {site!r} arrived before the ones preceding it")
@@ -387,6 +336,5 @@ class Engine:
         subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")
         with self._lock(partition):
             self.store.delete(partition, subject_id)
-            for m in self.matchers.values():
-                m.remove(partition, subject_id)
+            self.galleries.remove(partition, subject_id)
             self._subjects[partition] = max(0, self._subjects.get(partition, 1) - 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from matcher.base import Held, parse_own
+from matcher.base import Held, pairs, parse_own
 from matcher.calibration import Calibration, at_least_one
 from matcher.face.gallery import FlatGallery
 from matcher.face.template import EmbeddingTemplate
@@ -40,8 +40,13 @@ class EmbeddingMatcher:
 
     def search(self, partition: str, position: int, template: EmbeddingTemplate, k: int,
                within: frozenset[str] | None = None) -> list[tuple[str, float]]:
+        return pairs(self.ranked(partition, position, template, k, within))
+
+    def ranked(self, partition: str, position: int, template: EmbeddingTemplate, k: int,
+               within: frozenset[str] | None = None) -> list[tuple[str, float, float]]:
+        """The ``k`` nearest subjects: (id, FMR, distance), nearest first."""
         hits = self.gallery.search(partition, [template], k, within)[0]
-        return [(h.subject_id, self.calibration.fmr_at_distance(h.distance)) for h in hits]
+        return [(h.subject_id, self.calibration.fmr_at_distance(h.distance), float(h.distance)) for h in hits]
 
     def fmr_against(self, partition: str, subject_id: str, position: int,
                     template: EmbeddingTemplate) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from matcher.base import Held, parse_own
+from matcher.base import Held, pairs, parse_own
 from matcher.calibration import Calibration, at_least_one
 from matcher.errors import InvalidInput
 from matcher.finger import mcc
@@ -65,6 +65,11 @@ class MinutiaeMatcher:
 
     def search(self, partition: str, position: int, template: MinutiaeTemplate, k: int,
                within: frozenset[str] | None = None) -> list[tuple[str, float]]:
+        return pairs(self.ranked(partition, position, template, k, within))
+
+    def ranked(self, partition: str, position: int, template: MinutiaeTemplate, k: int,
+               within: frozenset[str] | None = None) -> list[tuple[str, float, float]]:
+        """The ``k`` best subjects by (FMR, id): (id, FMR, FMR)."""
         probe = template.cylinders
         positions = range(1, 11) if position == 0 else [position]
         fingers_there = sum(self.index.fingers(partition, p) for p in positions)
@@ -84,7 +89,7 @@ class MinutiaeMatcher:
             if tried:
                 scored.append((at_least_one(self._fmr(best), tried), subject_id))
         scored.sort()
-        return [(s, f) for f, s in scored[:k]]
+        return [(s, f, f) for f, s in scored[:k]]
 
     def fmr_against(self, partition: str, subject_id: str, position: int,
                     template: MinutiaeTemplate) -> float | None:

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from matcher.base import Held, parse_own
+from matcher.base import Held, pairs, parse_own
 from matcher.calibration import Calibration, at_least_one
 from matcher.iris import template as iris
 from matcher.iris.template import IrisTemplate
@@ -153,6 +153,11 @@ class IrisMatcher:
 
     def search(self, partition: str, position: int, template: IrisTemplate, k: int,
                within: frozenset[str] | None = None) -> list[tuple[str, float]]:
+        return pairs(self.ranked(partition, position, template, k, within))
+
+    def ranked(self, partition: str, position: int, template: IrisTemplate, k: int,
+               within: frozenset[str] | None = None) -> list[tuple[str, float, float]]:
+        """The ``k`` best subjects by (FMR, id): (id, FMR, FMR)."""
         with self._lock:
             shelf = self._codes.get(partition)
             if shelf is None or shelf.rows == 0:
@@ -195,7 +200,7 @@ class IrisMatcher:
             tried = 1 if position else len(self._held.of(partition, s))
             scored.append((at_least_one(self.calibration.fmr_at_distance(dist), tried), s))
         scored.sort()
-        return [(s, f) for f, s in scored[:k]]
+        return [(s, f, f) for f, s in scored[:k]]
 
     def _shortlist_distances(self, template: IrisTemplate, codes: np.ndarray, masks: np.ndarray,
                              rows: np.ndarray, turn: np.ndarray) -> np.ndarray:

@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from matcher.engine import FUSION_TAU, Engine, fuse
+from matcher.engine import Engine
+from matcher.fusion import FUSION_TAU, fuse
 from matcher.errors import AlreadyExists, InvalidInput, ModelMismatch, NotFound, Unimplemented
 from matcher.types import StoredTemplate
 from store.sqlite import SubjectStore

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from matcher.calibration import Calibration
-from matcher.engine import evidence, fuse
+from matcher.fusion import evidence, fuse
 
 
 def test_one_rate_is_unchanged_and_bulk_rates_add_nothing():

@@ -1,0 +1,102 @@
+"""Where the engine's searchable templates live: :class:`Galleries` is what the engine asks
+of them, :class:`LocalGalleries` the one-process answer (one matcher per modality in this
+process), and ``cluster/`` the answer spread over shard actors. The engine's dedup, FPIR
+and fusion stay the engine's; a galleries implementation only finds and scores subjects.
+
+The engine searches in two steps, and an implementation must keep them apart for answers
+to stay equal however the subjects are spread: ``search`` gives each sample's best
+subjects over the whole partition; ``score`` then fuses every sample's evidence for the
+shortlisted subjects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Protocol
+
+from matcher.base import ModalityMatcher
+from matcher.errors import Unimplemented
+from matcher.fusion import fuse
+from matcher.types import StoredTemplate
+
+
+class Galleries(Protocol):
+    """What the engine needs of its searchable templates."""
+
+    def modalities(self) -> tuple[str, ...]: ...
+
+    def load(self, rows: Iterable[tuple[str, str, str, int, object]]) -> None: ...
+
+    def add(self, partition: str, subject_id: str, templates: tuple[StoredTemplate, ...]) -> None: ...
+
+    def remove(self, partition: str, subject_id: str) -> None: ...
+
+    def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
+               within: frozenset[str] | None = None, observer=None) -> list[list[tuple[str, float, float]]]: ...
+
+    def score(self, partition: str, subject_ids: Iterable[str],
+              templates: tuple[StoredTemplate, ...]) -> dict[str, float]: ...
+
+    def sizes(self) -> dict[str, int]: ...
+
+
+class LocalGalleries:
+    """Every modality's matcher in this process.
+
+    Args:
+        matchers: one per modality.
+    """
+
+    def __init__(self, matchers: dict[str, ModalityMatcher]) -> None:
+        self.matchers = matchers
+
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.matchers)
+
+    def matcher(self, modality: str) -> ModalityMatcher:
+        if modality not in self.matchers:
+            raise Unimplemented(f"{modality} matching is not available yet")
+        return self.matchers[modality]
+
+    def load(self, rows: Iterable[tuple[str, str, str, int, object]]) -> None:
+        """(modality, partition, subject id, position, template) rows, as the store gives them."""
+        for modality, partition, subject_id, position, template in rows:
+            self.matchers[modality].add(partition, subject_id, position, template)
+
+    def add(self, partition: str, subject_id: str, templates: tuple[StoredTemplate, ...]) -> None:
+        for t in templates:
+            self.matchers[t.modality].add(partition, subject_id, t.position, t.template)
+
+    def remove(self, partition: str, subject_id: str) -> None:
+        for m in self.matchers.values():
+            m.remove(partition, subject_id)
+
+    def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
+               within: frozenset[str] | None = None, observer=None) -> list[list[tuple[str, float, float]]]:
+        """Each sample's ``k`` best subjects of the partition, best first: (subject id, FMR,
+        the matcher's ranking key; see :func:`matcher.base.pairs`)."""
+        found = []
+        for t in templates:
+            t0 = time.perf_counter()
+            found.append(self.matchers[t.modality].ranked(partition, t.position, t.template, k, within))
+            if observer is not None:
+                observer.timing("search", t.modality, time.perf_counter() - t0)
+        return found
+
+    def score(self, partition: str, subject_ids: Iterable[str],
+              templates: tuple[StoredTemplate, ...]) -> dict[str, float]:
+        """Each subject's fused FMR over every sample it has a template for (subjects with
+        none left out)."""
+        fused = {}
+        for subject_id in subject_ids:
+            fmrs = [f for t in templates
+                    if (f := self.matchers[t.modality].fmr_against(partition, subject_id, t.position, t.template))
+                    is not None]
+            if fmrs:
+                fused[subject_id] = fuse(fmrs)
+        return fused
+
+    def sizes(self) -> dict[str, int]:
+        """Templates held per model."""
+        return {m.model_id: m.size() for m in self.matchers.values()}
