@@ -14,7 +14,7 @@ setup: $(STAMP) models proto
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[build,test]"
+	$(BIN)/python -m pip install --quiet -e ".[build,test,cluster]"
 	touch $(STAMP)
 
 models: $(STAMP)

@@ -394,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
                         "lite-v2 and lite-v1 only for stores filled with them)")
     s.add_argument("--insecure", action="store_true", default=None,
                    help="plain text, no authentication: local development only")
+    s.add_argument("--cluster", metavar="HOST:PORT",
+                   help="join the Ray cluster there (started with `ray start`; see the README)")
+    s.add_argument("--shards", type=int, help="cluster mode: shard actors holding the galleries")
 
     a = sub.add_parser("audit", help="the hash-chained audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -532,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = Config.load(args.config, port=args.port, data_dir=args.data_dir,
                                  metrics_port=args.metrics_port, mtls_port=args.mtls_port, insecure=args.insecure,
-                                 finger_network=args.finger_network)
+                                 finger_network=args.finger_network, cluster=args.cluster, shards=args.shards)
         except ValueError as e:
             print(f"error: configuration: {e}", file=sys.stderr)
             return 2

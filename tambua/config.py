@@ -45,6 +45,10 @@ class Config:
             some sensors: see the finger model card; ``lite-v2`` and ``lite-v1`` serve
             stores filled with earlier lite networks). Templates of one cannot be searched by
             another, so a store keeps the network it was filled with.
+        cluster: ``HOST:PORT`` of a Ray cluster to join (cluster mode, see the README);
+            empty: one process holds everything (the default).
+        shards: in cluster mode, how many shard actors hold the galleries (set by the
+            first front-end to start; later ones join what exists).
     """
 
     host: str = "127.0.0.1"
@@ -66,12 +70,14 @@ class Config:
     mtls_port: int = 50052
     kek_file: Path | None = None
     finger_network: str = AUTO
+    cluster: str = ""
+    shards: int = 2
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535 and 0 <= self.mtls_port <= 65535 and -1 <= self.metrics_port <= 65535):
             raise ValueError("ports must be within 0..65535 (metrics_port -1 disables)")
-        if self.workers < 1 or self.max_message_mb < 1:
-            raise ValueError("workers and max_message_mb must be positive")
+        if self.workers < 1 or self.max_message_mb < 1 or self.shards < 1:
+            raise ValueError("workers, max_message_mb and shards must be positive")
         self.thresholds  # noqa: B018 - validates the rates
         if self.finger_network not in FINGER_NETWORKS:
             raise ValueError(f"finger_network must be one of {', '.join(FINGER_NETWORKS)}, not {self.finger_network!r}")

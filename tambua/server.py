@@ -71,8 +71,9 @@ class Metrics:
         class _Gallery:
             def collect(self_inner):
                 g = GaugeMetricFamily("tambua_gallery_templates", "Indexed templates", labels=["modality"])
+                sizes = engine.galleries.sizes()
                 for modality, matcher in engine.matchers.items():
-                    g.add_metric([modality], matcher.size())
+                    g.add_metric([modality], sizes.get(matcher.model_id, 0))
                 yield g
 
         registry.register(_Gallery())
@@ -326,7 +327,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     def Stats(self, request, context):
         return pb.StatsResponse(
             subjects=self.engine.store.count(),
-            templates_by_model={m.model_id: m.size() for m in self.engine.matchers.values()},
+            templates_by_model=self.engine.galleries.sizes(),
             subjects_by_partition=self.engine.store.count_by_partition(),
         )
 
@@ -445,6 +446,19 @@ def private_data_dir(data_dir: Path) -> list[tuple[Path, int]]:
     return widened
 
 
+def _join_cluster(config: Config, finger_network: str):
+    """The cluster's engine (cluster mode): the coordinator's, started with this front-end's
+    data directory and key file if it is the first."""
+    from cluster.client import connect
+    from enroll.face.pipeline import FACE_MODEL_ID
+    from enroll.iris.pipeline import IRIS_MODEL_ID
+
+    models = {"face": FACE_MODEL_ID, "finger": networks.NETWORKS[finger_network].model_id, "iris": IRIS_MODEL_ID}
+    return connect(config.cluster, str(config.data_dir.resolve()),
+                   str(config.kek_file.resolve()) if config.kek_file else None, models, config.thresholds,
+                   config.shards)
+
+
 def serve(config: Config) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully (in-flight requests get ``grace_s``)."""
     from enroll.face.pipeline import FaceExtractor
@@ -469,14 +483,19 @@ def serve(config: Config) -> None:
         log.warning("INSECURE MODE: templates stored without encryption")
     for path, mode in private_data_dir(config.data_dir):
         log.warning("%s was readable by others (mode %o): now only by this service's user", path, mode)
-    store = SubjectStore(config.data_dir / "subjects.sqlite", kek)
+    if config.cluster:
+        engine = _join_cluster(config, networks.choose(config.finger_network, {})[0])
+        store = engine.store
+    else:
+        store = SubjectStore(config.data_dir / "subjects.sqlite", kek)
     stored = store.model_counts()
     finger_network, why = networks.choose(config.finger_network, stored)
     log.info("finger minutiae network %s (%s)", finger_network, why)
     extractors = {"face": FaceExtractor(), "finger": FingerExtractor(network=finger_network),
                   "iris": IrisExtractor()}
     refuse_foreign_templates(stored, {m: ex.model_id for m, ex in extractors.items()})
-    engine = Engine(store, {m: ex.model_id for m, ex in extractors.items()}, config.thresholds)
+    if not config.cluster:
+        engine = Engine(store, {m: ex.model_id for m, ex in extractors.items()}, config.thresholds)
     bound = create_server(config, engine, extractors)
     server = bound.server
     server.start()

@@ -1,7 +1,8 @@
 """The import layering, read from the source (no imports run): what each package may import,
 and no import cycles between modules.
 
-    tambua/   wiring, gRPC, CLI: may import enroll/, matcher/, store/ and sync/
+    tambua/   wiring, gRPC, CLI: may import enroll/, matcher/, store/, sync/ and cluster/
+    cluster/  galleries sharded over Ray actors: may import matcher/ and store/
     enroll/   images -> templates (ONNX Runtime, OpenCV): may import matcher/; no grpc, faiss
     sync/     site identities, bundles: may import matcher/ (its repository interfaces); no store/
     store/    the SQLite store and sealing: may import matcher/ (it implements its interfaces)
@@ -16,14 +17,16 @@ from pathlib import Path
 
 from tests.tambua.test_server import REPO
 
-PACKAGES = ("enroll", "matcher", "store", "sync", "tambua", "models", "bench")
+PACKAGES = ("enroll", "matcher", "store", "sync", "cluster", "tambua", "models", "bench")
 # package -> top-level names it must not import
 FORBIDDEN = {
     # (OpenCV is allowed: MCC takes a minutiae set's convex hull with it; images are enroll/'s.)
-    "matcher": {"enroll", "store", "sync", "tambua", "models", "bench", "grpc", "onnxruntime", "PIL"},
-    "store": {"enroll", "sync", "tambua", "models", "bench", "grpc", "onnxruntime", "PIL"},
-    "sync": {"enroll", "store", "tambua", "models", "bench", "grpc", "onnxruntime", "faiss"},
-    "enroll": {"store", "sync", "tambua", "models", "bench", "grpc", "faiss"},
+    "matcher": {"enroll", "store", "sync", "cluster", "tambua", "models", "bench", "grpc", "onnxruntime", "PIL",
+                "ray"},
+    "store": {"enroll", "sync", "cluster", "tambua", "models", "bench", "grpc", "onnxruntime", "PIL", "ray"},
+    "sync": {"enroll", "store", "cluster", "tambua", "models", "bench", "grpc", "onnxruntime", "faiss", "ray"},
+    "cluster": {"enroll", "sync", "tambua", "models", "bench", "grpc", "onnxruntime", "PIL"},
+    "enroll": {"store", "sync", "cluster", "tambua", "models", "bench", "grpc", "faiss", "ray"},
     "tambua": {"models", "bench"},
 }
 

@@ -1,0 +1,107 @@
+"""What a front-end (``tambua serve --cluster``) holds instead of an engine and a store:
+proxies that ask the coordinator, with the same methods the servicer, sync and auth use.
+Parsing and 1:1 comparison of two given templates need no gallery and run here."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from cluster.coordinator import NAME, NAMESPACE, Coordinator
+from cluster.galleries import get
+from matcher.engine import Engine, Thresholds, VerifyResult, default_matcher
+from matcher.types import StoredTemplate
+
+log = logging.getLogger(__name__)
+
+
+def connect(address: str, data_dir: str, kek_file: str | None, models: dict[str, str], thresholds: Thresholds,
+            shards: int) -> "RemoteEngine":
+    """Join the Ray cluster at ``address`` and find its coordinator, or start it (on the
+    head node, with this front-end's ``data_dir`` and ``kek_file`` as paths there) when
+    this is the first front-end; wait until every shard has loaded."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
+    handle = ray.remote(Coordinator).options(
+        name=NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_concurrency=32, num_cpus=0,
+        max_restarts=-1, resources={"node:__internal_head__": 0.001},
+    ).remote(data_dir, kek_file, models, thresholds, shards)
+    started = time.perf_counter()
+    ready = get(handle.ready.remote())
+    if ready["models"] != models:
+        raise ValueError(f"the cluster serves {ready['models']}, this front-end extracts {models}")
+    log.info("cluster at %s: %d shards ready in %.1f s", address, len(ready["shards"]), time.perf_counter() - started)
+    return RemoteEngine(handle, models, thresholds)
+
+
+class RemoteStore:
+    """The coordinator's store, as the servicer, sync and auth use it (the methods of
+    :mod:`matcher.repository` they call, and the counts the service reports)."""
+
+    def __init__(self, coordinator) -> None:
+        self._coordinator = coordinator
+        self.encrypted = get(coordinator.store_call.remote("encrypted"))
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            return get(self._coordinator.store_call.remote(name, args, kwargs))
+
+        return call
+
+    def close(self) -> None:
+        """The store is the coordinator's: a front-end going away closes nothing."""
+
+
+class _Sizes:
+    def __init__(self, coordinator) -> None:
+        self._coordinator = coordinator
+
+    def sizes(self) -> dict[str, int]:
+        return get(self._coordinator.gallery_sizes.remote())
+
+
+class RemoteEngine:
+    """The engine's methods a front-end calls, answered by the coordinator."""
+
+    check_deadline = staticmethod(Engine.check_deadline)
+
+    def __init__(self, coordinator, models: dict[str, str], thresholds: Thresholds) -> None:
+        self.coordinator = coordinator
+        self.thresholds = thresholds
+        self.matchers = {m: default_matcher(m, model_id) for m, model_id in models.items()}
+        self.store = RemoteStore(coordinator)
+        self.galleries = _Sizes(coordinator)
+        self.observer = None
+
+    def _call(self, name: str, *args, deadline: float | None = None, **kwargs):
+        left = None if deadline is None else deadline - time.monotonic()
+        return get(self.coordinator.engine_call.remote(name, args, kwargs, left))
+
+    def parse(self, modality: str, data: bytes):
+        return Engine.parse(self, modality, data)
+
+    def _matcher(self, modality: str):
+        return Engine._matcher(self, modality)
+
+    def compare(self, a: StoredTemplate, b: StoredTemplate) -> VerifyResult:
+        return Engine.compare(self, a, b)
+
+    def enroll(self, *args, **kwargs):
+        return self._call("enroll", *args, **kwargs)
+
+    def identify(self, *args, **kwargs):
+        return self._call("identify", *args, **kwargs)
+
+    def verify(self, *args, **kwargs):
+        return self._call("verify", *args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        return self._call("delete", *args, **kwargs)
+
+    def import_change(self, *args, **kwargs):
+        return self._call("import_change", *args, **kwargs)

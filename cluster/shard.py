@@ -1,0 +1,77 @@
+"""A shard: the galleries of the subjects whose slots it owns, as a Ray actor.
+
+It is plain :class:`matcher.galleries.LocalGalleries` inside, so a shard searches and
+scores exactly as one server does. Its constructor loads its subjects from the
+coordinator, so when Ray restarts it (its node died) it comes back whole; adding a
+subject it holds already replaces it (a write retried after a restart adds nothing twice).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from matcher.engine import default_matcher
+from matcher.galleries import LocalGalleries
+from matcher.types import StoredTemplate
+
+
+class GalleryShard:
+    """One shard.
+
+    Args:
+        models: the model id of each modality.
+        index: this shard's number.
+        coordinator: the coordinator's actor handle (None: start empty, for tests).
+    """
+
+    def __init__(self, models: dict[str, str], index: int, coordinator=None) -> None:
+        import ray
+
+        self.index = index
+        self.galleries = LocalGalleries({m: default_matcher(m, model_id) for m, model_id in models.items()})
+        self.subjects: dict[str, set[str]] = {}
+        self.loaded = 0
+        if coordinator is not None:
+            for modality, partition, subject_id, position, template in ray.get(coordinator.shard_rows.remote(index)):
+                self.galleries.load([(modality, partition, subject_id, position, template)])
+                self.subjects.setdefault(partition, set()).add(subject_id)
+                self.loaded += 1
+
+    def ready(self) -> int:
+        """Templates loaded at start (a call that returns once the constructor has run)."""
+        return self.loaded
+
+    def add(self, partition: str, subject_id: str, templates: tuple[StoredTemplate, ...]) -> None:
+        self.galleries.remove(partition, subject_id)
+        self.galleries.add(partition, subject_id, templates)
+        self.subjects.setdefault(partition, set()).add(subject_id)
+
+    def remove(self, partition: str, subject_id: str) -> None:
+        self.galleries.remove(partition, subject_id)
+        self.subjects.get(partition, set()).discard(subject_id)
+
+    def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
+               within: frozenset[str] | None = None) -> list[list[tuple[str, float]]]:
+        return self.galleries.search(partition, templates, k, within)
+
+    def score(self, partition: str, subject_ids: Iterable[str],
+              templates: tuple[StoredTemplate, ...]) -> dict[str, float]:
+        return self.galleries.score(partition, subject_ids, templates)
+
+    def sizes(self) -> dict[str, int]:
+        return self.galleries.sizes()
+
+    def status(self) -> dict:
+        """What ``tambua cluster status`` shows of this shard."""
+        import ray
+
+        return {"shard": self.index, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "subjects": sum(len(s) for s in self.subjects.values()), "templates": self.galleries.sizes(),
+                "resident_bytes": resident_bytes()}
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

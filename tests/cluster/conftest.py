@@ -1,0 +1,134 @@
+"""A real local multi-node Ray cluster on loopback for the cluster tests: a head and worker
+nodes started with Ray's own ``ray start`` (one after another: two at once race for the
+plasma socket), each stopped by its PID; a node is killed by SIGKILL of its ``ray start``
+process and every process of its raylet. Recipes and pitfalls: ../shared/notes/recipes.md."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray", reason="cluster mode needs the cluster extra (make setup installs it)")
+
+HOST = "127.0.0.2"  # Ray rewrites 127.0.0.1 and localhost to the eth0 address
+RAY = str(Path(sys.executable).with_name("ray"))
+ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+_READY = "will now block forever"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class RayCluster:
+    """``ray start`` processes on ``HOST``: ``nodes[0]`` is the head."""
+
+    def __init__(self) -> None:
+        # Unix socket paths must stay under ~107 characters: a short folder of our own.
+        self.root = Path(tempfile.mkdtemp(prefix="tr", dir="/tmp"))
+        self.port = _free_port()
+        self.address = f"{HOST}:{self.port}"
+        self.nodes: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str]) -> subprocess.Popen:
+        log = open(self.root / f"node{len(self.nodes)}.log", "w+")
+        proc = subprocess.Popen([RAY, "start", *args, f"--node-ip-address={HOST}", "--num-cpus=1",
+                                 "--memory=2000000000", "--object-store-memory=150000000",
+                                 "--disable-usage-stats", "--block"],
+                                stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+        deadline = time.monotonic() + 90
+        while _READY not in (self.root / f"node{len(self.nodes)}.log").read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed: {(self.root / f'node{len(self.nodes)}.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        self.nodes.append(proc)
+        return proc
+
+    def start(self, workers: int = 2) -> "RayCluster":
+        self._start(["--head", f"--port={self.port}", "--include-dashboard=false", f"--temp-dir={self.root}"])
+        for _ in range(workers):
+            self.add_worker()
+        return self
+
+    def add_worker(self) -> subprocess.Popen:
+        return self._start([f"--address={self.address}"])
+
+    def _session_pids(self) -> list[int]:
+        """Every process started for this cluster: its command line names our temp folder,
+        or it descends from one of our ``ray start`` processes."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(self.root).encode() in cmd:
+                pids.append(int(entry.name))
+        return pids
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL a worker node: its ``ray start``, its raylet and every process under it."""
+        proc = self.nodes[index]
+        doomed = _descendants(proc.pid) | {proc.pid}
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in reversed(self.nodes):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.nodes:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for pid in self._session_pids():  # actor workers outlive their raylet for a moment
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    cluster = RayCluster()
+    try:
+        yield cluster.start(workers=2)
+    finally:
+        cluster.stop()

@@ -1,0 +1,129 @@
+"""Cluster mode on a real local Ray cluster (a head and two worker nodes on loopback): the
+galleries sharded over the nodes answer exactly as one server holding the same gallery,
+for faces, fingers, irises and subjects with all three; two front-ends joined to one
+cluster enrol the same new person once."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+import pytest
+
+from tests.tambua.test_finger_service import fcj  # noqa: F401 - fixture
+from tests.tambua.test_iris_service import _eye
+from tests.tambua.test_server import Server, face
+from tambua.v1 import tambua_pb2 as pb
+
+
+@pytest.fixture(scope="module")
+def servers(ray_cluster, tmp_path_factory, models):
+    """One server on its own, and two front-ends of the cluster."""
+    root = tmp_path_factory.mktemp("cluster")
+    single = Server(root / "single")
+    fronts = [Server(root / f"front{i}", env={"TAMBUA_CLUSTER": ray_cluster.address, "TAMBUA_SHARDS": "3"})
+              for i in range(2)]
+    started = []
+    try:
+        for s in (single, *fronts):
+            s.start()
+            started.append(s)
+        yield single, fronts
+    finally:
+        for s in started:
+            s.stop()
+
+
+def _templates(stub, samples: list[pb.Sample]) -> list[pb.Sample]:
+    """The samples as template bytes (extracted once, so both galleries hold the same)."""
+    out = stub.Extract(pb.ExtractRequest(samples=samples), timeout=120).templates
+    return [pb.Sample(modality=t.modality, position=t.position, template=t.data) for t in out]
+
+
+def _finger(folder, impression: int, position: int) -> pb.Sample:
+    return pb.Sample(modality=pb.FINGER, position=position, image=(folder / f"{folder.name}_{impression}.png").read_bytes())
+
+
+def _eyes(irises) -> list[int]:
+    """MMU1 persons with both eyes."""
+    folders = {p.name for p in (irises / "mmu1").iterdir()}
+    return sorted(int(n.split("_")[0]) for n in folders if n.endswith("_right") and n.replace("right", "left") in folders)
+
+
+def _answer(stub, samples, partition="", within=()):
+    r = stub.Identify(pb.IdentifyRequest(samples=samples, partition=partition, max_fpir=1.0, max_candidates=10,
+                                         within_subject_ids=list(within)), timeout=60)
+    return [(c.subject_id, round(c.score, 9), c.fpir) for c in r.candidates]
+
+
+def test_identify_through_the_shards_equals_one_server(servers, orl, irises, fcj):  # noqa: F811
+    single, (front, _) = servers
+    x = single.stub
+    eyes = _eyes(irises)
+    gallery = {}
+    for person in range(1, 15):  # faces
+        gallery[f"F{person}"] = ("", _templates(x, [face(orl, person, 1)]))
+    for n in range(6):  # two fingers each
+        gallery[f"P{n}"] = ("", _templates(x, [_finger(fcj[2 * n], 1, 1), _finger(fcj[2 * n + 1], 1, 2)]))
+    for person in eyes[:6]:  # both irises
+        gallery[f"I{person}"] = ("", _templates(x, [_eye(irises, person, "right", 0), _eye(irises, person, "left", 0)]))
+    for n in range(3):  # face, finger and irises, in another partition
+        gallery[f"M{n}"] = ("camp-b", _templates(x, [face(orl, 20 + n, 1), _finger(fcj[20 + n], 1, 3),
+                                                     _eye(irises, eyes[10 + n], "right", 0)]))
+    for stub in (single.stub, front.stub):
+        for sid, (partition, samples) in gallery.items():
+            r = stub.Enroll(pb.EnrollRequest(subject_id=sid, partition=partition, samples=samples, force=True),
+                            timeout=120)
+            assert r.outcome == pb.EnrollResponse.ENROLLED, sid
+    probes = {
+        "face": ("", _templates(x, [face(orl, 3, 2)])),
+        "stranger": ("", _templates(x, [face(orl, 35, 1)])),
+        "fingers": ("", _templates(x, [_finger(fcj[4], 2, 1), _finger(fcj[5], 2, 2)])),
+        "finger, position unknown": ("", _templates(x, [_finger(fcj[6], 3, 0)])),
+        "irises": ("", _templates(x, [_eye(irises, eyes[1], "right", 1), _eye(irises, eyes[1], "left", 1)])),
+        "all three": ("camp-b", _templates(x, [face(orl, 21, 2), _finger(fcj[21], 2, 3),
+                                               _eye(irises, eyes[11], "right", 1)])),
+    }
+    for name, (partition, samples) in probes.items():
+        alone, sharded = _answer(single.stub, samples, partition), _answer(front.stub, samples, partition)
+        assert alone == sharded, name
+        assert alone, name  # with max_fpir 1 every scored subject is listed: the lists hold something
+    assert _answer(front.stub, probes["face"][1])[0][0] == "F3"
+    assert _answer(front.stub, probes["all three"][1], "camp-b")[0][0] == "M1"
+    within = ("F1", "F3", "P2")
+    assert _answer(single.stub, probes["face"][1], within=within) == _answer(front.stub, probes["face"][1],
+                                                                               within=within)
+    for stub in (single.stub, front.stub):  # 1:1 goes to the subject's own shard
+        v = stub.Verify(pb.VerifyRequest(subject_id=f"I{eyes[1]}", samples=probes["irises"][1]), timeout=60)
+        assert v.match
+    sizes = [dict(s.Stats(pb.StatsRequest(), timeout=30).templates_by_model) for s in (single.stub, front.stub)]
+    assert sizes[0] == sizes[1]
+
+
+def test_two_front_ends_enrol_one_new_person_once(servers, orl):
+    _, fronts = servers
+    for person in (36, 37, 38):
+        samples = _templates(fronts[0].stub, [face(orl, person, 1)])
+        answers, barrier = [], threading.Barrier(2)
+
+        def enrol(stub, sid):
+            barrier.wait()
+            answers.append(stub.Enroll(pb.EnrollRequest(subject_id=sid, samples=samples), timeout=120).outcome)
+
+        threads = [threading.Thread(target=enrol, args=(f.stub, f"NEW{person}-{i}")) for i, f in enumerate(fronts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(answers) == sorted([pb.EnrollResponse.ENROLLED, pb.EnrollResponse.DUPLICATE]), person
+
+
+def test_one_id_names_one_subject_cluster_wide(servers, orl):
+    _, fronts = servers
+    a, b = (_templates(fronts[0].stub, [face(orl, p, 1)]) for p in (39, 40))
+    fronts[0].stub.Enroll(pb.EnrollRequest(subject_id="SAME-ID", samples=a), timeout=120)
+    with pytest.raises(grpc.RpcError) as e:
+        fronts[1].stub.Enroll(pb.EnrollRequest(subject_id="SAME-ID", samples=b), timeout=120)
+    assert e.value.code() is grpc.StatusCode.ALREADY_EXISTS
+    got = fronts[1].stub.GetSubject(pb.SubjectRequest(subject_id="SAME-ID"), timeout=30)
+    assert got.subject_id == "SAME-ID"
