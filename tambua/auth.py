@@ -47,6 +47,11 @@ log = logging.getLogger(__name__)
 ROLES = ("registrar", "verifier", "adjudicator", "auditor", "admin")
 ALL_PARTITIONS = "*"
 DEFAULT_PARTITION = "default"
+
+
+def partition_of(request) -> str:
+    """A request's partition: an empty one is the default partition (said here only)."""
+    return getattr(request, "partition", "") or DEFAULT_PARTITION
 _KEY_PREFIX = "tmb"
 
 # RPC -> roles that may call it (any one suffices); enrol-anyway (``force``) is
@@ -322,7 +327,7 @@ def authorize(principal: Principal, method: str, request) -> None:
                                f"{' or '.join(sorted(needed))}; {principal.name!r} has "
                                f"{', '.join(sorted(principal.roles))}")
     if hasattr(request, "partition") and not principal.may_use(request.partition):
-        raise PermissionDenied(f"{principal.name!r} may not use partition {request.partition or DEFAULT_PARTITION!r}")
+        raise PermissionDenied(f"{principal.name!r} may not use partition {partition_of(request)!r}")
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
@@ -454,7 +459,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         ids += [c.subject_id for c in getattr(response, "candidates", ())]
         ids += extra or []
         self.audit.append(principal.id if principal else "", principal.name if principal else "unauthenticated",
-                          short, (request.partition or DEFAULT_PARTITION) if hasattr(request, "partition") else "",
+                          short, partition_of(request) if hasattr(request, "partition") else "",
                           tuple(dict.fromkeys(ids)), outcome)
 
 

@@ -30,7 +30,7 @@ from matcher.repository import Flag
 from matcher.types import normalise_id
 import sync
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
-from tambua.auth import DEFAULT_PARTITION, AccessStore, AuthInterceptor, note_touched
+from tambua.auth import AccessStore, AuthInterceptor, note_touched, partition_of
 from tambua.config import Config
 from tambua.context import RequestIdFilter
 from tambua.extraction import Extraction, Extractor, SampleInput
@@ -124,11 +124,6 @@ def _samples(msgs) -> list[SampleInput]:
     return out
 
 
-def _partition(request) -> str:
-    """The request's partition; an empty one is the default partition (set here only)."""
-    return request.partition or DEFAULT_PARTITION
-
-
 def _deadline(context) -> float | None:
     """The call's deadline on ``time.monotonic()``'s clock, or None without one."""
     remaining = context.time_remaining()
@@ -199,7 +194,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     @_rpc
     def Enroll(self, request, context):
         # Ids and positions first: a bad one is refused before seconds of extraction.
-        subject_id, partition = normalise_id(request.subject_id), normalise_id(_partition(request), "partition")
+        subject_id, partition = normalise_id(request.subject_id), normalise_id(partition_of(request), "partition")
         deadline = _deadline(context)
         templates = self.extraction.templates(_samples(request.samples), deadline, enrolment=True)
         r = self.engine.enroll(subject_id, partition, templates, force=request.force,
@@ -217,7 +212,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         within = frozenset(request.within_subject_ids) if request.within_subject_ids else None
         deadline = _deadline(context)
         templates = self.extraction.templates(_samples(request.samples), deadline)
-        cands = self.engine.identify(_partition(request), templates, request.max_candidates, within, deadline,
+        cands = self.engine.identify(partition_of(request), templates, request.max_candidates, within, deadline,
                                      request.max_fpir)
         return pb.IdentifyResponse(
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in cands],
@@ -228,7 +223,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     def Verify(self, request, context):
         subject_id = normalise_id(request.subject_id)  # before extraction, as for Enroll
         deadline = _deadline(context)
-        r = self.engine.verify(subject_id, _partition(request),
+        r = self.engine.verify(subject_id, partition_of(request),
                                self.extraction.templates(_samples(request.samples), deadline), deadline)
         return pb.VerifyResponse(match=r.match, score=r.score, fmr=r.fmr, model_ids=[r.model_id])
 
@@ -245,14 +240,14 @@ class MatcherServicer(pb_grpc.MatcherServicer):
 
     @_rpc
     def GetSubject(self, request, context):
-        s = self.engine.store.get(_partition(request), request.subject_id)
+        s = self.engine.store.get(partition_of(request), request.subject_id)
         return pb.GetSubjectResponse(subject_id=s.subject_id, partition=s.partition,
                                      templates=[_template_pb(t) for t in s.templates],
                                      created_unix_ms=s.created_ns // 1_000_000, linked_subject_ids=list(s.linked))
 
     @_rpc
     def DeleteSubject(self, request, context):
-        self.engine.delete(_partition(request), request.subject_id)
+        self.engine.delete(partition_of(request), request.subject_id)
         return pb.DeleteSubjectResponse()
 
     @_rpc
