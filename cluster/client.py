@@ -10,13 +10,14 @@ import time
 from cluster.coordinator import NAME, NAMESPACE, Coordinator
 from cluster.galleries import get
 from matcher.engine import Engine, Thresholds, VerifyResult, default_matcher
+from matcher.errors import NotFound
 from matcher.types import StoredTemplate
 
 log = logging.getLogger(__name__)
 
 
 def connect(address: str, data_dir: str, kek_file: str | None, models: dict[str, str], thresholds: Thresholds,
-            shards: int) -> "RemoteEngine":
+            shards: int, replicas: int = 1) -> "RemoteEngine":
     """Join the Ray cluster at ``address`` and find its coordinator, or start it (on the
     head node, with this front-end's ``data_dir`` and ``kek_file`` as paths there) when
     this is the first front-end; wait until every shard has loaded."""
@@ -27,13 +28,37 @@ def connect(address: str, data_dir: str, kek_file: str | None, models: dict[str,
     handle = ray.remote(Coordinator).options(
         name=NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_concurrency=32, num_cpus=0,
         max_restarts=-1, resources={"node:__internal_head__": 0.001},
-    ).remote(data_dir, kek_file, models, thresholds, shards)
+    ).remote(data_dir, kek_file, models, thresholds, shards, replicas)
     started = time.perf_counter()
     ready = get(handle.ready.remote())
     if ready["models"] != models:
         raise ValueError(f"the cluster serves {ready['models']}, this front-end extracts {models}")
     log.info("cluster at %s: %d shards ready in %.1f s", address, len(ready["shards"]), time.perf_counter() - started)
     return RemoteEngine(handle, models, thresholds)
+
+
+def status(address: str) -> dict:
+    """What ``tambua cluster status`` prints: nodes, and each shard copy's node, subjects,
+    templates and resident bytes, summed per node."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        coordinator = ray.get_actor(NAME, namespace=NAMESPACE)
+    except ValueError:
+        raise NotFound(f"no Tambua coordinator in the cluster at {address}: start a front-end with --cluster") from None
+    state = get(coordinator.status.remote())
+    state["unserved_shards"] = get(coordinator.unserved.remote())
+    per_node: dict[str, dict] = {}
+    for copy in state["shards"]:
+        node = per_node.setdefault(copy["node"], {"copies": 0, "subjects": 0, "resident_bytes": 0})
+        node["copies"] += 1
+        node["subjects"] += copy["subjects"]
+        node["resident_bytes"] += copy["resident_bytes"]
+    for node in state["nodes"]:
+        node.update(per_node.get(node["node"], {"copies": 0, "subjects": 0, "resident_bytes": 0}))
+    return state
 
 
 class RemoteStore:
@@ -105,3 +130,7 @@ class RemoteEngine:
 
     def import_change(self, *args, **kwargs):
         return self._call("import_change", *args, **kwargs)
+
+    def unserved_shards(self) -> list[int]:
+        """Shards with no copy answering now (the front-end's health check reads it)."""
+        return get(self.coordinator.unserved.remote())

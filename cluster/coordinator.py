@@ -17,6 +17,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from cluster.galleries import ShardedGalleries
 from cluster.layout import Layout
 from cluster.shard import GalleryShard
@@ -41,31 +43,39 @@ class Coordinator:
             or no encryption): a path, never the key, so the key does not travel.
         models: the model id of each modality.
         thresholds: decision rates.
-        shards: how many shard actors.
+        shards: how many shards.
+        replicas: copies of each shard, on different nodes where there are enough.
     """
 
     def __init__(self, data_dir: str, kek_file: str | None, models: dict[str, str], thresholds: Thresholds,
-                 shards: int) -> None:
+                 shards: int, replicas: int = 1) -> None:
         import ray
 
         self.store = SubjectStore(Path(data_dir) / "subjects.sqlite", load_kek(Path(kek_file) if kek_file else None))
         self.layout = Layout.even(shards)
         self.models = dict(models)
+        self.replicas = replicas
         me = ray.get_runtime_context().current_actor
+        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
         shard = ray.remote(GalleryShard)
-        # Shards load from this actor in their constructors: created here, never waited for
-        # here (this constructor must return before the coordinator answers them).
-        self.shards = [shard.options(name=f"tambua-shard-{i}", namespace=NAMESPACE, lifetime="detached",
-                                     max_restarts=-1, max_task_retries=-1, max_concurrency=4, num_cpus=0,
-                                     scheduling_strategy="SPREAD").remote(models, i, me) for i in range(shards)]
+        # Copy r of shard i starts on node (i + r) mod N, so copies of one shard start apart;
+        # the affinity is soft: a copy whose node dies restarts wherever Ray finds room.
+        # Each copy runs one call at a time, in the order sent (see ShardedGalleries). Shards
+        # load from this actor in their constructors: created here, never waited for here
+        # (this constructor must return before the coordinator can answer them).
+        self.copies = [[shard.options(
+            name=f"tambua-shard-{i}-{r}", namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+            max_restarts=-1, max_task_retries=-1, max_concurrency=1, num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[(i + r) % len(nodes)], soft=True),
+        ).remote(models, i, me, r) for r in range(replicas)] for i in range(shards)]
         self.engine = Engine(self.store, models, thresholds,
-                             galleries=ShardedGalleries(self.shards, self.layout, models))
+                             galleries=ShardedGalleries(self.copies, self.layout, models))
 
     def ready(self) -> dict:
         """Once every shard has loaded: templates per shard."""
         from cluster.galleries import get
 
-        return {"shards": get([s.ready.remote() for s in self.shards]), "models": self.models}
+        return {"shards": get([c.ready.remote() for copies in self.copies for c in copies]), "models": self.models}
 
     def shard_rows(self, index: int) -> list[tuple]:
         """Every template of the subjects whose slots shard ``index`` owns."""
@@ -87,6 +97,16 @@ class Coordinator:
         value = getattr(self.store, name)
         return value(*args, **(kwargs or {})) if callable(value) else value
 
+    def unserved(self, timeout_s: float = 1.0) -> list[int]:
+        """Shards none of whose copies answered within ``timeout_s`` (a partition's search
+        cannot be complete while one is down)."""
+        import ray
+
+        pings = {c.ready.remote(): i for i, copies in enumerate(self.copies) for c in copies}
+        done, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
+        alive = {pings[ref] for ref in done}
+        return [i for i in range(len(self.copies)) if i not in alive]
+
     def gallery_sizes(self) -> dict[str, int]:
         return self.engine.galleries.sizes()
 
@@ -96,6 +116,7 @@ class Coordinator:
 
         from cluster.galleries import get
 
-        return {"subjects": self.store.count(), "shards": get([s.status.remote() for s in self.shards]),
+        return {"subjects": self.store.count(), "replicas": self.replicas,
+                "shards": get([c.status.remote() for copies in self.copies for c in copies]),
                 "nodes": [{"node": n["NodeID"], "alive": n["Alive"], "address": n["NodeManagerAddress"]}
                           for n in ray.nodes()]}

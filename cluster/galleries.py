@@ -11,6 +11,8 @@ each shard does so over its own part, which can only add true candidates.
 
 from __future__ import annotations
 
+import itertools
+import time
 from collections.abc import Iterable
 
 from cluster.layout import Layout
@@ -35,12 +37,23 @@ def get(refs):
 
 
 class ShardedGalleries:
-    """Galleries held by ``shards`` (actor handles), subjects placed by ``layout``."""
+    """Galleries held by shard actors: ``replicas[i]`` are the copies of shard ``i``
+    (actor handles), subjects placed by ``layout``.
 
-    def __init__(self, shards: list, layout: Layout, models: dict[str, str]) -> None:
-        if len(shards) != layout.shards:
-            raise ValueError(f"{len(shards)} shards for a layout of {layout.shards}")
-        self.shards, self.layout, self.models = shards, layout, dict(models)
+    Writes go to every copy and return once one has applied them: a copy on a node that
+    is down gets them from Ray when it has restarted and reloaded from the store (which
+    holds them already), and applies them again harmlessly (adding a subject replaces it).
+    Each copy runs its calls one at a time in the order this process sent them, so a search
+    sent after a write sees it on every copy. Reads go to one copy per shard, in turn; a
+    copy that has not answered within ``hedge_s`` (its node may be down) is asked again of
+    the next copy, and the first answer wins.
+    """
+
+    def __init__(self, replicas: list[list], layout: Layout, models: dict[str, str], hedge_s: float = 1.0) -> None:
+        if len(replicas) != layout.shards or not all(replicas):
+            raise ValueError(f"{len(replicas)} shards for a layout of {layout.shards}, each needs a copy")
+        self.replicas, self.layout, self.models, self.hedge_s = replicas, layout, dict(models), hedge_s
+        self._turn = itertools.count()
 
     def modalities(self) -> tuple[str, ...]:
         return tuple(self.models)
@@ -48,21 +61,72 @@ class ShardedGalleries:
     def load(self, rows) -> None:
         raise NotImplementedError("shards load their own subjects from the coordinator")
 
-    def _shard(self, partition: str, subject_id: str):
-        return self.shards[self.layout.shard_of(partition, subject_id)]
+    def _write(self, shard: int, method: str, *args) -> None:
+        import ray
+
+        pending = [getattr(copy, method).remote(*args) for copy in self.replicas[shard]]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                get(done[0])
+                return
+            except NotReady:
+                if not pending:
+                    raise
+
+    def _read(self, method: str, calls: dict[int, tuple]) -> dict[int, object]:
+        """``method(*calls[i])`` on one copy of each shard ``i``, hedged (see the class)."""
+        import ray
+
+        first = next(self._turn)
+        tried = dict.fromkeys(calls, 0)
+        pending: dict = {}
+
+        def send(i: int) -> None:
+            copies = self.replicas[i]
+            ref = getattr(copies[(first + tried[i]) % len(copies)], method).remote(*calls[i])
+            tried[i] += 1
+            pending[ref] = i
+
+        for i in calls:
+            send(i)
+        results: dict[int, object] = {}
+        hedge_at = time.monotonic() + self.hedge_s
+        while len(results) < len(calls):
+            waiting = {i for i in pending.values() if i not in results}
+            spare = any(tried[i] < len(self.replicas[i]) for i in waiting)
+            done, _ = ray.wait(list(pending), num_returns=1,
+                               timeout=max(0.0, hedge_at - time.monotonic()) if spare else None)
+            if not done:  # slow copies: ask the next copy of each shard still waiting
+                for i in waiting:
+                    if tried[i] < len(self.replicas[i]):
+                        send(i)
+                hedge_at = time.monotonic() + self.hedge_s
+                continue
+            i = pending.pop(done[0])
+            if i in results:
+                continue
+            try:
+                results[i] = get(done[0])
+            except NotReady:
+                if tried[i] < len(self.replicas[i]):
+                    send(i)
+                elif i not in pending.values():
+                    raise
+        return results
 
     def add(self, partition: str, subject_id: str, templates: tuple[StoredTemplate, ...]) -> None:
-        get(self._shard(partition, subject_id).add.remote(partition, subject_id, templates))
+        self._write(self.layout.shard_of(partition, subject_id), "add", partition, subject_id, templates)
 
     def remove(self, partition: str, subject_id: str) -> None:
-        get(self._shard(partition, subject_id).remove.remote(partition, subject_id))
+        self._write(self.layout.shard_of(partition, subject_id), "remove", partition, subject_id)
 
     def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
                within: frozenset[str] | None = None, observer=None) -> list[list[tuple[str, float, float]]]:
-        per_shard = get([s.search.remote(partition, templates, k, within) for s in self.shards])
+        per_shard = self._read("search", {i: (partition, templates, k, within) for i in range(len(self.replicas))})
         # By each matcher's own ranking key, then id: the one gallery's order (base.pairs).
-        return [sorted((hit for shard in per_shard for hit in shard[i]), key=lambda h: (h[2], h[0]))[:k]
-                for i in range(len(templates))]
+        return [sorted((hit for shard in per_shard.values() for hit in shard[j]), key=lambda h: (h[2], h[0]))[:k]
+                for j in range(len(templates))]
 
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]:
@@ -70,13 +134,13 @@ class ShardedGalleries:
         for sid in subject_ids:
             by_shard.setdefault(self.layout.shard_of(partition, sid), []).append(sid)
         fused: dict[str, float] = {}
-        for part in get([self.shards[i].score.remote(partition, sids, templates) for i, sids in by_shard.items()]):
+        for part in self._read("score", {i: (partition, sids, templates) for i, sids in by_shard.items()}).values():
             fused.update(part)
         return fused
 
     def sizes(self) -> dict[str, int]:
         total: dict[str, int] = {}
-        for sizes in get([s.sizes.remote() for s in self.shards]):
+        for sizes in self._read("sizes", dict.fromkeys(range(len(self.replicas)), ())).values():
             for model, n in sizes.items():
                 total[model] = total.get(model, 0) + n
         return total

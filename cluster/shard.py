@@ -23,12 +23,13 @@ class GalleryShard:
         models: the model id of each modality.
         index: this shard's number.
         coordinator: the coordinator's actor handle (None: start empty, for tests).
+        copy: which copy of the shard this is.
     """
 
-    def __init__(self, models: dict[str, str], index: int, coordinator=None) -> None:
+    def __init__(self, models: dict[str, str], index: int, coordinator=None, copy: int = 0) -> None:
         import ray
 
-        self.index = index
+        self.index, self.copy = index, copy
         self.galleries = LocalGalleries({m: default_matcher(m, model_id) for m, model_id in models.items()})
         self.subjects: dict[str, set[str]] = {}
         self.loaded = 0
@@ -66,7 +67,7 @@ class GalleryShard:
         """What ``tambua cluster status`` shows of this shard."""
         import ray
 
-        return {"shard": self.index, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+        return {"shard": self.index, "copy": self.copy, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "subjects": sum(len(s) for s in self.subjects.values()), "templates": self.galleries.sizes(),
                 "resident_bytes": resident_bytes()}
 

@@ -396,7 +396,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="plain text, no authentication: local development only")
     s.add_argument("--cluster", metavar="HOST:PORT",
                    help="join the Ray cluster there (started with `ray start`; see the README)")
-    s.add_argument("--shards", type=int, help="cluster mode: shard actors holding the galleries")
+    s.add_argument("--shards", type=int, help="cluster mode: shards holding the galleries")
+    s.add_argument("--replicas", type=int, help="cluster mode: copies of each shard (2: searches survive a node)")
+
+    cl = sub.add_parser("cluster", help="cluster mode: what the Ray cluster holds")
+    clsub = cl.add_subparsers(dest="cluster_command", required=True)
+    cs = clsub.add_parser("status", help="nodes, shard copies, subjects and resident bytes per copy and node")
+    cs.add_argument("--address", default=os.environ.get("TAMBUA_CLUSTER"), required=not os.environ.get("TAMBUA_CLUSTER"),
+                    help="the Ray cluster's HOST:PORT (else $TAMBUA_CLUSTER)")
+    cs.add_argument("--json", action="store_true")
 
     a = sub.add_parser("audit", help="the hash-chained audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -535,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = Config.load(args.config, port=args.port, data_dir=args.data_dir,
                                  metrics_port=args.metrics_port, mtls_port=args.mtls_port, insecure=args.insecure,
-                                 finger_network=args.finger_network, cluster=args.cluster, shards=args.shards)
+                                 finger_network=args.finger_network, cluster=args.cluster, shards=args.shards,
+                                 replicas=args.replicas)
         except ValueError as e:
             print(f"error: configuration: {e}", file=sys.stderr)
             return 2
@@ -545,6 +554,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.reason}: {e.message}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "cluster":
+        from cluster.client import status
+
+        try:
+            state = status(args.address)
+        except TambuaError as e:
+            print(f"error: {e.reason}: {e.message}", file=sys.stderr)
+            return 2
+        if args.json:
+            print(json.dumps(state, indent=2, sort_keys=True))
+        else:
+            for n in state["nodes"]:
+                print(f"node {n['node'][:12]} {n['address']} {'alive' if n['alive'] else 'DEAD'}: "
+                      f"{n['copies']} shard copies, {n['subjects']} subjects, {n['resident_bytes'] / 2**20:.0f} MiB")
+            print(f"{state['subjects']} subjects; shards without a live copy: {state['unserved_shards'] or 'none'}")
+        return 1 if state["unserved_shards"] else 0
     if args.command == "keys":
         return _keys(args)
     if args.command == "audit":

@@ -47,8 +47,10 @@ class Config:
             another, so a store keeps the network it was filled with.
         cluster: ``HOST:PORT`` of a Ray cluster to join (cluster mode, see the README);
             empty: one process holds everything (the default).
-        shards: in cluster mode, how many shard actors hold the galleries (set by the
-            first front-end to start; later ones join what exists).
+        shards: in cluster mode, how many shards hold the galleries (set by the first
+            front-end to start; later ones join what exists).
+        replicas: in cluster mode, copies of each shard, on different nodes: with 2,
+            searches keep answering while a node is down.
     """
 
     host: str = "127.0.0.1"
@@ -72,12 +74,13 @@ class Config:
     finger_network: str = AUTO
     cluster: str = ""
     shards: int = 2
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535 and 0 <= self.mtls_port <= 65535 and -1 <= self.metrics_port <= 65535):
             raise ValueError("ports must be within 0..65535 (metrics_port -1 disables)")
-        if self.workers < 1 or self.max_message_mb < 1 or self.shards < 1:
-            raise ValueError("workers, max_message_mb and shards must be positive")
+        if self.workers < 1 or self.max_message_mb < 1 or self.shards < 1 or self.replicas < 1:
+            raise ValueError("workers, max_message_mb, shards and replicas must be positive")
         self.thresholds  # noqa: B018 - validates the rates
         if self.finger_network not in FINGER_NETWORKS:
             raise ValueError(f"finger_network must be one of {', '.join(FINGER_NETWORKS)}, not {self.finger_network!r}")

@@ -341,6 +341,7 @@ class Bound:
     port: int
     metrics_port: int
     mtls_port: int = -1
+    health: health.HealthServicer | None = None
 
 
 def create_server(config: Config, engine: Engine, extractors: dict[str, Extractor],
@@ -391,7 +392,7 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     if config.metrics_port >= 0:
         http, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
         metrics_port = http.server_port
-    return Bound(server, port, metrics_port, mtls_port)
+    return Bound(server, port, metrics_port, mtls_port, health_servicer)
 
 
 def _credentials(config: Config, client_certificates: bool) -> grpc.ServerCredentials:
@@ -451,7 +452,22 @@ def _join_cluster(config: Config, finger_network: str):
     models = {"face": FACE_MODEL_ID, "finger": networks.NETWORKS[finger_network].model_id, "iris": IRIS_MODEL_ID}
     return connect(config.cluster, str(config.data_dir.resolve()),
                    str(config.kek_file.resolve()) if config.kek_file else None, models, config.thresholds,
-                   config.shards)
+                   config.shards, config.replicas)
+
+
+def _watch_shards(engine, servicer: health.HealthServicer, stop: threading.Event, every_s: float = 2.0) -> None:
+    """Cluster mode: NOT_SERVING while a shard has no copy answering (a search could not be
+    complete), SERVING again when one does."""
+    while not stop.wait(every_s):
+        try:
+            down = engine.unserved_shards()
+        except Exception:  # noqa: BLE001 - the coordinator itself not answering is down too
+            down = [-1]
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if down else health_pb2.HealthCheckResponse.SERVING
+        for name in (SERVICE_NAME, ""):
+            servicer.set(name, status)
+        if down:
+            log.warning("shards without a live copy: %s", down)
 
 
 def serve(config: Config) -> None:
@@ -499,6 +515,8 @@ def serve(config: Config) -> None:
     certs = f" (client certificates on {config.host}:{bound.mtls_port})" if bound.mtls_port >= 0 else ""
     print(f"tambua listening on {config.host}:{bound.port}{certs}", flush=True)
     done = threading.Event()
+    if config.cluster:
+        threading.Thread(target=_watch_shards, args=(engine, bound.health, done), daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     done.wait()

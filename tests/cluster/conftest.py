@@ -21,7 +21,10 @@ pytest.importorskip("ray", reason="cluster mode needs the cluster extra (make se
 
 HOST = "127.0.0.2"  # Ray rewrites 127.0.0.1 and localhost to the eth0 address
 RAY = str(Path(sys.executable).with_name("ray"))
-ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+# A node that stops answering is declared dead after 3 missed checks 0.5 s apart (Ray's
+# default is about 14 s), as an operator sets it: RAY_<setting> in the nodes' environment.
+ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_health_check_period_ms="500",
+           RAY_health_check_failure_threshold="3")
 _READY = "will now block forever"
 
 
@@ -125,10 +128,21 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
+def _running(workers: int = 2):
     cluster = RayCluster()
     try:
-        yield cluster.start(workers=2)
+        yield cluster.start(workers=workers)
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One cluster for a module's tests (a head and two workers)."""
+    yield from _running()
+
+
+@pytest.fixture
+def fresh_cluster():
+    """A cluster of this test's own (a head and two workers): for tests that kill a node."""
+    yield from _running()
