@@ -37,17 +37,27 @@ def connect(address: str, data_dir: str, kek_file: str | None, models: dict[str,
     return RemoteEngine(handle, models, thresholds)
 
 
-def status(address: str) -> dict:
-    """What ``tambua cluster status`` prints: nodes, and each shard copy's node, subjects,
-    templates and resident bytes, summed per node."""
+def _coordinator(address: str):
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING)
     try:
-        coordinator = ray.get_actor(NAME, namespace=NAMESPACE)
+        return ray.get_actor(NAME, namespace=NAMESPACE)
     except ValueError:
         raise NotFound(f"no Tambua coordinator in the cluster at {address}: start a front-end with --cluster") from None
+
+
+def rebalance(address: str) -> list[dict]:
+    """``tambua cluster rebalance``: spread the shard copies over the live nodes (after
+    adding nodes); the service answers throughout. Returns the moves made."""
+    return get(_coordinator(address).rebalance.remote())
+
+
+def status(address: str) -> dict:
+    """What ``tambua cluster status`` prints: nodes, and each shard copy's node, subjects,
+    templates and resident bytes, summed per node."""
+    coordinator = _coordinator(address)
     state = get(coordinator.status.remote())
     state["unserved_shards"] = get(coordinator.unserved.remote())
     per_node: dict[str, dict] = {}

@@ -14,15 +14,17 @@ and a worker node that dies loses no acknowledged write (its shards reload from 
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.galleries import ShardedGalleries
-from cluster.layout import Layout
+from cluster.layout import Layout, plan_moves
 from cluster.shard import GalleryShard
 from matcher.engine import Engine, Thresholds
+from matcher.errors import NotReady
 from store.sealing import load_kek
 from store.sqlite import SubjectStore
 
@@ -55,27 +57,79 @@ class Coordinator:
         self.layout = Layout.even(shards)
         self.models = dict(models)
         self.replicas = replicas
-        me = ray.get_runtime_context().current_actor
+        self._me = ray.get_runtime_context().current_actor
+        self._made = 0
+        self._moving = threading.Lock()
         nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-        shard = ray.remote(GalleryShard)
-        # Copy r of shard i starts on node (i + r) mod N, so copies of one shard start apart;
-        # the affinity is soft: a copy whose node dies restarts wherever Ray finds room.
-        # Each copy runs one call at a time, in the order sent (see ShardedGalleries). Shards
-        # load from this actor in their constructors: created here, never waited for here
-        # (this constructor must return before the coordinator can answer them).
-        self.copies = [[shard.options(
-            name=f"tambua-shard-{i}-{r}", namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-            max_restarts=-1, max_task_retries=-1, max_concurrency=1, num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(nodes[(i + r) % len(nodes)], soft=True),
-        ).remote(models, i, me, r) for r in range(replicas)] for i in range(shards)]
-        self.engine = Engine(self.store, models, thresholds,
-                             galleries=ShardedGalleries(self.copies, self.layout, models))
+        # Copy r of shard i starts on node (i + r) mod N, so copies of one shard start apart.
+        # Shards load from this actor in their constructors: created here, never waited for
+        # here (this constructor must return before the coordinator can answer them).
+        copies = [[self._copy(i, r, nodes[(i + r) % len(nodes)], f"tambua-shard-{i}-{r}")
+                   for r in range(replicas)] for i in range(shards)]
+        self.galleries = ShardedGalleries(copies, self.layout, models)
+        self.engine = Engine(self.store, models, thresholds, galleries=self.galleries)
+
+    def _copy(self, shard: int, copy: int, node: str, name: str):
+        """A copy of ``shard`` started on ``node``. The affinity is soft: a copy whose node
+        dies restarts wherever Ray finds room. It runs one call at a time, in the order sent
+        (see ShardedGalleries)."""
+        import ray
+
+        return ray.remote(GalleryShard).options(
+            name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_restarts=-1,
+            max_task_retries=-1, max_concurrency=1, num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+        ).remote(self.models, shard, self._me, copy)
+
+    def _start_on(self, shard: int, copy: int, node: str, tries: int = 20):
+        """A new copy of ``shard`` loaded and running on ``node``, joining the writes from its
+        start. A node that has just joined may not take work yet (soft affinity then places
+        the copy elsewhere): such a copy is stopped and started again a moment later."""
+        import ray
+
+        from cluster.galleries import get
+
+        for _ in range(tries):
+            self._made += 1
+            new = self._copy(shard, copy, node, f"tambua-shard-{shard}-{copy}-m{self._made}")
+            self.galleries.joining[shard] = [new]
+            get(new.ready.remote())
+            if get(new.status.remote())["node"] == node:
+                return new
+            self.galleries.joining.pop(shard)
+            ray.kill(new)
+            time.sleep(0.5)
+        raise NotReady(f"node {node[:12]} did not take shard {shard}'s copy")
+
+    def rebalance(self) -> list[dict]:
+        """Spread the shard copies evenly over the live nodes (after nodes were added),
+        while the service answers: each moved copy starts on its new node and gets every
+        write from then on, loads its shard from the store, takes reads once ready, and only
+        then is the old copy stopped. Returns the moves."""
+        import ray
+
+        from cluster.galleries import get
+
+        with self._moving:
+            state = get([c.status.remote() for copies in self.galleries.replicas for c in copies])
+            where = {(s["shard"], s["copy"]): s["node"] for s in state}
+            alive = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+            moves = plan_moves(where, alive)
+            for shard, copy, node in moves:
+                new = self._start_on(shard, copy, node)
+                old = self.galleries.replicas[shard][copy]
+                self.galleries.replicas[shard] = [new if c is old else c for c in self.galleries.replicas[shard]]
+                self.galleries.joining.pop(shard)
+                old.__ray_terminate__.remote()  # after the calls it has queued: reads in flight finish
+            return [{"shard": shard, "copy": copy, "from": where[(shard, copy)], "to": node}
+                    for shard, copy, node in moves]
 
     def ready(self) -> dict:
         """Once every shard has loaded: templates per shard."""
         from cluster.galleries import get
 
-        return {"shards": get([c.ready.remote() for copies in self.copies for c in copies]), "models": self.models}
+        return {"shards": get([c.ready.remote() for copies in self.galleries.replicas for c in copies]),
+                "models": self.models}
 
     def shard_rows(self, index: int) -> list[tuple]:
         """Every template of the subjects whose slots shard ``index`` owns."""
@@ -102,13 +156,13 @@ class Coordinator:
         cannot be complete while one is down)."""
         import ray
 
-        pings = {c.ready.remote(): i for i, copies in enumerate(self.copies) for c in copies}
+        pings = {c.ready.remote(): i for i, copies in enumerate(self.galleries.replicas) for c in copies}
         done, _ = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
         alive = {pings[ref] for ref in done}
-        return [i for i in range(len(self.copies)) if i not in alive]
+        return [i for i in range(len(self.galleries.replicas)) if i not in alive]
 
     def gallery_sizes(self) -> dict[str, int]:
-        return self.engine.galleries.sizes()
+        return self.galleries.sizes()
 
     def status(self) -> dict:
         """Nodes, shards and what each holds."""
@@ -117,6 +171,6 @@ class Coordinator:
         from cluster.galleries import get
 
         return {"subjects": self.store.count(), "replicas": self.replicas,
-                "shards": get([c.status.remote() for copies in self.copies for c in copies]),
+                "shards": get([c.status.remote() for copies in self.galleries.replicas for c in copies]),
                 "nodes": [{"node": n["NodeID"], "alive": n["Alive"], "address": n["NodeManagerAddress"]}
                           for n in ray.nodes()]}

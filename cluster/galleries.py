@@ -53,6 +53,8 @@ class ShardedGalleries:
         if len(replicas) != layout.shards or not all(replicas):
             raise ValueError(f"{len(replicas)} shards for a layout of {layout.shards}, each needs a copy")
         self.replicas, self.layout, self.models, self.hedge_s = replicas, layout, dict(models), hedge_s
+        # Copies being added (a move): they get every write, no read until they are ready.
+        self.joining: dict[int, list] = {}
         self._turn = itertools.count()
 
     def modalities(self) -> tuple[str, ...]:
@@ -64,6 +66,8 @@ class ShardedGalleries:
     def _write(self, shard: int, method: str, *args) -> None:
         import ray
 
+        for copy in self.joining.get(shard, ()):  # applied after its load: harmless if it holds it already
+            getattr(copy, method).remote(*args)
         pending = [getattr(copy, method).remote(*args) for copy in self.replicas[shard]]
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

@@ -401,10 +401,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cl = sub.add_parser("cluster", help="cluster mode: what the Ray cluster holds")
     clsub = cl.add_subparsers(dest="cluster_command", required=True)
-    cs = clsub.add_parser("status", help="nodes, shard copies, subjects and resident bytes per copy and node")
-    cs.add_argument("--address", default=os.environ.get("TAMBUA_CLUSTER"), required=not os.environ.get("TAMBUA_CLUSTER"),
-                    help="the Ray cluster's HOST:PORT (else $TAMBUA_CLUSTER)")
-    cs.add_argument("--json", action="store_true")
+    for name, text in (("status", "nodes, shard copies, subjects and resident bytes per copy and node"),
+                       ("rebalance", "spread the shard copies over the live nodes (after adding nodes)")):
+        cs = clsub.add_parser(name, help=text)
+        cs.add_argument("--address", default=os.environ.get("TAMBUA_CLUSTER"),
+                        required=not os.environ.get("TAMBUA_CLUSTER"),
+                        help="the Ray cluster's HOST:PORT (else $TAMBUA_CLUSTER)")
+        cs.add_argument("--json", action="store_true")
 
     a = sub.add_parser("audit", help="the hash-chained audit log")
     asub = a.add_subparsers(dest="audit_command", required=True)
@@ -555,9 +558,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return 0
     if args.command == "cluster":
-        from cluster.client import status
+        from cluster.client import rebalance, status
 
         try:
+            if args.cluster_command == "rebalance":
+                moves = rebalance(args.address)
+                print(json.dumps({"moves": moves}, indent=2) if args.json else
+                      "\n".join(f"shard {m['shard']} copy {m['copy']}: node {m['from'][:12]} -> {m['to'][:12]}"
+                                for m in moves) or "balanced already: nothing moved")
+                return 0
             state = status(args.address)
         except TambuaError as e:
             print(f"error: {e.reason}: {e.message}", file=sys.stderr)

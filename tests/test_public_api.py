@@ -16,7 +16,7 @@ import matcher
 import store
 from tests.tambua.test_server import REPO
 
-DOCTESTED = ("matcher.engine", "matcher.fusion", "matcher.calibration", "matcher.types")
+DOCTESTED = ("matcher.engine", "matcher.fusion", "matcher.calibration", "matcher.types", "cluster.layout")
 
 
 @pytest.mark.parametrize("package", [enroll, matcher, store], ids=["enroll", "matcher", "store"])

@@ -1,10 +1,14 @@
-"""Cluster mode on a real local Ray cluster (a head and two worker nodes on loopback): the
-galleries sharded over the nodes answer exactly as one server holding the same gallery,
-for faces, fingers, irises and subjects with all three; two front-ends joined to one
-cluster enrol the same new person once."""
+"""Cluster mode on a real local Ray cluster (a head and two worker nodes on loopback, three
+shards with two copies each): the galleries sharded over the nodes answer exactly as one
+server holding the same gallery, for faces, fingers, irises and subjects with all three;
+two front-ends joined to one cluster enrol the same new person once; after a node is added,
+a rebalance moves copies onto it while searches answer, and answers stay equal."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 
 import grpc
@@ -12,7 +16,7 @@ import pytest
 
 from tests.tambua.test_finger_service import fcj  # noqa: F401 - fixture
 from tests.tambua.test_iris_service import _eye
-from tests.tambua.test_server import Server, face
+from tests.tambua.test_server import REPO, Server, face
 from tambua.v1 import tambua_pb2 as pb
 
 
@@ -21,8 +25,8 @@ def servers(ray_cluster, tmp_path_factory, models):
     """One server on its own, and two front-ends of the cluster."""
     root = tmp_path_factory.mktemp("cluster")
     single = Server(root / "single")
-    fronts = [Server(root / f"front{i}", env={"TAMBUA_CLUSTER": ray_cluster.address, "TAMBUA_SHARDS": "3"})
-              for i in range(2)]
+    fronts = [Server(root / f"front{i}", env={"TAMBUA_CLUSTER": ray_cluster.address, "TAMBUA_SHARDS": "3",
+                                              "TAMBUA_REPLICAS": "2"}) for i in range(2)]
     started = []
     try:
         for s in (single, *fronts):
@@ -32,6 +36,9 @@ def servers(ray_cluster, tmp_path_factory, models):
     finally:
         for s in started:
             s.stop()
+
+
+PROBES: dict = {}  # the equality test's probes, searched again after the rebalance
 
 
 def _templates(stub, samples: list[pb.Sample]) -> list[pb.Sample]:
@@ -93,6 +100,7 @@ def test_identify_through_the_shards_equals_one_server(servers, orl, irises, fcj
     within = ("F1", "F3", "P2")
     assert _answer(single.stub, probes["face"][1], within=within) == _answer(front.stub, probes["face"][1],
                                                                                within=within)
+    PROBES.update(probes)
     for stub in (single.stub, front.stub):  # 1:1 goes to the subject's own shard
         v = stub.Verify(pb.VerifyRequest(subject_id=f"I{eyes[1]}", samples=probes["irises"][1]), timeout=60)
         assert v.match
@@ -127,3 +135,38 @@ def test_one_id_names_one_subject_cluster_wide(servers, orl):
     assert e.value.code() is grpc.StatusCode.ALREADY_EXISTS
     got = fronts[1].stub.GetSubject(pb.SubjectRequest(subject_id="SAME-ID"), timeout=30)
     assert got.subject_id == "SAME-ID"
+
+
+def test_a_rebalance_onto_a_new_node_keeps_answers_and_answers_throughout(servers, ray_cluster):
+    _, (front, _) = servers
+    assert PROBES, "runs after the equality test, on its gallery"
+    before = {name: _answer(front.stub, samples, partition) for name, (partition, samples) in PROBES.items()}
+    ray_cluster.add_worker()
+    stop, answered, errors = threading.Event(), [], []
+
+    def search():
+        while not stop.is_set():
+            try:
+                answered.append(_answer(front.stub, PROBES["face"][1]) == before["face"])
+            except grpc.RpcError as e:
+                errors.append(e.code())
+
+    searching = threading.Thread(target=search)
+    searching.start()
+    try:
+        r = subprocess.run([sys.executable, "-m", "tambua.cli", "cluster", "rebalance", "--address",
+                            ray_cluster.address, "--json"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    finally:
+        stop.set()
+        searching.join()
+    assert r.returncode == 0, r.stderr
+    moves = json.loads(r.stdout)["moves"]
+    state = json.loads(subprocess.run([sys.executable, "-m", "tambua.cli", "cluster", "status", "--address",
+                                       ray_cluster.address, "--json"], cwd=REPO, capture_output=True, text=True,
+                                      timeout=120).stdout)
+    per_node = sorted(n["copies"] for n in state["nodes"] if n["alive"])
+    assert moves and per_node == [1, 1, 2, 2], (moves, per_node)  # 6 copies over 4 nodes
+    assert {m["to"] for m in moves} == {n["node"] for n in state["nodes"] if n["copies"] == 1} & {m["to"] for m in moves}
+    assert not errors and answered and all(answered), (errors, answered.count(False))
+    after = {name: _answer(front.stub, samples, partition) for name, (partition, samples) in PROBES.items()}
+    assert after == before  # (not the single server's now: the tests since enrolled more people here)
