@@ -33,6 +33,9 @@ def connect(address: str, data_dir: str, kek_file: str | None, models: dict[str,
     ready = get(handle.ready.remote())
     if ready["models"] != models:
         raise ValueError(f"the cluster serves {ready['models']}, this front-end extracts {models}")
+    # Copies started on a node that had only just joined may have landed elsewhere: part
+    # and spread them now (nothing moves when they are where they belong).
+    get(handle.rebalance.remote())
     log.info("cluster at %s: %d shards ready in %.1f s", address, len(ready["shards"]), time.perf_counter() - started)
     return RemoteEngine(handle, models, thresholds)
 

@@ -120,7 +120,8 @@ class Coordinator:
                 old = self.galleries.replicas[shard][copy]
                 self.galleries.replicas[shard] = [new if c is old else c for c in self.galleries.replicas[shard]]
                 self.galleries.joining.pop(shard)
-                old.__ray_terminate__.remote()  # after the calls it has queued: reads in flight finish
+                time.sleep(2.0)  # reads sent to the old copy before the swap finish first
+                ray.kill(old, no_restart=True)
             return [{"shard": shard, "copy": copy, "from": where[(shard, copy)], "to": node}
                     for shard, copy, node in moves]
 

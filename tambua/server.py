@@ -9,6 +9,7 @@ import functools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent import futures
@@ -494,7 +495,11 @@ def serve(config: Config) -> None:
         log.warning("INSECURE MODE: templates stored without encryption")
     for path, mode in private_data_dir(config.data_dir):
         log.warning("%s was readable by others (mode %o): now only by this service's user", path, mode)
+    out = sys.stdout
     if config.cluster:
+        # Ray's driver prints the cluster's error messages on stdout; stdout is this
+        # command's one machine-read line ("listening on"), so they go to the log instead.
+        sys.stdout = sys.stderr
         engine = _join_cluster(config, networks.choose(config.finger_network, {})[0])
         store = engine.store
     else:
@@ -513,7 +518,7 @@ def serve(config: Config) -> None:
     log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, bound.port, bound.metrics_port,
              store.count())
     certs = f" (client certificates on {config.host}:{bound.mtls_port})" if bound.mtls_port >= 0 else ""
-    print(f"tambua listening on {config.host}:{bound.port}{certs}", flush=True)
+    print(f"tambua listening on {config.host}:{bound.port}{certs}", file=out, flush=True)
     done = threading.Event()
     if config.cluster:
         threading.Thread(target=_watch_shards, args=(engine, bound.health, done), daemon=True).start()

@@ -28,10 +28,19 @@ ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_health_check_period_ms="
 _READY = "will now block forever"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, log: Path, timeout_s: float = 90) -> None:
+    """Until the ``ray start --block`` writing ``log`` says it is up (fails if it exits)."""
+    deadline = time.monotonic() + timeout_s
+    while _READY not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ray start failed: {log.read_text()[-2000:]}")
+        time.sleep(0.2)
 
 
 class RayCluster:
@@ -40,21 +49,17 @@ class RayCluster:
     def __init__(self) -> None:
         # Unix socket paths must stay under ~107 characters: a short folder of our own.
         self.root = Path(tempfile.mkdtemp(prefix="tr", dir="/tmp"))
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"{HOST}:{self.port}"
         self.nodes: list[subprocess.Popen] = []
 
     def _start(self, args: list[str]) -> subprocess.Popen:
-        log = open(self.root / f"node{len(self.nodes)}.log", "w+")
+        log = self.root / f"node{len(self.nodes)}.log"
         proc = subprocess.Popen([RAY, "start", *args, f"--node-ip-address={HOST}", "--num-cpus=1",
                                  "--memory=2000000000", "--object-store-memory=150000000",
                                  "--disable-usage-stats", "--block"],
-                                stdout=log, stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
-        deadline = time.monotonic() + 90
-        while _READY not in (self.root / f"node{len(self.nodes)}.log").read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start failed: {(self.root / f'node{len(self.nodes)}.log').read_text()[-2000:]}")
-            time.sleep(0.2)
+                                stdout=log.open("w"), stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+        wait_ready(proc, log)
         self.nodes.append(proc)
         return proc
 
@@ -67,20 +72,9 @@ class RayCluster:
     def add_worker(self) -> subprocess.Popen:
         return self._start([f"--address={self.address}"])
 
-    def _session_pids(self) -> list[int]:
-        """Every process started for this cluster: its command line names our temp folder,
-        or it descends from one of our ``ray start`` processes."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if str(self.root).encode() in cmd:
-                pids.append(int(entry.name))
-        return pids
+    def node_of(self, pid: int) -> int:
+        """Which of ``nodes`` runs process ``pid`` (an actor's worker)."""
+        return next(i for i, proc in enumerate(self.nodes) if pid in _descendants(proc.pid))
 
     def kill_node(self, index: int) -> None:
         """SIGKILL a worker node: its ``ray start``, its raylet and every process under it."""
@@ -94,20 +88,28 @@ class RayCluster:
         proc.wait(timeout=30)
 
     def stop(self) -> None:
-        for proc in reversed(self.nodes):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.nodes:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        for pid in self._session_pids():  # actor workers outlive their raylet for a moment
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        shutil.rmtree(self.root, ignore_errors=True)
+        stop_nodes(self.nodes, self.root)
+
+
+def stop_nodes(nodes: list[subprocess.Popen], root: Path) -> None:
+    """SIGTERM each ``ray start --block`` (workers first), then SIGKILL what is left of the
+    cluster: every process whose command line names its temp folder ``root`` (actor workers
+    outlive their raylet for a moment). By PID only: never ``ray stop``, never pkill."""
+    for proc in reversed(nodes):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in nodes:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(root).encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _descendants(pid: int) -> set[int]:

@@ -63,8 +63,10 @@ def test_a_node_killed_under_enrolment_loses_nothing_and_searches_answer_again(f
 
         watcher = threading.Thread(target=watch_health)
         watcher.start()
+        _, state = _status(cluster.address)  # a worker node that holds a shard copy (never the head)
+        victim = next(n for c in state["shards"] if (n := cluster.node_of(c["pid"])) > 0)
         killed_at = time.monotonic()
-        cluster.kill_node(1)
+        cluster.kill_node(victim)
         latencies = []  # searches while the node is down and its copies restart elsewhere
         while time.monotonic() - killed_at < 8:
             t0 = time.monotonic()

@@ -134,7 +134,8 @@ def _png(src: Path, dst: Path) -> None:
 RUN = ("make setup", "make run", ".venv/bin/tambua enroll --subject A-001", ".venv/bin/tambua enroll --subject B-7",
        ".venv/bin/tambua enroll --subject C-3", "tambua dev-certs", "tambua serve", "tambua keys create",
        "export TAMBUA_CA", "tambua keys new-kek > kek.next", "tambua audit verify", "tambua backup",
-       "tambua sync identity")
+       "tambua sync identity",
+       "export RAY_USAGE_STATS_ENABLED")  # the cluster block: tests/cluster/test_readme_cluster.py
 
 
 def test_every_block_is_run_or_listed():
