@@ -144,6 +144,12 @@ class RemoteEngine:
     def import_change(self, *args, **kwargs):
         return self._call("import_change", *args, **kwargs)
 
+    def cluster_status(self) -> dict:
+        """Each shard copy's node, subjects, resident bytes and search counters (metrics)."""
+        state = get(self.coordinator.status.remote())
+        state["unserved_shards"] = get(self.coordinator.unserved.remote())
+        return state
+
     def unserved_shards(self) -> list[int]:
         """Shards with no copy answering now (the front-end's health check reads it)."""
         return get(self.coordinator.unserved.remote())

@@ -9,6 +9,7 @@ subject it holds already replaces it (a write retried after a restart adds nothi
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 
 from matcher.engine import default_matcher
@@ -33,6 +34,7 @@ class GalleryShard:
         self.galleries = LocalGalleries({m: default_matcher(m, model_id) for m, model_id in models.items()})
         self.subjects: dict[str, set[str]] = {}
         self.loaded = 0
+        self.searches, self.search_seconds = 0, 0.0
         if coordinator is not None:
             for modality, partition, subject_id, position, template in ray.get(coordinator.shard_rows.remote(index)):
                 self.galleries.load([(modality, partition, subject_id, position, template)])
@@ -53,8 +55,11 @@ class GalleryShard:
         self.subjects.get(partition, set()).discard(subject_id)
 
     def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
-               within: frozenset[str] | None = None) -> list[list[tuple[str, float]]]:
-        return self.galleries.search(partition, templates, k, within)
+               within: frozenset[str] | None = None) -> list[list[tuple[str, float, float]]]:
+        t0 = time.perf_counter()
+        found = self.galleries.search(partition, templates, k, within)
+        self.searches, self.search_seconds = self.searches + 1, self.search_seconds + time.perf_counter() - t0
+        return found
 
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]:
@@ -69,7 +74,7 @@ class GalleryShard:
 
         return {"shard": self.index, "copy": self.copy, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "subjects": sum(len(s) for s in self.subjects.values()), "templates": self.galleries.sizes(),
-                "resident_bytes": resident_bytes()}
+                "resident_bytes": resident_bytes(), "searches": self.searches, "search_seconds": self.search_seconds}
 
 
 def resident_bytes() -> int:

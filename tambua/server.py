@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
@@ -84,6 +84,32 @@ class Metrics:
         here); :class:`tambua.interceptors.CallMetrics` counts it with every other call."""
         code = code_of(error).name
         self.refusals.labels(method or "other", code, getattr(error, "reason", code)).inc()
+
+    def watch_cluster(self, engine) -> None:
+        """Cluster mode: per shard copy, read at scrape time from the coordinator (bounded
+        labels: shards x copies)."""
+
+        class _Shards:
+            def collect(self_inner):
+                labels = ["shard", "copy", "node"]
+                subjects = GaugeMetricFamily("tambua_shard_subjects", "Subjects a shard copy holds", labels=labels)
+                resident = GaugeMetricFamily("tambua_shard_resident_bytes", "Resident memory of a shard copy's process",
+                                             labels=labels)
+                searches = CounterMetricFamily("tambua_shard_searches", "Searches a shard copy answered", labels=labels)
+                seconds = CounterMetricFamily("tambua_shard_search_seconds", "Time a shard copy spent searching",
+                                              labels=labels)
+                unserved = GaugeMetricFamily("tambua_cluster_unserved_shards", "Shards with no copy answering")
+                state = engine.cluster_status()
+                for c in state["shards"]:
+                    key = [str(c["shard"]), str(c["copy"]), c["node"][:12]]
+                    subjects.add_metric(key, c["subjects"])
+                    resident.add_metric(key, c["resident_bytes"])
+                    searches.add_metric(key, c["searches"])
+                    seconds.add_metric(key, c["search_seconds"])
+                unserved.add_metric([], len(state["unserved_shards"]))
+                yield from (subjects, resident, searches, seconds, unserved)
+
+        self.registry.register(_Shards())
 
     def watch_sync(self, store, peers) -> None:
         """Per-peer sync gauges, read at scrape time from the store (bounded labels: configured peers)."""
@@ -369,6 +395,8 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     )
     peers = sync.Peers(config.data_dir)
     metrics.watch_sync(engine.store, peers)
+    if hasattr(engine, "cluster_status"):
+        metrics.watch_cluster(engine)
     pb_grpc.add_MatcherServicer_to_server(
         MatcherServicer(engine, Extraction(extractors, engine), metrics, audit,
                         SiteKeys.load(config.data_dir, engine.store), peers), server)

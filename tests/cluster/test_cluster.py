@@ -7,12 +7,15 @@ a rebalance moves copies onto it while searches answer, and answers stay equal."
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.tambua.test_finger_service import fcj  # noqa: F401 - fixture
 from tests.tambua.test_iris_service import _eye
@@ -26,7 +29,8 @@ def servers(ray_cluster, tmp_path_factory, models):
     root = tmp_path_factory.mktemp("cluster")
     single = Server(root / "single")
     fronts = [Server(root / f"front{i}", env={"TAMBUA_CLUSTER": ray_cluster.address, "TAMBUA_SHARDS": "3",
-                                              "TAMBUA_REPLICAS": "2"}) for i in range(2)]
+                                              "TAMBUA_REPLICAS": "2"}, args=("--metrics-port", str(METRICS[i])))
+              for i in range(2)]
     started = []
     try:
         for s in (single, *fronts):
@@ -39,6 +43,15 @@ def servers(ray_cluster, tmp_path_factory, models):
 
 
 PROBES: dict = {}  # the equality test's probes, searched again after the rebalance
+
+
+def _free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+METRICS = [_free_local_port(), _free_local_port()]
 
 
 def _templates(stub, samples: list[pb.Sample]) -> list[pb.Sample]:
@@ -106,6 +119,14 @@ def test_identify_through_the_shards_equals_one_server(servers, orl, irises, fcj
         assert v.match
     sizes = [dict(s.Stats(pb.StatsRequest(), timeout=30).templates_by_model) for s in (single.stub, front.stub)]
     assert sizes[0] == sizes[1]
+    # Per shard copy on the front-end's /metrics: every subject held twice (two copies),
+    # searches counted, no shard without a live copy.
+    text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS[0]}/metrics", timeout=30).read().decode()
+    samples = [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
+    held = [v for name, labels, v in samples if name == "tambua_shard_subjects"]
+    assert len(held) == 6 and sum(held) == 2 * len(gallery)
+    assert sum(v for name, _, v in samples if name == "tambua_shard_searches_total") > 0
+    assert [v for name, _, v in samples if name == "tambua_cluster_unserved_shards"] == [0]
 
 
 def test_two_front_ends_enrol_one_new_person_once(servers, orl):

@@ -35,10 +35,12 @@ class Server:
     """A `tambua serve` process. Plain text (``--insecure``) unless ``config`` (a TOML file
     with the TLS settings) is given; then ``connect`` opens TLS channels to it."""
 
-    def __init__(self, data_dir: Path, config: Path | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, config: Path | None = None, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.config = config
         self.env = dict(os.environ, **(env or {}))
+        self.args = args  # more `serve` options (they win over the defaults here)
         self.proc: subprocess.Popen | None = None
         self.address = ""
 
@@ -46,7 +48,7 @@ class Server:
         args = ["--config", str(self.config)] if self.config else ["--insecure"]
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tambua.cli", "serve", "--port", "0", "--metrics-port", "-1",
-             "--data-dir", str(self.data_dir), *args],
+             "--data-dir", str(self.data_dir), *args, *self.args],
             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env,
         )
         line = self.proc.stdout.readline()
