@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 from cluster.coordinator import NAME, NAMESPACE, Coordinator
 from cluster.galleries import get
@@ -87,6 +88,8 @@ class RemoteStore:
             raise AttributeError(name)
 
         def call(*args, **kwargs):
+            # An iterator (resolve() takes a generator) crosses to the coordinator as a list.
+            args = tuple(list(a) if isinstance(a, Iterator) else a for a in args)
             return get(self._coordinator.store_call.remote(name, args, kwargs))
 
         return call

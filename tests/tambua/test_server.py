@@ -49,7 +49,8 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tambua.cli", "serve", "--port", "0", "--metrics-port", "-1",
              "--data-dir", str(self.data_dir), *args, *self.args],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env,
+            cwd=REPO, stdout=subprocess.PIPE, text=True, env=self.env,
+            stderr=open(self.env["TAMBUA_TEST_LOG"], "a") if "TAMBUA_TEST_LOG" in self.env else subprocess.DEVNULL,
         )
         line = self.proc.stdout.readline()
         m = re.search(r"listening on (\S+)", line)
