@@ -36,6 +36,14 @@ STORE_CALLS = frozenset({"get", "count", "count_by_partition", "model_counts", "
                          "open_secret", "derive_key", "pseudonym", "resolve", "encrypted"})
 
 
+def shard_nodes() -> list[str]:
+    """The live nodes that take shard copies: those with CPUs (a front-end's node joins with
+    none, to run its driver only)."""
+    import ray
+
+    return sorted(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0)
+
+
 class Coordinator:
     """The cluster's engine.
 
@@ -60,7 +68,7 @@ class Coordinator:
         self._me = ray.get_runtime_context().current_actor
         self._made = 0
         self._moving = threading.Lock()
-        nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        nodes = shard_nodes()
         # Copy r of shard i starts on node (i + r) mod N, so copies of one shard start apart.
         # Shards load from this actor in their constructors: created here, never waited for
         # here (this constructor must return before the coordinator can answer them).
@@ -113,8 +121,7 @@ class Coordinator:
         with self._moving:
             state = get([c.status.remote() for copies in self.galleries.replicas for c in copies])
             where = {(s["shard"], s["copy"]): s["node"] for s in state}
-            alive = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
-            moves = plan_moves(where, alive)
+            moves = plan_moves(where, shard_nodes())
             for shard, copy, node in moves:
                 new = self._start_on(shard, copy, node)
                 old = self.galleries.replicas[shard][copy]

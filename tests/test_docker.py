@@ -134,3 +134,38 @@ def test_the_image_copies_every_package_and_runs_code_that_exists():
     for module, name in re.findall(r'"from ([\w.]+) import (\w+);', dockerfile):
         assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
     assert re.findall(r'"from ([\w.]+) import (\w+);', dockerfile)  # the check saw the warm-up line
+
+
+def test_the_cluster_compose_file_fits_the_image_the_settings_and_the_ray_commands():
+    """docker/compose.cluster.yaml (it cannot be built here): a Ray head, workers and a
+    front-end from the one image, which installs the cluster extra; the front-end joins the
+    head's port; head and front-end share the data volume at the image's data directory and
+    the KEK at the path the front-end names (the coordinator opens both on the head)."""
+    import tomllib
+
+    compose = yaml.safe_load((DOCKER / "compose.cluster.yaml").read_text())
+    services, secrets = compose["services"], compose["secrets"]
+    head, worker, front = services["ray-head"], services["ray-worker"], services["tambua"]
+    for s in (head, worker, front):
+        assert s["build"]["dockerfile"] == "docker/Dockerfile" and s["shm_size"]
+        assert s["environment"]["RAY_USAGE_STATS_ENABLED"] == "0"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(d.startswith("ray==") for d in extras["cluster"])
+    assert '".[build,cluster]"' in (DOCKER / "Dockerfile").read_text()
+    assert "cluster" in re.search(r'pip install --quiet -e "\.\[([\w,]+)\]"', (REPO / "Makefile").read_text()).group(1)
+    port = re.search(r"--head .*--port=(\d+)", head["command"][0]).group(1)
+    assert "ray start --block --head" in head["command"][0]
+    assert f"--address={head['hostname']}:{port}" in worker["command"][0] and "--block" in worker["command"][0]
+    env = front["environment"]
+    assert env["TAMBUA_CLUSTER"] == f"{head['hostname']}:{port}"
+    assert f"--address={env['TAMBUA_CLUSTER']}" in front["command"][0] and "--num-cpus=0" in front["command"][0]
+    assert front["command"][0].endswith("exec tambua serve")
+    names = {k for k in env if k.startswith("TAMBUA_")}
+    assert names <= SETTINGS | OTHER_VARIABLES, names - SETTINGS - OTHER_VARIABLES
+    data_dir = _dockerfile_env()["TAMBUA_DATA_DIR"]
+    assert f"tambua-data:{data_dir}" in head["volumes"] and f"tambua-data:{data_dir}" in front["volumes"]
+    kek = env["TAMBUA_KEK_FILE"].removeprefix("/run/secrets/")
+    assert kek in head["secrets"] and kek in front["secrets"] and kek in secrets
+    for name, value in env.items():
+        if str(value).startswith("/run/secrets/"):
+            assert value.removeprefix("/run/secrets/") in front["secrets"], name
