@@ -36,6 +36,13 @@ def get(refs):
         raise NotReady(f"a cluster actor is not answering ({type(e).__name__}); retry shortly") from None
 
 
+def _merge(per_shard: list[list[list[tuple[str, float, float]]]], samples: int, k: int) -> list[list]:
+    """Each sample's best ``k`` over every shard's hits, by the matcher's own ranking key,
+    then id: the one gallery's order (:func:`matcher.base.pairs`)."""
+    return [sorted((hit for shard in per_shard for hit in shard[j]), key=lambda h: (h[2], h[0]))[:k]
+            for j in range(samples)]
+
+
 class ShardedGalleries:
     """Galleries held by shard actors: ``replicas[i]`` are the copies of shard ``i``
     (actor handles), subjects placed by ``layout``.
@@ -128,9 +135,7 @@ class ShardedGalleries:
     def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
                within: frozenset[str] | None = None, observer=None) -> list[list[tuple[str, float, float]]]:
         per_shard = self._read("search", {i: (partition, templates, k, within) for i in range(len(self.replicas))})
-        # By each matcher's own ranking key, then id: the one gallery's order (base.pairs).
-        return [sorted((hit for shard in per_shard.values() for hit in shard[j]), key=lambda h: (h[2], h[0]))[:k]
-                for j in range(len(templates))]
+        return _merge(list(per_shard.values()), len(templates), k)
 
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]:
@@ -141,6 +146,20 @@ class ShardedGalleries:
         for part in self._read("score", {i: (partition, sids, templates) for i, sids in by_shard.items()}).values():
             fused.update(part)
         return fused
+
+    def candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
+                   within: frozenset[str] | None = None,
+                   observer=None) -> tuple[list[list[tuple[str, float, float]]], dict[str, float]]:
+        """One round: each shard's own best subjects per sample, with their fused evidence;
+        merged into the partition-wide best ``k`` per sample. A subject in those is in its
+        shard's own best ``k``, so its evidence came back with it."""
+        per_shard = self._read("candidates", {i: (partition, templates, k, within)
+                                              for i in range(len(self.replicas))})
+        hits = _merge([found for found, _ in per_shard.values()], len(templates), k)
+        fused: dict[str, float] = {}
+        for _, scores in per_shard.values():
+            fused.update(scores)
+        return hits, fused
 
     def sizes(self) -> dict[str, int]:
         total: dict[str, int] = {}

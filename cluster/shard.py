@@ -61,6 +61,13 @@ class GalleryShard:
         self.searches, self.search_seconds = self.searches + 1, self.search_seconds + time.perf_counter() - t0
         return found
 
+    def candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
+                   within: frozenset[str] | None = None):
+        t0 = time.perf_counter()
+        found = self.galleries.candidates(partition, templates, k, within)
+        self.searches, self.search_seconds = self.searches + 1, self.search_seconds + time.perf_counter() - t0
+        return found
+
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]:
         return self.galleries.score(partition, subject_ids, templates)

@@ -217,12 +217,12 @@ class Engine:
         ``k`` best, with FPIR over the subjects searched (the partition, or ``within``)."""
         for t in templates:
             self._matcher(t.modality)
-        shortlist = dict.fromkeys(s for hits in self.galleries.search(partition, templates, k, within, self.observer)
-                                  for s, *_ in hits)
+        hits, fused = self.galleries.candidates(partition, templates, k, within, self.observer)
+        shortlist = dict.fromkeys(s for found in hits for s, *_ in found)
         n = max(self._subjects.get(partition, 0), 1)
         if within is not None:
             n = max(min(n, len(within)), 1)
-        scored = sorted((fmr, sid) for sid, fmr in self.galleries.score(partition, shortlist, templates).items())
+        scored = sorted((fused[sid], sid) for sid in shortlist if sid in fused)
         return [ScoredCandidate(sid, evidence(fmr), at_least_one(fmr, n))
                 for fmr, sid in scored[:k]]
 

@@ -4,9 +4,11 @@ process), and ``cluster/`` the answer spread over shard actors. The engine's ded
 and fusion stay the engine's; a galleries implementation only finds and scores subjects.
 
 The engine searches in two steps, and an implementation must keep them apart for answers
-to stay equal however the subjects are spread: ``search`` gives each sample's best
-subjects over the whole partition; ``score`` then fuses every sample's evidence for the
-shortlisted subjects.
+to stay equal however the subjects are spread: each sample's best subjects over the whole
+partition make the shortlist; every sample's evidence is then fused for the shortlisted
+subjects. ``candidates`` gives both at once, so that galleries spread over shards answer
+in one round: each shard scores its own shortlist, which holds every subject of the
+partition-wide shortlist that lives there.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class Galleries(Protocol):
 
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]: ...
+
+    def candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
+                   within: frozenset[str] | None = None,
+                   observer=None) -> tuple[list[list[tuple[str, float, float]]], dict[str, float]]: ...
 
     def sizes(self) -> dict[str, int]: ...
 
@@ -96,6 +102,13 @@ class LocalGalleries:
             if fmrs:
                 fused[subject_id] = fuse(fmrs)
         return fused
+
+    def candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
+                   within: frozenset[str] | None = None,
+                   observer=None) -> tuple[list[list[tuple[str, float, float]]], dict[str, float]]:
+        """:meth:`search`, and :meth:`score` of every subject it found."""
+        hits = self.search(partition, templates, k, within, observer)
+        return hits, self.score(partition, dict.fromkeys(s for found in hits for s, *_ in found), templates)
 
     def sizes(self) -> dict[str, int]:
         """Templates held per model."""

@@ -52,3 +52,23 @@ def test_finger_startup_bench_small(tmp_path):
     assert finger_startup.main(["--fingers", "40", "--json", str(out)]) == 0
     run = json.loads(out.read_text())["runs"][0]
     assert run["fingers"] == 40 and run["load_persisted_s"] < run["load_computing_s"]
+
+
+def test_cluster_bench_small(tmp_path):
+    """bench.cluster end to end on a tiny gallery: one server and a 2-node cluster at 1 and
+    2 shards, the same answers (every mate first), ratios from the same run, a plot."""
+    import pytest
+
+    pytest.importorskip("ray", reason="cluster mode needs the cluster extra (make setup installs it)")
+    from bench import cluster
+
+    out, png = tmp_path / "c.json", tmp_path / "c.png"
+    assert cluster.main(["--faces", "2000", "--shards", "1", "2", "--nodes", "2", "--queries", "20",
+                         "--concurrency", "2", "--json", str(out), "--plot", str(png)]) == 0
+    r = json.loads(out.read_text())
+    single, one, two = r["runs"]
+    assert single["mode"] == "single" and [one["shards"], two["shards"]] == [1, 2]
+    assert all(run["mate_rank1"] == 1.0 and run["p99_ms"] >= run["p50_ms"] > 0 and run["qps"] > 0
+               for run in r["runs"])
+    assert len(two["shard_resident_bytes"]) == 2 and two["p50_ratio_to_single"] > 0
+    assert png.stat().st_size > 10_000

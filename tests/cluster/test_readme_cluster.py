@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.cluster.conftest import free_port, stop_nodes, wait_ready
+from bench.ray_local import free_port, stop_nodes, wait_ready
 from tests.tambua.test_readme import Background, Shell, block
 
 
