@@ -30,7 +30,7 @@ def test_the_readme_starts_a_three_node_cluster_and_a_front_end(tmp_path, orl, m
         shell.run(lines[0])
         for n, line in enumerate(lines[1:4]):
             assert line.startswith(".venv/bin/ray start --block")
-            log = root.parent / f"{root.name}-node{n}.log"
+            log = tmp_path / f"node{n}.log"
             nodes.append(subprocess.Popen(["bash", "-c", f"source {shell.state}\nexec {line}\n"], cwd=work,
                                           stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True))
             wait_ready(nodes[-1], log)
