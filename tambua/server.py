@@ -484,7 +484,7 @@ def _join_cluster(config: Config, finger_network: str):
                    config.shards, config.replicas)
 
 
-def _watch_shards(engine, servicer: health.HealthServicer, stop: threading.Event, every_s: float = 2.0) -> None:
+def _watch_shards(engine, servicer: health.HealthServicer, stop: threading.Event, every_s: float = 0.5) -> None:
     """Cluster mode: NOT_SERVING while a shard has no copy answering (a search could not be
     complete), SERVING again when one does."""
     while not stop.wait(every_s):
