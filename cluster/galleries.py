@@ -1,10 +1,11 @@
 """The engine's galleries over shard actors: a write goes to the subject's shard, a search
 scatters to every shard and merges.
 
-Answers equal one server's on the same gallery: ``search`` merges each sample's hits from
-every shard into the partition-wide best ``k`` (a subject's hits come from its one
-shard, so the merged list is the single gallery's), and ``score`` asks each shortlisted
-subject's own shard for its fused evidence. Where a matcher shortlists approximately
+Answers equal one server's on the same gallery: ``candidates`` merges each sample's hits
+from every shard into the partition-wide best ``k`` (a subject's hits come from its one
+shard, so the merged list is the single gallery's), and each of those subjects' fused
+evidence comes from its own shard, which scored its own best with them; ``score`` (verify)
+asks the subject's shard alone. Where a matcher shortlists approximately
 (the finger index above ``exhaustive_limit`` fingers, the iris sketch above its limit),
 each shard does so over its own part, which can only add true candidates.
 """
@@ -38,7 +39,7 @@ def get(refs):
 
 def _merge(per_shard: list[list[list[tuple[str, float, float]]]], samples: int, k: int) -> list[list]:
     """Each sample's best ``k`` over every shard's hits, by the matcher's own ranking key,
-    then id: the one gallery's order (:func:`matcher.base.pairs`)."""
+    then id: the one gallery's order (:class:`matcher.base.Ranked`)."""
     return [sorted((hit for shard in per_shard for hit in shard[j]), key=lambda h: (h[2], h[0]))[:k]
             for j in range(samples)]
 
@@ -131,11 +132,6 @@ class ShardedGalleries:
 
     def remove(self, partition: str, subject_id: str) -> None:
         self._write(self.layout.shard_of(partition, subject_id), "remove", partition, subject_id)
-
-    def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
-               within: frozenset[str] | None = None, observer=None) -> list[list[tuple[str, float, float]]]:
-        per_shard = self._read("search", {i: (partition, templates, k, within) for i in range(len(self.replicas))})
-        return _merge(list(per_shard.values()), len(templates), k)
 
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]:

@@ -54,13 +54,6 @@ class GalleryShard:
         self.galleries.remove(partition, subject_id)
         self.subjects.get(partition, set()).discard(subject_id)
 
-    def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
-               within: frozenset[str] | None = None) -> list[list[tuple[str, float, float]]]:
-        t0 = time.perf_counter()
-        found = self.galleries.search(partition, templates, k, within)
-        self.searches, self.search_seconds = self.searches + 1, self.search_seconds + time.perf_counter() - t0
-        return found
-
     def candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
                    within: frozenset[str] | None = None):
         t0 = time.perf_counter()

@@ -81,12 +81,21 @@ def parse_own(data: bytes, kind: type, modality: str, model_id: str) -> Template
     return t
 
 
-def pairs(ranked: list[tuple[str, float, float]]) -> list[tuple[str, float]]:
-    """(subject id, FMR) of :meth:`ModalityMatcher.ranked`'s answer.
+class Ranked:
+    """The shared half of a matcher's search: :meth:`search` is :meth:`ranked` without
+    its ranking key.
 
     ``ranked`` adds the key the matcher orders its answer by (ascending, then by subject
     id): a distance where it ranks by distance, the FMR where it ranks by FMR. Answers
     from several shards merged by that key are the answer of one gallery, even where a
     calibration gives many subjects one rate (it saturates at both ends of its table).
     """
-    return [(s, f) for s, f, _ in ranked]
+
+    def ranked(self, partition: str, position: int, template: Template, k: int,
+               within: frozenset[str] | None = None) -> list[tuple[str, float, float]]:
+        raise NotImplementedError
+
+    def search(self, partition: str, position: int, template: Template, k: int,
+               within: frozenset[str] | None = None) -> list[tuple[str, float]]:
+        """The ``k`` best subjects: (subject id, FMR), best first."""
+        return [(s, f) for s, f, _ in self.ranked(partition, position, template, k, within)]

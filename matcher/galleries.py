@@ -34,9 +34,6 @@ class Galleries(Protocol):
 
     def remove(self, partition: str, subject_id: str) -> None: ...
 
-    def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
-               within: frozenset[str] | None = None, observer=None) -> list[list[tuple[str, float, float]]]: ...
-
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]: ...
 
@@ -81,7 +78,7 @@ class LocalGalleries:
     def search(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
                within: frozenset[str] | None = None, observer=None) -> list[list[tuple[str, float, float]]]:
         """Each sample's ``k`` best subjects of the partition, best first: (subject id, FMR,
-        the matcher's ranking key; see :func:`matcher.base.pairs`)."""
+        the matcher's ranking key; see :class:`matcher.base.Ranked`)."""
         found = []
         for t in templates:
             t0 = time.perf_counter()

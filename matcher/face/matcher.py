@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from matcher.base import Held, pairs, parse_own
+from matcher.base import Held, Ranked, parse_own
 from matcher.calibration import Calibration, at_least_one
 from matcher.face.gallery import FlatGallery
 from matcher.face.template import EmbeddingTemplate
 
 
-class EmbeddingMatcher:
+class EmbeddingMatcher(Ranked):
     """Face (any fixed-length embedding): exact FAISS L2 search, distance calibration.
 
     Args:
@@ -37,10 +37,6 @@ class EmbeddingMatcher:
 
     def size(self, partition: str | None = None) -> int:
         return self.gallery.size(partition)
-
-    def search(self, partition: str, position: int, template: EmbeddingTemplate, k: int,
-               within: frozenset[str] | None = None) -> list[tuple[str, float]]:
-        return pairs(self.ranked(partition, position, template, k, within))
 
     def ranked(self, partition: str, position: int, template: EmbeddingTemplate, k: int,
                within: frozenset[str] | None = None) -> list[tuple[str, float, float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from matcher.base import Held, pairs, parse_own
+from matcher.base import Held, Ranked, parse_own
 from matcher.calibration import Calibration, at_least_one
 from matcher.errors import InvalidInput
 from matcher.finger import mcc
@@ -14,7 +14,7 @@ from matcher.finger.iso19794 import import_record
 from matcher.finger.template import MinutiaeTemplate
 
 
-class MinutiaeMatcher:
+class MinutiaeMatcher(Ranked):
     """Fingerprints: MCC over the cylinders of each enrolled finger.
 
     Fingers are compared with the same finger position only; a probe at position 0
@@ -62,10 +62,6 @@ class MinutiaeMatcher:
         if not tried:
             return -1.0, 0
         return max(mcc.similarity(probe, c) for c in tried), len(tried)
-
-    def search(self, partition: str, position: int, template: MinutiaeTemplate, k: int,
-               within: frozenset[str] | None = None) -> list[tuple[str, float]]:
-        return pairs(self.ranked(partition, position, template, k, within))
 
     def ranked(self, partition: str, position: int, template: MinutiaeTemplate, k: int,
                within: frozenset[str] | None = None) -> list[tuple[str, float, float]]:

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from matcher.base import Held, pairs, parse_own
+from matcher.base import Held, Ranked, parse_own
 from matcher.calibration import Calibration, at_least_one
 from matcher.iris import template as iris
 from matcher.iris.template import IrisTemplate
@@ -88,7 +88,7 @@ def _nearest_with_ties(dist: np.ndarray, keep: int, room: float) -> np.ndarray |
     return np.sort(np.concatenate([below, np.flatnonzero(dist == edge)[:max(0, int(keep * (1 + room)) - len(below))]]))
 
 
-class IrisMatcher:
+class IrisMatcher(Ranked):
     """Irises: masked fractional Hamming distance over rotations, exact.
 
     Search compares the probe with every enrolled iris of the partition at the same eye
@@ -150,10 +150,6 @@ class IrisMatcher:
 
     def size(self, partition: str | None = None) -> int:
         return self._held.count(partition)
-
-    def search(self, partition: str, position: int, template: IrisTemplate, k: int,
-               within: frozenset[str] | None = None) -> list[tuple[str, float]]:
-        return pairs(self.ranked(partition, position, template, k, within))
 
     def ranked(self, partition: str, position: int, template: IrisTemplate, k: int,
                within: frozenset[str] | None = None) -> list[tuple[str, float, float]]:
