@@ -1,6 +1,6 @@
 """What a front-end (``tambua serve --cluster``) holds instead of an engine and a store:
-proxies that ask the coordinator, with the same methods the servicer, sync and auth use.
-Parsing and 1:1 comparison of two given templates need no gallery and run here."""
+the engine's and the store's methods that the servicer, sync and auth use, answered by
+the coordinator, except Identify, which reads the shards directly."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import time
 from collections.abc import Iterator
 
 from cluster.coordinator import NAME, NAMESPACE, Coordinator
-from cluster.galleries import get
-from matcher.engine import Engine, Thresholds, VerifyResult, default_matcher
-from matcher.errors import NotFound
+from cluster.galleries import ShardedGalleries, get
+from matcher.engine import Engine, Thresholds, VerifyResult
+from matcher.errors import NotFound, NotReady
 from matcher.types import StoredTemplate
 
 log = logging.getLogger(__name__)
@@ -98,45 +98,66 @@ class RemoteStore:
         """The store is the coordinator's: a front-end going away closes nothing."""
 
 
-class _Sizes:
-    def __init__(self, coordinator) -> None:
-        self._coordinator = coordinator
-
-    def sizes(self) -> dict[str, int]:
-        return get(self._coordinator.gallery_sizes.remote())
-
-
 class RemoteEngine:
-    """The engine's methods a front-end calls, answered by the coordinator."""
-
-    check_deadline = staticmethod(Engine.check_deadline)
+    """The engine as a front-end has it. Writes and Verify are the coordinator's (its
+    partition lock makes deduplication exact across front-ends); Identify reads the shards
+    itself, one hop with no coordinator in the path, through an engine here over the
+    coordinator's copy table, which it re-reads when the coordinator has moved copies.
+    Parsing and 1:1 comparison of two given templates need no gallery and run here."""
 
     def __init__(self, coordinator, models: dict[str, str], thresholds: Thresholds) -> None:
         self.coordinator = coordinator
         self.thresholds = thresholds
-        self.matchers = {m: default_matcher(m, model_id) for m, model_id in models.items()}
         self.store = RemoteStore(coordinator)
-        self.galleries = _Sizes(coordinator)
-        self.observer = None
+        route = get(coordinator.routing.remote())
+        self._version = route["version"]
+        self.local = Engine(self.store, models, thresholds,
+                            galleries=ShardedGalleries(route["replicas"], route["layout"], models))
+        self.matchers = self.local.matchers
+        self.galleries = self.local.galleries
+
+    @property
+    def observer(self):
+        return self.local.observer
+
+    @observer.setter
+    def observer(self, observer) -> None:
+        self.local.observer = observer
+
+    def follow(self) -> bool:
+        """Take the coordinator's copy table if it changed since this front-end read it."""
+        route = get(self.coordinator.routing.remote(self._version))
+        if route is None:
+            return False
+        self.galleries.replicas, self._version = route["replicas"], route["version"]
+        log.info("shard copies moved: copy table version %d", self._version)
+        return True
 
     def _call(self, name: str, *args, deadline: float | None = None, **kwargs):
         left = None if deadline is None else deadline - time.monotonic()
         return get(self.coordinator.engine_call.remote(name, args, kwargs, left))
 
-    def parse(self, modality: str, data: bytes):
-        return Engine.parse(self, modality, data)
+    def check_deadline(self, deadline: float | None) -> None:
+        self.local.check_deadline(deadline)
 
-    def _matcher(self, modality: str):
-        return Engine._matcher(self, modality)
+    def parse(self, modality: str, data: bytes):
+        return self.local.parse(modality, data)
 
     def compare(self, a: StoredTemplate, b: StoredTemplate) -> VerifyResult:
-        return Engine.compare(self, a, b)
+        return self.local.compare(a, b)
+
+    def identify(self, *args, **kwargs):
+        try:
+            return self.local.identify(*args, **kwargs)
+        except NotReady:
+            # A copy stopped after a move this front-end has not seen yet: once more with
+            # the new table (a shard truly down stays NotReady: UNAVAILABLE, retry).
+            if not self.follow():
+                raise
+            return self.local.identify(*args, **kwargs)
 
     def enroll(self, *args, **kwargs):
         return self._call("enroll", *args, **kwargs)
-
-    def identify(self, *args, **kwargs):
-        return self._call("identify", *args, **kwargs)
 
     def verify(self, *args, **kwargs):
         return self._call("verify", *args, **kwargs)
@@ -154,5 +175,7 @@ class RemoteEngine:
         return state
 
     def unserved_shards(self) -> list[int]:
-        """Shards with no copy answering now (the front-end's health check reads it)."""
+        """Shards with no copy answering now (the front-end's health check reads it, every
+        half second; the copy table is followed at the same time)."""
+        self.follow()
         return get(self.coordinator.unserved.remote())

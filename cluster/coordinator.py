@@ -4,8 +4,10 @@ head node.
 It holds the SQLite store (synced before every answer, as on one server) and the engine,
 whose galleries are the shards. Every front-end's writes pass through it, so the engine's
 partition lock makes deduplication exact across front-ends and a subject id names one
-subject cluster-wide. It runs calls on threads (a threaded actor): searches of different
-requests overlap, and the heavy work runs on the shards.
+subject cluster-wide. Identify does not: a front-end asks the shards itself (one hop
+fewer), with the copy table it reads from here (:meth:`Coordinator.routing`). It runs
+calls on threads (a threaded actor): calls of different requests overlap, and the heavy
+work runs on the shards.
 
 Why the store lives here: Ray's own control store (GCS) lives on the head node, so the
 cluster does not outlive its head anyway; the store beside it adds no new single point,
@@ -67,6 +69,7 @@ class Coordinator:
         self.replicas = replicas
         self._me = ray.get_runtime_context().current_actor
         self._made = 0
+        self.version = 0  # of the copy table, bumped by every move (front-ends re-read it)
         self._moving = threading.Lock()
         nodes = shard_nodes()
         # Copy r of shard i starts on node (i + r) mod N, so copies of one shard start apart.
@@ -127,7 +130,10 @@ class Coordinator:
                 old = self.galleries.replicas[shard][copy]
                 self.galleries.replicas[shard] = [new if c is old else c for c in self.galleries.replicas[shard]]
                 self.galleries.joining.pop(shard)
-                time.sleep(2.0)  # reads sent to the old copy before the swap finish first
+                self.version += 1
+                # Reads sent to the old copy before the swap finish first, and front-ends
+                # (which re-read the table every half second) move over.
+                time.sleep(2.0)
                 ray.kill(old, no_restart=True)
             return [{"shard": shard, "copy": copy, "from": where[(shard, copy)], "to": node}
                     for shard, copy, node in moves]
@@ -139,12 +145,28 @@ class Coordinator:
         return {"shards": get([c.ready.remote() for copies in self.galleries.replicas for c in copies]),
                 "models": self.models}
 
-    def shard_rows(self, index: int) -> list[tuple]:
-        """Every template of the subjects whose slots shard ``index`` owns."""
-        return [(modality, partition, subject_id, position, template)
-                for modality, model_id in self.models.items()
-                for partition, subject_id, position, template in self.store.templates(model_id)
-                if self.layout.shard_of(partition, subject_id) == index]
+    def routing(self, known: int = -1) -> dict | None:
+        """The copy table, for front-ends that read the shards themselves: the layout and
+        each shard's copies (actor handles) at ``version``; None when that is ``known``."""
+        if known == self.version:
+            return None
+        return {"version": self.version, "layout": self.layout,
+                "replicas": [list(copies) for copies in self.galleries.replicas]}
+
+    def shard_rows(self, index: int, model: int = 0, after: int = 0, limit: int = 20_000
+                   ) -> tuple[list[tuple], tuple[int, int] | None]:
+        """A page of the templates of the subjects whose slots shard ``index`` owns, and
+        where the next page starts: (modality number, storage cursor), None after the last.
+        Pages keep each answer small (Ray's object store) and the coordinator's memory flat."""
+        modalities = list(self.models.items())
+        modality, model_id = modalities[model]
+        rows, after = self.store.template_page(model_id, after, limit,
+                                               keep=lambda p, s: self.layout.shard_of(p, s) == index)
+        page = [(modality, partition, subject_id, position, template)
+                for partition, subject_id, position, template in rows]
+        if not after:
+            model += 1
+        return page, (model, after) if model < len(modalities) else None
 
     def engine_call(self, name: str, args: tuple, kwargs: dict, deadline_in: float | None = None):
         if name not in ENGINE_CALLS:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from cluster.layout import Layout
 from matcher.errors import NotReady, TambuaError
+from matcher.galleries import Found
 from matcher.types import StoredTemplate
 
 
@@ -48,13 +49,15 @@ class ShardedGalleries:
     """Galleries held by shard actors: ``replicas[i]`` are the copies of shard ``i``
     (actor handles), subjects placed by ``layout``.
 
-    Writes go to every copy and return once one has applied them: a copy on a node that
-    is down gets them from Ray when it has restarted and reloaded from the store (which
-    holds them already), and applies them again harmlessly (adding a subject replaces it).
-    Each copy runs its calls one at a time in the order this process sent them, so a search
-    sent after a write sees it on every copy. Reads go to one copy per shard, in turn; a
-    copy that has not answered within ``hedge_s`` (its node may be down) is asked again of
-    the next copy, and the first answer wins.
+    Writes go to every copy and return once every copy has applied them, or one has and
+    the others have not within ``hedge_s`` (their node may be down): a copy on a node that
+    died gets the write from Ray when it has restarted and reloaded from the store (which
+    holds it already), and applies it again harmlessly (adding a subject replaces it).
+    Each copy runs its calls one at a time, in the order they reach it, so a search that
+    any process (a front-end reads the shards itself) sends after a write returned sees
+    it on every copy that applied it. Reads go to one copy per shard, in turn; a copy
+    that has not answered within ``hedge_s`` (its node may be down) is asked again of the
+    next copy, and the first answer wins.
     """
 
     def __init__(self, replicas: list[list], layout: Layout, models: dict[str, str], hedge_s: float = 1.0) -> None:
@@ -77,13 +80,17 @@ class ShardedGalleries:
         for copy in self.joining.get(shard, ()):  # applied after its load: harmless if it holds it already
             getattr(copy, method).remote(*args)
         pending = [getattr(copy, method).remote(*args) for copy in self.replicas[shard]]
+        settle_by = None  # once one copy has applied it: how long the others get
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            left = None if settle_by is None else max(0.0, settle_by - time.monotonic())
+            done, pending = ray.wait(pending, num_returns=1, timeout=left)
+            if not done:  # a copy that slow is on a node going down: Ray re-sends it after a restart
+                return
             try:
                 get(done[0])
-                return
+                settle_by = settle_by or time.monotonic() + self.hedge_s
             except NotReady:
-                if not pending:
+                if not pending and settle_by is None:
                     raise
 
     def _read(self, method: str, calls: dict[int, tuple]) -> dict[int, object]:
@@ -144,18 +151,18 @@ class ShardedGalleries:
         return fused
 
     def candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
-                   within: frozenset[str] | None = None,
-                   observer=None) -> tuple[list[list[tuple[str, float, float]]], dict[str, float]]:
-        """One round: each shard's own best subjects per sample, with their fused evidence;
-        merged into the partition-wide best ``k`` per sample. A subject in those is in its
-        shard's own best ``k``, so its evidence came back with it."""
-        per_shard = self._read("candidates", {i: (partition, templates, k, within)
-                                              for i in range(len(self.replicas))})
-        hits = _merge([found for found, _ in per_shard.values()], len(templates), k)
+                   within: frozenset[str] | None = None, observer=None) -> Found:
+        """One round: each shard's own best subjects per sample, with their fused evidence
+        and its count of the partition's subjects; merged into the partition-wide best
+        ``k`` per sample. A subject in those is in its shard's own best ``k``, so its
+        evidence came back with it."""
+        per_shard = list(self._read("candidates", {i: (partition, templates, k, within)
+                                                   for i in range(len(self.replicas))}).values())
         fused: dict[str, float] = {}
-        for _, scores in per_shard.values():
-            fused.update(scores)
-        return hits, fused
+        for found in per_shard:
+            fused.update(found.fused)
+        return Found(_merge([found.hits for found in per_shard], len(templates), k), fused,
+                     sum(found.subjects or 0 for found in per_shard))
 
     def sizes(self) -> dict[str, int]:
         total: dict[str, int] = {}

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 
 from matcher.engine import default_matcher
-from matcher.galleries import LocalGalleries
+from matcher.galleries import Found, LocalGalleries
 from matcher.types import StoredTemplate
 
 
@@ -35,11 +35,13 @@ class GalleryShard:
         self.subjects: dict[str, set[str]] = {}
         self.loaded = 0
         self.searches, self.search_seconds = 0, 0.0
-        if coordinator is not None:
-            for modality, partition, subject_id, position, template in ray.get(coordinator.shard_rows.remote(index)):
-                self.galleries.load([(modality, partition, subject_id, position, template)])
+        page: tuple[int, int] | None = (0, 0) if coordinator is not None else None
+        while page is not None:
+            rows, page = ray.get(coordinator.shard_rows.remote(index, *page))
+            self.galleries.load(rows)
+            for _, partition, subject_id, _, _ in rows:
                 self.subjects.setdefault(partition, set()).add(subject_id)
-                self.loaded += 1
+            self.loaded += len(rows)
 
     def ready(self) -> int:
         """Templates loaded at start (a call that returns once the constructor has run)."""
@@ -55,11 +57,12 @@ class GalleryShard:
         self.subjects.get(partition, set()).discard(subject_id)
 
     def candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
-                   within: frozenset[str] | None = None):
+                   within: frozenset[str] | None = None) -> Found:
+        """This shard's best subjects and their evidence, with its count of the partition's subjects."""
         t0 = time.perf_counter()
         found = self.galleries.candidates(partition, templates, k, within)
         self.searches, self.search_seconds = self.searches + 1, self.search_seconds + time.perf_counter() - t0
-        return found
+        return Found(found.hits, found.fused, len(self.subjects.get(partition, ())))
 
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]:

@@ -217,9 +217,10 @@ class Engine:
         ``k`` best, with FPIR over the subjects searched (the partition, or ``within``)."""
         for t in templates:
             self._matcher(t.modality)
-        hits, fused = self.galleries.candidates(partition, templates, k, within, self.observer)
-        shortlist = dict.fromkeys(s for found in hits for s, *_ in found)
-        n = max(self._subjects.get(partition, 0), 1)
+        found = self.galleries.candidates(partition, templates, k, within, self.observer)
+        fused = found.fused
+        shortlist = dict.fromkeys(s for hits in found.hits for s, *_ in hits)
+        n = max(self._subjects.get(partition, 0) if found.subjects is None else found.subjects, 1)
         if within is not None:
             n = max(min(n, len(within)), 1)
         scored = sorted((fused[sid], sid) for sid in shortlist if sid in fused)

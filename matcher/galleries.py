@@ -15,12 +15,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from matcher.base import ModalityMatcher
 from matcher.errors import Unimplemented
 from matcher.fusion import fuse
 from matcher.types import StoredTemplate
+
+
+@dataclass(frozen=True)
+class Found:
+    """What :meth:`Galleries.candidates` found.
+
+    Attributes:
+        hits: each sample's best subjects, best first: (subject id, FMR, ranking key).
+        fused: every subject in ``hits`` with its fused FMR over all samples.
+        subjects: how many subjects of the partition were searched, where the galleries
+            count them (shards do: the count then comes from the very copies that were
+            searched, exact while other front-ends enrol); None: the engine's own count.
+    """
+
+    hits: list[list[tuple[str, float, float]]]
+    fused: dict[str, float]
+    subjects: int | None = None
 
 
 class Galleries(Protocol):
@@ -38,8 +56,7 @@ class Galleries(Protocol):
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]: ...
 
     def candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
-                   within: frozenset[str] | None = None,
-                   observer=None) -> tuple[list[list[tuple[str, float, float]]], dict[str, float]]: ...
+                   within: frozenset[str] | None = None, observer=None) -> Found: ...
 
     def sizes(self) -> dict[str, int]: ...
 
@@ -101,11 +118,10 @@ class LocalGalleries:
         return fused
 
     def candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
-                   within: frozenset[str] | None = None,
-                   observer=None) -> tuple[list[list[tuple[str, float, float]]], dict[str, float]]:
+                   within: frozenset[str] | None = None, observer=None) -> Found:
         """:meth:`search`, and :meth:`score` of every subject it found."""
         hits = self.search(partition, templates, k, within, observer)
-        return hits, self.score(partition, dict.fromkeys(s for found in hits for s, *_ in found), templates)
+        return Found(hits, self.score(partition, dict.fromkeys(s for found in hits for s, *_ in found), templates))
 
     def sizes(self) -> dict[str, int]:
         """Templates held per model."""

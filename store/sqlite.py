@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
@@ -56,6 +56,10 @@ def _id_context(partition: str, ref: bytes) -> bytes:
 _REF_BYTES = 16
 _PSEUDONYM = "s:"  # how the audit log writes a ref
 
+
+# A template row with its subject's sealed id, and the row's storage cursor (last).
+_TEMPLATE_ROWS = ("SELECT t.partition, t.ref, s.id, t.modality, t.position, t.data, t.derived, t.rowid FROM templates t "
+                  "JOIN subjects s ON s.partition = t.partition AND s.ref = t.ref")
 
 class SubjectStore:
     """SQLite-backed subject store. Thread-safe: one connection, calls serialised by a lock.
@@ -559,14 +563,28 @@ class SubjectStore:
         """Every stored template of one model as (partition, subject_id, position, template): index rebuilds."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT t.partition, t.ref, s.id, t.modality, t.position, t.data, t.derived FROM templates t "
-                "JOIN subjects s ON s.partition = t.partition AND s.ref = t.ref WHERE t.model_id=? "
-                "ORDER BY t.partition, t.ref, t.position",
-                (model_id,),
-            ).fetchall()
+                f"{_TEMPLATE_ROWS} WHERE t.model_id=? ORDER BY t.partition, t.ref, t.position", (model_id,)).fetchall()
+        yield from self._opened(model_id, rows)
+
+    def template_page(self, model_id: str, after: int = 0, limit: int = 10_000,
+                      keep: Callable[[str, str], bool] | None = None,
+                      ) -> tuple[list[tuple[str, str, int, Template]], int]:
+        """:meth:`templates` a page at a time, in storage order: of the ``limit`` rows after
+        cursor ``after`` (0: from the first), those whose (partition, subject id) ``keep``
+        accepts (all when None; the others are not decoded), and the cursor of the next
+        page (0: no more). A cluster's shards load this way, so no answer holds a gallery."""
+        with self._lock:
+            rows = self._db.execute(f"{_TEMPLATE_ROWS} WHERE t.model_id=? AND t.rowid>? ORDER BY t.rowid LIMIT ?",
+                                    (model_id, after, limit)).fetchall()
+        return list(self._opened(model_id, rows, keep)), (rows[-1][-1] if len(rows) == limit else 0)
+
+    def _opened(self, model_id: str, rows: list[tuple],
+                keep: Callable[[str, str], bool] | None = None) -> Iterator[tuple[str, str, int, Template]]:
         stale = []
-        for partition, ref, sealed_id, modality, position, data, derived in rows:
+        for partition, ref, sealed_id, modality, position, data, derived, _ in rows:
             subject_id = self._open_id(partition, ref, sealed_id)
+            if keep is not None and not keep(partition, subject_id):
+                continue
             context = _context(partition, subject_id, modality, position, model_id)
             template, refresh = self._parse(data, derived, context)
             yield partition, subject_id, position, template

@@ -137,14 +137,20 @@ def test_two_front_ends_enrol_one_new_person_once(servers, orl):
 
         def enrol(stub, sid):
             barrier.wait()
-            answers.append(stub.Enroll(pb.EnrollRequest(subject_id=sid, samples=samples), timeout=120).outcome)
+            answers.append((stub.Enroll(pb.EnrollRequest(subject_id=sid, samples=samples), timeout=120).outcome, sid))
 
         threads = [threading.Thread(target=enrol, args=(f.stub, f"NEW{person}-{i}")) for i, f in enumerate(fronts)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        assert sorted(answers) == sorted([pb.EnrollResponse.ENROLLED, pb.EnrollResponse.DUPLICATE]), person
+        assert sorted(o for o, _ in answers) == sorted([pb.EnrollResponse.ENROLLED, pb.EnrollResponse.DUPLICATE])
+        # Acknowledged means searchable at once from every front-end (each reads the shards itself).
+        enrolled = next(sid for o, sid in answers if o == pb.EnrollResponse.ENROLLED)
+        found = [f.stub.Identify(pb.IdentifyRequest(samples=samples, max_candidates=1), timeout=60).candidates
+                 for f in fronts]
+        assert [c[0].subject_id for c in found] == [enrolled, enrolled], person
+        assert found[0][0].fpir == found[1][0].fpir
 
 
 def test_one_id_names_one_subject_cluster_wide(servers, orl):

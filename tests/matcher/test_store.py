@@ -157,3 +157,26 @@ def test_the_sqlite_store_is_what_the_rest_of_tambua_expects_of_a_store(store):
     for interface in (Subjects, ChangeLog, SecretKeeper):
         assert isinstance(store, interface), interface.__name__
     assert issubclass(Repository, Subjects) and issubclass(Repository, ChangeLog)
+
+
+def test_template_pages_give_every_template_once_and_decode_only_the_kept(store):
+    store.add_many([_subject(f"S{i}", "p" if i % 2 else "q", seed=i) for i in range(23)])
+    store.delete("q", "S4")  # a gap in storage order
+    everything = sorted((p, s) for p, s, _, _ in store.templates(MODEL))
+    seen, after, pages = [], 0, 0
+    while True:
+        rows, after = store.template_page(MODEL, after, limit=5)
+        seen += [(p, s) for p, s, _, _ in rows]
+        pages += 1
+        if not after:
+            break
+    assert sorted(seen) == everything and len(everything) == 22 and pages == 5
+    kept, after = [], 0
+    while True:
+        rows, after = store.template_page(MODEL, after, limit=7, keep=lambda p, s: p == "p")
+        kept += rows
+        if not after:
+            break
+    assert sorted((p, s) for p, s, _, _ in kept) == [(p, s) for p, s in everything if p == "p"]
+    assert all(np.array_equal(t.vector, _subject(s, p, seed=int(s[1:])).templates[0].template.vector)
+               for p, s, _, t in kept)
