@@ -1,13 +1,15 @@
 """Cluster overhead and memory against one server, in one run:
-``python -m bench.cluster --faces 100000 --shards 1 2 4 --json OUT --plot PNG``.
+``python -m bench.cluster --modality face --gallery 1000000 --shards 1 2 4 --json OUT --plot PNG``.
 
 For each shard count a local Ray cluster of ``--nodes`` nodes on loopback (``ray start``,
-stopped by PID) and a ``tambua serve --cluster`` front-end load the same store of synthetic
-face templates (drawn like ``bench.search``'s); one server in this process loads it too.
-Identify goes over gRPC with template probes (mates 0.02 from their enrolled template):
-p50/p99 latency one query at a time, queries per second with ``--concurrency`` callers,
-and the cluster's resident memory per shard copy and per node (``tambua cluster status``).
-On one 2-core machine the curve shows the cluster's overhead, not a speed-up.
+stopped by PID) and a ``tambua serve --cluster`` front-end load the same store; one
+server loads it too. Faces are synthetic templates drawn like ``bench.search``'s, probed
+by mates 0.02 from their enrolled template; irises are the real CASIA-IrisV1 mates of
+``bench.iris_search`` (first image enrolled, fifth probed, with its alternates) among
+synthetic irises with the real codes' spectra. Identify goes over gRPC with template
+probes: p50/p99 latency one query at a time, queries per second with ``--concurrency``
+callers, and the cluster's resident memory per shard copy and per node (``tambua cluster
+status``). On one 2-core machine the curve shows the cluster's overhead, not a speed-up.
 """
 
 from __future__ import annotations
@@ -35,42 +37,82 @@ MODEL = "face/dlib-resnet-v1"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def build_store(folder: Path, n: int) -> np.ndarray:
-    """A store of ``n`` face subjects in ``folder``; returns their vectors."""
-    xb = draw(STATS_DIR / "face.stats.npz", n, seed=1)
+def _store(folder: Path, subjects) -> None:
     store = SubjectStore(folder / "subjects.sqlite")
-    for start in range(0, n, 10_000):
-        store.add_many([Subject(f"S{i}", "default", (StoredTemplate("face", 0, EmbeddingTemplate(MODEL, xb[i])),))
-                        for i in range(start, min(n, start + 10_000))])
+    batch = []
+    for subject in subjects:
+        batch.append(subject)
+        if len(batch) == 10_000:
+            store.add_many(batch)
+            batch = []
+    if batch:
+        store.add_many(batch)
     store.close()
-    return xb
 
 
-def _probes(xb: np.ndarray, queries: int) -> list[tuple[int, bytes]]:
+def build_faces(folder: Path, n: int, queries: int) -> list[tuple[str, tuple]]:
+    """A store of ``n`` synthetic face subjects in ``folder``; probes: (mate's id, sample)."""
+    xb = draw(STATS_DIR / "face.stats.npz", n, seed=1)
+    _store(folder, (Subject(f"S{i}", "default", (StoredTemplate("face", 0, EmbeddingTemplate(MODEL, xb[i])),))
+                    for i in range(n)))
     rng = np.random.default_rng(2)
-    mates = rng.choice(len(xb), queries, replace=False)
-    return [(int(m), EmbeddingTemplate(MODEL, (xb[m] + rng.normal(0, 0.02, xb.shape[1])).astype(np.float32))
-             .to_bytes()) for m in mates]
+    mates = rng.choice(n, queries, replace=False)
+    return [(f"S{m}", ("face", 0, EmbeddingTemplate(MODEL, (xb[m] + rng.normal(0, 0.02, xb.shape[1]))
+                                                     .astype(np.float32)).to_bytes())) for m in mates]
 
 
-def measure(address: str, probes: list[tuple[int, bytes]], concurrency: int) -> dict:
+def build_irises(folder: Path, n: int, queries: int, cache: Path) -> list[tuple[str, tuple]]:
+    """A store of ``n`` subjects with one (right) iris: the real CASIA-IrisV1 mates, then
+    synthetic irises; probes: the mates' other images, with their alternates."""
+    from bench.iris_search import MODEL as IRIS, Synthesiser, _template, real_responses
+    from matcher.iris.template import IrisTemplate
+
+    real = real_responses(cache)
+    resp, masks, eyes = real["response"], real["mask"], real["eye"]
+    pairs = []
+    for e in sorted({e for e in eyes if e.startswith("casia_v1/")}):
+        idx = np.flatnonzero(eyes == e)
+        if len(idx) >= 5:
+            pairs.append((idx[0], idx[4]))
+    pairs = pairs[:queries]
+    syn, rng = Synthesiser(resp), np.random.default_rng(11)
+
+    def subjects():
+        for i, (a, _) in enumerate(pairs):
+            yield Subject(f"M{i}", "default", (StoredTemplate("iris", 1, _template(resp[a], masks[a])),))
+        for start in range(0, n - len(pairs), 10_000):
+            bits = syn.draw(min(10_000, n - len(pairs) - start), rng)
+            pick = rng.integers(len(masks), size=len(bits))
+            turn = rng.integers(0, bits.shape[-1], size=len(bits))
+            for j in range(len(bits)):
+                mask = np.broadcast_to(np.roll(masks[pick[j]], turn[j], axis=-1), bits[j].shape).copy()
+                yield Subject(f"F{start + j}", "default", (StoredTemplate("iris", 1, IrisTemplate(IRIS, bits[j], mask)),))
+
+    _store(folder, subjects())
+    return [(f"M{i}", ("iris", 1, _template(resp[b], masks[b], real["alt_code"][b], real["alt_mask"][b]).to_bytes()))
+            for i, (_, b) in enumerate(pairs)]
+
+
+def measure(address: str, probes: list[tuple[str, tuple]], concurrency: int) -> dict:
     """Identify latency one at a time, then throughput with ``concurrency`` callers."""
     from tambua.v1 import tambua_pb2 as pb
     from tambua.v1 import tambua_pb2_grpc as pb_grpc
 
     stub = pb_grpc.MatcherStub(grpc.insecure_channel(address))
+    kinds = {"face": pb.FACE, "iris": pb.IRIS, "finger": pb.FINGER}
 
-    def ask(probe: bytes) -> str:
-        r = stub.Identify(pb.IdentifyRequest(samples=[pb.Sample(modality=pb.FACE, template=probe)],
-                                             max_candidates=10), timeout=120)
+    def ask(probe: tuple) -> str:
+        modality, position, template = probe
+        r = stub.Identify(pb.IdentifyRequest(samples=[pb.Sample(modality=kinds[modality], position=position,
+                                                                template=template)], max_candidates=10), timeout=300)
         return r.candidates[0].subject_id if r.candidates else ""
 
     for _, p in probes[:5]:  # warm up: connections, first-call paths
         ask(p)
     ms, hits = [], 0
-    for m, p in probes:
+    for mate, p in probes:
         t0 = time.perf_counter()
-        hits += ask(p) == f"S{m}"
+        hits += ask(p) == mate
         ms.append((time.perf_counter() - t0) * 1000)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
@@ -151,9 +193,11 @@ def plot(result: dict, path: Path) -> None:
     a.plot(shards, [r["p99_ms"] for r in runs], "s--", label="cluster p99")
     a.axhline(base["p50_ms"], color="grey", label="one server p50")
     a.axhline(base["p99_ms"], color="grey", ls="--", label="one server p99")
-    a.set(xlabel="shards", ylabel="Identify over gRPC, ms", title=f"{result['faces']:,} faces, {runs[0]['nodes']} nodes")
+    a.set(xlabel="shards", ylabel="Identify over gRPC, ms",
+          title=f"{result['gallery']:,} {result['modality']} subjects, {runs[0]['nodes']} nodes")
     a.legend()
     b.plot(shards, [r["max_node_shard_resident_bytes"] / 2**20 for r in runs], "o-", label="busiest node's shards")
+    b.plot(shards, [max(r["shard_resident_bytes"]) / 2**20 for r in runs], "s--", label="largest shard copy")
     b.axhline(base["resident_bytes"] / 2**20, color="grey", label="one server (whole process)")
     b.set(xlabel="shards", ylabel="resident MiB", title="memory")
     b.legend()
@@ -163,11 +207,13 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--faces", type=int, default=100_000)
+    p.add_argument("--modality", default="face", choices=["face", "iris"])
+    p.add_argument("--gallery", "--faces", dest="gallery", type=int, default=100_000, help="subjects")
     p.add_argument("--shards", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--queries", type=int, default=200, help="irises: at most the 108 real CASIA-IrisV1 pairs")
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--cache", type=Path, default=Path(".bench-cache"), help="iris: the real codes, derived once")
     p.add_argument("--json", required=True, type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args(argv)
@@ -175,9 +221,12 @@ def main(argv: list[str] | None = None) -> int:
         store_dir = Path(tmp) / "store"
         store_dir.mkdir()
         t0 = time.perf_counter()
-        xb = build_store(store_dir, args.faces)
-        probes = _probes(xb, args.queries)
-        result = {"faces": args.faces, "bulk_load_s": time.perf_counter() - t0, "runs": []}
+        probes = (build_faces(store_dir, args.gallery, args.queries) if args.modality == "face"
+                  else build_irises(store_dir, args.gallery, args.queries, args.cache))
+        result = {"modality": args.modality, "gallery": args.gallery, "bulk_load_s": time.perf_counter() - t0,
+                  "runs": []}
+        if args.modality == "face":
+            result["faces"] = args.gallery
         result["runs"].append(single(store_dir, probes, args.concurrency))
         print(json.dumps(result["runs"][-1]), flush=True)
         for shards in args.shards:
@@ -193,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         plot(result, args.plot)
     return 0
+
+
+def replot(json_path: Path, png: Path) -> None:
+    """The plot of a result file written earlier."""
+    plot(json.loads(json_path.read_text()), png)
 
 
 if __name__ == "__main__":

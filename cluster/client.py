@@ -130,7 +130,7 @@ class RemoteEngine:
         if route is None:
             return False
         self.galleries.replicas, self._version = route["replicas"], route["version"]
-        log.info("shard copies moved: copy table version %d", self._version)
+        log.info("shard copies moved: copy table %s", self._version[:8])
         return True
 
     def _call(self, name: str, *args, deadline: float | None = None, **kwargs):

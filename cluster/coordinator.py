@@ -16,8 +16,11 @@ and a worker node that dies loses no acknowledged write (its shards reload from 
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -31,6 +34,8 @@ from store.sealing import load_kek
 from store.sqlite import SubjectStore
 
 NAME, NAMESPACE = "tambua-coordinator", "tambua"
+# Copy r of shard i: started as tambua-shard-i-r, moved copies get -m<n> (n grows).
+_COPY_NAME = re.compile(r"tambua-shard-(\d+)-(\d+)(?:-m(\d+))?")
 # What a front-end may ask of the engine and of the store through the coordinator.
 ENGINE_CALLS = frozenset({"enroll", "identify", "verify", "delete", "import_change"})
 STORE_CALLS = frozenset({"get", "count", "count_by_partition", "model_counts", "changes_since", "last_seq",
@@ -69,16 +74,44 @@ class Coordinator:
         self.replicas = replicas
         self._me = ray.get_runtime_context().current_actor
         self._made = 0
-        self.version = 0  # of the copy table, bumped by every move (front-ends re-read it)
+        # Names the copy table; new at every move and every start, so a front-end holding
+        # any other table re-reads it (a number could repeat after a restart).
+        self.version = uuid.uuid4().hex
         self._moving = threading.Lock()
-        nodes = shard_nodes()
-        # Copy r of shard i starts on node (i + r) mod N, so copies of one shard start apart.
-        # Shards load from this actor in their constructors: created here, never waited for
-        # here (this constructor must return before the coordinator can answer them).
-        copies = [[self._copy(i, r, nodes[(i + r) % len(nodes)], f"tambua-shard-{i}-{r}")
-                   for r in range(replicas)] for i in range(shards)]
-        self.galleries = ShardedGalleries(copies, self.layout, models)
+        self.galleries = ShardedGalleries(self._adopt_or_start(shards, replicas), self.layout, models)
         self.engine = Engine(self.store, models, thresholds, galleries=self.galleries)
+
+    def _adopt_or_start(self, shards: int, replicas: int) -> list[list]:
+        """Each shard's copies: the running ones where this coordinator is a restart (Ray
+        restarts it after its process died; the copies outlive it, detached), else new ones.
+        Of a copy found under several names (a move was under way), the newest is kept.
+        Copy r of shard i starts on node (i + r) mod N, so copies of one shard start apart.
+        New copies load from this actor in their constructors: never waited for here (this
+        constructor must return before the coordinator can answer them)."""
+        import ray
+        from ray.util import list_named_actors
+
+        found: dict[tuple[int, int], list[tuple[int, str]]] = {}
+        for actor in list_named_actors(all_namespaces=True):
+            if actor["namespace"] == NAMESPACE and (m := _COPY_NAME.fullmatch(actor["name"])):
+                found.setdefault((int(m[1]), int(m[2])), []).append((int(m[3] or 0), actor["name"]))
+        self._made = max((n for names in found.values() for n, _ in names), default=0)
+        nodes = shard_nodes()
+        table, stale = [], []
+        for i in range(shards):
+            row = []
+            for r in range(replicas):
+                names = sorted(found.pop((i, r), []))
+                if not names:
+                    row.append(self._copy(i, r, nodes[(i + r) % len(nodes)], f"tambua-shard-{i}-{r}"))
+                    continue
+                row.append(ray.get_actor(names[-1][1], namespace=NAMESPACE))
+                stale += [name for _, name in names[:-1]]
+            table.append(row)
+        stale += [name for names in found.values() for _, name in names]  # outside this layout
+        for name in stale:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        return table
 
     def _copy(self, shard: int, copy: int, node: str, name: str):
         """A copy of ``shard`` started on ``node``. The affinity is soft: a copy whose node
@@ -130,7 +163,7 @@ class Coordinator:
                 old = self.galleries.replicas[shard][copy]
                 self.galleries.replicas[shard] = [new if c is old else c for c in self.galleries.replicas[shard]]
                 self.galleries.joining.pop(shard)
-                self.version += 1
+                self.version = uuid.uuid4().hex
                 # Reads sent to the old copy before the swap finish first, and front-ends
                 # (which re-read the table every half second) move over.
                 time.sleep(2.0)
@@ -145,7 +178,7 @@ class Coordinator:
         return {"shards": get([c.ready.remote() for copies in self.galleries.replicas for c in copies]),
                 "models": self.models}
 
-    def routing(self, known: int = -1) -> dict | None:
+    def routing(self, known: str = "") -> dict | None:
         """The copy table, for front-ends that read the shards themselves: the layout and
         each shard's copies (actor handles) at ``version``; None when that is ``known``."""
         if known == self.version:
@@ -200,7 +233,7 @@ class Coordinator:
 
         from cluster.galleries import get
 
-        return {"subjects": self.store.count(), "replicas": self.replicas,
+        return {"subjects": self.store.count(), "replicas": self.replicas, "coordinator_pid": os.getpid(),
                 "shards": get([c.status.remote() for copies in self.galleries.replicas for c in copies]),
                 "nodes": [{"node": n["NodeID"], "alive": n["Alive"], "address": n["NodeManagerAddress"]}
                           for n in ray.nodes()]}

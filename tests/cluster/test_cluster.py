@@ -7,10 +7,13 @@ a rebalance moves copies onto it while searches answer, and answers stay equal."
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 
 import grpc
@@ -197,3 +200,41 @@ def test_a_rebalance_onto_a_new_node_keeps_answers_and_answers_throughout(server
     assert not errors and answered and all(answered), (errors, answered.count(False))
     after = {name: _answer(front.stub, samples, partition) for name, (partition, samples) in PROBES.items()}
     assert after == before  # (not the single server's now: the tests since enrolled more people here)
+
+
+def _state(address: str) -> tuple[int, dict]:
+    r = subprocess.run([sys.executable, "-m", "tambua.cli", "cluster", "status", "--address", address, "--json"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    return r.returncode, (json.loads(r.stdout) if r.stdout.strip() else {})
+
+
+def test_a_restarted_coordinator_takes_back_the_running_copies(servers, ray_cluster, orl):
+    """SIGKILL of the coordinator's process after copies moved: Ray restarts it, it adopts
+    the copies that run (the moved ones under their new names), starts no others, and the
+    front-ends enrol and search through it as before."""
+    _, (front, other) = servers
+    assert PROBES, "runs after the rebalance test"
+    before = {name: _answer(front.stub, samples, partition) for name, (partition, samples) in PROBES.items()}
+    _, state = _state(ray_cluster.address)
+    copies = sorted((c["shard"], c["copy"], c["pid"]) for c in state["shards"])
+    os.kill(state["coordinator_pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        code, after_state = _state(ray_cluster.address)
+        if code == 0 and after_state.get("coordinator_pid") not in (None, state["coordinator_pid"]):
+            break
+        assert time.monotonic() < deadline, after_state
+        time.sleep(0.5)
+    assert sorted((c["shard"], c["copy"], c["pid"]) for c in after_state["shards"]) == copies
+    listed = subprocess.run([sys.executable, "-c", "import json, sys, ray; ray.init(address=sys.argv[1], "
+                             "log_to_driver=False); print(json.dumps(ray.util.list_named_actors(all_namespaces=True)))",
+                             ray_cluster.address], cwd=REPO, capture_output=True, text=True, timeout=120)
+    shard_actors = [a["name"] for a in json.loads(listed.stdout.splitlines()[-1]) if a["name"].startswith("tambua-shard-")]
+    assert len(shard_actors) == len(copies), shard_actors  # none started anew, none left over
+    after = {name: _answer(front.stub, samples, partition) for name, (partition, samples) in PROBES.items()}
+    assert after == before
+    samples = _templates(front.stub, [face(orl, 35, 1)])
+    assert front.stub.Enroll(pb.EnrollRequest(subject_id="AFTER-RESTART", samples=samples),
+                             timeout=120).outcome == pb.EnrollResponse.ENROLLED
+    found = other.stub.Identify(pb.IdentifyRequest(samples=samples, max_candidates=1), timeout=60).candidates
+    assert found[0].subject_id == "AFTER-RESTART"
