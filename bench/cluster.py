@@ -126,7 +126,11 @@ def _serve(data_dir: Path, *args: str, env: dict | None = None) -> tuple[subproc
     proc = subprocess.Popen([sys.executable, "-m", "tambua.cli", "serve", "--insecure", "--port", "0",
                              "--metrics-port", "-1", "--data-dir", str(data_dir), *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    line = proc.stdout.readline()
+    try:
+        line = proc.stdout.readline()
+    except BaseException:  # interrupted while it loads: it goes too
+        proc.kill()
+        raise
     if "listening on" not in line:
         proc.kill()
         raise RuntimeError(f"the server did not start: {line!r}")

@@ -113,7 +113,7 @@ class Coordinator:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
         return table
 
-    def _copy(self, shard: int, copy: int, node: str, name: str):
+    def _copy(self, shard: int, copy: int, node: str, name: str, only_there: bool = False):
         """A copy of ``shard`` started on ``node``. The affinity is soft: a copy whose node
         dies restarts wherever Ray finds room. It runs one call at a time, in the order sent
         (see ShardedGalleries)."""
@@ -123,7 +123,7 @@ class Coordinator:
             name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_restarts=-1,
             max_task_retries=-1, max_concurrency=1, num_cpus=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
-        ).remote(self.models, shard, self._me, copy)
+        ).remote(self.models, shard, self._me, copy, node if only_there else None)
 
     def _start_on(self, shard: int, copy: int, node: str, tries: int = 20):
         """A new copy of ``shard`` loaded and running on ``node``, joining the writes from its
@@ -135,12 +135,11 @@ class Coordinator:
 
         for _ in range(tries):
             self._made += 1
-            new = self._copy(shard, copy, node, f"tambua-shard-{shard}-{copy}-m{self._made}")
+            new = self._copy(shard, copy, node, f"tambua-shard-{shard}-{copy}-m{self._made}", only_there=True)
             self.galleries.joining[shard] = [new]
-            get(new.ready.remote())
-            if get(new.status.remote())["node"] == node:
+            if get(new.status.remote())["node"] == node:  # answered once it has loaded
                 return new
-            self.galleries.joining.pop(shard)
+            self.galleries.joining.pop(shard)  # elsewhere, and empty
             ray.kill(new)
             time.sleep(0.5)
         raise NotReady(f"node {node[:12]} did not take shard {shard}'s copy")

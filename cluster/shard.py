@@ -25,9 +25,11 @@ class GalleryShard:
         index: this shard's number.
         coordinator: the coordinator's actor handle (None: start empty, for tests).
         copy: which copy of the shard this is.
+        node: where a moved copy must run (it loads only there); None: wherever it starts.
     """
 
-    def __init__(self, models: dict[str, str], index: int, coordinator=None, copy: int = 0) -> None:
+    def __init__(self, models: dict[str, str], index: int, coordinator=None, copy: int = 0,
+                 node: str | None = None) -> None:
         import ray
 
         self.index, self.copy = index, copy
@@ -35,7 +37,12 @@ class GalleryShard:
         self.subjects: dict[str, set[str]] = {}
         self.loaded = 0
         self.searches, self.search_seconds = 0, 0.0
-        page: tuple[int, int] | None = (0, 0) if coordinator is not None else None
+        context = ray.get_runtime_context()
+        # A copy started for a move on a node that did not take it stays empty: the
+        # coordinator sees where it landed and stops it before minutes of loading. A
+        # restart (its node died) loads wherever Ray put it.
+        misplaced = node is not None and context.get_node_id() != node and not context.was_current_actor_reconstructed
+        page: tuple[int, int] | None = (0, 0) if coordinator is not None and not misplaced else None
         while page is not None:
             rows, page = ray.get(coordinator.shard_rows.remote(index, *page))
             self.galleries.load(rows)
