@@ -16,6 +16,7 @@ and a worker node that dies loses no acknowledged write (its shards reload from 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -69,6 +70,10 @@ class Coordinator:
         import ray
 
         self.store = SubjectStore(Path(data_dir) / "subjects.sqlite", load_kek(Path(kek_file) if kek_file else None))
+        # Which named copy serves each shard, written before every change: a restarted
+        # coordinator takes back exactly these (a copy still joining, or one swapped out
+        # but not yet stopped, is not one of them).
+        self._table_file = Path(data_dir) / "cluster-copies.json"
         self.layout = Layout.even(shards)
         self.models = dict(models)
         self.replicas = replicas
@@ -82,36 +87,48 @@ class Coordinator:
         self.engine = Engine(self.store, models, thresholds, galleries=self.galleries)
 
     def _adopt_or_start(self, shards: int, replicas: int) -> list[list]:
-        """Each shard's copies: the running ones where this coordinator is a restart (Ray
-        restarts it after its process died; the copies outlive it, detached), else new ones.
-        Of a copy found under several names (a move was under way), the newest is kept.
+        """Each shard's copies: the ones this coordinator's last table names, where this is
+        a restart (Ray restarts it after its process died; the copies outlive it, detached)
+        and they still run; new ones for the rest. Every other copy found is stopped.
         Copy r of shard i starts on node (i + r) mod N, so copies of one shard start apart.
         New copies load from this actor in their constructors: never waited for here (this
         constructor must return before the coordinator can answer them)."""
         import ray
         from ray.util import list_named_actors
 
-        found: dict[tuple[int, int], list[tuple[int, str]]] = {}
-        for actor in list_named_actors(all_namespaces=True):
-            if actor["namespace"] == NAMESPACE and (m := _COPY_NAME.fullmatch(actor["name"])):
-                found.setdefault((int(m[1]), int(m[2])), []).append((int(m[3] or 0), actor["name"]))
-        self._made = max((n for names in found.values() for n, _ in names), default=0)
+        running = {a["name"] for a in list_named_actors(all_namespaces=True)
+                   if a["namespace"] == NAMESPACE and _COPY_NAME.fullmatch(a["name"])}
+        self._made = max((int(_COPY_NAME.fullmatch(n)[3] or 0) for n in running), default=0)
+        saved = json.loads(self._table_file.read_text()) if self._table_file.exists() else []
         nodes = shard_nodes()
-        table, stale = [], []
+        table, self._names = [], []
         for i in range(shards):
-            row = []
+            row, names = [], []
             for r in range(replicas):
-                names = sorted(found.pop((i, r), []))
-                if not names:
-                    row.append(self._copy(i, r, nodes[(i + r) % len(nodes)], f"tambua-shard-{i}-{r}"))
-                    continue
-                row.append(ray.get_actor(names[-1][1], namespace=NAMESPACE))
-                stale += [name for _, name in names[:-1]]
+                name = saved[i][r] if i < len(saved) and r < len(saved[i]) else ""
+                if name in running:
+                    row.append(ray.get_actor(name, namespace=NAMESPACE))
+                else:
+                    name = f"tambua-shard-{i}-{r}"
+                    if name in running:  # a leftover under the name a new copy takes
+                        ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+                        running.discard(name)
+                    row.append(self._copy(i, r, nodes[(i + r) % len(nodes)], name))
+                names.append(name)
             table.append(row)
-        stale += [name for names in found.values() for _, name in names]  # outside this layout
-        for name in stale:
+            self._names.append(names)
+        for name in running - {n for names in self._names for n in names}:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+        self._save_table()
         return table
+
+    def _save_table(self, names: list[list[str]] | None = None) -> None:
+        tmp = self._table_file.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            json.dump(names or self._names, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._table_file)
 
     def _copy(self, shard: int, copy: int, node: str, name: str, only_there: bool = False):
         """A copy of ``shard`` started on ``node``. The affinity is soft: a copy whose node
@@ -135,10 +152,11 @@ class Coordinator:
 
         for _ in range(tries):
             self._made += 1
-            new = self._copy(shard, copy, node, f"tambua-shard-{shard}-{copy}-m{self._made}", only_there=True)
+            name = f"tambua-shard-{shard}-{copy}-m{self._made}"
+            new = self._copy(shard, copy, node, name, only_there=True)
             self.galleries.joining[shard] = [new]
             if get(new.status.remote())["node"] == node:  # answered once it has loaded
-                return new
+                return new, name
             self.galleries.joining.pop(shard)  # elsewhere, and empty
             ray.kill(new)
             time.sleep(0.5)
@@ -158,7 +176,13 @@ class Coordinator:
             where = {(s["shard"], s["copy"]): s["node"] for s in state}
             moves = plan_moves(where, shard_nodes())
             for shard, copy, node in moves:
-                new = self._start_on(shard, copy, node)
+                new, name = self._start_on(shard, copy, node)
+                # Saved first: a coordinator restarted from here on takes the new copy,
+                # which is whole (loaded, and joined to every write since it started).
+                names = [list(row) for row in self._names]
+                names[shard][copy] = name
+                self._save_table(names)
+                self._names = names
                 old = self.galleries.replicas[shard][copy]
                 self.galleries.replicas[shard] = [new if c is old else c for c in self.galleries.replicas[shard]]
                 self.galleries.joining.pop(shard)

@@ -120,10 +120,17 @@ class Background:
         assert "listening on" in self.line, f"server did not start: {''.join(said)[-2000:]!r}"
         self.address = re.search(r"listening on (\S+)", self.line).group(1)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 60) -> None:
+        """SIGTERM, then wait for the graceful stop; one that hangs is killed (nothing left
+        running) and fails the test."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+                raise AssertionError(f"the server did not stop within {timeout_s} s of SIGTERM") from None
 
 
 def _png(src: Path, dst: Path) -> None:
