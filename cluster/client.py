@@ -61,9 +61,7 @@ def rebalance(address: str) -> list[dict]:
 def status(address: str) -> dict:
     """What ``tambua cluster status`` prints: nodes, and each shard copy's node, subjects,
     templates and resident bytes, summed per node."""
-    coordinator = _coordinator(address)
-    state = get(coordinator.status.remote())
-    state["unserved_shards"] = get(coordinator.unserved.remote())
+    state = get(_coordinator(address).status.remote())
     per_node: dict[str, dict] = {}
     for copy in state["shards"]:
         node = per_node.setdefault(copy["node"], {"copies": 0, "subjects": 0, "resident_bytes": 0})
@@ -170,9 +168,7 @@ class RemoteEngine:
 
     def cluster_status(self) -> dict:
         """Each shard copy's node, subjects, resident bytes and search counters (metrics)."""
-        state = get(self.coordinator.status.remote())
-        state["unserved_shards"] = get(self.coordinator.unserved.remote())
-        return state
+        return get(self.coordinator.status.remote())
 
     def unserved_shards(self) -> list[int]:
         """Shards with no copy answering now (the front-end's health check reads it, every

@@ -38,7 +38,8 @@ NAME, NAMESPACE = "tambua-coordinator", "tambua"
 # Copy r of shard i: started as tambua-shard-i-r, moved copies get -m<n> (n grows).
 _COPY_NAME = re.compile(r"tambua-shard-(\d+)-(\d+)(?:-m(\d+))?")
 # What a front-end may ask of the engine and of the store through the coordinator.
-ENGINE_CALLS = frozenset({"enroll", "identify", "verify", "delete", "import_change"})
+# (Identify is not one: front-ends read the shards themselves.)
+ENGINE_CALLS = frozenset({"enroll", "verify", "delete", "import_change"})
 STORE_CALLS = frozenset({"get", "count", "count_by_partition", "model_counts", "changes_since", "last_seq",
                          "pending", "peer", "note_peer", "note_audit_head", "flags", "seal_secret",
                          "open_secret", "derive_key", "pseudonym", "resolve", "encrypted"})
@@ -119,13 +120,13 @@ class Coordinator:
             self._names.append(names)
         for name in running - {n for names in self._names for n in names}:
             ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-        self._save_table()
+        self._save_table(self._names)
         return table
 
-    def _save_table(self, names: list[list[str]] | None = None) -> None:
+    def _save_table(self, names: list[list[str]]) -> None:
         tmp = self._table_file.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump(names or self._names, f)
+            json.dump(names, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self._table_file)
@@ -247,9 +248,6 @@ class Coordinator:
         alive = {pings[ref] for ref in done}
         return [i for i in range(len(self.galleries.replicas)) if i not in alive]
 
-    def gallery_sizes(self) -> dict[str, int]:
-        return self.galleries.sizes()
-
     def status(self) -> dict:
         """Nodes, shards and what each holds."""
         import ray
@@ -257,6 +255,7 @@ class Coordinator:
         from cluster.galleries import get
 
         return {"subjects": self.store.count(), "replicas": self.replicas, "coordinator_pid": os.getpid(),
+                "unserved_shards": self.unserved(),
                 "shards": get([c.status.remote() for copies in self.galleries.replicas for c in copies]),
                 "nodes": [{"node": n["NodeID"], "alive": n["Alive"], "address": n["NodeManagerAddress"]}
                           for n in ray.nodes()]}

@@ -61,6 +61,7 @@ _PSEUDONYM = "s:"  # how the audit log writes a ref
 _TEMPLATE_ROWS = ("SELECT t.partition, t.ref, s.id, t.modality, t.position, t.data, t.derived, t.rowid FROM templates t "
                   "JOIN subjects s ON s.partition = t.partition AND s.ref = t.ref")
 
+
 class SubjectStore:
     """SQLite-backed subject store. Thread-safe: one connection, calls serialised by a lock.
 
