@@ -156,6 +156,12 @@ class ShardedGalleries:
         and its count of the partition's subjects; merged into the partition-wide best
         ``k`` per sample. A subject in those is in its shard's own best ``k``, so its
         evidence came back with it."""
+        for t in templates:
+            # A probe's derived features (finger: MCC cylinders, index codes) are made once
+            # here and travel with it, not once per shard on the shards' cores.
+            derive = getattr(t.template, "derived_bytes", None)
+            if derive is not None:
+                derive()
         per_shard = list(self._read("candidates", {i: (partition, templates, k, within)
                                                    for i in range(len(self.replicas))}).values())
         fused: dict[str, float] = {}
