@@ -97,8 +97,9 @@ class RemoteStore:
 
 
 class RemoteEngine:
-    """The engine as a front-end has it. Writes and Verify are the coordinator's (its
-    partition lock makes deduplication exact across front-ends); Identify reads the shards
+    """The engine as a front-end has it. Writes (case decisions too), Verify and the
+    captures held by cases are the coordinator's (its partition lock makes deduplication
+    exact across front-ends); Identify reads the shards
     itself, one hop with no coordinator in the path, through an engine here over the
     coordinator's copy table, which it re-reads when the coordinator has moved copies.
     Parsing and 1:1 comparison of two given templates need no gallery and run here."""
@@ -159,6 +160,9 @@ class RemoteEngine:
 
     def verify(self, *args, **kwargs):
         return self._call("verify", *args, **kwargs)
+
+    def decide(self, *args, **kwargs):
+        return self._call("decide", *args, **kwargs)
 
     def delete(self, *args, **kwargs):
         return self._call("delete", *args, **kwargs)

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
+from matcher.cases import Actor, Case, CaseState, Verdict
 from matcher.engine import MODALITIES, Engine
 from matcher.finger.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
@@ -31,7 +32,7 @@ from matcher.repository import Flag
 from matcher.types import normalise_id
 import sync
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
-from tambua.auth import AccessStore, AuthInterceptor, note_touched, partition_of
+from tambua.auth import AccessStore, AuthInterceptor, current, note_touched, partition_of
 from tambua.config import Config
 from tambua.context import RequestIdFilter
 from tambua.extraction import Extraction, Extractor, SampleInput
@@ -183,6 +184,31 @@ def _flag_pb(f: Flag) -> pb.FlaggedEnrolment:
                                candidates=list(f.candidates), site=f.site)
 
 
+_CASE_STATE_PB = {CaseState.OPEN: pb.CASE_OPEN, CaseState.DECIDED: pb.CASE_DECIDED,
+                  CaseState.WITHDRAWN: pb.CASE_WITHDRAWN}
+_CASE_STATE = {v: k for k, v in _CASE_STATE_PB.items()}
+_VERDICT_PB = {Verdict.SAME: pb.SAME_PERSON, Verdict.DIFFERENT: pb.DIFFERENT_PEOPLE, Verdict.RECAPTURE: pb.RECAPTURE}
+_VERDICT = {v: k for k, v in _VERDICT_PB.items()}
+
+
+def _case_pb(case: Case, templates=()) -> pb.Case:
+    d = case.decision
+    decision = None if d is None else pb.CaseDecision(
+        verdict=_VERDICT_PB[d.verdict], principal_id=d.principal_id, principal_name=d.principal_name,
+        unix_ms=d.unix_ms, reason=d.reason, subject_id=d.subject_id, attached=d.attached,
+        candidates=list(d.candidates))
+    return pb.Case(
+        case_id=case.case_id, partition=case.partition, subject_id=case.subject_id,
+        state=_CASE_STATE_PB[case.state], source=case.source.value, kind=case.kind, site=case.site,
+        principal_name=case.principal_name, created_unix_ms=case.created_ms,
+        candidates=[pb.CaseCandidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir, samples=[
+            pb.SampleScore(modality=_MODALITY_PB[x.modality], position=x.position, score=x.score, fmr=x.fmr)
+            for x in c.samples]) for c in case.candidates],
+        attempts=[pb.CaseAttempt(unix_ms=a.unix_ms, principal_name=a.principal_name, subject_id=a.subject_id,
+                                 score=a.score) for a in case.attempts],
+        decision=decision, templates=[_template_pb(t) for t in templates])
+
+
 def _peer_status(store, site: str) -> pb.PeerStatus:
     p = store.peer(site)
     return pb.PeerStatus(site=site, pending=store.pending(site), acked_seq=p.acked_seq,
@@ -225,14 +251,52 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         deadline = _deadline(context)
         templates = self.extraction.templates(_samples(request.samples), deadline, enrolment=True)
         r = self.engine.enroll(subject_id, partition, templates, force=request.force,
-                               adjudicated=tuple(request.adjudicated_candidates), deadline=deadline)
+                               adjudicated=tuple(request.adjudicated_candidates), deadline=deadline,
+                               hold=request.hold, by=self._actor())
         return pb.EnrollResponse(
             outcome=pb.EnrollResponse.Outcome.Value(r.outcome),
             subject_id=r.subject_id,
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in r.candidates],
             templates=[_template_pb(t) for t in r.templates],
             model_ids=self._model_ids(r.templates),
+            case_id=r.case_id,
         )
+
+    def _actor(self) -> Actor:
+        """Who the current call is, as a case records it."""
+        principal = current.get()
+        return Actor(principal.id, principal.name, self.site.site if self.site else "")
+
+    @_rpc
+    def ListCases(self, request, context):
+        now_ms = int(time.time() * 1000)
+        partition = normalise_id(partition_of(request), "partition")
+        state = None if request.state == pb.CASE_ANY else _CASE_STATE.get(request.state, CaseState.OPEN)
+        cases, token = self.engine.store.cases(
+            [partition], state, request.source,
+            created_before_ms=now_ms - request.min_age_s * 1000 if request.min_age_s else 0,
+            created_after_ms=now_ms - request.max_age_s * 1000 if request.max_age_s else 0,
+            after=request.page_token, limit=min(request.limit or 100, 1000))
+        note_touched(c.subject_id for c in cases)
+        counts = self.engine.store.case_counts([partition])
+        return pb.ListCasesResponse(cases=[_case_pb(c) for c in cases], next_page_token=token,
+                                    open_by_source={source: n for (_, source), n in counts.items()})
+
+    @_rpc
+    def GetCase(self, request, context):
+        partition = partition_of(request)
+        case = self.engine.store.case(partition, request.case_id)
+        note_touched([case.subject_id])
+        return _case_pb(case, self.engine.store.case_templates(partition, request.case_id))
+
+    @_rpc
+    def DecideCase(self, request, context):
+        if request.verdict not in _VERDICT:
+            raise InvalidInput("verdict is missing: SAME_PERSON, DIFFERENT_PEOPLE or RECAPTURE", "VERDICT_UNKNOWN")
+        case = self.engine.decide(partition_of(request), request.case_id, _VERDICT[request.verdict], request.reason,
+                                  self._actor(), subject_id=request.subject_id, attach=not request.discard)
+        note_touched([case.subject_id])
+        return _case_pb(case)
 
     @_rpc
     def Identify(self, request, context):
@@ -270,7 +334,8 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         s = self.engine.store.get(partition_of(request), request.subject_id)
         return pb.GetSubjectResponse(subject_id=s.subject_id, partition=s.partition,
                                      templates=[_template_pb(t) for t in s.templates],
-                                     created_unix_ms=s.created_ns // 1_000_000, linked_subject_ids=list(s.linked))
+                                     created_unix_ms=s.created_ns // 1_000_000, linked_subject_ids=list(s.linked),
+                                     encounters=len(self.engine.store.encounters(s.partition, s.subject_id)))
 
     @_rpc
     def DeleteSubject(self, request, context):
