@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def connect(address: str, data_dir: str, kek_file: str | None, models: dict[str, str], thresholds: Thresholds,
-            shards: int, replicas: int = 1) -> "RemoteEngine":
+            shards: int, replicas: int = 1, keep_images: str = "cases") -> "RemoteEngine":
     """Join the Ray cluster at ``address`` and find its coordinator, or start it (on the
     head node, with this front-end's ``data_dir`` and ``kek_file`` as paths there) when
     this is the first front-end; wait until every shard has loaded."""
@@ -29,7 +29,7 @@ def connect(address: str, data_dir: str, kek_file: str | None, models: dict[str,
     handle = ray.remote(Coordinator).options(
         name=NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_concurrency=32, num_cpus=0,
         max_restarts=-1, resources={"node:__internal_head__": 0.001},
-    ).remote(data_dir, kek_file, models, thresholds, shards, replicas)
+    ).remote(data_dir, kek_file, models, thresholds, shards, replicas, keep_images)
     started = time.perf_counter()
     ready = get(handle.ready.remote())
     if ready["models"] != models:

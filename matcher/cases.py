@@ -59,6 +59,22 @@ class Actor:
 
 
 @dataclass(frozen=True)
+class SampleImage:
+    """The image a sample's template was made from, kept for a person to look at (the
+    engine never decodes it: it passes it to the store with the capture)."""
+
+    modality: str
+    position: int
+    data: bytes = field(repr=False)
+
+
+class KeepImages(StrEnum):
+    NONE = "none"  # no image is kept
+    CASES = "cases"  # held captures' images only (the default)
+    ALL = "all"  # every enrolment's too, so that candidates can be shown beside a probe
+
+
+@dataclass(frozen=True)
 class SampleScore:
     """One sample of the probe against the candidate's template of the same position."""
 

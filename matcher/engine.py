@@ -33,8 +33,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from matcher.calibration import Calibration, at_least_one
-from matcher.cases import (Actor, Attempt, Case, CaseCandidate, CaseSource, CaseState, Decision, SampleScore,
-                           Verdict, check_reason, new_case_id)
+from matcher.cases import (Actor, Attempt, Case, CaseCandidate, CaseSource, CaseState, Decision, KeepImages,
+                           SampleImage, SampleScore, Verdict, check_reason, new_case_id)
 from matcher.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidInput, ModelMismatch,
                             NotFound, SequenceGap, Unimplemented)
 from matcher.base import ModalityMatcher
@@ -159,6 +159,8 @@ class Engine:
         galleries: where the searchable templates live (default: ``matchers`` in this
             process, loaded from the store now); a cluster passes its shards, which load
             themselves.
+        keep_images: which enrolments' images the store keeps for adjudication (the
+            images are passed with each enrolment; the engine never decodes them).
     """
 
     def __init__(
@@ -169,8 +171,10 @@ class Engine:
         matchers: dict[str, ModalityMatcher] | None = None,
         observer: Observer | None = None,
         galleries: Galleries | None = None,
+        keep_images: KeepImages = KeepImages.CASES,
     ) -> None:
         self.observer = observer or _NoObserver()
+        self.keep_images = KeepImages(keep_images)
         self.store = store
         self.thresholds = thresholds
         self.models = dict(models)
@@ -283,7 +287,8 @@ class Engine:
         return tuple(out)
 
     def _open_case(self, subject_id: str, partition: str, templates: tuple[StoredTemplate, ...],
-                   candidates: list[ScoredCandidate], by: Actor, deadline: float | None) -> str:
+                   candidates: list[ScoredCandidate], by: Actor, deadline: float | None,
+                   images: tuple[SampleImage, ...]) -> str:
         """Hold a duplicate for adjudication (caller holds the partition's lock)."""
         taken = self.store.held_case(partition, subject_id)
         if taken:
@@ -300,14 +305,14 @@ class Engine:
                                                                                         templates))
                         for c in candidates), updated_ms=now)
         self.check_deadline(deadline)
-        self.store.open_case(case, templates)
+        self.store.open_case(case, templates, images if self.keep_images is not KeepImages.NONE else ())
         self._held().add(partition, case.case_id, templates)
         self._held_cases.setdefault(partition, set()).add(case.case_id)
         return case.case_id
 
     def enroll(self, subject_id: str, partition: str, templates: tuple[StoredTemplate, ...], force: bool = False,
                adjudicated: tuple[str, ...] = (), deadline: float | None = None, hold: bool = False,
-               by: Actor = Actor()) -> EnrollResult:
+               by: Actor = Actor(), images: tuple[SampleImage, ...] = ()) -> EnrollResult:
         """Deduplicate (against the enrolled and the captures held by open cases), then
         store. A duplicate stores nothing unless ``force``; with ``hold`` it opens a case
         (or, matching a held capture, joins that case) for a person to decide.
@@ -317,6 +322,8 @@ class Engine:
 
         Args:
             by: who asks (recorded in a case it opens or joins).
+            images: the samples' images, kept with a case it opens (or with the subject
+                when ``keep_images`` is ``all``).
 
         Raises:
             AlreadyExists: the id is enrolled, or (``hold``) held by another open case.
@@ -336,14 +343,15 @@ class Engine:
                 return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates,
                                     held[0].subject_id)
             if candidates and not force:
-                case_id = self._open_case(subject_id, partition, templates, candidates, by, deadline) if hold else ""
+                case_id = (self._open_case(subject_id, partition, templates, candidates, by, deadline, images)
+                           if hold else "")
                 return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates, case_id)
             # Enrolled anyway: the links are the candidates named by the adjudicator and the
             # ones this search found (what the enrolment was decided against).
             links = tuple(dict.fromkeys((*adjudicated, *(c.subject_id for c in candidates))))
             subject = Subject(subject_id, partition, templates, links)
             self.check_deadline(deadline)
-            self.store.add(subject)  # synced to disk before we answer
+            self.store.add(subject, images if self.keep_images is KeepImages.ALL else ())  # synced before we answer
             self.galleries.add(partition, subject_id, templates)
             self._subjects[partition] = self._subjects.get(partition, 0) + 1
         return EnrollResult(EnrollOutcome.ENROLLED, subject_id, tuple(candidates), templates)
@@ -395,7 +403,8 @@ class Engine:
                 subject_id = ""
             decision = Decision(verdict, by.principal_id, by.principal_name, int(time.time() * 1000), reason,
                                 subject_id, attach_to is not None, named)
-            decided = self.store.decide_case(partition, case_id, decision, enrol, attach_to)
+            decided = self.store.decide_case(partition, case_id, decision, enrol, attach_to,
+                                             keep_images=self.keep_images is KeepImages.ALL)
             self._held().remove(partition, case_id)
             self._held_cases.get(partition, set()).discard(case_id)
             if enrol is not None:

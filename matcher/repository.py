@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from matcher.cases import Attempt, Case, Decision
+    from matcher.cases import Attempt, Case, Decision, SampleImage
     from matcher.templates import Template
     from matcher.types import StoredTemplate, Subject
 
@@ -98,7 +98,7 @@ class PeerState:
 class Subjects(Protocol):
     """Enrolled subjects: what the engine stores, finds, erases and rebuilds its galleries from."""
 
-    def add(self, subject: Subject) -> None: ...
+    def add(self, subject: Subject, images: tuple["SampleImage", ...] = ()) -> None: ...
 
     def get(self, partition: str, subject_id: str) -> Subject: ...
 
@@ -141,12 +141,20 @@ class Cases(Protocol):
     """Adjudication cases (:mod:`matcher.cases`): opened, joined and decided by the engine
     (a decision is one transaction with what it enrols or attaches), read by the service."""
 
-    def open_case(self, case: "Case", templates: tuple["StoredTemplate", ...]) -> None: ...
+    def open_case(self, case: "Case", templates: tuple["StoredTemplate", ...],
+                  images: tuple["SampleImage", ...] = ()) -> None: ...
 
     def join_case(self, partition: str, case_id: str, attempt: "Attempt") -> "Case": ...
 
     def decide_case(self, partition: str, case_id: str, decision: "Decision", enrol: Subject | None = None,
-                    attach: tuple[str, tuple["StoredTemplate", ...]] | None = None) -> "Case": ...
+                    attach: tuple[str, tuple["StoredTemplate", ...]] | None = None,
+                    keep_images: bool = False) -> "Case": ...
+
+    def case_images(self, partition: str, case_id: str) -> tuple["SampleImage", ...]: ...
+
+    def subject_images(self, partition: str, subject_id: str) -> tuple["SampleImage", ...]: ...
+
+    def expire_case_images(self, closed_before_ms: int) -> int: ...
 
     def case(self, partition: str, case_id: str) -> "Case": ...
 

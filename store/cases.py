@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator
 
-from matcher.cases import Case, CaseState, Decision
+from matcher.cases import Case, CaseState, Decision, SampleImage
 from matcher.errors import AlreadyExists, FailedPrecondition, NotFound
 from matcher.templates import Template
 from matcher.types import StoredTemplate, Subject, normalise_id
@@ -26,6 +26,14 @@ def _case_context(case_id: str) -> bytes:
 
 def _held_context(case_id: str, modality: str, position: int, model_id: str) -> bytes:
     return "\x00".join(("\x00held", case_id, modality, str(position), model_id)).encode()
+
+
+def _case_image_context(case_id: str, modality: str, position: int) -> bytes:
+    return "\x00".join(("\x00case image", case_id, modality, str(position))).encode()
+
+
+def _subject_image_context(partition: str, subject_id: str, modality: str, position: int) -> bytes:
+    return "\x00".join(("\x00subject image", partition, subject_id, modality, str(position))).encode()
 
 
 def _encounter_context(partition: str, subject_id: str, encounter: int, modality: str, position: int,
@@ -41,8 +49,9 @@ class CaseBook:
 
     # --- writing --------------------------------------------------------------------------
 
-    def open_case(self, case: Case, templates: tuple[StoredTemplate, ...]) -> None:
-        """Store a new case and its held capture in one synced transaction."""
+    def open_case(self, case: Case, templates: tuple[StoredTemplate, ...], images: tuple[SampleImage, ...] = ()
+                  ) -> None:
+        """Store a new case and its held capture (with the images to keep) in one synced transaction."""
         with self._transaction():
             self._db.execute("INSERT INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (case.case_id, case.partition, self._ref(case.subject_id), case.state.value,
@@ -56,6 +65,18 @@ class CaseBook:
                 rows.append((case.case_id, t.modality, t.position, t.template.model_id,
                              self._sealer.seal(t.template.to_bytes(), context), self._seal_derived(t.template, context)))
             self._db.executemany("INSERT INTO case_templates VALUES (?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany("INSERT INTO case_images VALUES (?, ?, ?, ?)", [
+                (case.case_id, i.modality, i.position,
+                 self._sealer.seal(i.data, _case_image_context(case.case_id, i.modality, i.position)))
+                for i in images])
+
+    def _put_subject_images(self, partition: str, subject_id: str, images: tuple[SampleImage, ...]) -> None:
+        """Keep an enrolled subject's images (caller holds the transaction)."""
+        ref = self._ref(subject_id)
+        self._db.executemany("INSERT OR REPLACE INTO subject_images VALUES (?, ?, ?, ?, ?)", [
+            (partition, ref, i.modality, i.position,
+             self._sealer.seal(i.data, _subject_image_context(partition, subject_id, i.modality, i.position)))
+            for i in images])
 
     def _put_case(self, case: Case) -> None:
         """Rewrite a case's record and state (caller holds a transaction)."""
@@ -72,10 +93,13 @@ class CaseBook:
         return case
 
     def decide_case(self, partition: str, case_id: str, decision: Decision, enrol: Subject | None = None,
-                    attach: tuple[str, tuple[StoredTemplate, ...]] | None = None) -> Case:
+                    attach: tuple[str, tuple[StoredTemplate, ...]] | None = None,
+                    keep_images: bool = False) -> Case:
         """Apply a decision in one synced transaction: the case closes, its held capture
-        goes, and ``enrol`` is stored (``different``) or ``attach`` = (subject id,
-        templates) becomes that subject's next encounter (``same``).
+        goes, and ``enrol`` is stored (``different``; with ``keep_images`` the case's
+        images become the subject's) or ``attach`` = (subject id, templates) becomes that
+        subject's next encounter (``same``). The case keeps its images until
+        :meth:`expire_case_images`.
 
         Raises:
             NotFound: no such case in ``partition``, or the subject to attach to is gone.
@@ -94,6 +118,8 @@ class CaseBook:
                     raise AlreadyExists(f"subject {enrol.subject_id!r} was enrolled since case {case_id} "
                                         "was opened: decide it as the same person, or withdraw it") from None
                 self._log("enrol", enrol.partition, enrol.subject_id)
+                if keep_images:
+                    self._put_subject_images(partition, enrol.subject_id, self._case_images(case_id))
             if attach is not None:
                 self._attach(partition, case_id, *attach, decision.unix_ms)
             self._put_case(decided)
@@ -155,6 +181,37 @@ class CaseBook:
                                     "WHERE case_id=? ORDER BY modality, position", (case_id,)).fetchall()
         return tuple(StoredTemplate(m, p, self._parse(d, dv, _held_context(case_id, m, p, model))[0])
                      for m, p, model, d, dv in rows)
+
+    def _case_images(self, case_id: str) -> tuple[SampleImage, ...]:
+        rows = self._db.execute("SELECT modality, position, data FROM case_images WHERE case_id=? "
+                                "ORDER BY modality, position", (case_id,)).fetchall()
+        return tuple(SampleImage(m, p, self._sealer.open(d, _case_image_context(case_id, m, p))) for m, p, d in rows)
+
+    def case_images(self, partition: str, case_id: str) -> tuple[SampleImage, ...]:
+        """The images kept with a case's capture (none once expired)."""
+        with self._lock:
+            self._load_case(partition, case_id)  # NotFound outside its partition
+            return self._case_images(case_id)
+
+    def subject_images(self, partition: str, subject_id: str) -> tuple[SampleImage, ...]:
+        """The images kept with an enrolled subject (keep_images = "all")."""
+        partition, subject_id = normalise_id(partition, "partition"), normalise_id(subject_id)
+        with self._lock:
+            rows = self._db.execute("SELECT modality, position, data FROM subject_images WHERE partition=? AND ref=? "
+                                    "ORDER BY modality, position", (partition, self._ref(subject_id))).fetchall()
+        return tuple(SampleImage(m, p, self._sealer.open(d, _subject_image_context(partition, subject_id, m, p)))
+                     for m, p, d in rows)
+
+    def expire_case_images(self, closed_before_ms: int) -> int:
+        """Drop the images of cases decided or withdrawn before ``closed_before_ms`` (the
+        retention period); returns how many images went."""
+        with self._transaction():
+            n = self._db.execute("DELETE FROM case_images WHERE case_id IN (SELECT case_id FROM cases "
+                                 "WHERE state != ? AND updated_ms < ?)", (CaseState.OPEN.value, closed_before_ms)
+                                 ).rowcount
+        if n:
+            self._scrub()
+        return n
 
     def held_case(self, partition: str, subject_id: str) -> str | None:
         """The open case whose held capture asked for ``subject_id``, if any."""

@@ -59,6 +59,25 @@ CREATE TABLE IF NOT EXISTS case_templates (
     derived BLOB,
     PRIMARY KEY (case_id, modality, position)
 );
+-- Sample images kept for adjudication (keep_images): a held capture's, and (keep_images =
+-- "all") an enrolled subject's; sealed like templates, erased with their case or subject;
+-- a decided case's go after the retention period.
+CREATE TABLE IF NOT EXISTS case_images (
+    case_id TEXT NOT NULL REFERENCES cases (case_id) ON DELETE CASCADE,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (case_id, modality, position)
+);
+CREATE TABLE IF NOT EXISTS subject_images (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (partition, ref, modality, position),
+    FOREIGN KEY (partition, ref) REFERENCES subjects (partition, ref) ON DELETE CASCADE
+);
 -- Later captures of an enrolled subject, attached by a "same person" decision (the
 -- enrolment itself is encounter 0, in templates); erased with the subject.
 CREATE TABLE IF NOT EXISTS encounters (

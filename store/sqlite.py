@@ -34,6 +34,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from matcher.cases import SampleImage
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.repository import Applied, Change, Flag, PeerState
 from matcher.templates import Template, parse_template
@@ -318,15 +319,15 @@ class SubjectStore(CaseBook):
         with self._lock:
             self._db.close()
 
-    def add(self, subject: Subject) -> None:
-        """Store a subject and its templates in one synced transaction.
+    def add(self, subject: Subject, images: tuple[SampleImage, ...] = ()) -> None:
+        """Store a subject and its templates (and the images to keep) in one synced transaction.
 
         Raises:
             AlreadyExists: the subject id is taken in that partition.
         """
-        self.add_many([subject])
+        self.add_many([subject], {subject.subject_id: images} if images else None)
 
-    def add_many(self, subjects: list[Subject]) -> None:
+    def add_many(self, subjects: list[Subject], images: dict[str, tuple[SampleImage, ...]] | None = None) -> None:
         """Store several subjects in one synced transaction (bulk import): all or none.
         Each becomes an ``enrol`` change of this site.
 
@@ -338,6 +339,8 @@ class SubjectStore(CaseBook):
                 self._insert(subjects)
                 for s in subjects:
                     self._log("enrol", s.partition, s.subject_id)
+                    if images and images.get(s.subject_id):
+                        self._put_subject_images(s.partition, s.subject_id, images[s.subject_id])
         except sqlite3.IntegrityError as e:
             what = f"subject {subjects[0].subject_id!r} is" if len(subjects) == 1 else "a subject of the batch is"
             raise AlreadyExists(f"{what} already enrolled") from e

@@ -442,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="join the Ray cluster there (started with `ray start`; see the README)")
     s.add_argument("--shards", type=int, help="cluster mode: shards holding the galleries")
     s.add_argument("--replicas", type=int, help="cluster mode: copies of each shard (2: searches survive a node)")
+    s.add_argument("--web-port", type=int, help="serve the adjudication pages on this port (default: none)")
+    s.add_argument("--keep-images", choices=["none", "cases", "all"],
+                   help="sample images kept for adjudication (default cases: held captures only)")
 
     cl = sub.add_parser("cluster", help="cluster mode: what the Ray cluster holds")
     clsub = cl.add_subparsers(dest="cluster_command", required=True)
@@ -612,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             config = Config.load(args.config, port=args.port, data_dir=args.data_dir,
                                  metrics_port=args.metrics_port, mtls_port=args.mtls_port, insecure=args.insecure,
                                  finger_network=args.finger_network, cluster=args.cluster, shards=args.shards,
-                                 replicas=args.replicas)
+                                 replicas=args.replicas, web_port=args.web_port, keep_images=args.keep_images)
         except ValueError as e:
             print(f"error: configuration: {e}", file=sys.stderr)
             return 2

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
-from matcher.cases import Actor, Case, CaseState, Verdict
+from matcher.cases import Actor, Case, CaseState, SampleImage, Verdict
 from matcher.engine import MODALITIES, Engine
 from matcher.finger.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
@@ -249,10 +249,13 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         # Ids and positions first: a bad one is refused before seconds of extraction.
         subject_id, partition = normalise_id(request.subject_id), normalise_id(partition_of(request), "partition")
         deadline = _deadline(context)
-        templates = self.extraction.templates(_samples(request.samples), deadline, enrolment=True)
+        samples = _samples(request.samples)
+        templates = self.extraction.templates(samples, deadline, enrolment=True)
+        # Kept (sealed) only where a case holds them or keep_images says so; never logged.
+        images = tuple(SampleImage(s.modality, s.position, s.image) for s in samples if s.image)
         r = self.engine.enroll(subject_id, partition, templates, force=request.force,
                                adjudicated=tuple(request.adjudicated_candidates), deadline=deadline,
-                               hold=request.hold, by=self._actor())
+                               hold=request.hold, by=self._actor(), images=images)
         return pb.EnrollResponse(
             outcome=pb.EnrollResponse.Outcome.Value(r.outcome),
             subject_id=r.subject_id,
@@ -546,7 +549,7 @@ def _join_cluster(config: Config, finger_network: str):
     models = {"face": FACE_MODEL_ID, "finger": networks.NETWORKS[finger_network].model_id, "iris": IRIS_MODEL_ID}
     return connect(config.cluster, str(config.data_dir.resolve()),
                    str(config.kek_file.resolve()) if config.kek_file else None, models, config.thresholds,
-                   config.shards, config.replicas)
+                   config.shards, config.replicas, config.keep_images)
 
 
 def _watch_shards(engine, servicer: health.HealthServicer, stop: threading.Event, every_s: float = 0.5) -> None:
@@ -604,7 +607,8 @@ def serve(config: Config) -> None:
                   "iris": IrisExtractor()}
     refuse_foreign_templates(stored, {m: ex.model_id for m, ex in extractors.items()})
     if not config.cluster:
-        engine = Engine(store, {m: ex.model_id for m, ex in extractors.items()}, config.thresholds)
+        engine = Engine(store, {m: ex.model_id for m, ex in extractors.items()}, config.thresholds,
+                        keep_images=config.keep_images)
     bound = create_server(config, engine, extractors)
     server = bound.server
     server.start()

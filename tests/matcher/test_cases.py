@@ -212,3 +212,35 @@ def test_a_version_6_store_gains_the_case_tables(tmp_path, models):
     store = SubjectStore(tmp_path / "old.sqlite")
     assert store.cases(state=None) == ([], "")
     store.close()
+
+
+def test_images_are_kept_where_configured_sealed_and_expire_after_the_decision(tmp_path, orl, models):
+    from matcher.cases import SampleImage
+    from store.sealing import new_key
+
+    photo = lambda person, shot: (SampleImage("face", 0, (orl / f"s{person}" / f"{shot}.pgm").read_bytes()),)  # noqa: E731
+    store = SubjectStore(tmp_path / "img.sqlite", kek=new_key())
+    cases_only = Engine(store, {"face": FACE})  # the default: held captures' images only
+    assert cases_only.enroll("A", "default", _face(orl, 1, 1), images=photo(1, 1)).outcome == "ENROLLED"
+    assert store.subject_images("default", "A") == ()
+    held = cases_only.enroll("A2", "default", _face(orl, 1, 2), hold=True, images=photo(1, 2)).case_id
+    assert store.case_images("default", held) == photo(1, 2)
+
+    everything = Engine(store, {"face": FACE}, keep_images="all")
+    assert everything.enroll("B", "default", _face(orl, 2, 1), images=photo(2, 1)).outcome == "ENROLLED"
+    assert store.subject_images("default", "B") == photo(2, 1)
+    other = everything.enroll("B2", "default", _face(orl, 2, 2), hold=True, images=photo(2, 2)).case_id
+    everything.decide("default", other, "different", "checked", AMINA)
+    assert store.subject_images("default", "B2") == photo(2, 2)  # the new subject's images
+    assert store.case_images("default", other) == photo(2, 2)  # the case keeps its own until expiry
+    assert store.expire_case_images(closed_before_ms=1) == 0  # decided after that moment: kept
+    assert store.expire_case_images(closed_before_ms=2**62) == 1  # only decided cases' images go
+    assert store.case_images("default", other) == () and store.case_images("default", held) == photo(1, 2)
+    everything.delete("default", "B2")
+    assert store.subject_images("default", "B2") == ()
+    nothing = Engine(store, {"face": FACE}, keep_images="none")
+    third = nothing.enroll("B3", "default", _face(orl, 2, 3), hold=True, images=photo(2, 3)).case_id
+    assert store.case_images("default", third) == ()
+    store.close()
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("img.sqlite*"))
+    assert photo(2, 1)[0].data[200:264] not in raw  # sealed at rest
