@@ -686,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
             r = stub.GetSubject(pb.SubjectRequest(subject_id=args.subject, partition=args.partition),
                                 timeout=30, metadata=md)
             out = {"subject_id": r.subject_id, "partition": r.partition, "created_unix_ms": r.created_unix_ms,
-                   "linked_subject_ids": list(r.linked_subject_ids), "templates": _templates(r.templates)}
+                   "linked_subject_ids": list(r.linked_subject_ids), "encounters": r.encounters,
+                   "templates": _templates(r.templates)}
         elif args.command == "extract":
             r = stub.Extract(pb.ExtractRequest(samples=_samples(args)), timeout=60, metadata=md)
             out = {"templates": _templates(r.templates)}

@@ -437,6 +437,9 @@ class Bound:
     metrics_port: int
     mtls_port: int = -1
     health: health.HealthServicer | None = None
+    access: AccessStore | None = None  # the principals (None: insecure mode)
+    audit: AuditLog | None = None
+    site: str = ""
 
 
 def create_server(config: Config, engine: Engine, extractors: dict[str, Extractor],
@@ -465,9 +468,9 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     metrics.watch_sync(engine.store, peers)
     if hasattr(engine, "cluster_status"):
         metrics.watch_cluster(engine)
+    site = SiteKeys.load(config.data_dir, engine.store)
     pb_grpc.add_MatcherServicer_to_server(
-        MatcherServicer(engine, Extraction(extractors, engine), metrics, audit,
-                        SiteKeys.load(config.data_dir, engine.store), peers), server)
+        MatcherServicer(engine, Extraction(extractors, engine), metrics, audit, site, peers), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -489,7 +492,7 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     if config.metrics_port >= 0:
         http, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
         metrics_port = http.server_port
-    return Bound(server, port, metrics_port, mtls_port, health_servicer)
+    return Bound(server, port, metrics_port, mtls_port, health_servicer, access, audit, site.site if site else "")
 
 
 def _credentials(config: Config, client_certificates: bool) -> grpc.ServerCredentials:
@@ -612,15 +615,48 @@ def serve(config: Config) -> None:
     bound = create_server(config, engine, extractors)
     server = bound.server
     server.start()
+    web = _start_web(config, engine, bound, extractors)
     log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, bound.port, bound.metrics_port,
              store.count())
     certs = f" (client certificates on {config.host}:{bound.mtls_port})" if bound.mtls_port >= 0 else ""
-    print(f"tambua listening on {config.host}:{bound.port}{certs}", file=out, flush=True)
+    pages = f" (web on {web.scheme}://{config.host}:{web.port})" if web else ""
+    print(f"tambua listening on {config.host}:{bound.port}{certs}{pages}", file=out, flush=True)
     done = threading.Event()
     if config.cluster:
         threading.Thread(target=_watch_shards, args=(engine, bound.health, done), daemon=True).start()
+    threading.Thread(target=_expire_images, args=(store, config.image_retention_days, done), daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
+    if web:
+        web.stop()
     server.stop(config.grace_s).wait()
     store.close()
+
+
+def _start_web(config: Config, engine, bound: Bound, extractors):
+    """The adjudication pages on ``web_port`` (HTTPS with the service's certificate), or None."""
+    if config.web_port < 0:
+        return None
+    from tambua.web import WebServer, create_app
+
+    iris = extractors.get("iris")
+    app = create_app(engine, bound.access, bound.audit, iris.review if iris is not None else None, bound.site,
+                     secure=not config.insecure)
+    web = WebServer(app, config.host, config.web_port, None if config.insecure else config.tls_cert,
+                    None if config.insecure else config.tls_key)
+    web.start()
+    return web
+
+
+def _expire_images(store, retention_days: float, stop: threading.Event, every_s: float = 3600.0) -> None:
+    """Drop decided cases' images once their retention period has passed: at start, then hourly."""
+    while True:
+        try:
+            n = store.expire_case_images(int((time.time() - retention_days * 86400) * 1000))
+            if n:
+                log.info("dropped %d images of cases decided more than %g days ago", n, retention_days)
+        except Exception:  # noqa: BLE001 - a failed sweep is retried at the next
+            log.exception("image retention sweep failed")
+        if stop.wait(every_s):
+            return
