@@ -35,7 +35,7 @@ from matcher.cases import Actor, Case, CaseState, Verdict
 from matcher.engine import sample_name
 from matcher.errors import TambuaError
 from tambua.auth import ALL_PARTITIONS, DEV_PRINCIPAL, Principal
-from tambua.web import render
+import tambua.web.render as render
 
 log = logging.getLogger(__name__)
 
