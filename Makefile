@@ -7,9 +7,14 @@ STAMP := $(VENV)/.installed
 
 PROTOS := $(wildcard proto/tambua/v1/*.proto)
 
-.PHONY: setup models proto run test bench clean
+.PHONY: setup models proto browser run test bench clean
 
-setup: $(STAMP) models proto
+setup: $(STAMP) models proto browser
+
+# The adjudication pages' tests drive Debian's chromium through Playwright (whose own
+# browser download cannot run here): installed from apt when missing.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)

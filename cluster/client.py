@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def connect(address: str, data_dir: str, kek_file: str | None, models: dict[str, str], thresholds: Thresholds,
-            shards: int, replicas: int = 1) -> "RemoteEngine":
+            shards: int, replicas: int = 1, keep_images: str = "cases") -> "RemoteEngine":
     """Join the Ray cluster at ``address`` and find its coordinator, or start it (on the
     head node, with this front-end's ``data_dir`` and ``kek_file`` as paths there) when
     this is the first front-end; wait until every shard has loaded."""
@@ -29,7 +29,7 @@ def connect(address: str, data_dir: str, kek_file: str | None, models: dict[str,
     handle = ray.remote(Coordinator).options(
         name=NAME, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_concurrency=32, num_cpus=0,
         max_restarts=-1, resources={"node:__internal_head__": 0.001},
-    ).remote(data_dir, kek_file, models, thresholds, shards, replicas)
+    ).remote(data_dir, kek_file, models, thresholds, shards, replicas, keep_images)
     started = time.perf_counter()
     ready = get(handle.ready.remote())
     if ready["models"] != models:
@@ -97,8 +97,9 @@ class RemoteStore:
 
 
 class RemoteEngine:
-    """The engine as a front-end has it. Writes and Verify are the coordinator's (its
-    partition lock makes deduplication exact across front-ends); Identify reads the shards
+    """The engine as a front-end has it. Writes (case decisions too), Verify and the
+    captures held by cases are the coordinator's (its partition lock makes deduplication
+    exact across front-ends); Identify reads the shards
     itself, one hop with no coordinator in the path, through an engine here over the
     coordinator's copy table, which it re-reads when the coordinator has moved copies.
     Parsing and 1:1 comparison of two given templates need no gallery and run here."""
@@ -159,6 +160,9 @@ class RemoteEngine:
 
     def verify(self, *args, **kwargs):
         return self._call("verify", *args, **kwargs)
+
+    def decide(self, *args, **kwargs):
+        return self._call("decide", *args, **kwargs)
 
     def delete(self, *args, **kwargs):
         return self._call("delete", *args, **kwargs)

@@ -64,10 +64,11 @@ class Coordinator:
         thresholds: decision rates.
         shards: how many shards.
         replicas: copies of each shard, on different nodes where there are enough.
+        keep_images: which enrolments' images the store keeps (``Engine``'s).
     """
 
     def __init__(self, data_dir: str, kek_file: str | None, models: dict[str, str], thresholds: Thresholds,
-                 shards: int, replicas: int = 1) -> None:
+                 shards: int, replicas: int = 1, keep_images: str = "cases") -> None:
         import ray
 
         self.store = SubjectStore(Path(data_dir) / "subjects.sqlite", load_kek(Path(kek_file) if kek_file else None))
@@ -85,7 +86,7 @@ class Coordinator:
         self.version = uuid.uuid4().hex
         self._moving = threading.Lock()
         self.galleries = ShardedGalleries(self._adopt_or_start(shards, replicas), self.layout, models)
-        self.engine = Engine(self.store, models, thresholds, galleries=self.galleries)
+        self.engine = Engine(self.store, models, thresholds, galleries=self.galleries, keep_images=keep_images)
 
     def _adopt_or_start(self, shards: int, replicas: int) -> list[list]:
         """Each shard's copies: the ones this coordinator's last table names, where this is

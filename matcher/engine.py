@@ -15,6 +15,12 @@ subjects of the partition.
 Deduplication and insertion of one partition run under that partition's lock, so two
 concurrent enrolments of the same new person cannot both pass the duplicate check:
 the second one searches a gallery that already holds the first.
+
+A duplicate can be *held* for adjudication (:mod:`matcher.cases`): the capture is kept
+as an open case's pending capture, which later enrolments are deduplicated against too
+(the same person trying again joins the case) but Identify and Verify never see; a
+person's decision then enrols it, attaches it to a candidate, or withdraws it, in one
+store transaction.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ from enum import StrEnum
 from typing import Protocol
 
 from matcher.calibration import Calibration, at_least_one
-from matcher.errors import (DeadlineExceeded, InvalidInput, ModelMismatch, NotFound, SequenceGap,
-                            Unimplemented)
+from matcher.cases import (Actor, Attempt, Case, CaseCandidate, CaseSource, CaseState, Decision, KeepImages,
+                           SampleImage, SampleScore, Verdict, check_reason, new_case_id)
+from matcher.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidInput, ModelMismatch,
+                            NotFound, SequenceGap, Unimplemented)
 from matcher.base import ModalityMatcher
 from matcher.fusion import evidence
 from matcher.galleries import Galleries, LocalGalleries
@@ -110,10 +118,14 @@ class EnrollOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class EnrollResult:
+    """What an enrolment did. ``case_id``: a DUPLICATE held for adjudication (or that
+    matched a capture held already) is in this case; "" otherwise."""
+
     outcome: EnrollOutcome
     subject_id: str
     candidates: tuple[ScoredCandidate, ...]
     templates: tuple[StoredTemplate, ...]
+    case_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,6 +159,8 @@ class Engine:
         galleries: where the searchable templates live (default: ``matchers`` in this
             process, loaded from the store now); a cluster passes its shards, which load
             themselves.
+        keep_images: which enrolments' images the store keeps for adjudication (the
+            images are passed with each enrolment; the engine never decodes them).
     """
 
     def __init__(
@@ -157,8 +171,10 @@ class Engine:
         matchers: dict[str, ModalityMatcher] | None = None,
         observer: Observer | None = None,
         galleries: Galleries | None = None,
+        keep_images: KeepImages = KeepImages.CASES,
     ) -> None:
         self.observer = observer or _NoObserver()
+        self.keep_images = KeepImages(keep_images)
         self.store = store
         self.thresholds = thresholds
         self.models = dict(models)
@@ -167,6 +183,9 @@ class Engine:
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._subjects = store.count_by_partition()
+        self._held_galleries: LocalGalleries | None = None  # open cases' captures: see _held()
+        self._held_cases: dict[str, set[str]] = {}
+        self._held_guard = threading.Lock()
         if galleries is None:
             local = LocalGalleries(self.matchers)
             for modality, matcher in self.matchers.items():
@@ -212,27 +231,102 @@ class Engine:
         return self.galleries.score(partition, [subject_id], templates).get(subject_id)
 
     def _candidates(self, partition: str, templates: tuple[StoredTemplate, ...], k: int,
-                    within: frozenset[str] | None = None) -> list[ScoredCandidate]:
+                    within: frozenset[str] | None = None, galleries: Galleries | None = None,
+                    count: int | None = None) -> list[ScoredCandidate]:
         """Shortlist per sample, then every shortlisted subject scored on all samples; the
-        ``k`` best, with FPIR over the subjects searched (the partition, or ``within``)."""
+        ``k`` best, with FPIR over the subjects searched (the partition, or ``within``).
+        ``galleries`` / ``count``: search those instead (the held captures) of that many."""
         for t in templates:
             self._matcher(t.modality)
-        found = self.galleries.candidates(partition, templates, k, within, self.observer)
+        found = (galleries or self.galleries).candidates(partition, templates, k, within, self.observer)
         fused = found.fused
         shortlist = dict.fromkeys(s for hits in found.hits for s, *_ in hits)
-        n = max(self._subjects.get(partition, 0) if found.subjects is None else found.subjects, 1)
+        if found.subjects is not None:
+            n = found.subjects
+        else:
+            n = self._subjects.get(partition, 0) if count is None else count
+        n = max(n, 1)
         if within is not None:
             n = max(min(n, len(within)), 1)
         scored = sorted((fused[sid], sid) for sid in shortlist if sid in fused)
         return [ScoredCandidate(sid, evidence(fmr), at_least_one(fmr, n))
                 for fmr, sid in scored[:k]]
 
+    def _held(self) -> LocalGalleries:
+        """The captures held by open cases, searched by enrolments only: loaded from the
+        store at first use (a front-end in cluster mode forwards enrolments and never
+        loads them), in this process (there are few)."""
+        with self._held_guard:
+            if self._held_galleries is None:
+                held = LocalGalleries({m: default_matcher(m, x.model_id) for m, x in self.matchers.items()})
+                for modality, matcher in held.matchers.items():
+                    for partition, case_id, position, template in self.store.held_templates(matcher.model_id):
+                        matcher.add(partition, case_id, position, template)
+                        self._held_cases.setdefault(partition, set()).add(case_id)
+                self._held_galleries = held
+            return self._held_galleries
+
+    def _held_matches(self, partition: str, templates: tuple[StoredTemplate, ...]) -> list[ScoredCandidate]:
+        """Open cases whose held capture this one duplicates (case ids as subject ids)."""
+        held = self._held()
+        if not self._held_cases.get(partition):
+            return []
+        return [c for c in self._candidates(partition, templates, 1, galleries=held,
+                                            count=len(self._held_cases[partition]))
+                if c.fpir <= self.thresholds.dedup_fpir]
+
+    def _sample_scores(self, partition: str, subject_id: str,
+                       templates: tuple[StoredTemplate, ...]) -> tuple[SampleScore, ...]:
+        """Each sample against the subject's template of its modality and position (what
+        the adjudicator sees beside the fused score)."""
+        out = []
+        for t in templates:
+            fmr = self.galleries.score(partition, [subject_id], (t,)).get(subject_id)
+            if fmr is not None:
+                out.append(SampleScore(t.modality, t.position, evidence(fmr), fmr))
+        return tuple(out)
+
+    def _open_case(self, subject_id: str, partition: str, templates: tuple[StoredTemplate, ...],
+                   candidates: list[ScoredCandidate], by: Actor, deadline: float | None,
+                   images: tuple[SampleImage, ...]) -> str:
+        """Hold a duplicate for adjudication (caller holds the partition's lock)."""
+        taken = self.store.held_case(partition, subject_id)
+        if taken:
+            raise AlreadyExists(f"subject id {subject_id!r} is held by open case {taken} (another capture)")
+        try:
+            self.store.get(partition, subject_id)
+            raise AlreadyExists(f"subject {subject_id!r} is already enrolled")
+        except NotFound:
+            pass
+        now = int(time.time() * 1000)
+        case = Case(new_case_id(), partition, subject_id, CaseSource.ENROL, "DUPLICATE", now, by.principal_id,
+                    by.principal_name, by.site, candidates=tuple(
+                        CaseCandidate(c.subject_id, c.score, c.fpir, self._sample_scores(partition, c.subject_id,
+                                                                                        templates))
+                        for c in candidates), updated_ms=now)
+        self.check_deadline(deadline)
+        self.store.open_case(case, templates, images if self.keep_images is not KeepImages.NONE else ())
+        self._held().add(partition, case.case_id, templates)
+        self._held_cases.setdefault(partition, set()).add(case.case_id)
+        return case.case_id
+
     def enroll(self, subject_id: str, partition: str, templates: tuple[StoredTemplate, ...], force: bool = False,
-               adjudicated: tuple[str, ...] = (), deadline: float | None = None) -> EnrollResult:
-        """Deduplicate, then store. A duplicate stores nothing unless ``force``.
+               adjudicated: tuple[str, ...] = (), deadline: float | None = None, hold: bool = False,
+               by: Actor = Actor(), images: tuple[SampleImage, ...] = ()) -> EnrollResult:
+        """Deduplicate (against the enrolled and the captures held by open cases), then
+        store. A duplicate stores nothing unless ``force``; with ``hold`` it opens a case
+        (or, matching a held capture, joins that case) for a person to decide.
 
         A request whose deadline passes before the write stores nothing: its caller has
         stopped waiting and would never learn of the enrolment.
+
+        Args:
+            by: who asks (recorded in a case it opens or joins).
+            images: the samples' images, kept with a case it opens (or with the subject
+                when ``keep_images`` is ``all``).
+
+        Raises:
+            AlreadyExists: the id is enrolled, or (``hold``) held by another open case.
         """
         subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")
         check_enrolment(templates)
@@ -241,17 +335,82 @@ class Engine:
         with self._lock(partition):
             candidates = [c for c in self._candidates(partition, templates, self.thresholds.max_candidates)
                           if c.fpir <= self.thresholds.dedup_fpir]
+            held = [] if force else self._held_matches(partition, templates)
+            if held:  # the same person is waiting for a decision already
+                if hold:
+                    self.store.join_case(partition, held[0].subject_id, Attempt(
+                        int(time.time() * 1000), by.principal_id, by.principal_name, subject_id, held[0].score))
+                return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates,
+                                    held[0].subject_id)
             if candidates and not force:
-                return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates)
+                case_id = (self._open_case(subject_id, partition, templates, candidates, by, deadline, images)
+                           if hold else "")
+                return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates, case_id)
             # Enrolled anyway: the links are the candidates named by the adjudicator and the
             # ones this search found (what the enrolment was decided against).
             links = tuple(dict.fromkeys((*adjudicated, *(c.subject_id for c in candidates))))
             subject = Subject(subject_id, partition, templates, links)
             self.check_deadline(deadline)
-            self.store.add(subject)  # synced to disk before we answer
+            self.store.add(subject, images if self.keep_images is KeepImages.ALL else ())  # synced before we answer
             self.galleries.add(partition, subject_id, templates)
             self._subjects[partition] = self._subjects.get(partition, 0) + 1
         return EnrollResult(EnrollOutcome.ENROLLED, subject_id, tuple(candidates), templates)
+
+    def decide(self, partition: str, case_id: str, verdict: str, reason: str, by: Actor = Actor(),
+               subject_id: str = "", attach: bool = True) -> Case:
+        """Apply a person's decision on an open case, in one store transaction.
+
+        Args:
+            verdict: ``same`` (``subject_id``: the candidate it is; ``attach``: keep the
+                capture as that subject's new encounter, else discard it), ``different``
+                (enrol the held subject, linked to the candidates) or ``recapture``
+                (withdraw it).
+            reason: why (required; kept in the case).
+
+        Returns:
+            The decided case: ``decision.subject_id`` is the id the registration app uses.
+
+        Raises:
+            NotFound: no such case in ``partition``.
+            FailedPrecondition: decided already (two adjudicators at once: one wins).
+            InvalidInput: no reason, an unknown verdict, or ``same`` without a candidate of
+                the case.
+            AlreadyExists: ``different``, and the held id was enrolled meanwhile.
+        """
+        partition = normalise_id(partition, "partition")
+        reason = check_reason(reason)
+        try:
+            verdict = Verdict(verdict)
+        except ValueError:
+            raise InvalidInput(f"unknown verdict {verdict!r}: same, different or recapture", "VERDICT_UNKNOWN") from None
+        with self._lock(partition):
+            case = self.store.case(partition, case_id)
+            if case.state is not CaseState.OPEN:
+                raise FailedPrecondition(f"case {case_id} is {case.closed()}", "CASE_DECIDED")
+            templates = self.store.case_templates(partition, case_id)
+            named = tuple(c.subject_id for c in case.candidates)
+            enrol, attach_to = None, None
+            if verdict is Verdict.SAME:
+                subject_id = normalise_id(subject_id) if subject_id else ""
+                if subject_id not in named:
+                    raise InvalidInput(f"{subject_id!r} is not a candidate of case {case_id}: name the candidate "
+                                       "that is the same person", "NOT_A_CANDIDATE")
+                attach_to = (subject_id, templates) if attach else None
+            elif verdict is Verdict.DIFFERENT:
+                subject_id = case.subject_id
+                enrol = Subject(subject_id, partition, templates, named)
+            else:
+                subject_id = ""
+            decision = Decision(verdict, by.principal_id, by.principal_name, int(time.time() * 1000), reason,
+                                subject_id, attach_to is not None, named)
+            decided = self.store.decide_case(partition, case_id, decision, enrol, attach_to,
+                                             keep_images=self.keep_images is KeepImages.ALL)
+            self._held().remove(partition, case_id)
+            self._held_cases.get(partition, set()).discard(case_id)
+            if enrol is not None:
+                self.galleries.add(partition, subject_id, templates)
+                self._subjects[partition] = self._subjects.get(partition, 0) + 1
+        return decided
 
     def identify(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,
                  within: frozenset[str] | None = None, deadline: float | None = None,

@@ -1,6 +1,7 @@
-"""What the rest of Tambua needs of a subject store, as three interfaces: the engine's
-(:class:`Subjects`), site sync's (:class:`ChangeLog`) and the keepers of secrets beside the
-store (:class:`SecretKeeper`: the principals table, site keys, the audit chain). The SQLite
+"""What the rest of Tambua needs of a subject store, as four interfaces: the engine's
+(:class:`Subjects`), site sync's (:class:`ChangeLog`), the keepers of secrets beside the
+store (:class:`SecretKeeper`: the principals table, site keys, the audit chain), and
+adjudication cases (:class:`Cases`). The SQLite
 store (:class:`store.sqlite.SubjectStore`) is the one implementation today; a store per
 shard or a remote one (issue 24's cluster) implements the same, and nothing above it
 changes. The interfaces live here, with the engine that needs them, not in ``store/``:
@@ -16,8 +17,9 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from matcher.cases import Attempt, Case, Decision, SampleImage
     from matcher.templates import Template
-    from matcher.types import Subject
+    from matcher.types import StoredTemplate, Subject
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class PeerState:
 class Subjects(Protocol):
     """Enrolled subjects: what the engine stores, finds, erases and rebuilds its galleries from."""
 
-    def add(self, subject: Subject) -> None: ...
+    def add(self, subject: Subject, images: tuple["SampleImage", ...] = ()) -> None: ...
 
     def get(self, partition: str, subject_id: str) -> Subject: ...
 
@@ -135,6 +137,44 @@ class ChangeLog(Protocol):
 
 
 @runtime_checkable
+class Cases(Protocol):
+    """Adjudication cases (:mod:`matcher.cases`): opened, joined and decided by the engine
+    (a decision is one transaction with what it enrols or attaches), read by the service."""
+
+    def open_case(self, case: "Case", templates: tuple["StoredTemplate", ...],
+                  images: tuple["SampleImage", ...] = ()) -> None: ...
+
+    def join_case(self, partition: str, case_id: str, attempt: "Attempt") -> "Case": ...
+
+    def decide_case(self, partition: str, case_id: str, decision: "Decision", enrol: Subject | None = None,
+                    attach: tuple[str, tuple["StoredTemplate", ...]] | None = None,
+                    keep_images: bool = False) -> "Case": ...
+
+    def case_images(self, partition: str, case_id: str) -> tuple["SampleImage", ...]: ...
+
+    def subject_images(self, partition: str, subject_id: str) -> tuple["SampleImage", ...]: ...
+
+    def expire_case_images(self, closed_before_ms: int) -> int: ...
+
+    def case(self, partition: str, case_id: str) -> "Case": ...
+
+    def case_templates(self, partition: str, case_id: str) -> tuple["StoredTemplate", ...]: ...
+
+    def held_case(self, partition: str, subject_id: str) -> str | None: ...
+
+    def held_templates(self, model_id: str) -> Iterator[tuple[str, str, int, Template]]: ...
+
+    def cases(self, partitions: Iterable[str] | None = None, state: str | None = "open", source: str = "",
+              created_before_ms: int = 0, created_after_ms: int = 0, after: str = "",
+              limit: int = 100) -> tuple[list["Case"], str]: ...
+
+    def case_counts(self, partitions: Iterable[str] | None = None,
+                    state: str | None = "open") -> dict[tuple[str, str], int]: ...
+
+    def encounters(self, partition: str, subject_id: str) -> list[tuple[int, str, int, tuple["StoredTemplate", ...]]]: ...
+
+
+@runtime_checkable
 class SecretKeeper(Protocol):
     """Seals small secrets, derives keys and names subjects under the store's data key."""
 
@@ -152,5 +192,5 @@ class SecretKeeper(Protocol):
     def resolve(self, pseudonyms: Iterable[str]) -> dict[str, str]: ...
 
 
-class Repository(Subjects, ChangeLog, SecretKeeper, Protocol):
-    """All three: what one server's store is."""
+class Repository(Subjects, ChangeLog, Cases, SecretKeeper, Protocol):
+    """All four: what one server's store is."""

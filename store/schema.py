@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 6  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
-# 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed
+SCHEMA_VERSION = 7  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
+# 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed;
+# 7: adjudication cases, their held captures, and encounters attached to subjects
 
 PEERS = """
 -- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
@@ -21,6 +22,76 @@ CREATE TABLE IF NOT EXISTS peers (
     gaps INTEGER NOT NULL DEFAULT 0,
     audit_seq INTEGER,
     audit_hash TEXT
+);
+"""
+CASES = """
+-- Adjudication cases (matcher/cases.py). data: the case record (JSON) sealed, bound to its id;
+-- ref: the held capture's subject id as a ref; the columns beside it are what the queue
+-- filters and sorts on.
+CREATE TABLE IF NOT EXISTS cases (
+    case_id TEXT PRIMARY KEY,
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cases_queue ON cases (state, created_ms);
+CREATE INDEX IF NOT EXISTS cases_by_ref ON cases (partition, ref);
+-- Every subject a case names as a candidate (refs): erasing a subject finds its cases here.
+CREATE TABLE IF NOT EXISTS case_subjects (
+    case_id TEXT NOT NULL REFERENCES cases (case_id) ON DELETE CASCADE,
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    PRIMARY KEY (case_id, ref)
+);
+CREATE INDEX IF NOT EXISTS case_subjects_by_ref ON case_subjects (partition, ref);
+-- The held capture of an open case (pending: searched by enrolments, never by Identify or
+-- Verify), sealed like subjects' templates; gone once the case is decided.
+CREATE TABLE IF NOT EXISTS case_templates (
+    case_id TEXT NOT NULL REFERENCES cases (case_id) ON DELETE CASCADE,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    derived BLOB,
+    PRIMARY KEY (case_id, modality, position)
+);
+-- Sample images kept for adjudication (keep_images): a held capture's, and (keep_images =
+-- "all") an enrolled subject's; sealed like templates, erased with their case or subject;
+-- a decided case's go after the retention period.
+CREATE TABLE IF NOT EXISTS case_images (
+    case_id TEXT NOT NULL REFERENCES cases (case_id) ON DELETE CASCADE,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (case_id, modality, position)
+);
+CREATE TABLE IF NOT EXISTS subject_images (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (partition, ref, modality, position),
+    FOREIGN KEY (partition, ref) REFERENCES subjects (partition, ref) ON DELETE CASCADE
+);
+-- Later captures of an enrolled subject, attached by a "same person" decision (the
+-- enrolment itself is encounter 0, in templates); erased with the subject.
+CREATE TABLE IF NOT EXISTS encounters (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    encounter INTEGER NOT NULL,
+    case_id TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    model_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (partition, ref, encounter, modality, position),
+    FOREIGN KEY (partition, ref) REFERENCES subjects (partition, ref) ON DELETE CASCADE
 );
 """
 SCHEMA = """
@@ -86,7 +157,7 @@ CREATE TABLE IF NOT EXISTS flags (
     unix_ms INTEGER NOT NULL,
     PRIMARY KEY (partition, ref, kind, site)
 );
-"""
+""" + CASES
 
 # The layout of versions 1-5 (ids in clear), kept to migrate such stores from.
 SCHEMA_V5 = """

@@ -34,11 +34,13 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from matcher.cases import SampleImage
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.repository import Applied, Change, Flag, PeerState
 from matcher.templates import Template, parse_template
 from matcher.types import StoredTemplate, Subject, normalise_id
 from store import sealing
+from store.cases import CaseBook
 from store.schema import SCHEMA, SCHEMA_V5, SCHEMA_VERSION, run_script
 from store.sealing import PlainSealer, Sealer
 
@@ -62,7 +64,7 @@ _TEMPLATE_ROWS = ("SELECT t.partition, t.ref, s.id, t.modality, t.position, t.da
                   "JOIN subjects s ON s.partition = t.partition AND s.ref = t.ref")
 
 
-class SubjectStore:
+class SubjectStore(CaseBook):
     """SQLite-backed subject store. Thread-safe: one connection, calls serialised by a lock.
 
     Args:
@@ -93,11 +95,15 @@ class SubjectStore:
             raise RuntimeError(f"store schema {version} is newer than the supported {SCHEMA_VERSION}")
         self._sealer = self._open_sealer(meta, kek)
         self._id_key = self._sealer.derive("subject ids")
-        if version < SCHEMA_VERSION:
+        if version < 6:
             run_script(self._db, SCHEMA_V5)  # tables an old version lacked, in the layout it had
             if version < 5:
                 self._migrate(version)
-            self._migrate_refs()
+            self._migrate_refs()  # to the current layout
+        elif version < SCHEMA_VERSION:  # 6: the tables of cases and encounters are new
+            with self._transaction():
+                run_script(self._db, SCHEMA)
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _migrate(self, version: int) -> None:
         """Version 1 had no change log: every subject enrolled so far becomes a change, in
@@ -313,15 +319,15 @@ class SubjectStore:
         with self._lock:
             self._db.close()
 
-    def add(self, subject: Subject) -> None:
-        """Store a subject and its templates in one synced transaction.
+    def add(self, subject: Subject, images: tuple[SampleImage, ...] = ()) -> None:
+        """Store a subject and its templates (and the images to keep) in one synced transaction.
 
         Raises:
             AlreadyExists: the subject id is taken in that partition.
         """
-        self.add_many([subject])
+        self.add_many([subject], {subject.subject_id: images} if images else None)
 
-    def add_many(self, subjects: list[Subject]) -> None:
+    def add_many(self, subjects: list[Subject], images: dict[str, tuple[SampleImage, ...]] | None = None) -> None:
         """Store several subjects in one synced transaction (bulk import): all or none.
         Each becomes an ``enrol`` change of this site.
 
@@ -333,6 +339,8 @@ class SubjectStore:
                 self._insert(subjects)
                 for s in subjects:
                     self._log("enrol", s.partition, s.subject_id)
+                    if images and images.get(s.subject_id):
+                        self._put_subject_images(s.partition, s.subject_id, images[s.subject_id])
         except sqlite3.IntegrityError as e:
             what = f"subject {subjects[0].subject_id!r} is" if len(subjects) == 1 else "a subject of the batch is"
             raise AlreadyExists(f"{what} already enrolled") from e
@@ -381,13 +389,15 @@ class SubjectStore:
         self._scrub()
 
     def _delete(self, partition: str, subject_id: str) -> bool:
-        """Erase a subject: its rows, its origin and flags, and its enrol changes' content
+        """Erase a subject: its rows (encounters too), its origin, flags and cases (see
+        :meth:`CaseBook._erase_cases`), and its enrol changes' content
         (they become ``erased``: the number stays for sync, the person goes)."""
         ref = self._ref(subject_id)
         cur = self._db.execute("DELETE FROM subjects WHERE partition=? AND ref=?", (partition, ref))
         if cur.rowcount:
             for table in ("origins", "flags"):
                 self._db.execute(f"DELETE FROM {table} WHERE partition=? AND ref=?", (partition, ref))
+            self._erase_cases(partition, ref, subject_id)
             self._db.execute("UPDATE changes SET kind='erased', id=NULL WHERE partition=? AND ref=? AND kind='enrol'",
                              (partition, ref))
         return cur.rowcount == 1

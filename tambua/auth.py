@@ -71,6 +71,9 @@ RULES: dict[str, frozenset[str]] = {
     "SyncImport": frozenset({"admin"}),
     "SyncStatus": frozenset({"admin"}),
     "SyncPush": frozenset({"admin"}),
+    "ListCases": frozenset({"adjudicator", "admin"}),
+    "GetCase": frozenset({"adjudicator", "admin"}),
+    "DecideCase": frozenset({"adjudicator", "admin"}),
 }
 
 

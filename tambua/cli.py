@@ -354,6 +354,50 @@ def _candidates(msgs) -> list[dict]:
     return [{"subject_id": c.subject_id, "score": c.score, "fpir": c.fpir} for c in msgs]
 
 
+def _case(c) -> dict:
+    """A case as JSON: ids, scores and the decision; never template bytes."""
+    from tambua.v1 import tambua_pb2 as pb
+
+    out = {"case_id": c.case_id, "partition": c.partition, "subject_id": c.subject_id,
+           "state": pb.CaseState.Name(c.state).removeprefix("CASE_").lower(), "source": c.source, "kind": c.kind,
+           "site": c.site, "opened_by": c.principal_name, "created_unix_ms": c.created_unix_ms,
+           "candidates": [{"subject_id": x.subject_id, "score": x.score, "fpir": x.fpir,
+                           "samples": [{"modality": pb.Modality.Name(s.modality).lower(), "position": s.position,
+                                        "score": s.score, "fmr": s.fmr} for s in x.samples]}
+                          for x in c.candidates],
+           "attempts": [{"unix_ms": a.unix_ms, "by": a.principal_name, "subject_id": a.subject_id,
+                         "score": a.score} for a in c.attempts]}
+    if c.templates:
+        out["templates"] = _templates(c.templates)
+    if c.HasField("decision"):
+        d = c.decision
+        out["decision"] = {"verdict": pb.Verdict.Name(d.verdict).lower(), "by": d.principal_name,
+                           "unix_ms": d.unix_ms, "reason": d.reason, "subject_id": d.subject_id,
+                           "attached": d.attached, "candidates": list(d.candidates)}
+    return out
+
+
+def _cases_rpc(args, stub, md) -> dict:
+    from tambua.v1 import tambua_pb2 as pb
+
+    if args.cases_command == "list":
+        state = {"open": pb.CASE_OPEN, "decided": pb.CASE_DECIDED, "withdrawn": pb.CASE_WITHDRAWN,
+                 "any": pb.CASE_ANY}[args.state]
+        r = stub.ListCases(pb.ListCasesRequest(partition=args.partition, state=state, source=args.source,
+                                               min_age_s=args.min_age, limit=args.limit, page_token=args.page_token),
+                           timeout=30, metadata=md)
+        return {"cases": [_case(c) for c in r.cases], "next_page_token": r.next_page_token,
+                "open_by_source": dict(r.open_by_source)}
+    if args.cases_command == "show":
+        return _case(stub.GetCase(pb.GetCaseRequest(case_id=args.case_id, partition=args.partition),
+                                  timeout=30, metadata=md))
+    verdict = pb.SAME_PERSON if args.same else pb.DIFFERENT_PEOPLE if args.different else pb.RECAPTURE
+    return _case(stub.DecideCase(pb.DecideCaseRequest(case_id=args.case_id, partition=args.partition,
+                                                      verdict=verdict, subject_id=args.same or "",
+                                                      discard=args.discard, reason=args.reason),
+                                 timeout=60, metadata=md))
+
+
 def _print(obj: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(obj))
@@ -398,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="join the Ray cluster there (started with `ray start`; see the README)")
     s.add_argument("--shards", type=int, help="cluster mode: shards holding the galleries")
     s.add_argument("--replicas", type=int, help="cluster mode: copies of each shard (2: searches survive a node)")
+    s.add_argument("--web-port", type=int, help="serve the adjudication pages on this port (default: none)")
+    s.add_argument("--keep-images", choices=["none", "cases", "all"],
+                   help="sample images kept for adjudication (default cases: held captures only)")
 
     cl = sub.add_parser("cluster", help="cluster mode: what the Ray cluster holds")
     clsub = cl.add_subparsers(dest="cluster_command", required=True)
@@ -487,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--subject", required=True)
     samples(c)
     c.add_argument("--force", action="store_true", help="enrol anyway after adjudication")
+    c.add_argument("--hold", action="store_true",
+                   help="a duplicate opens an adjudication case holding this capture (see `tambua cases`)")
     c.add_argument("--adjudicated", action="append", default=[], metavar="ID",
                    help="with --force: a candidate the adjudicator looked at (repeatable; the candidates "
                         "the server finds are recorded too)")
@@ -509,6 +558,25 @@ def main(argv: list[str] | None = None) -> int:
     c = client("delete", "delete a subject")
     c.add_argument("--subject", required=True)
     client("stats", "gallery statistics")
+
+    cs = sub.add_parser("cases", help="adjudication cases: suspected duplicates a person decides (adjudicator role)")
+    csub = cs.add_subparsers(dest="cases_command", required=True)
+    c = client("list", "cases, oldest first", csub)
+    c.add_argument("--state", choices=["open", "decided", "withdrawn", "any"], default="open")
+    c.add_argument("--source", default="", help="only cases from this source (enrol, sync, audit)")
+    c.add_argument("--min-age", type=int, default=0, metavar="SECONDS", help="only cases at least this old")
+    c.add_argument("--limit", type=int, default=100)
+    c.add_argument("--page-token", default="")
+    c = client("show", "one case: the held capture's candidates, their scores per sample, attempts, decision", csub)
+    c.add_argument("case_id")
+    c = client("decide", "decide a case (audited; exactly one decision applies)", csub)
+    c.add_argument("case_id")
+    verdict = c.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--same", metavar="SUBJECT", help="the capture is this candidate")
+    verdict.add_argument("--different", action="store_true", help="a different person: enrol the held subject")
+    verdict.add_argument("--recapture", action="store_true", help="cannot tell: withdraw, capture again")
+    c.add_argument("--discard", action="store_true", help="with --same: drop the capture instead of attaching it")
+    c.add_argument("--reason", required=True, help="why (kept with the decision)")
 
     sy = sub.add_parser("sync", help="field-site sync: identity, peers, bundles, status")
     ssub = sy.add_subparsers(dest="sync_command", required=True)
@@ -547,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
             config = Config.load(args.config, port=args.port, data_dir=args.data_dir,
                                  metrics_port=args.metrics_port, mtls_port=args.mtls_port, insecure=args.insecure,
                                  finger_network=args.finger_network, cluster=args.cluster, shards=args.shards,
-                                 replicas=args.replicas)
+                                 replicas=args.replicas, web_port=args.web_port, keep_images=args.keep_images)
         except ValueError as e:
             print(f"error: configuration: {e}", file=sys.stderr)
             return 2
@@ -605,10 +673,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "enroll":
             r = stub.Enroll(pb.EnrollRequest(subject_id=args.subject, samples=_samples(args),
-                                             partition=args.partition, force=args.force,
+                                             partition=args.partition, force=args.force, hold=args.hold,
                                              adjudicated_candidates=args.adjudicated), timeout=60, metadata=md)
             out = {"outcome": pb.EnrollResponse.Outcome.Name(r.outcome), "subject_id": r.subject_id,
-                   "candidates": _candidates(r.candidates)}
+                   "candidates": _candidates(r.candidates), **({"case_id": r.case_id} if r.case_id else {})}
         elif args.command == "identify":
             r = stub.Identify(pb.IdentifyRequest(samples=_samples(args), partition=args.partition,
                                                  max_candidates=args.max_candidates, max_fpir=args.max_fpir),
@@ -618,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
             r = stub.GetSubject(pb.SubjectRequest(subject_id=args.subject, partition=args.partition),
                                 timeout=30, metadata=md)
             out = {"subject_id": r.subject_id, "partition": r.partition, "created_unix_ms": r.created_unix_ms,
-                   "linked_subject_ids": list(r.linked_subject_ids), "templates": _templates(r.templates)}
+                   "linked_subject_ids": list(r.linked_subject_ids), "encounters": r.encounters,
+                   "templates": _templates(r.templates)}
         elif args.command == "extract":
             r = stub.Extract(pb.ExtractRequest(samples=_samples(args)), timeout=60, metadata=md)
             out = {"templates": _templates(r.templates)}
@@ -635,6 +704,8 @@ def main(argv: list[str] | None = None) -> int:
                  "subject_ids": list(e.subject_ids), "outcome": e.outcome, "hash": e.hash} for e in r.entries]}
         elif args.command == "sync":
             out = _sync_rpc(args, stub, md)
+        elif args.command == "cases":
+            out = _cases_rpc(args, stub, md)
         elif args.command == "delete":
             stub.DeleteSubject(pb.SubjectRequest(subject_id=args.subject, partition=args.partition), timeout=30, metadata=md)
             out = {"deleted": args.subject}

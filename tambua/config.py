@@ -51,6 +51,13 @@ class Config:
             front-end to start; later ones join what exists).
         replicas: in cluster mode, copies of each shard, on different nodes: with 2,
             searches keep answering while a node is down.
+        keep_images: sample images kept (sealed) for adjudication: ``cases`` (default:
+            the captures held by cases), ``all`` (every enrolment's too, so that a
+            candidate's images show beside a probe's) or ``none``.
+        image_retention_days: a decided case's images are dropped this long after the
+            decision (0: at once).
+        web_port: the adjudication pages' HTTPS port (HTTP when insecure); -1 (default)
+            serves none, 0 picks a free one.
     """
 
     host: str = "127.0.0.1"
@@ -75,10 +82,18 @@ class Config:
     cluster: str = ""
     shards: int = 2
     replicas: int = 1
+    keep_images: str = "cases"
+    image_retention_days: float = 90.0
+    web_port: int = -1
 
     def __post_init__(self) -> None:
-        if not (0 <= self.port <= 65535 and 0 <= self.mtls_port <= 65535 and -1 <= self.metrics_port <= 65535):
-            raise ValueError("ports must be within 0..65535 (metrics_port -1 disables)")
+        if not (0 <= self.port <= 65535 and 0 <= self.mtls_port <= 65535 and -1 <= self.metrics_port <= 65535
+                and -1 <= self.web_port <= 65535):
+            raise ValueError("ports must be within 0..65535 (metrics_port and web_port -1 disable)")
+        if self.keep_images not in ("none", "cases", "all"):
+            raise ValueError(f"keep_images must be none, cases or all, not {self.keep_images!r}")
+        if self.image_retention_days < 0:
+            raise ValueError("image_retention_days must not be negative")
         if self.workers < 1 or self.max_message_mb < 1 or self.shards < 1 or self.replicas < 1:
             raise ValueError("workers, max_message_mb, shards and replicas must be positive")
         self.thresholds  # noqa: B018 - validates the rates

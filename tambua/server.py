@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
+from matcher.cases import Actor, Case, CaseState, SampleImage, Verdict
 from matcher.engine import MODALITIES, Engine
 from matcher.finger.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
@@ -31,7 +32,7 @@ from matcher.repository import Flag
 from matcher.types import normalise_id
 import sync
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
-from tambua.auth import AccessStore, AuthInterceptor, note_touched, partition_of
+from tambua.auth import AccessStore, AuthInterceptor, current, note_touched, partition_of
 from tambua.config import Config
 from tambua.context import RequestIdFilter
 from tambua.extraction import Extraction, Extractor, SampleInput
@@ -183,6 +184,31 @@ def _flag_pb(f: Flag) -> pb.FlaggedEnrolment:
                                candidates=list(f.candidates), site=f.site)
 
 
+_CASE_STATE_PB = {CaseState.OPEN: pb.CASE_OPEN, CaseState.DECIDED: pb.CASE_DECIDED,
+                  CaseState.WITHDRAWN: pb.CASE_WITHDRAWN}
+_CASE_STATE = {v: k for k, v in _CASE_STATE_PB.items()}
+_VERDICT_PB = {Verdict.SAME: pb.SAME_PERSON, Verdict.DIFFERENT: pb.DIFFERENT_PEOPLE, Verdict.RECAPTURE: pb.RECAPTURE}
+_VERDICT = {v: k for k, v in _VERDICT_PB.items()}
+
+
+def _case_pb(case: Case, templates=()) -> pb.Case:
+    d = case.decision
+    decision = None if d is None else pb.CaseDecision(
+        verdict=_VERDICT_PB[d.verdict], principal_id=d.principal_id, principal_name=d.principal_name,
+        unix_ms=d.unix_ms, reason=d.reason, subject_id=d.subject_id, attached=d.attached,
+        candidates=list(d.candidates))
+    return pb.Case(
+        case_id=case.case_id, partition=case.partition, subject_id=case.subject_id,
+        state=_CASE_STATE_PB[case.state], source=case.source.value, kind=case.kind, site=case.site,
+        principal_name=case.principal_name, created_unix_ms=case.created_ms,
+        candidates=[pb.CaseCandidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir, samples=[
+            pb.SampleScore(modality=_MODALITY_PB[x.modality], position=x.position, score=x.score, fmr=x.fmr)
+            for x in c.samples]) for c in case.candidates],
+        attempts=[pb.CaseAttempt(unix_ms=a.unix_ms, principal_name=a.principal_name, subject_id=a.subject_id,
+                                 score=a.score) for a in case.attempts],
+        decision=decision, templates=[_template_pb(t) for t in templates])
+
+
 def _peer_status(store, site: str) -> pb.PeerStatus:
     p = store.peer(site)
     return pb.PeerStatus(site=site, pending=store.pending(site), acked_seq=p.acked_seq,
@@ -223,16 +249,57 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         # Ids and positions first: a bad one is refused before seconds of extraction.
         subject_id, partition = normalise_id(request.subject_id), normalise_id(partition_of(request), "partition")
         deadline = _deadline(context)
-        templates = self.extraction.templates(_samples(request.samples), deadline, enrolment=True)
+        samples = _samples(request.samples)
+        templates = self.extraction.templates(samples, deadline, enrolment=True)
+        # Kept (sealed) only where a case holds them or keep_images says so; never logged.
+        images = tuple(SampleImage(s.modality, s.position, s.image) for s in samples if s.image)
         r = self.engine.enroll(subject_id, partition, templates, force=request.force,
-                               adjudicated=tuple(request.adjudicated_candidates), deadline=deadline)
+                               adjudicated=tuple(request.adjudicated_candidates), deadline=deadline,
+                               hold=request.hold, by=self._actor(), images=images)
         return pb.EnrollResponse(
             outcome=pb.EnrollResponse.Outcome.Value(r.outcome),
             subject_id=r.subject_id,
             candidates=[pb.Candidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir) for c in r.candidates],
             templates=[_template_pb(t) for t in r.templates],
             model_ids=self._model_ids(r.templates),
+            case_id=r.case_id,
         )
+
+    def _actor(self) -> Actor:
+        """Who the current call is, as a case records it."""
+        principal = current.get()
+        return Actor(principal.id, principal.name, self.site.site if self.site else "")
+
+    @_rpc
+    def ListCases(self, request, context):
+        now_ms = int(time.time() * 1000)
+        partition = normalise_id(partition_of(request), "partition")
+        state = None if request.state == pb.CASE_ANY else _CASE_STATE.get(request.state, CaseState.OPEN)
+        cases, token = self.engine.store.cases(
+            [partition], state, request.source,
+            created_before_ms=now_ms - request.min_age_s * 1000 if request.min_age_s else 0,
+            created_after_ms=now_ms - request.max_age_s * 1000 if request.max_age_s else 0,
+            after=request.page_token, limit=min(request.limit or 100, 1000))
+        note_touched(c.subject_id for c in cases)
+        counts = self.engine.store.case_counts([partition])
+        return pb.ListCasesResponse(cases=[_case_pb(c) for c in cases], next_page_token=token,
+                                    open_by_source={source: n for (_, source), n in counts.items()})
+
+    @_rpc
+    def GetCase(self, request, context):
+        partition = partition_of(request)
+        case = self.engine.store.case(partition, request.case_id)
+        note_touched([case.subject_id])
+        return _case_pb(case, self.engine.store.case_templates(partition, request.case_id))
+
+    @_rpc
+    def DecideCase(self, request, context):
+        if request.verdict not in _VERDICT:
+            raise InvalidInput("verdict is missing: SAME_PERSON, DIFFERENT_PEOPLE or RECAPTURE", "VERDICT_UNKNOWN")
+        case = self.engine.decide(partition_of(request), request.case_id, _VERDICT[request.verdict], request.reason,
+                                  self._actor(), subject_id=request.subject_id, attach=not request.discard)
+        note_touched([case.subject_id])
+        return _case_pb(case)
 
     @_rpc
     def Identify(self, request, context):
@@ -270,7 +337,8 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         s = self.engine.store.get(partition_of(request), request.subject_id)
         return pb.GetSubjectResponse(subject_id=s.subject_id, partition=s.partition,
                                      templates=[_template_pb(t) for t in s.templates],
-                                     created_unix_ms=s.created_ns // 1_000_000, linked_subject_ids=list(s.linked))
+                                     created_unix_ms=s.created_ns // 1_000_000, linked_subject_ids=list(s.linked),
+                                     encounters=len(self.engine.store.encounters(s.partition, s.subject_id)))
 
     @_rpc
     def DeleteSubject(self, request, context):
@@ -369,6 +437,9 @@ class Bound:
     metrics_port: int
     mtls_port: int = -1
     health: health.HealthServicer | None = None
+    access: AccessStore | None = None  # the principals (None: insecure mode)
+    audit: AuditLog | None = None
+    site: str = ""
 
 
 def create_server(config: Config, engine: Engine, extractors: dict[str, Extractor],
@@ -397,9 +468,9 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     metrics.watch_sync(engine.store, peers)
     if hasattr(engine, "cluster_status"):
         metrics.watch_cluster(engine)
+    site = SiteKeys.load(config.data_dir, engine.store)
     pb_grpc.add_MatcherServicer_to_server(
-        MatcherServicer(engine, Extraction(extractors, engine), metrics, audit,
-                        SiteKeys.load(config.data_dir, engine.store), peers), server)
+        MatcherServicer(engine, Extraction(extractors, engine), metrics, audit, site, peers), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -421,7 +492,7 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     if config.metrics_port >= 0:
         http, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
         metrics_port = http.server_port
-    return Bound(server, port, metrics_port, mtls_port, health_servicer)
+    return Bound(server, port, metrics_port, mtls_port, health_servicer, access, audit, site.site if site else "")
 
 
 def _credentials(config: Config, client_certificates: bool) -> grpc.ServerCredentials:
@@ -481,7 +552,7 @@ def _join_cluster(config: Config, finger_network: str):
     models = {"face": FACE_MODEL_ID, "finger": networks.NETWORKS[finger_network].model_id, "iris": IRIS_MODEL_ID}
     return connect(config.cluster, str(config.data_dir.resolve()),
                    str(config.kek_file.resolve()) if config.kek_file else None, models, config.thresholds,
-                   config.shards, config.replicas)
+                   config.shards, config.replicas, config.keep_images)
 
 
 def _watch_shards(engine, servicer: health.HealthServicer, stop: threading.Event, every_s: float = 0.5) -> None:
@@ -539,19 +610,53 @@ def serve(config: Config) -> None:
                   "iris": IrisExtractor()}
     refuse_foreign_templates(stored, {m: ex.model_id for m, ex in extractors.items()})
     if not config.cluster:
-        engine = Engine(store, {m: ex.model_id for m, ex in extractors.items()}, config.thresholds)
+        engine = Engine(store, {m: ex.model_id for m, ex in extractors.items()}, config.thresholds,
+                        keep_images=config.keep_images)
     bound = create_server(config, engine, extractors)
     server = bound.server
     server.start()
+    web = _start_web(config, engine, bound, extractors)
     log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, bound.port, bound.metrics_port,
              store.count())
     certs = f" (client certificates on {config.host}:{bound.mtls_port})" if bound.mtls_port >= 0 else ""
-    print(f"tambua listening on {config.host}:{bound.port}{certs}", file=out, flush=True)
+    pages = f" (web on {web.scheme}://{config.host}:{web.port})" if web else ""
+    print(f"tambua listening on {config.host}:{bound.port}{certs}{pages}", file=out, flush=True)
     done = threading.Event()
     if config.cluster:
         threading.Thread(target=_watch_shards, args=(engine, bound.health, done), daemon=True).start()
+    threading.Thread(target=_expire_images, args=(store, config.image_retention_days, done), daemon=True).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
+    if web:
+        web.stop()
     server.stop(config.grace_s).wait()
     store.close()
+
+
+def _start_web(config: Config, engine, bound: Bound, extractors):
+    """The adjudication pages on ``web_port`` (HTTPS with the service's certificate), or None."""
+    if config.web_port < 0:
+        return None
+    from tambua.web import WebServer, create_app
+
+    iris = extractors.get("iris")
+    app = create_app(engine, bound.access, bound.audit, iris.review if iris is not None else None, bound.site,
+                     secure=not config.insecure)
+    web = WebServer(app, config.host, config.web_port, None if config.insecure else config.tls_cert,
+                    None if config.insecure else config.tls_key)
+    web.start()
+    return web
+
+
+def _expire_images(store, retention_days: float, stop: threading.Event, every_s: float = 3600.0) -> None:
+    """Drop decided cases' images once their retention period has passed: at start, then hourly."""
+    while True:
+        try:
+            n = store.expire_case_images(int((time.time() - retention_days * 86400) * 1000))
+            if n:
+                log.info("dropped %d images of cases decided more than %g days ago", n, retention_days)
+        except Exception:  # noqa: BLE001 - a failed sweep is retried at the next
+            log.exception("image retention sweep failed")
+        if stop.wait(every_s):
+            return

@@ -16,7 +16,8 @@ import matcher
 import store
 from tests.tambua.test_server import REPO
 
-DOCTESTED = ("matcher.engine", "matcher.fusion", "matcher.calibration", "matcher.types", "cluster.layout")
+DOCTESTED = ("matcher.engine", "matcher.fusion", "matcher.calibration", "matcher.types", "cluster.layout",
+             "tambua.web.render")
 
 
 @pytest.mark.parametrize("package", [enroll, matcher, store], ids=["enroll", "matcher", "store"])

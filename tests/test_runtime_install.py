@@ -1,6 +1,7 @@
 """The package as the Docker image installs it: into a fresh virtual environment, without
 the build and test extras (no onnx, no grpcio-tools, no pytest), then `tambua serve` from
-there enrols and verifies a face, a finger and an iris through that environment's CLI.
+there enrols and verifies a face, a finger and an iris through that environment's CLI, and
+serves the adjudication pages (their templates and static files are package data).
 
 Run from a folder outside the checkout, so nothing is imported from the source tree.
 """
@@ -13,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from PIL import Image
@@ -51,8 +53,8 @@ def test_a_runtime_only_install_serves_all_three_modalities(tmp_path, models, or
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAMBUA_", "PYTHON"))}
     env["TAMBUA_MODEL_DIR"] = str(models)
     tambua = str(venv / "bin" / "tambua")
-    server = subprocess.Popen([tambua, "serve", "--insecure", "--port", "0", "--metrics-port", "-1", "--data-dir",
-                               str(work / "data")], cwd=work, env=env, stdout=subprocess.PIPE,
+    server = subprocess.Popen([tambua, "serve", "--insecure", "--port", "0", "--metrics-port", "-1", "--web-port", "0",
+                               "--data-dir", str(work / "data")], cwd=work, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     try:
         line = server.stdout.readline()
@@ -70,6 +72,10 @@ def test_a_runtime_only_install_serves_all_three_modalities(tmp_path, models, or
         assert enrolled["outcome"] == "ENROLLED"
         for sample in (["--face", "face2.png"], ["--finger", "2=finger2.png"], ["--iris", "left=iris2.png"]):
             assert cli("verify", "--subject", "R-1", *sample)["match"] is True, sample
+        # The adjudication pages' templates and static files were installed with the package.
+        web = re.search(r"web on (\S+)\)", line).group(1)
+        assert "Open cases" in urllib.request.urlopen(f"{web}/", timeout=30).read().decode()
+        assert b"keydown" in urllib.request.urlopen(f"{web}/static/review.js", timeout=30).read()
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -34,6 +34,23 @@ RADIAL_SCALES = (0.92, 1.08)
 
 
 @dataclass(frozen=True)
+class IrisReview:
+    """Segmentation's findings in one eye image (:meth:`IrisExtractor.review`).
+
+    Attributes:
+        pupil / iris: (x, y, r) of the pupil and limbus circles in the captured image's pixels.
+        strip: the normalised iris (rubber sheet), rows x cols grey levels, pupil side first.
+        mask: True where the iris was seen, strip pixel by strip pixel (the code's bits
+            are compared where their filter's support is mostly seen).
+    """
+
+    pupil: tuple[float, float, float]
+    iris: tuple[float, float, float]
+    strip: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
 class IrisQualityConfig:
     """Quality gate thresholds (set on CASIA-IrisV1 and MMU1, see ``models/cards/iris.md``).
 
@@ -204,14 +221,9 @@ class IrisExtractor:
                                 "PUPIL_IRIS_RATIO")
         return None
 
-    def extract(self, data: bytes) -> IrisTemplate:
-        """Extract one iris image.
-
-        Raises:
-            ImageDecodeError: the bytes are not a supported image.
-            QualityError: ``FACE_PHOTO``, ``IRIS_NOT_FOUND``, ``PUPIL_IRIS_RATIO``,
-                ``BLURRED`` or ``TOO_OCCLUDED``.
-        """
+    def _segmented(self, data: bytes) -> tuple[np.ndarray, float, np.ndarray, IrisBoundaries]:
+        """Decode, scale, remove reflections and segment, refusing as :meth:`extract`
+        does: (the working grey image, its scale, the reflections, the boundaries)."""
         image = decode_image(data)
         self.refuse_face_photo(image.rgb)
         grey = cv2.cvtColor(image.rgb, cv2.COLOR_RGB2GRAY)
@@ -233,6 +245,30 @@ class IrisExtractor:
         refused = verdicts[b] if b in verdicts else self.refusal(grey, b, scale)
         if refused is not None:
             raise refused
+        return grey, scale, glints, b
+
+    def review(self, data: bytes) -> "IrisReview":
+        """What segmentation finds in an eye image, for a person to check: the same steps
+        as :meth:`extract` (so the same boundaries), without coding.
+
+        Raises:
+            as :meth:`extract`.
+        """
+        grey, scale, glints, b = self._segmented(data)
+        strip, outside = rubber_sheet(grey, b, gabor.ROWS, gabor.COLS, glints)
+        occluded = occlusion_mask(strip, outside)
+        circle = lambda c: (c.x / scale, c.y / scale, c.r / scale)  # noqa: E731 - in captured pixels
+        return IrisReview(circle(b.pupil), circle(b.iris), np.clip(strip, 0, 255).astype(np.uint8), ~occluded)
+
+    def extract(self, data: bytes) -> IrisTemplate:
+        """Extract one iris image.
+
+        Raises:
+            ImageDecodeError: the bytes are not a supported image.
+            QualityError: ``FACE_PHOTO``, ``IRIS_NOT_FOUND``, ``PUPIL_IRIS_RATIO``,
+                ``BLURRED`` or ``TOO_OCCLUDED``.
+        """
+        grey, scale, glints, b = self._segmented(data)
         sharp = sharpness(grey, b)
         bands = (b, *(with_band(b, s) for s in RADIAL_SCALES))
         # Inpainted reflections show no iris: masked as the image's edge is.

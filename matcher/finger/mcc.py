@@ -211,11 +211,17 @@ def encode(minutiae: np.ndarray) -> Cylinders:
         minutiae: (N, >=3) rows of x, y (image pixels, y down), angle (radians,
             counter-clockwise from +x as seen on the image).
     """
+    return _encode(minutiae)[0]
+
+
+def _encode(minutiae: np.ndarray) -> tuple[Cylinders, np.ndarray]:
+    """:func:`encode`, and the row of ``minutiae`` each cylinder belongs to (a minutia
+    with too little around it gets none)."""
     xy, theta = _to_math(minutiae)
     n = len(xy)
     if n == 0:
         empty = np.zeros((0, _WORDS), np.uint64)
-        return Cylinders(np.zeros((0, 2)), np.zeros(0), empty, empty.copy())
+        return Cylinders(np.zeros((0, 2)), np.zeros(0), empty, empty.copy()), np.zeros(0, np.int64)
     cells = _cells(xy, theta, _GX.ravel(), _GY.ravel())
     inside = _near_hull(xy, cells.reshape(-1, 2), OMEGA).reshape(n, NS * NS)
     valid_cells = inside & _IN_DISC[None, :]
@@ -224,8 +230,8 @@ def encode(minutiae: np.ndarray) -> Cylinders:
     packed_bits = np.packbits(bits.reshape(n, -1), axis=1).view(np.uint64)
     valid_layers = np.repeat(valid_cells[:, None, :], ND, axis=1).reshape(n, -1)
     packed_valid = np.packbits(valid_layers, axis=1).view(np.uint64)
-    return Cylinders(xy[ok], theta[ok], np.ascontiguousarray(packed_bits[ok]),
-                     np.ascontiguousarray(packed_valid[ok]))
+    return (Cylinders(xy[ok], theta[ok], np.ascontiguousarray(packed_bits[ok]), np.ascontiguousarray(packed_valid[ok])),
+            np.flatnonzero(ok))
 
 
 # Index codes (Cappelli, Ferrara, Maltoni, "Fingerprint indexing based on Minutia
@@ -311,7 +317,23 @@ def similarity_reference(a: Cylinders, b: Cylinders) -> float:
     if len(a) == 0 or len(b) == 0:
         return 0.0
     gamma = local_similarities(a, b)
-    return _consolidate(a, b, gamma, _one_to_one(gamma, min(len(a), len(b))))
+    lam, best, _, _ = _consolidate(a, b, gamma, _one_to_one(gamma, min(len(a), len(b))))
+    return float(lam[best].mean()) if len(best) else 0.0
+
+
+def matched_pairs(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int, float]]:
+    """The minutiae pairs LSS-R's score is the mean of, for a person to see: (row in
+    ``a``, row in ``b``, relaxed similarity), strongest first. The same selection as
+    :func:`similarity` (its numpy specification), so the pairs drawn are the ones that
+    made the score."""
+    ca, rows_a = _encode(a)
+    cb, rows_b = _encode(b)
+    if len(ca) == 0 or len(cb) == 0:
+        return []
+    gamma = local_similarities(ca, cb)
+    lam, best, ra, rb = _consolidate(ca, cb, gamma, _one_to_one(gamma, min(len(ca), len(cb))))
+    order = sorted(best.tolist(), key=lambda k: -lam[k])
+    return [(int(rows_a[ra[k]]), int(rows_b[rb[k]]), float(lam[k])) for k in order]
 
 
 def _one_to_one(gamma: np.ndarray, n: int) -> np.ndarray:
@@ -334,15 +356,17 @@ def _one_to_one(gamma: np.ndarray, n: int) -> np.ndarray:
     return np.array(picked, dtype=np.int64)
 
 
-def _consolidate(a: Cylinders, b: Cylinders, gamma: np.ndarray, flat: np.ndarray) -> float:
-    """Relaxation over the selected local pairs (flat indices into ``gamma``), then the
-    mean of the ``n_pairs`` most efficient ones."""
+def _consolidate(a: Cylinders, b: Cylinders, gamma: np.ndarray, flat: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Relaxation over the selected local pairs (flat indices into ``gamma``): their
+    relaxed similarities, the ``n_pairs`` most efficient ones (the score is the mean of
+    those), and each pair's cylinder in ``a`` and ``b``."""
     n_p = min(n_pairs(len(a), len(b)), gamma.size)
     n_r = len(flat)
     ra, rb = np.unravel_index(flat, gamma.shape)
     lam0 = gamma[ra, rb]
     if n_r < 2:
-        return float(lam0.mean()) if n_r else 0.0
+        return lam0, np.arange(n_r), ra, rb
     pa, pb = a.xy[ra], b.xy[rb]
     ta, tb = a.theta[ra], b.theta[rb]
     da = np.hypot(*(pa[:, None, :] - pa[None, :, :]).transpose(2, 0, 1))
@@ -360,4 +384,4 @@ def _consolidate(a: Cylinders, b: Cylinders, gamma: np.ndarray, flat: np.ndarray
     with np.errstate(invalid="ignore", divide="ignore"):
         efficiency = np.where(lam0 > 0, lam / lam0, 0.0)
     best = np.argsort(-efficiency, kind="stable")[:n_p]
-    return float(lam[best].mean())
+    return lam, best, ra, rb

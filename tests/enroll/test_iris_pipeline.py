@@ -288,3 +288,19 @@ def test_a_darker_exposure_still_enrols_and_matches(iris_extractor, irises, thre
     grey = cv2.imread(str(irises / path), 0)
     dark = (255 * (grey / 255.0) ** 1.6).astype(np.uint8)
     assert distance(iris_extractor.extract(_png(dark)), iris_extractor.extract(_png(grey))) < threshold
+
+
+def test_review_shows_the_boundaries_and_strip_the_code_was_made_from(iris_extractor, irises):
+    """The pupil lies inside the limbus, both on the eye; the strip's visible share is the
+    template's usable share (the same segmentation, the same mask); a non-eye is refused
+    the same way."""
+    data = (irises / "casia_v1" / "005" / "005_1_1.jpg").read_bytes()
+    r = iris_extractor.review(data)
+    t = iris_extractor.extract(data)
+    (px, py, pr), (ix, iy, ir) = r.pupil, r.iris
+    h, w = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE).shape
+    assert 0 < pr < ir and np.hypot(px - ix, py - iy) + pr < ir and 0 < ix < w and 0 < iy < h
+    assert r.strip.dtype == np.uint8 and r.strip.shape == r.mask.shape and r.mask.dtype == bool
+    assert abs(r.mask.mean() - t.usable) < 0.15
+    with pytest.raises(QualityError):
+        iris_extractor.review(_png(np.full((240, 320), 128, np.uint8)))

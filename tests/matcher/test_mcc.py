@@ -79,3 +79,19 @@ def test_index_votes_with_sure_minutiae_unless_too_few():
     few_sure = rows[6:]  # 6 sure, 18 weak: every minutia votes
     assert len(mcc.index_subset(few_sure)) == 24
     assert np.array_equal(mcc.index_codes(mcc.index_subset(rows))[0], mcc.index_codes(rows[:12])[0])
+
+
+def test_matched_pairs_are_the_ones_the_score_is_made_of():
+    """A moved copy: each drawn pair joins a minutia to its own moved self, and the mean of
+    the pairs' relaxed similarities is the score; strangers give weak pairs."""
+    m = _finger(5)
+    moved = _move(m, np.pi / 7, (20, 10), jitter=1.0, seed=6)
+    pairs = mcc.matched_pairs(m, moved)
+    assert len(pairs) == mcc.n_pairs(len(mcc.encode(m)), len(mcc.encode(moved)))
+    assert sum(i == j for i, j, _ in pairs) >= 0.9 * len(pairs)
+    assert np.mean([w for _, _, w in pairs]) == pytest.approx(
+        mcc.similarity_reference(mcc.encode(m), mcc.encode(moved)), abs=1e-12)
+    assert [w for _, _, w in pairs] == sorted((w for _, _, w in pairs), reverse=True)
+    stranger = mcc.matched_pairs(m, _finger(7))
+    assert np.mean([w for _, _, w in stranger]) < 0.2 < np.mean([w for _, _, w in pairs])
+    assert mcc.matched_pairs(m, np.zeros((0, 3))) == []

@@ -1,4 +1,5 @@
-"""The generated stubs exist (make setup ran protoc) and the API has the RPCs of issue 4."""
+"""The generated stubs exist (make setup ran protoc) and the API has the RPCs of issue 4 (and
+later issues': sync, adjudication)."""
 
 from tambua.v1 import tambua_pb2, tambua_pb2_grpc
 
@@ -7,7 +8,7 @@ def test_matcher_service_rpcs():
     service = tambua_pb2.DESCRIPTOR.services_by_name["Matcher"]
     assert {m.name for m in service.methods} == {
         "Enroll", "Identify", "Verify", "Compare", "Extract", "GetSubject", "DeleteSubject", "Stats", "ReadAudit",
-        "SyncExport", "SyncImport", "SyncStatus", "SyncPush",
+        "SyncExport", "SyncImport", "SyncStatus", "SyncPush", "ListCases", "GetCase", "DecideCase",
     }
     assert hasattr(tambua_pb2_grpc, "MatcherServicer")
 

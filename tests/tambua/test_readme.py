@@ -139,7 +139,7 @@ def _png(src: Path, dst: Path) -> None:
 
 # The first lines of the blocks the tests below run.
 RUN = ("make setup", "make run", ".venv/bin/tambua enroll --subject A-001", ".venv/bin/tambua enroll --subject B-7",
-       ".venv/bin/tambua enroll --subject C-3", "tambua dev-certs", "tambua serve", "tambua keys create",
+       ".venv/bin/tambua enroll --subject C-3", ".venv/bin/tambua enroll --subject D-1", "tambua dev-certs", "tambua serve", "tambua keys create",
        "export TAMBUA_CA", "tambua keys new-kek > kek.next", "tambua audit verify", "tambua backup",
        "tambua sync identity",
        "export RAY_USAGE_STATS_ENABLED")  # the cluster block: tests/cluster/test_readme_cluster.py
@@ -204,6 +204,36 @@ def test_quick_start_fingers_and_irises(tmp_path, orl, fingerprints, irises, mod
     assert [(t["modality"], t["position"]) for t in extracted["templates"]] == [("finger", 2), ("iris", 2)]
     assert all(t["quality_components"] for t in extracted["templates"])
     assert (work / "tambua-data").is_dir() and not (REPO / "tambua-data").exists()
+
+
+def test_adjudication_walkthrough_and_its_pages(tmp_path, orl, models):
+    """The README's adjudication block against a quick-start server that also serves the
+    pages (``--web-port``, as the README's prose says): the case it opens is on the queue
+    page until the block decides it."""
+    import urllib.request
+
+    work = tmp_path / "adjudication"
+    work.mkdir()
+    for name, (person, shot) in {"photo1.jpg": (24, 1), "photo2.jpg": (24, 2)}.items():
+        Image.open(orl / f"s{person}" / f"{shot}.pgm").convert("RGB").save(work / name, quality=95)
+    server = Background([str(VENV_BIN / "tambua"), "serve", "--insecure", "--port", "0", "--metrics-port", "-1",
+                         "--web-port", "0", "--data-dir", str(work / "tambua-data")], REPO)
+    web = re.search(r"web on (\S+)\)", server.line).group(1)
+    shell = Shell(work, TAMBUA_ADDRESS=server.address)
+    try:
+        enrolled, held, listed, shown, *rest = block(".venv/bin/tambua enroll --subject D-1")
+        assert shell.run(enrolled)["outcome"] == "ENROLLED"
+        case = shell.run(held)
+        assert case["outcome"] == "DUPLICATE" and case["case_id"].startswith("C")
+        assert [c["case_id"] for c in shell.run(listed)["cases"]] == [case["case_id"]]
+        assert case["case_id"] in urllib.request.urlopen(f"{web}/", timeout=30).read().decode()
+        assert shell.run(shown, **{"case id": case["case_id"]})["candidates"][0]["subject_id"] == "D-1"
+        decide, get = rest
+        assert shell.run(decide, **{"case id": case["case_id"]})["decision"]["subject_id"] == "D-1"
+        assert shell.run(get)["encounters"] == 1
+        assert case["case_id"] not in urllib.request.urlopen(f"{web}/", timeout=30).read().decode()
+    finally:
+        server.stop()
 
 
 def test_security_walkthrough_keys_certificates_rotation_audit_backup(tmp_path, orl, models):

@@ -90,6 +90,7 @@ def _requests(orl, role: str) -> dict[str, tuple[str, object]]:
         "Stats": ("Stats", pb.StatsRequest()),
         "ReadAudit": ("ReadAudit", pb.ReadAuditRequest(limit=5)),
         "SyncStatus": ("SyncStatus", pb.SyncStatusRequest()),
+        "ListCases": ("ListCases", pb.ListCasesRequest()),
     }
 
 
@@ -98,9 +99,9 @@ def _requests(orl, role: str) -> dict[str, tuple[str, object]]:
 ALLOWED = {
     "registrar": {"Enroll", "Identify", "Extract", "GetSubject"},
     "verifier": {"Verify", "Compare"},
-    "adjudicator": {"Enroll force", "DeleteSubject", "GetSubject"},
+    "adjudicator": {"Enroll force", "DeleteSubject", "GetSubject", "ListCases", "GetCase", "DecideCase"},
     "auditor": {"ReadAudit"},
-    "admin": {"Stats", "SyncStatus", "SyncExport", "SyncImport", "SyncPush"},
+    "admin": {"Stats", "SyncStatus", "SyncExport", "SyncImport", "SyncPush", "ListCases", "GetCase", "DecideCase"},
 }
 
 

@@ -58,6 +58,8 @@ class Server:
         self.address = m.group(1)
         certs = re.search(r"client certificates on (\S+)\)", line)  # mixed mode: a port for certificates
         self.mtls_address = certs.group(1) if certs else ""
+        web = re.search(r"web on (\S+)\)", line)  # --web-port: the adjudication pages
+        self.web = web.group(1) if web else ""
         if self.config is None:
             self.channel = grpc.insecure_channel(self.address)
             self.stub = pb_grpc.MatcherStub(self.channel)
