@@ -22,7 +22,6 @@ import signal
 import subprocess
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from tests.tambua.test_server import REPO
