@@ -377,6 +377,25 @@ def _case(c) -> dict:
     return out
 
 
+def _print_cases(out: dict) -> None:
+    """Cases for a person at a terminal: a line per case, or one case's candidates and decision."""
+    for c in out.get("cases", [out]):
+        best = c["candidates"][0] if c["candidates"] else None
+        print(f"{c['case_id']}  {c['state']:<9} {c['partition']}  held {c['subject_id']}  "
+              f"{len(c['candidates'])} candidates" + (f", best {best['subject_id']} FPIR {best['fpir']:.1e}" if best
+                                                     else "") + f"  opened by {c['opened_by'] or '?'}")
+        if "cases" not in out:
+            for x in c["candidates"]:
+                per = ", ".join(f"{s['modality']} {s['position']}: {s['score']:.1f}" for s in x["samples"])
+                print(f"  {x['subject_id']}: score {x['score']:.1f}, FPIR {x['fpir']:.1e} ({per})")
+            if "decision" in c:
+                d = c["decision"]
+                print(f"  {d['verdict']} by {d['by']}: {d['reason']}" + (f" -> use {d['subject_id']}" if d["subject_id"]
+                                                                         else ""))
+    if out.get("next_page_token"):
+        print(f"more: --page-token {out['next_page_token']}")
+
+
 def _cases_rpc(args, stub, md) -> dict:
     from tambua.v1 import tambua_pb2 as pb
 
@@ -717,7 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _print(out, args.json)
+    if args.command == "cases" and not args.json:
+        _print_cases(out)
+    else:
+        _print(out, args.json)
     return 0
 
 

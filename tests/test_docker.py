@@ -56,7 +56,8 @@ def test_every_variable_the_deployment_sets_is_one_the_server_reads():
             secret = value.removeprefix("/run/secrets/")
             assert secret in service["secrets"] and secret in secrets, f"{name} names an unmounted secret"
     published = {int(p.split(":")[1]) for p in service["ports"]}
-    assert {Config.port, int(service["environment"]["TAMBUA_MTLS_PORT"])} <= published
+    assert {Config.port, int(service["environment"]["TAMBUA_MTLS_PORT"]),
+            int(service["environment"]["TAMBUA_WEB_PORT"])} <= published
     assert {"TAMBUA_TLS_CERT", "TAMBUA_TLS_KEY", "TAMBUA_KEK_FILE"} <= set(service["environment"])
 
 
@@ -83,6 +84,7 @@ def test_the_compose_deployment_serves_tls_from_its_mounted_secrets(tmp_path, or
     env.update({k: container_path(str(v)) for k, v in compose["services"]["tambua"]["environment"].items()})
     # Loopback and free ports for the test; the data volume in tmp.
     env.update(TAMBUA_HOST="127.0.0.1", TAMBUA_PORT="0", TAMBUA_MTLS_PORT="0", TAMBUA_METRICS_PORT="-1",
+               TAMBUA_WEB_PORT="0",
                TAMBUA_DATA_DIR=str(tmp_path / "data"), TAMBUA_MODEL_DIR=str(models), PATH=os.environ["PATH"])
     env.pop("NUMBA_CACHE_DIR", None)
     entry = re.search(r'ENTRYPOINT \["(\w+)"\]\s+CMD \["(\w+)"\]', (DOCKER / "Dockerfile").read_text())
@@ -92,6 +94,7 @@ def test_the_compose_deployment_serves_tls_from_its_mounted_secrets(tmp_path, or
         line = server.stdout.readline()
         m = re.search(r"listening on \S+:(\d+) \(client certificates on \S+:(\d+)\)", line)
         assert m, f"no TLS server in mixed mode: {line!r}"
+        assert "(web on https://" in line, f"no adjudication pages over HTTPS: {line!r}"
         key_port, cert_port = m.groups()
 
         def tambua(*args: str) -> dict:

@@ -223,6 +223,9 @@ def test_the_cli_holds_lists_shows_and_decides(plain_server, orl):
     shown = cli("cases", "show", held["case_id"])
     assert shown["candidates"][0]["subject_id"] == "C1" and shown["templates"][0]["modality"] == "face"
     assert "data" not in json.dumps(shown["templates"])  # what the templates are, never their bytes
+    human = subprocess.run([sys.executable, "-m", "tambua.cli", "cases", "show", held["case_id"], "--address",
+                            address], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert human.returncode == 0 and f"{held['case_id']}  open" in human.stdout and "  C1: score" in human.stdout
     decided = cli("cases", "decide", held["case_id"], "--same", "C1", "--reason", "same person")
     assert decided["state"] == "decided" and decided["decision"]["subject_id"] == "C1"
     r = subprocess.run([sys.executable, "-m", "tambua.cli", "cases", "decide", held["case_id"], "--recapture",
