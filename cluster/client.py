@@ -164,6 +164,9 @@ class RemoteEngine:
     def decide(self, *args, **kwargs):
         return self._call("decide", *args, **kwargs)
 
+    def capture(self, *args, **kwargs):
+        return self._call("capture", *args, **kwargs)
+
     def delete(self, *args, **kwargs):
         return self._call("delete", *args, **kwargs)
 

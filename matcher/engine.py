@@ -387,29 +387,44 @@ class Engine:
             case = self.store.case(partition, case_id)
             if case.state is not CaseState.OPEN:
                 raise FailedPrecondition(f"case {case_id} is {case.closed()}", "CASE_DECIDED")
-            templates = self.store.case_templates(partition, case_id)
+            # An imported enrolment that matched here is enrolled already: its capture is its
+            # templates, "same" merges it into the candidate, "different" links it.
+            imported = case.source is CaseSource.SYNC and case.kind == "CROSS_SITE_DUPLICATE"
+            templates = (self.store.get(partition, case.subject_id).templates if imported
+                         else self.store.case_templates(partition, case_id))
             named = tuple(c.subject_id for c in case.candidates)
-            enrol, attach_to = None, None
+            enrol, attach_to, remove, link = None, None, "", None
             if verdict is Verdict.SAME:
                 subject_id = normalise_id(subject_id) if subject_id else ""
                 if subject_id not in named:
                     raise InvalidInput(f"{subject_id!r} is not a candidate of case {case_id}: name the candidate "
                                        "that is the same person", "NOT_A_CANDIDATE")
                 attach_to = (subject_id, templates) if attach else None
+                remove = case.subject_id if imported else ""
             elif verdict is Verdict.DIFFERENT:
                 subject_id = case.subject_id
-                enrol = Subject(subject_id, partition, templates, named)
+                if imported:
+                    link = (subject_id, named)
+                elif case.kind == "ID_CONFLICT":
+                    raise InvalidInput(f"id {subject_id!r} is enrolled here by another person: two people cannot "
+                                       "share an id; withdraw this case (re-capture) and have the site enrol the "
+                                       "person under a new id", "ID_TAKEN")
+                else:
+                    enrol = Subject(subject_id, partition, templates, named)
             else:
                 subject_id = ""
             decision = Decision(verdict, by.principal_id, by.principal_name, int(time.time() * 1000), reason,
                                 subject_id, attach_to is not None, named)
             decided = self.store.decide_case(partition, case_id, decision, enrol, attach_to,
-                                             keep_images=self.keep_images is KeepImages.ALL)
+                                             keep_images=self.keep_images is KeepImages.ALL, remove=remove, link=link)
             self._held().remove(partition, case_id)
             self._held_cases.get(partition, set()).discard(case_id)
             if enrol is not None:
                 self.galleries.add(partition, subject_id, templates)
                 self._subjects[partition] = self._subjects.get(partition, 0) + 1
+            if remove:
+                self.galleries.remove(partition, remove)
+                self._subjects[partition] = max(0, self._subjects.get(partition, 1) - 1)
         return decided
 
     def identify(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,
@@ -477,11 +492,21 @@ class Engine:
                 candidates = tuple(c for c in self._candidates(part, subject.templates, self.thresholds.max_candidates)
                                    if c.fpir <= self.thresholds.dedup_fpir)
                 flag = ("CROSS_SITE_DUPLICATE", [c.subject_id for c in candidates]) if candidates else None
+                opened: list[Case] = []
+
+                def case_for(flag_kind: str, named: list[str]) -> tuple[Case, tuple[StoredTemplate, ...]]:
+                    opened.append(self._sync_case(part, subject, flag_kind, candidates, origin or site))
+                    return opened[-1], subject.templates if flag_kind == "ID_CONFLICT" else ()
+
                 outcome = self.store.apply_remote(site, seq, kind, subject, flag=flag, origin=origin,
-                                                  origin_seq=origin_seq)
+                                                  origin_seq=origin_seq, case_for=case_for)
                 if outcome is Applied.APPLIED:
                     self.galleries.add(part, subject.subject_id, subject.templates)
                     self._subjects[part] = self._subjects.get(part, 0) + 1
+                for case in opened:
+                    if case.kind == "ID_CONFLICT":  # held: a later enrolment of this person joins it
+                        self._held().add(part, case.case_id, subject.templates)
+                        self._held_cases.setdefault(part, set()).add(case.case_id)
             else:
                 outcome = self.store.apply_remote(site, seq, kind, partition=partition, subject_id=subject_id,
                                                   origin=origin, origin_seq=origin_seq)
@@ -491,6 +516,35 @@ class Engine:
         if outcome is Applied.GAP:
             raise SequenceGap(f"change {seq} of site {site!r} arrived before the ones preceding it")
         return outcome, candidates
+
+    def capture(self, partition: str, case: Case) -> tuple[tuple[StoredTemplate, ...], tuple[SampleImage, ...]]:
+        """What a case is about, for a person to look at: its held capture, or (an imported
+        enrolment that matched here, enrolled already) that subject's templates and images;
+        empty once decided or erased."""
+        if case.source is CaseSource.SYNC and case.kind == "CROSS_SITE_DUPLICATE":
+            if case.state is not CaseState.OPEN:
+                return (), ()
+            try:
+                return (self.store.get(partition, case.subject_id).templates,
+                        self.store.subject_images(partition, case.subject_id))
+            except NotFound:
+                return (), ()
+        return self.store.case_templates(partition, case.case_id), self.store.case_images(partition, case.case_id)
+
+    def _sync_case(self, partition: str, subject: Subject, kind: str, candidates: tuple[ScoredCandidate, ...],
+                   site: str) -> Case:
+        """The case an imported enrolment's flag opens: ``CROSS_SITE_DUPLICATE`` (it was
+        enrolled here and matched ``candidates``) or ``ID_CONFLICT`` (its id is taken here
+        by another enrolment, its only candidate; its capture is held, not enrolled)."""
+        if kind == "ID_CONFLICT":
+            fmr = self._subject_fmr(partition, subject.subject_id, subject.templates)
+            candidates = () if fmr is None else (
+                ScoredCandidate(subject.subject_id, evidence(fmr), at_least_one(fmr, 1)),)
+        now = int(time.time() * 1000)
+        return Case(new_case_id(), partition, subject.subject_id, CaseSource.SYNC, kind, now, "", f"site {site}", site,
+                    candidates=tuple(CaseCandidate(c.subject_id, c.score, c.fpir,
+                                                   self._sample_scores(partition, c.subject_id, subject.templates))
+                                     for c in candidates), updated_ms=now)
 
     def delete(self, partition: str, subject_id: str) -> None:
         subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")

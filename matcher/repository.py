@@ -11,7 +11,7 @@ the store and sync exchange (changes, what applying one did, flags, a peer's sta
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -131,7 +131,7 @@ class ChangeLog(Protocol):
 
     def apply_remote(self, site: str, seq: int, kind: str, subject: Subject | None = None, partition: str = "",
                      subject_id: str = "", flag: tuple[str, list[str]] | None = None, origin: str = "",
-                     origin_seq: int = 0) -> Applied: ...
+                     origin_seq: int = 0, case_for: Callable | None = None) -> Applied: ...
 
     def flags(self) -> list[Flag]: ...
 
@@ -148,7 +148,8 @@ class Cases(Protocol):
 
     def decide_case(self, partition: str, case_id: str, decision: "Decision", enrol: Subject | None = None,
                     attach: tuple[str, tuple["StoredTemplate", ...]] | None = None,
-                    keep_images: bool = False) -> "Case": ...
+                    keep_images: bool = False, remove: str = "",
+                    link: tuple[str, tuple[str, ...]] | None = None) -> "Case": ...
 
     def case_images(self, partition: str, case_id: str) -> tuple["SampleImage", ...]: ...
 

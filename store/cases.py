@@ -12,6 +12,7 @@ subject's ref.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator
 
@@ -53,22 +54,27 @@ class CaseBook:
                   ) -> None:
         """Store a new case and its held capture (with the images to keep) in one synced transaction."""
         with self._transaction():
-            self._db.execute("INSERT INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             (case.case_id, case.partition, self._ref(case.subject_id), case.state.value,
-                              case.source.value, case.created_ms, case.created_ms,
-                              self._sealer.seal(case.to_json(), _case_context(case.case_id))))
-            self._db.executemany("INSERT OR IGNORE INTO case_subjects VALUES (?, ?, ?)",
-                                 [(case.case_id, case.partition, self._ref(c.subject_id)) for c in case.candidates])
-            rows = []
-            for t in templates:
-                context = _held_context(case.case_id, t.modality, t.position, t.template.model_id)
-                rows.append((case.case_id, t.modality, t.position, t.template.model_id,
-                             self._sealer.seal(t.template.to_bytes(), context), self._seal_derived(t.template, context)))
-            self._db.executemany("INSERT INTO case_templates VALUES (?, ?, ?, ?, ?, ?)", rows)
-            self._db.executemany("INSERT INTO case_images VALUES (?, ?, ?, ?)", [
-                (case.case_id, i.modality, i.position,
-                 self._sealer.seal(i.data, _case_image_context(case.case_id, i.modality, i.position)))
-                for i in images])
+            self._insert_case(case, templates, images)
+
+    def _insert_case(self, case: Case, templates: tuple[StoredTemplate, ...] = (),
+                     images: tuple[SampleImage, ...] = ()) -> None:
+        """:meth:`open_case` inside the caller's transaction (sync opens one with an import)."""
+        self._db.execute("INSERT INTO cases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (case.case_id, case.partition, self._ref(case.subject_id), case.state.value,
+                          case.source.value, case.created_ms, case.created_ms,
+                          self._sealer.seal(case.to_json(), _case_context(case.case_id))))
+        self._db.executemany("INSERT OR IGNORE INTO case_subjects VALUES (?, ?, ?)",
+                             [(case.case_id, case.partition, self._ref(c.subject_id)) for c in case.candidates])
+        rows = []
+        for t in templates:
+            context = _held_context(case.case_id, t.modality, t.position, t.template.model_id)
+            rows.append((case.case_id, t.modality, t.position, t.template.model_id,
+                         self._sealer.seal(t.template.to_bytes(), context), self._seal_derived(t.template, context)))
+        self._db.executemany("INSERT INTO case_templates VALUES (?, ?, ?, ?, ?, ?)", rows)
+        self._db.executemany("INSERT INTO case_images VALUES (?, ?, ?, ?)", [
+            (case.case_id, i.modality, i.position,
+             self._sealer.seal(i.data, _case_image_context(case.case_id, i.modality, i.position)))
+            for i in images])
 
     def _put_subject_images(self, partition: str, subject_id: str, images: tuple[SampleImage, ...]) -> None:
         """Keep an enrolled subject's images (caller holds the transaction)."""
@@ -94,12 +100,15 @@ class CaseBook:
 
     def decide_case(self, partition: str, case_id: str, decision: Decision, enrol: Subject | None = None,
                     attach: tuple[str, tuple[StoredTemplate, ...]] | None = None,
-                    keep_images: bool = False) -> Case:
+                    keep_images: bool = False, remove: str = "",
+                    link: tuple[str, tuple[str, ...]] | None = None) -> Case:
         """Apply a decision in one synced transaction: the case closes, its held capture
         goes, and ``enrol`` is stored (``different``; with ``keep_images`` the case's
         images become the subject's) or ``attach`` = (subject id, templates) becomes that
         subject's next encounter (``same``). The case keeps its images until
-        :meth:`expire_case_images`.
+        :meth:`expire_case_images`. A case sync opened about an imported subject may also
+        ``remove`` it (merged into the candidate: a ``delete`` change peers receive) or
+        ``link`` = (its id, candidate ids) it to the candidates; its flag is resolved.
 
         Raises:
             NotFound: no such case in ``partition``, or the subject to attach to is gone.
@@ -122,6 +131,20 @@ class CaseBook:
                     self._put_subject_images(partition, enrol.subject_id, self._case_images(case_id))
             if attach is not None:
                 self._attach(partition, case_id, *attach, decision.unix_ms)
+            if link is not None:
+                ref = self._ref(link[0])
+                row = self._db.execute("SELECT linked FROM subjects WHERE partition=? AND ref=?",
+                                       (partition, ref)).fetchone()
+                if row is not None:
+                    merged = list(dict.fromkeys([*json.loads(row[0]), *json.loads(self._refs(link[1]))]))
+                    self._db.execute("UPDATE subjects SET linked=? WHERE partition=? AND ref=?",
+                                     (json.dumps(merged), partition, ref))
+            if remove:
+                if not self._delete(partition, remove, keep_case=case_id):
+                    raise NotFound(f"subject {remove!r} is not enrolled")
+                self._log("delete", partition, remove)
+                self._forget_delivered()
+            self._db.execute("DELETE FROM flags WHERE partition=? AND ref=?", (partition, self._ref(case.subject_id)))
             self._put_case(decided)
             self._db.execute("DELETE FROM case_templates WHERE case_id=?", (case_id,))
         return decided
@@ -139,13 +162,17 @@ class CaseBook:
                                                                          t.position, t.template.model_id)))
             for t in templates])
 
-    def _erase_cases(self, partition: str, ref: bytes, subject_id: str) -> None:
+    def _erase_cases(self, partition: str, ref: bytes, subject_id: str, keep_case: str = "") -> None:
         """A subject is being erased (caller holds the transaction): the cases about its
-        capture go whole, as do those decided onto it; in the others its candidacy goes."""
-        self._db.execute("DELETE FROM cases WHERE partition=? AND ref=?", (partition, ref))
+        capture go whole, as do those decided onto it; in the others its candidacy goes.
+        ``keep_case``: the case whose decision merges this subject into another (it stays,
+        as the record of that decision)."""
+        self._db.execute("DELETE FROM cases WHERE partition=? AND ref=? AND case_id != ?", (partition, ref, keep_case))
         named = [r[0] for r in self._db.execute("SELECT case_id FROM case_subjects WHERE partition=? AND ref=?",
                                                 (partition, ref))]
         for case_id in named:
+            if case_id == keep_case:
+                continue
             case = self._load_case(partition, case_id)
             if case.decision is not None and case.decision.subject_id == subject_id:
                 self._db.execute("DELETE FROM cases WHERE case_id=?", (case_id,))

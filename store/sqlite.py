@@ -388,7 +388,7 @@ class SubjectStore(CaseBook):
             self._forget_delivered()
         self._scrub()
 
-    def _delete(self, partition: str, subject_id: str) -> bool:
+    def _delete(self, partition: str, subject_id: str, keep_case: str = "") -> bool:
         """Erase a subject: its rows (encounters too), its origin, flags and cases (see
         :meth:`CaseBook._erase_cases`), and its enrol changes' content
         (they become ``erased``: the number stays for sync, the person goes)."""
@@ -397,7 +397,7 @@ class SubjectStore(CaseBook):
         if cur.rowcount:
             for table in ("origins", "flags"):
                 self._db.execute(f"DELETE FROM {table} WHERE partition=? AND ref=?", (partition, ref))
-            self._erase_cases(partition, ref, subject_id)
+            self._erase_cases(partition, ref, subject_id, keep_case)
             self._db.execute("UPDATE changes SET kind='erased', id=NULL WHERE partition=? AND ref=? AND kind='enrol'",
                              (partition, ref))
         return cur.rowcount == 1
@@ -467,7 +467,8 @@ class SubjectStore(CaseBook):
 
     def apply_remote(self, site: str, seq: int, kind: str, subject: Subject | None = None,
                      partition: str = "", subject_id: str = "",
-                     flag: tuple[str, list[str]] | None = None, origin: str = "", origin_seq: int = 0) -> Applied:
+                     flag: tuple[str, list[str]] | None = None, origin: str = "", origin_seq: int = 0,
+                     case_for: Callable | None = None) -> Applied:
         """Apply change ``seq`` of peer ``site`` in one transaction with its cursor.
 
         An applied enrolment or deletion joins this site's own change log (via ``site``), so
@@ -478,6 +479,8 @@ class SubjectStore(CaseBook):
                 ``erased`` (an enrolment deleted at its site before it was sent) or ``skip``
                 (a change the peer holds from this site: nothing to apply).
             flag: (kind, candidate ids) to record for adjudication with an enrolment.
+            case_for: ``case_for(flag kind, candidate ids)`` -> (case, held templates): the
+                adjudication case each raised flag opens, in the same transaction.
             origin / origin_seq: the site that made the change and its number there, when
                 ``site`` relays it ("" / 0: ``site`` made it, as change ``seq``).
 
@@ -517,6 +520,8 @@ class SubjectStore(CaseBook):
                 if flag:
                     self._db.execute("INSERT OR REPLACE INTO flags VALUES (?, ?, ?, ?, ?, ?)",
                                      (subject.partition, ref, flag[0], site, self._refs(flag[1]), now))
+                    if case_for is not None:
+                        self._insert_case(*case_for(flag[0], flag[1]))
             elif kind == "delete":
                 outcome = Applied.APPLIED if self._delete(partition, subject_id) else Applied.ABSENT
                 if outcome is Applied.APPLIED:

@@ -290,7 +290,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         partition = partition_of(request)
         case = self.engine.store.case(partition, request.case_id)
         note_touched([case.subject_id])
-        return _case_pb(case, self.engine.store.case_templates(partition, request.case_id))
+        return _case_pb(case, self.engine.capture(partition, case)[0])
 
     @_rpc
     def DecideCase(self, request, context):

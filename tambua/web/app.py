@@ -224,7 +224,7 @@ class _Web:
             hit = min(max(int(request.query_params.get("hit", "1")), 1), max(n, 1))
         except ValueError:
             hit = 1
-        view = _CaseView.build(self.engine.store, partition, case, hit)
+        view = _CaseView.build(self.engine, partition, case, hit)
         self.audit_entry(who, "web:GetCase", partition,
                          (case.subject_id, view.candidate.subject_id if view.candidate else ""), "OK")
         return self.page(request, "case.html", who=who, csrf=session.csrf, case=case, view=view, hit=hit, n=n,
@@ -271,7 +271,7 @@ class _Web:
         try:
             partition, case = self._case(request, who, request.path_params["case_id"])
             q = request.query_params
-            body = _CaseView.image(self.engine.store, partition, case, q.get("who", "probe"), q.get("modality", ""),
+            body = _CaseView.image(self.engine, partition, case, q.get("who", "probe"), q.get("modality", ""),
                                    int(q.get("position", "0")), q.get("view", "original"), int(q.get("hit", "1")),
                                    self.iris_review)
         except (_Denied, TambuaError, ValueError, KeyError) as e:
@@ -316,10 +316,12 @@ class _CaseView:
     panels: tuple[_Panel, ...]
 
     @classmethod
-    def build(cls, store, partition: str, case: Case, hit: int) -> "_CaseView":
+    def build(cls, engine, partition: str, case: Case, hit: int) -> "_CaseView":
+        store = engine.store
         cand = case.candidates[hit - 1] if case.candidates else None
-        probe = {(t.modality, t.position): t for t in store.case_templates(partition, case.case_id)}
-        probe_images = {(i.modality, i.position) for i in store.case_images(partition, case.case_id)}
+        held, held_images = engine.capture(partition, case)
+        probe = {(t.modality, t.position): t for t in held}
+        probe_images = {(i.modality, i.position) for i in held_images}
         theirs, their_images, enrolled = {}, set(), False
         if cand is not None:
             try:
@@ -344,15 +346,17 @@ class _CaseView:
         return cls(cand, enrolled, tuple(panels))
 
     @staticmethod
-    def image(store, partition: str, case: Case, who: str, modality: str, position: int, view: str, hit: int,
+    def image(engine, partition: str, case: Case, who: str, modality: str, position: int, view: str, hit: int,
               iris_review) -> bytes:
         """One side's picture of one sample as PNG: ``who`` is ``probe`` or ``hit`` (the
         case's candidate number ``hit``, whose pairs with the probe a finger shows)."""
         if view not in _VIEWS.get(modality, ()) or who not in ("probe", "hit"):
             raise ValueError("no such view")
         key = (modality, position)
-        probe_t = {(t.modality, t.position): t.template for t in store.case_templates(partition, case.case_id)}
-        probe_i = {(i.modality, i.position): i.data for i in store.case_images(partition, case.case_id)}
+        store = engine.store
+        held, held_images = engine.capture(partition, case)
+        probe_t = {(t.modality, t.position): t.template for t in held}
+        probe_i = {(i.modality, i.position): i.data for i in held_images}
         hit_t, hit_i = {}, {}
         if case.candidates:
             cand = case.candidates[min(max(hit, 1), len(case.candidates)) - 1]

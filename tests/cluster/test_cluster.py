@@ -167,6 +167,27 @@ def test_one_id_names_one_subject_cluster_wide(servers, orl):
     assert got.subject_id == "SAME-ID"
 
 
+def test_a_case_held_through_one_front_end_is_decided_through_the_other(servers, orl):
+    """Cases live with the coordinator's store: held at one front-end, listed, shown and
+    decided at the other; the enrolment the decision makes is found from both."""
+    _, fronts = servers
+    assert fronts[0].stub.Enroll(pb.EnrollRequest(subject_id="CASE-A", samples=[face(orl, 32, 1)]),
+                                 timeout=120).outcome == pb.EnrollResponse.ENROLLED
+    held = fronts[1].stub.Enroll(pb.EnrollRequest(subject_id="CASE-B", samples=[face(orl, 32, 2)], hold=True),
+                                 timeout=120)
+    assert held.outcome == pb.EnrollResponse.DUPLICATE and held.case_id
+    assert held.case_id in [c.case_id for c in fronts[0].stub.ListCases(pb.ListCasesRequest(), timeout=30).cases]
+    case = fronts[0].stub.GetCase(pb.GetCaseRequest(case_id=held.case_id), timeout=30)
+    assert case.candidates[0].subject_id == "CASE-A" and [t.modality for t in case.templates] == [pb.FACE]
+    decided = fronts[0].stub.DecideCase(pb.DecideCaseRequest(case_id=held.case_id, verdict=pb.DIFFERENT_PEOPLE,
+                                                             reason="twins"), timeout=60)
+    assert decided.decision.subject_id == "CASE-B"
+    for front in fronts:
+        found = front.stub.Identify(pb.IdentifyRequest(samples=[face(orl, 32, 2)], max_fpir=1.0), timeout=60)
+        assert "CASE-B" in [c.subject_id for c in found.candidates]
+        assert front.stub.GetSubject(pb.SubjectRequest(subject_id="CASE-B"), timeout=30).encounters == 0
+
+
 def test_a_rebalance_onto_a_new_node_keeps_answers_and_answers_throughout(servers, ray_cluster):
     _, (front, _) = servers
     assert PROBES, "runs after the equality test, on its gallery"

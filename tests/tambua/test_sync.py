@@ -162,6 +162,51 @@ def test_a_person_enrolled_at_two_sites_is_flagged_and_deletions_propagate(sites
     assert "F-8" not in [c.subject_id for c in probe]
 
 
+def test_sync_flags_open_cases_decided_here_and_a_merge_travels_back(sites, orl):
+    """A cross-site duplicate and an id conflict each open a case (source sync) in the same
+    transaction as the import; "same person" merges the imported subject into the local one
+    (an encounter here, a deletion that reaches the field site); two people cannot share an
+    id, so the conflict can only be withdrawn."""
+    field, country, tmp = sites
+    country.enrol("C-7", orl, 7, 1)
+    country.enrol("DUP-ID", orl, 9, 1)
+    field.enrol("F-7", orl, 7, 3)  # the same person as C-7
+    field.enrol("DUP-ID", orl, 10, 1)  # another person under an id the country uses
+    field.export("country", tmp / "b1.tmb", )
+    flagged = country.imports(tmp / "b1.tmb", tmp / "a1.tmb")["flagged"]
+    assert {(f["subject_id"], f["kind"]) for f in flagged} == {("F-7", "CROSS_SITE_DUPLICATE"),
+                                                                ("DUP-ID", "ID_CONFLICT")}
+    cases = {c.kind: c for c in country.stub.ListCases(pb.ListCasesRequest(), timeout=30).cases}
+    dup, conflict = cases["CROSS_SITE_DUPLICATE"], cases["ID_CONFLICT"]
+    assert (dup.source, dup.site, dup.subject_id, [c.subject_id for c in dup.candidates]) == \
+        ("sync", "field-1", "F-7", ["C-7"])
+    assert conflict.candidates[0].subject_id == "DUP-ID" and conflict.candidates[0].fpir > 0.01  # not the same face
+    shown = country.stub.GetCase(pb.GetCaseRequest(case_id=dup.case_id), timeout=30)
+    assert [t.modality for t in shown.templates] == [pb.FACE]  # the imported subject's capture
+
+    with pytest.raises(grpc.RpcError) as e:
+        country.stub.DecideCase(pb.DecideCaseRequest(case_id=conflict.case_id, verdict=pb.DIFFERENT_PEOPLE,
+                                                     reason="two people"), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "new id" in e.value.details()
+    assert country.stub.DecideCase(pb.DecideCaseRequest(case_id=conflict.case_id, verdict=pb.RECAPTURE,
+                                                        reason="re-enrol under a new id at field-1"),
+                                   timeout=30).state == pb.CASE_WITHDRAWN
+    merged = country.stub.DecideCase(pb.DecideCaseRequest(case_id=dup.case_id, verdict=pb.SAME_PERSON,
+                                                          subject_id="C-7", reason="same person"), timeout=60)
+    assert merged.decision.subject_id == "C-7" and merged.decision.attached
+    assert not country.has("F-7") and country.stub.GetSubject(pb.SubjectRequest(subject_id="C-7"),
+                                                               timeout=30).encounters == 1
+    assert country.status()["flagged"] == []
+    assert country.stub.Identify(pb.IdentifyRequest(samples=[face(orl, 7, 3)]),
+                                 timeout=60).candidates[0].subject_id == "C-7"
+    # The merge reaches the field site as a deletion of its enrolment.
+    field.imports(tmp / "a1.tmb")
+    country.export("field-1", tmp / "c1.tmb")
+    assert field.has("F-7")
+    field.imports(tmp / "c1.tmb")
+    assert not field.has("F-7") and field.has("DUP-ID")
+
+
 def _tamper(data: bytes) -> bytes:
     b = bytearray(data)
     b[len(b) // 2] ^= 0x01
