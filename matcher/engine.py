@@ -271,9 +271,19 @@ class Engine:
         held = self._held()
         if not self._held_cases.get(partition):
             return []
-        return [c for c in self._candidates(partition, templates, 1, galleries=held,
-                                            count=len(self._held_cases[partition]))
-                if c.fpir <= self.thresholds.dedup_fpir]
+        found = [c for c in self._candidates(partition, templates, 1, galleries=held,
+                                             count=len(self._held_cases[partition]))
+                 if c.fpir <= self.thresholds.dedup_fpir]
+        for c in found:
+            try:
+                if self.store.case(partition, c.subject_id).state is CaseState.OPEN:
+                    return [c]
+            except NotFound:  # erased with a subject it named since
+                pass
+            held.remove(partition, c.subject_id)  # closed elsewhere: no longer held
+            self._held_cases[partition].discard(c.subject_id)
+            return self._held_matches(partition, templates)
+        return []
 
     def _sample_scores(self, partition: str, subject_id: str,
                        templates: tuple[StoredTemplate, ...]) -> tuple[SampleScore, ...]:

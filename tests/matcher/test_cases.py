@@ -244,3 +244,13 @@ def test_images_are_kept_where_configured_sealed_and_expire_after_the_decision(t
     store.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("img.sqlite*"))
     assert photo(2, 1)[0].data[200:264] not in raw  # sealed at rest
+
+
+def test_a_held_capture_whose_case_was_erased_no_longer_catches_enrolments(engine, orl):
+    """An id-conflict case goes with the subject whose id it names; its held capture must not
+    keep answering DUPLICATE with a case that no longer exists."""
+    case_id = engine.enroll("NEW-7", "default", _face(orl, 7, 4), hold=True).case_id
+    with engine.store._transaction():  # as an erasure does: the case goes, the process keeps running
+        engine.store._db.execute("DELETE FROM cases WHERE case_id=?", (case_id,))
+    r = engine.enroll("NEW-7b", "default", _face(orl, 7, 5), hold=True)
+    assert r.outcome == "DUPLICATE" and r.case_id not in ("", case_id) and r.candidates[0].subject_id == "P7"
