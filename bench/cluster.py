@@ -109,36 +109,16 @@ def build_fingers(folder: Path, n: int, queries: int, cache: Path) -> list[tuple
     derived on every core once and stored, as the service would have stored them at enrolment."""
     import multiprocessing
 
-    from bench.finger_search import DATA, POOL_SETS, _template, real_minutiae, splice
+    from bench.finger_search import _template, fillers, real_fingers
     from matcher.finger.template import MinutiaeTemplate
 
-    sets = {name: real_minutiae(DATA / name, cache) for name in POOL_SETS}
-    fcj = sets["fcj2020_dev"]
-    mated = [f for f in fcj if int(f.split("/")[1].split("_")[0]) % 2 == 1 and len(fcj[f]) >= 2]
-    pool, owners = [], []
-    for fingers in sets.values():
-        for f, impressions in fingers.items():
-            if f not in mated:
-                pool += impressions
-                owners += [f] * len(impressions)
+    fcj, mated, pool, owners = real_fingers(cache)
     rng = np.random.default_rng(7)
-
-    def fillers(count: int) -> list[np.ndarray]:
-        out = []
-        while len(out) < count:
-            i, j = rng.integers(len(pool), size=2)
-            if owners[i] == owners[j]:
-                continue
-            m = splice(pool[i], pool[j], rng)
-            m = m[(m[:, 0] >= 0) & (m[:, 0] < 500) & (m[:, 1] >= 0) & (m[:, 1] < 500)]  # the sensor's frame
-            if len(m) >= 8:
-                out.append(m)
-        return out
 
     def chunks():  # (first id, id prefix, minutiae): the mates, then fillers 10,000 at a time
         yield 0, "M", [fcj[f][0] for f in mated]
         for start in range(0, n - len(mated), 10_000):
-            yield start, "F", fillers(min(10_000, n - len(mated) - start))
+            yield start, "F", fillers(pool, owners, min(10_000, n - len(mated) - start), rng, frame=(500, 500))
 
     def subjects():
         with multiprocessing.Pool() as workers:

@@ -80,6 +80,41 @@ def splice(a: np.ndarray, b: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return out[rng.random(len(out)) >= 0.15]
 
 
+def fillers(pool: list[np.ndarray], owners: list[str], n: int, rng: np.random.Generator,
+            frame: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """``n`` synthetic fingers, each spliced from two different real fingers of ``pool``
+    (``owners`` names each impression's finger); ``frame`` (width, height): only the
+    minutiae a sensor of that size would see are kept."""
+    out = []
+    while len(out) < n:
+        i, j = rng.integers(len(pool), size=2)
+        if owners[i] == owners[j]:
+            continue
+        m = splice(pool[i], pool[j], rng)
+        if frame is not None:
+            m = m[(m[:, 0] >= 0) & (m[:, 0] < frame[0]) & (m[:, 1] >= 0) & (m[:, 1] < frame[1])]
+        if len(m) >= 8:
+            out.append(m)
+    return out
+
+
+def real_fingers(cache: Path) -> tuple[dict[str, list[np.ndarray]], list[str], list[np.ndarray], list[str]]:
+    """The real fingers the benchmarks use: FCJ's impressions by finger, the mated fingers
+    (the odd-numbered persons' fingers with two or more impressions: the first enrolled,
+    the others probed), and the filler pool (every impression of every other finger of
+    the pool sets) with each impression's finger."""
+    sets = {name: real_minutiae(DATA / name, cache) for name in POOL_SETS}
+    fcj = sets["fcj2020_dev"]
+    mated = [f for f in fcj if int(f.split("/")[1].split("_")[0]) % 2 == 1 and len(fcj[f]) >= 2]
+    pool, owners = [], []
+    for fingers in sets.values():
+        for f, impressions in fingers.items():
+            if f not in mated:
+                pool += impressions
+                owners += [f] * len(impressions)
+    return fcj, mated, pool, owners
+
+
 def _codes(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     got = [mcc.index_codes(mcc.index_subset(m)) for m in batch]
     return (np.concatenate([c for c, _, _ in got]), np.concatenate([t for _, t, _ in got]).astype(np.float32),
@@ -88,15 +123,7 @@ def _codes(batch: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
 def filler_codes(pool: list[np.ndarray], owners: list[str], n: int, cache: Path, seed: int = 7):
     """Index codes of ``n`` synthetic fingers (cached); their minutiae come back too."""
-    rng = np.random.default_rng(seed)
-    fingers = []
-    while len(fingers) < n:
-        i, j = rng.integers(len(pool), size=2)
-        if owners[i] == owners[j]:
-            continue
-        m = splice(pool[i], pool[j], rng)
-        if len(m) >= 8:
-            fingers.append(m)
+    fingers = fillers(pool, owners, n, np.random.default_rng(seed))
     path = cache / f"fillers-{n}-{seed}-{mcc.derived_version()}.npz"  # codes made by today's parameters only
     if path.exists():
         with np.load(path) as z:
@@ -115,15 +142,7 @@ def _template(m: np.ndarray) -> MinutiaeTemplate:
 
 def run(sizes: list[int], kinds: list[str], nprobes: list[int], queries: int, cache: Path,
         flat_max: int = 200_000, rerank: int = 100, rerank_probes: int = 60) -> dict:
-    sets = {name: real_minutiae(DATA / name, cache) for name in POOL_SETS}
-    fcj = sets["fcj2020_dev"]
-    probe_fingers = [f for f in fcj if int(f.split("/")[1].split("_")[0]) % 2 == 1 and len(fcj[f]) >= 2]
-    pool, owners = [], []
-    for fingers_of_set in sets.values():
-        for f, ms in fingers_of_set.items():
-            if f not in probe_fingers:
-                pool += ms
-                owners += [f] * len(ms)
+    fcj, probe_fingers, pool, owners = real_fingers(cache)
     mates = [_template(fcj[f][0]) for f in probe_fingers]
     probes, mate_of = [], []
     for i, f in enumerate(probe_fingers):
