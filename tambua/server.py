@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import logging
 import os
@@ -620,18 +621,28 @@ def serve(config: Config) -> None:
              store.count())
     certs = f" (client certificates on {config.host}:{bound.mtls_port})" if bound.mtls_port >= 0 else ""
     pages = f" (web on {web.scheme}://{config.host}:{web.port})" if web else ""
-    print(f"tambua listening on {config.host}:{bound.port}{certs}{pages}", file=out, flush=True)
     done = threading.Event()
+    # Handlers first: whoever reads the line below may send SIGTERM at once.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    print(f"tambua listening on {config.host}:{bound.port}{certs}{pages}", file=out, flush=True)
     if config.cluster:
         threading.Thread(target=_watch_shards, args=(engine, bound.health, done), daemon=True).start()
     threading.Thread(target=_expire_images, args=(store, config.image_retention_days, done), daemon=True).start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
     done.wait()
+    log.info("stopping: in-flight requests get %g s", config.grace_s)
+    # A stop that hangs is a bug to find, and no reason to hold the port: well after the
+    # grace period every thread's stack goes to the log and the process exits (code 1).
+    faulthandler.dump_traceback_later(config.grace_s + 30, exit=True)
     if web:
         web.stop()
     server.stop(config.grace_s).wait()
     store.close()
+    if config.cluster:
+        import ray
+
+        ray.shutdown()
+    log.info("stopped")
 
 
 def _start_web(config: Config, engine, bound: Bound, extractors):

@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -109,7 +110,9 @@ class Background:
     """A server process (and its children: ``make run`` starts one) stopped by its PID's group."""
 
     def __init__(self, argv: list[str], cwd: Path, env: dict | None = None) -> None:
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        # The log goes to a file, read back only when a stop hangs (the test says why).
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=self.log,
                                      text=True, start_new_session=True)
         said = []
         for self.line in self.proc.stdout:  # `make run` says what it built first
@@ -129,7 +132,9 @@ class Background:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=30)
-                raise AssertionError(f"the server did not stop within {timeout_s} s of SIGTERM") from None
+                self.log.seek(0)
+                raise AssertionError(f"the server did not stop within {timeout_s} s of SIGTERM; its log ends:\n"
+                                     f"{self.log.read()[-6000:]}") from None
 
 
 def _png(src: Path, dst: Path) -> None:
