@@ -112,6 +112,10 @@ class Decision:
             same person, or the held subject for ``different``; empty for ``recapture``.
         attached: ``same``: the capture became an encounter of ``subject_id`` (else discarded).
         candidates: the candidates the decision was made against.
+        removed: ``same`` on two enrolled subjects (a cross-site duplicate): the one merged
+            into ``subject_id`` (the later enrolment; every site merges the same way).
+        site / case_id: where the decision was made and in which case, for one adopted
+            from a peer site ("" when made here, in this case).
     """
 
     verdict: Verdict
@@ -122,6 +126,19 @@ class Decision:
     subject_id: str = ""
     attached: bool = False
     candidates: tuple[str, ...] = ()
+    removed: str = ""
+    site: str = ""
+    case_id: str = ""
+
+    def agrees(self, other: "Decision") -> bool:
+        """Whether two decisions on one question come to the same thing (a merge: into the
+        same subject)."""
+        return self.verdict is other.verdict and (self.verdict is not Verdict.SAME or
+                                                  self.subject_id == other.subject_id)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Decision":
+        return cls(**{**d, "verdict": Verdict(d["verdict"]), "candidates": tuple(d["candidates"])})
 
 
 @dataclass(frozen=True)
@@ -133,6 +150,9 @@ class Case:
         kind: why it was opened (``DUPLICATE``; from sync ``CROSS_SITE_DUPLICATE`` or
             ``ID_CONFLICT``; ``AUDIT_CLUSTER``).
         site: the site where the capture was taken ("" for this one).
+        conflicting: a ``DECISION_CONFLICT`` case: the decisions two sites made on one
+            question that do not agree (none was applied here over the other);
+            ``supersedes``: their cases, which this case's decision settles everywhere.
     """
 
     case_id: str
@@ -149,6 +169,8 @@ class Case:
     attempts: tuple[Attempt, ...] = ()
     decision: Decision | None = None
     updated_ms: int = field(default=0, compare=False)
+    conflicting: tuple[Decision, ...] = ()
+    supersedes: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -162,10 +184,15 @@ class Case:
                                 for c in d["candidates"])
         d["attempts"] = tuple(Attempt(**a) for a in d["attempts"])
         if d["decision"] is not None:
-            dec = d["decision"]
-            d["decision"] = Decision(**{**dec, "verdict": Verdict(dec["verdict"]),
-                                        "candidates": tuple(dec["candidates"])})
+            d["decision"] = Decision.from_dict(d["decision"])
+        d["conflicting"] = tuple(Decision.from_dict(c) for c in d.get("conflicting", ()))
+        d["supersedes"] = tuple(d.get("supersedes", ()))
         return cls(**d)
+
+    def pairs(self) -> frozenset[frozenset[str]]:
+        """The question this case asks, as the pairs of subject ids it asks about (a pair of
+        one id: an id two sites use). Two sites' cases about one question share a pair."""
+        return frozenset(frozenset((self.subject_id, c.subject_id)) for c in self.candidates)
 
     def with_attempt(self, attempt: Attempt) -> "Case":
         return replace(self, attempts=(*self.attempts, attempt), updated_ms=attempt.unix_ms)
@@ -182,7 +209,27 @@ class Case:
 
     def without(self, subject_id: str) -> "Case":
         """This case with an erased subject's candidacy gone (its scores go with it)."""
-        return replace(self, candidates=tuple(c for c in self.candidates if c.subject_id != subject_id))
+        def strip(d: Decision) -> Decision:
+            return replace(d, candidates=tuple(c for c in d.candidates if c != subject_id),
+                           removed="" if d.removed == subject_id else d.removed)
+
+        return replace(self, candidates=tuple(c for c in self.candidates if c.subject_id != subject_id),
+                       decision=None if self.decision is None else strip(self.decision),
+                       conflicting=tuple(strip(d) for d in self.conflicting))
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a decision changed among enrolled subjects, for the engine to mirror in its
+    galleries: subjects merged away, and subjects a merge it undid brought back."""
+
+    removed: tuple[str, ...] = ()
+    restored: tuple[str, ...] = ()
+
+
+# Cases whose question is about two enrolled subjects (or one id two sites use): their
+# decisions merge or link those subjects at every site that holds them.
+PAIRWISE = frozenset({"CROSS_SITE_DUPLICATE", "DECISION_CONFLICT"})
 
 
 def new_case_id() -> str:

@@ -33,8 +33,8 @@ from enum import StrEnum
 from typing import Protocol
 
 from matcher.calibration import Calibration, at_least_one
-from matcher.cases import (Actor, Attempt, Case, CaseCandidate, CaseSource, CaseState, Decision, KeepImages,
-                           SampleImage, SampleScore, Verdict, check_reason, new_case_id)
+from matcher.cases import (PAIRWISE, Actor, Attempt, Case, CaseCandidate, CaseSource, CaseState, Decision,
+                           KeepImages, SampleImage, SampleScore, Settled, Verdict, check_reason, new_case_id)
 from matcher.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidInput, ModelMismatch,
                             NotFound, SequenceGap, Unimplemented)
 from matcher.base import ModalityMatcher
@@ -397,45 +397,64 @@ class Engine:
             case = self.store.case(partition, case_id)
             if case.state is not CaseState.OPEN:
                 raise FailedPrecondition(f"case {case_id} is {case.closed()}", "CASE_DECIDED")
-            # An imported enrolment that matched here is enrolled already: its capture is its
-            # templates, "same" merges it into the candidate, "different" links it.
-            imported = case.source is CaseSource.SYNC and case.kind == "CROSS_SITE_DUPLICATE"
-            templates = (self.store.get(partition, case.subject_id).templates if imported
-                         else self.store.case_templates(partition, case_id))
+            # A case about two enrolled subjects (an imported enrolment that matched here, or
+            # two sites' decisions on one) has no held capture: "same" merges them, the later
+            # enrolment into the earlier one, as every site decides it; "different" links them.
+            pairwise = case.source is CaseSource.SYNC and case.kind in PAIRWISE
+            templates = () if pairwise else self.store.case_templates(partition, case_id)
             named = tuple(c.subject_id for c in case.candidates)
-            enrol, attach_to, remove, link = None, None, "", None
+            one_id = named == (case.subject_id,)  # one id two sites gave two people
+            enrol, attach_to, removed = None, None, ""
             if verdict is Verdict.SAME:
                 subject_id = normalise_id(subject_id) if subject_id else ""
                 if subject_id not in named:
                     raise InvalidInput(f"{subject_id!r} is not a candidate of case {case_id}: name the candidate "
                                        "that is the same person", "NOT_A_CANDIDATE")
-                attach_to = (subject_id, templates) if attach else None
-                remove = case.subject_id if imported else ""
+                if pairwise and not one_id:
+                    subject_id, removed = self._first_enrolled(partition, case.subject_id, subject_id)
+                elif not pairwise:
+                    attach_to = (subject_id, templates) if attach else None
             elif verdict is Verdict.DIFFERENT:
                 subject_id = case.subject_id
-                if imported:
-                    link = (subject_id, named)
-                elif case.kind == "ID_CONFLICT":
+                if one_id or case.kind == "ID_CONFLICT":
                     raise InvalidInput(f"id {subject_id!r} is enrolled here by another person: two people cannot "
                                        "share an id; withdraw this case (re-capture) and have the site enrol the "
                                        "person under a new id", "ID_TAKEN")
-                else:
+                if not pairwise:
                     enrol = Subject(subject_id, partition, templates, named)
             else:
                 subject_id = ""
             decision = Decision(verdict, by.principal_id, by.principal_name, int(time.time() * 1000), reason,
-                                subject_id, attach_to is not None, named)
-            decided = self.store.decide_case(partition, case_id, decision, enrol, attach_to,
-                                             keep_images=self.keep_images is KeepImages.ALL, remove=remove, link=link)
+                                subject_id, attach_to is not None or bool(removed), named, removed)
+            decided, settled = self.store.decide_case(partition, case_id, decision, enrol, attach_to,
+                                                      keep_images=self.keep_images is KeepImages.ALL)
             self._held().remove(partition, case_id)
             self._held_cases.get(partition, set()).discard(case_id)
             if enrol is not None:
                 self.galleries.add(partition, subject_id, templates)
                 self._subjects[partition] = self._subjects.get(partition, 0) + 1
-            if remove:
-                self.galleries.remove(partition, remove)
-                self._subjects[partition] = max(0, self._subjects.get(partition, 1) - 1)
+            self._mirror(partition, settled)
         return decided
+
+    def _first_enrolled(self, partition: str, a: str, b: str) -> tuple[str, str]:
+        """(the one enrolled first, the other): a merge keeps the earlier enrolment, so that
+        two sites merging one pair independently keep the same subject.
+
+        Raises:
+            NotFound: either is no longer enrolled.
+        """
+        first = min((self.store.get(partition, a), self.store.get(partition, b)),
+                    key=lambda s: (s.created_ns, s.subject_id))
+        return first.subject_id, b if first.subject_id == a else a
+
+    def _mirror(self, partition: str, settled: Settled) -> None:
+        """Bring the galleries in line with what a decision changed in the store."""
+        for subject_id in settled.removed:
+            self.galleries.remove(partition, subject_id)
+        for subject_id in settled.restored:
+            self.galleries.add(partition, subject_id, self.store.get(partition, subject_id).templates)
+        self._subjects[partition] = max(0, self._subjects.get(partition, 0) + len(settled.restored)
+                                        - len(settled.removed))
 
     def identify(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,
                  within: frozenset[str] | None = None, deadline: float | None = None,
@@ -482,13 +501,16 @@ class Engine:
         return VerifyResult(fmr <= self.thresholds.verify_fmr, evidence(fmr), fmr, a.template.model_id)
 
     def import_change(self, site: str, seq: int, kind: str, subject: Subject | None = None, partition: str = "",
-                      subject_id: str = "", origin: str = "", origin_seq: int = 0,
+                      subject_id: str = "", origin: str = "", origin_seq: int = 0, case: Case | None = None,
                       ) -> tuple[Applied, tuple[ScoredCandidate, ...]]:
         """Apply change ``seq`` of peer ``site`` (see :meth:`SubjectStore.apply_remote`).
 
         An imported enrolment is deduplicated against this gallery like a local one, but
         is never refused: a match is stored with the enrolment as a cross-site duplicate
-        flag for adjudication (never dropped, never merged).
+        flag for adjudication (never dropped, never merged); candidates a person already
+        decided it against (its ``linked``, from an enrol-anyway or a ``different``
+        decision at its site) are not raised again. A ``decision`` brings the case here
+        (:meth:`store.cases.CaseBook._adopt`), and the galleries follow what it changed.
 
         Returns:
             (the store's outcome, the duplicate candidates found for an enrolment).
@@ -500,7 +522,7 @@ class Engine:
         with self._lock(part):
             if kind == "enrol":
                 candidates = tuple(c for c in self._candidates(part, subject.templates, self.thresholds.max_candidates)
-                                   if c.fpir <= self.thresholds.dedup_fpir)
+                                   if c.fpir <= self.thresholds.dedup_fpir and c.subject_id not in subject.linked)
                 flag = ("CROSS_SITE_DUPLICATE", [c.subject_id for c in candidates]) if candidates else None
                 opened: list[Case] = []
 
@@ -517,6 +539,13 @@ class Engine:
                     if case.kind == "ID_CONFLICT":  # held: a later enrolment of this person joins it
                         self._held().add(part, case.case_id, subject.templates)
                         self._held_cases.setdefault(part, set()).add(case.case_id)
+            elif kind == "decision":
+                effects: list[Settled] = []
+                outcome = self.store.apply_remote(site, seq, kind, partition=part, origin=origin,
+                                                  origin_seq=origin_seq, case=case,
+                                                  settled=lambda changed, conflict: effects.append(changed))
+                for changed in effects:
+                    self._mirror(part, changed)
             else:
                 outcome = self.store.apply_remote(site, seq, kind, partition=partition, subject_id=subject_id,
                                                   origin=origin, origin_seq=origin_seq)

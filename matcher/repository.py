@@ -17,14 +17,15 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from matcher.cases import Attempt, Case, Decision, SampleImage
+    from matcher.cases import Attempt, Case, Decision, SampleImage, Settled
     from matcher.templates import Template
     from matcher.types import StoredTemplate, Subject
 
 
 @dataclass(frozen=True)
 class Change:
-    """One change this site sends its peers: ``enrol`` or ``delete``, made here or relayed.
+    """One change this site sends its peers: ``enrol``, ``delete`` or ``decision`` (of case
+    ``case_id``), made here or relayed.
 
     Attributes:
         via: the peer it was applied from ("" when made here): never sent back there.
@@ -39,6 +40,7 @@ class Change:
     via: str = ""
     origin: str = ""
     origin_seq: int = 0
+    case_id: str = ""
 
     def held_by(self, site: str) -> bool:
         """Whether ``site`` has this change already (it made it, or relayed it here); the
@@ -54,6 +56,7 @@ class Applied(StrEnum):
     KNOWN = "known"  # an enrolment that reached here before by another path
     CONFLICT = "conflict"  # the id is taken here by another enrolment: flagged, not stored
     ABSENT = "absent"  # a delete of nothing
+    DISPUTED = "disputed"  # a decision that contradicts one made here: a conflict case, nothing applied
     ERASED = "erased"  # an enrolment deleted at its site before it was sent
     SKIPPED = "skipped"  # a change the peer holds from this site
     GAP = "gap"  # not the next change from that peer: nothing applied
@@ -131,7 +134,8 @@ class ChangeLog(Protocol):
 
     def apply_remote(self, site: str, seq: int, kind: str, subject: Subject | None = None, partition: str = "",
                      subject_id: str = "", flag: tuple[str, list[str]] | None = None, origin: str = "",
-                     origin_seq: int = 0, case_for: Callable | None = None) -> Applied: ...
+                     origin_seq: int = 0, case_for: Callable | None = None, case: "Case | None" = None,
+                     settled: Callable | None = None) -> Applied: ...
 
     def flags(self) -> list[Flag]: ...
 
@@ -148,8 +152,7 @@ class Cases(Protocol):
 
     def decide_case(self, partition: str, case_id: str, decision: "Decision", enrol: Subject | None = None,
                     attach: tuple[str, tuple["StoredTemplate", ...]] | None = None,
-                    keep_images: bool = False, remove: str = "",
-                    link: tuple[str, tuple[str, ...]] | None = None) -> "Case": ...
+                    keep_images: bool = False) -> tuple["Case", "Settled"]: ...
 
     def case_images(self, partition: str, case_id: str) -> tuple["SampleImage", ...]: ...
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 
-from matcher.cases import Case, CaseState, Decision, SampleImage
+from matcher.cases import PAIRWISE, Case, CaseSource, CaseState, Decision, SampleImage, Settled, Verdict, new_case_id
 from matcher.errors import AlreadyExists, FailedPrecondition, NotFound
 from matcher.templates import Template
 from matcher.types import StoredTemplate, Subject, normalise_id
@@ -100,21 +102,24 @@ class CaseBook:
 
     def decide_case(self, partition: str, case_id: str, decision: Decision, enrol: Subject | None = None,
                     attach: tuple[str, tuple[StoredTemplate, ...]] | None = None,
-                    keep_images: bool = False, remove: str = "",
-                    link: tuple[str, tuple[str, ...]] | None = None) -> Case:
+                    keep_images: bool = False) -> tuple[Case, Settled]:
         """Apply a decision in one synced transaction: the case closes, its held capture
         goes, and ``enrol`` is stored (``different``; with ``keep_images`` the case's
         images become the subject's) or ``attach`` = (subject id, templates) becomes that
         subject's next encounter (``same``). The case keeps its images until
-        :meth:`expire_case_images`. A case sync opened about an imported subject may also
-        ``remove`` it (merged into the candidate: a ``delete`` change peers receive) or
-        ``link`` = (its id, candidate ids) it to the candidates; its flag is resolved.
+        :meth:`expire_case_images`. A case about two enrolled subjects (:data:`PAIRWISE`)
+        merges or links them (:meth:`_settle`); its flag is resolved. The decision becomes
+        a ``decision`` change: peers receive the decided case (:meth:`_adopt`).
+
+        Returns:
+            (the decided case, what it changed among enrolled subjects).
 
         Raises:
             NotFound: no such case in ``partition``, or the subject to attach to is gone.
             FailedPrecondition: the case was decided already (by whom and when is said).
             AlreadyExists: ``enrol``'s id was taken since the case was opened.
         """
+        settled = Settled()
         with self._transaction():
             case = self._load_case(partition, case_id)
             if case.state is not CaseState.OPEN:
@@ -131,23 +136,139 @@ class CaseBook:
                     self._put_subject_images(partition, enrol.subject_id, self._case_images(case_id))
             if attach is not None:
                 self._attach(partition, case_id, *attach, decision.unix_ms)
-            if link is not None:
-                ref = self._ref(link[0])
-                row = self._db.execute("SELECT linked FROM subjects WHERE partition=? AND ref=?",
-                                       (partition, ref)).fetchone()
-                if row is not None:
-                    merged = list(dict.fromkeys([*json.loads(row[0]), *json.loads(self._refs(link[1]))]))
-                    self._db.execute("UPDATE subjects SET linked=? WHERE partition=? AND ref=?",
-                                     (json.dumps(merged), partition, ref))
-            if remove:
-                if not self._delete(partition, remove, keep_case=case_id):
-                    raise NotFound(f"subject {remove!r} is not enrolled")
-                self._log("delete", partition, remove)
-                self._forget_delivered()
-            self._db.execute("DELETE FROM flags WHERE partition=? AND ref=?", (partition, self._ref(case.subject_id)))
             self._put_case(decided)
-            self._db.execute("DELETE FROM case_templates WHERE case_id=?", (case_id,))
-        return decided
+            if case.kind in PAIRWISE:
+                settled = self._settle(partition, decided, decision, case_id)
+            self._close(decided)
+            self._log("decision", partition, case.subject_id, case_id=case_id)
+        return decided, settled
+
+    def _close(self, case: Case) -> None:
+        """A case is closed (caller holds the transaction): its held capture and flag go."""
+        self._db.execute("DELETE FROM flags WHERE partition=? AND ref=?", (case.partition, self._ref(case.subject_id)))
+        self._db.execute("DELETE FROM case_templates WHERE case_id=?", (case.case_id,))
+
+    def _present(self, partition: str, subject_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM subjects WHERE partition=? AND ref=?",
+                                (partition, self._ref(subject_id))).fetchone() is not None
+
+    def _question(self, partition: str, case: Case) -> dict[str, Case]:
+        """Every case here (any state; ``case`` too) that asks about a pair of subjects
+        ``case`` asks about: the same question, as this or another site put it."""
+        refs = [self._ref(i) for i in {case.subject_id, *(c.subject_id for c in case.candidates)}]
+        marks = ",".join("?" * len(refs))
+        ids = {r[0] for r in self._db.execute(
+            f"SELECT case_id FROM cases WHERE partition=? AND ref IN ({marks}) UNION "
+            f"SELECT case_id FROM case_subjects WHERE partition=? AND ref IN ({marks})",
+            (partition, *refs, partition, *refs))}
+        found = {cid: self._load_case(partition, cid) for cid in ids}
+        return {cid: c for cid, c in found.items() if c.pairs() & case.pairs()} | {case.case_id: case}
+
+    def _settle(self, partition: str, case: Case, decision: Decision, made_in: str) -> Settled:
+        """Bring the subjects a case asks about to what ``decision`` says, from whatever an
+        earlier decision on the same question left here (caller holds the transaction).
+
+        ``same`` merges ``decision.removed`` into ``decision.subject_id``: its templates
+        become an encounter of the kept subject (tagged with ``made_in``, the case the
+        decision was made in) and it goes, its cases kept as the record. A merge is never
+        made where either subject is missing, so no capture is dropped without a home.
+        ``different`` links the case's subject to its candidates. A merge made here
+        earlier by a decision this one does not repeat is undone first: the merged subject
+        comes back from its encounter.
+        """
+        question = self._question(partition, case)
+        removed: list[str] = []
+        restored: list[str] = []
+        merged = False
+        refs = [self._ref(i) for i in {case.subject_id, *(c.subject_id for c in case.candidates)}]
+        rows = self._db.execute(
+            f"SELECT DISTINCT ref, encounter, case_id, created_ms FROM encounters WHERE partition=? AND "
+            f"ref IN ({','.join('?' * len(refs))})", (partition, *refs)).fetchall()
+        for ref, n, enc_case, ms in rows:
+            prior = question.get(enc_case)
+            if prior is None or prior.decision is None or prior.decision.verdict is not Verdict.SAME:
+                continue  # an encounter of another question
+            earlier = prior.decision
+            if earlier.removed == "":
+                continue  # a held capture attached, not a merge of two subjects
+            if decision.verdict is Verdict.SAME and earlier.agrees(decision):
+                merged = True
+                continue
+            if not self._present(partition, earlier.removed):
+                templates = next(ts for k, _, _, ts in self.encounters(partition, earlier.subject_id) if k == n)
+                self._insert([Subject(earlier.removed, partition, templates, (), ms * 1_000_000)])
+                restored.append(earlier.removed)
+            self._db.execute("DELETE FROM encounters WHERE partition=? AND ref=? AND encounter=?", (partition, ref, n))
+        if decision.verdict is Verdict.SAME and decision.removed and not merged:
+            kept, gone = decision.subject_id, decision.removed
+            if self._present(partition, kept) and self._present(partition, gone):
+                self._attach(partition, made_in, kept, self.get(partition, gone).templates, decision.unix_ms)
+                self._delete(partition, gone, keep_cases=set(question))
+                removed.append(gone)
+        elif decision.verdict is Verdict.DIFFERENT and self._present(partition, case.subject_id):
+            self._link(partition, case.subject_id, [c.subject_id for c in case.candidates if c.subject_id !=
+                                                    case.subject_id])
+        return Settled(tuple(removed), tuple(r for r in restored if r not in removed))
+
+    def _link(self, partition: str, subject_id: str, others: list[str]) -> None:
+        """Record that a subject was decided against ``others`` (its ``linked``)."""
+        ref = self._ref(subject_id)
+        row = self._db.execute("SELECT linked FROM subjects WHERE partition=? AND ref=?", (partition, ref)).fetchone()
+        if row is not None:
+            merged = list(dict.fromkeys([*json.loads(row[0]), *json.loads(self._refs(others))]))
+            self._db.execute("UPDATE subjects SET linked=? WHERE partition=? AND ref=?",
+                             (json.dumps(merged), partition, ref))
+
+    def _adopt(self, remote: Case, site: str, origin: str, origin_seq: int) -> tuple[bool, Settled, Case | None]:
+        """A case decided at another site arrives (caller holds the transaction): kept here
+        as decided, and every case here on the same question is brought in line.
+
+        An open case here closes with the remote decision, which is applied (merge, link).
+        A case decided here the same way needs nothing; one the remote decision settles
+        (its ``supersedes``) is brought to it. A case decided here otherwise is a
+        conflict: nothing is applied over the local decision, and a new case
+        (``DECISION_CONFLICT``) holding both decisions goes to a person here; its
+        decision settles both cases at every site.
+
+        Returns:
+            (False if the case was here already, what changed, the conflict case opened).
+        """
+        if self._db.execute("SELECT 1 FROM cases WHERE case_id=?", (remote.case_id,)).fetchone():
+            return False, Settled(), None
+        decision = replace(remote.decision, site=remote.decision.site or origin,
+                           case_id=remote.decision.case_id or remote.case_id)
+        remote = replace(remote, site=remote.site or origin, decision=decision)
+        self._insert_case(remote)
+        question = self._question(remote.partition, remote)
+        open_here, disputed = [], []
+        for case in question.values():
+            if case.case_id == remote.case_id:
+                continue
+            if case.state is CaseState.OPEN:
+                open_here.append(case)
+                continue
+            if case.decision is None or remote.case_id in case.supersedes:
+                continue  # settled here past the remote decision already
+            if {case.case_id, case.decision.case_id} & set(remote.supersedes) or case.decision.agrees(decision):
+                continue
+            disputed.append(case)
+        if disputed:
+            first = disputed[0]
+            mine = [replace(c.decision, case_id=c.decision.case_id or c.case_id) for c in disputed]
+            conflict = Case(new_case_id(), remote.partition, first.subject_id, CaseSource.SYNC, "DECISION_CONFLICT",
+                            int(time.time() * 1000), "", "", decision.site, candidates=first.candidates,
+                            conflicting=(*mine, decision),
+                            supersedes=tuple(dict.fromkeys([*(d.case_id for d in mine), remote.case_id])))
+            self._insert_case(conflict)
+            self._log("decision", remote.partition, remote.subject_id, site, origin, origin_seq, remote.case_id)
+            return True, Settled(), conflict
+        for case in open_here:
+            closed = case.decided(decision)
+            self._put_case(closed)
+            self._close(closed)
+        settled = self._settle(remote.partition, remote, decision, remote.case_id)
+        self._log("decision", remote.partition, remote.subject_id, site, origin, origin_seq, remote.case_id)
+        return True, settled, None
 
     def _attach(self, partition: str, case_id: str, subject_id: str, templates: tuple[StoredTemplate, ...],
                 unix_ms: int) -> None:
@@ -162,16 +283,19 @@ class CaseBook:
                                                                          t.position, t.template.model_id)))
             for t in templates])
 
-    def _erase_cases(self, partition: str, ref: bytes, subject_id: str, keep_case: str = "") -> None:
+    def _erase_cases(self, partition: str, ref: bytes, subject_id: str, keep_cases: frozenset[str] = frozenset()
+                     ) -> None:
         """A subject is being erased (caller holds the transaction): the cases about its
         capture go whole, as do those decided onto it; in the others its candidacy goes.
-        ``keep_case``: the case whose decision merges this subject into another (it stays,
-        as the record of that decision)."""
-        self._db.execute("DELETE FROM cases WHERE partition=? AND ref=? AND case_id != ?", (partition, ref, keep_case))
+        ``keep_cases``: the cases of the question whose decision merges this subject into
+        another (they stay whole, as the record of that decision)."""
+        about = [r[0] for r in self._db.execute("SELECT case_id FROM cases WHERE partition=? AND ref=?",
+                                                (partition, ref))]
+        self._db.executemany("DELETE FROM cases WHERE case_id=?", [(c,) for c in about if c not in keep_cases])
         named = [r[0] for r in self._db.execute("SELECT case_id FROM case_subjects WHERE partition=? AND ref=?",
                                                 (partition, ref))]
         for case_id in named:
-            if case_id == keep_case:
+            if case_id in keep_cases:
                 continue
             case = self._load_case(partition, case_id)
             if case.decision is not None and case.decision.subject_id == subject_id:

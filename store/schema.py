@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 7  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
+SCHEMA_VERSION = 8  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
 # 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed;
-# 7: adjudication cases, their held captures, and encounters attached to subjects
+# 7: adjudication cases, their held captures, and encounters attached to subjects; 8: decisions travel (a
+# change names its case)
 
 PEERS = """
 -- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
@@ -125,6 +126,7 @@ CREATE INDEX IF NOT EXISTS templates_by_model ON templates (model_id);
 -- at one field site reaches the others through the country server. origin/origin_seq name
 -- the site that made it and its number there ('' / 0: this site, this seq). id: the sealed
 -- subject id, NULL once nothing needs it (an erased enrolment; a deletion every peer has).
+-- case_id: a ``decision`` change's case (its record, in cases, is what the change carries).
 CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -134,7 +136,8 @@ CREATE TABLE IF NOT EXISTS changes (
     unix_ms INTEGER NOT NULL,
     via TEXT NOT NULL DEFAULT '',
     origin TEXT NOT NULL DEFAULT '',
-    origin_seq INTEGER NOT NULL DEFAULT 0
+    origin_seq INTEGER NOT NULL DEFAULT 0,
+    case_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS changes_by_ref ON changes (ref);
 -- Where an imported subject came from: the site that enrolled it and its change number there.

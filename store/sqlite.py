@@ -34,7 +34,7 @@ import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from matcher.cases import SampleImage
+from matcher.cases import Case, SampleImage
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.repository import Applied, Change, Flag, PeerState
 from matcher.templates import Template, parse_template
@@ -100,9 +100,11 @@ class SubjectStore(CaseBook):
             if version < 5:
                 self._migrate(version)
             self._migrate_refs()  # to the current layout
-        elif version < SCHEMA_VERSION:  # 6: the tables of cases and encounters are new
+        elif version < SCHEMA_VERSION:  # 6: the tables of cases and encounters are new; 7: changes name cases
             with self._transaction():
                 run_script(self._db, SCHEMA)
+                if "case_id" not in {r[1] for r in self._db.execute("PRAGMA table_info(changes)")}:
+                    self._db.execute("ALTER TABLE changes ADD COLUMN case_id TEXT NOT NULL DEFAULT ''")
                 self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _migrate(self, version: int) -> None:
@@ -154,7 +156,8 @@ class SubjectStore(CaseBook):
                     "SELECT seq, kind, partition, subject_id, unix_ms, via, origin, origin_seq FROM v5_changes").fetchall():
                 ref = self._ref(sid)
                 erased = kind == "enrol" and (p, sid) not in enrolled  # deleted since: nothing to keep
-                db.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                db.execute("INSERT INTO changes (seq, kind, partition, ref, id, unix_ms, via, origin, origin_seq) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (seq, "erased" if erased else kind, p, ref, None if erased else self._seal_id(p, ref, sid),
                             unix_ms, via, origin, origin_seq))
             db.executemany("INSERT INTO origins VALUES (?, ?, ?, ?)", [
@@ -239,12 +242,12 @@ class SubjectStore(CaseBook):
             self._db.execute("COMMIT")
 
     def _log(self, kind: str, partition: str, subject_id: str, via: str = "", origin: str = "",
-             origin_seq: int = 0) -> None:
+             origin_seq: int = 0, case_id: str = "") -> None:
         ref = self._ref(subject_id)
-        self._db.execute("INSERT INTO changes (kind, partition, ref, id, unix_ms, via, origin, origin_seq) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        self._db.execute("INSERT INTO changes (kind, partition, ref, id, unix_ms, via, origin, origin_seq, case_id) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (kind, partition, ref, self._seal_id(partition, ref, subject_id), int(time.time() * 1000),
-                          via, origin, origin_seq))
+                          via, origin, origin_seq, case_id))
 
     def _create_meta(self, kek: bytes | None) -> dict[str, str]:
         meta = {"schema_version": str(SCHEMA_VERSION), "encryption": "none"}
@@ -388,7 +391,7 @@ class SubjectStore(CaseBook):
             self._forget_delivered()
         self._scrub()
 
-    def _delete(self, partition: str, subject_id: str, keep_case: str = "") -> bool:
+    def _delete(self, partition: str, subject_id: str, keep_cases: frozenset[str] = frozenset()) -> bool:
         """Erase a subject: its rows (encounters too), its origin, flags and cases (see
         :meth:`CaseBook._erase_cases`), and its enrol changes' content
         (they become ``erased``: the number stays for sync, the person goes)."""
@@ -397,7 +400,7 @@ class SubjectStore(CaseBook):
         if cur.rowcount:
             for table in ("origins", "flags"):
                 self._db.execute(f"DELETE FROM {table} WHERE partition=? AND ref=?", (partition, ref))
-            self._erase_cases(partition, ref, subject_id, keep_case)
+            self._erase_cases(partition, ref, subject_id, frozenset(keep_cases))
             self._db.execute("UPDATE changes SET kind='erased', id=NULL WHERE partition=? AND ref=? AND kind='enrol'",
                              (partition, ref))
         return cur.rowcount == 1
@@ -413,7 +416,7 @@ class SubjectStore(CaseBook):
     def changes_since(self, after_seq: int, limit: int = 10_000) -> list[Change]:
         """This site's changes after ``after_seq``, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT seq, kind, partition, ref, id, unix_ms, via, origin, origin_seq "
+            rows = self._db.execute("SELECT seq, kind, partition, ref, id, unix_ms, via, origin, origin_seq, case_id "
                                     "FROM changes WHERE seq > ? "
                                     "ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
         # An erased enrolment or a deletion every peer has keeps no id: "".
@@ -468,7 +471,8 @@ class SubjectStore(CaseBook):
     def apply_remote(self, site: str, seq: int, kind: str, subject: Subject | None = None,
                      partition: str = "", subject_id: str = "",
                      flag: tuple[str, list[str]] | None = None, origin: str = "", origin_seq: int = 0,
-                     case_for: Callable | None = None) -> Applied:
+                     case_for: Callable | None = None, case: Case | None = None,
+                     settled: Callable | None = None) -> Applied:
         """Apply change ``seq`` of peer ``site`` in one transaction with its cursor.
 
         An applied enrolment or deletion joins this site's own change log (via ``site``), so
@@ -481,6 +485,9 @@ class SubjectStore(CaseBook):
             flag: (kind, candidate ids) to record for adjudication with an enrolment.
             case_for: ``case_for(flag kind, candidate ids)`` -> (case, held templates): the
                 adjudication case each raised flag opens, in the same transaction.
+            case: for ``decision``, the case decided at another site (see
+                :meth:`CaseBook._adopt`); ``settled(Settled, conflict case or None)`` is
+                told what it changed here, once committed.
             origin / origin_seq: the site that made the change and its number there, when
                 ``site`` relays it ("" / 0: ``site`` made it, as change ``seq``).
 
@@ -488,9 +495,12 @@ class SubjectStore(CaseBook):
             ``applied``, ``already`` (seen before: nothing done), ``known`` (an enrolment
             that reached here before by another path: nothing done), ``conflict`` (the id is
             taken here by another enrolment: flagged, not stored), ``absent`` (a delete of
-            nothing), ``erased`` / ``skipped`` (nothing to apply) or ``gap`` (``seq`` is not
-            the next one from ``site``: nothing applied, the gap counted).
+            nothing), ``erased`` / ``skipped`` (nothing to apply), ``disputed`` (a decision
+            that contradicts one made here: a conflict case opened, nothing applied) or
+            ``gap`` (``seq`` is not the next one from ``site``: nothing applied, the gap
+            counted).
         """
+        effect = None
         origin, origin_seq = (origin, origin_seq) if origin else (site, seq)
         with self._transaction():
             self._db.execute("INSERT OR IGNORE INTO peers (site) VALUES (?)", (site,))
@@ -527,6 +537,10 @@ class SubjectStore(CaseBook):
                 if outcome is Applied.APPLIED:
                     self._log("delete", partition, subject_id, site, origin, origin_seq)
                     self._forget_delivered()
+            elif kind == "decision":
+                fresh, changed, conflict = self._adopt(case, site, origin, origin_seq)
+                outcome = (Applied.DISPUTED if conflict else Applied.APPLIED) if fresh else Applied.KNOWN
+                effect = (changed, conflict)
             elif kind == "erased":  # enrolled and deleted again before it was sent: nothing to store
                 outcome = Applied.ERASED
             elif kind == "skip":  # relayed to us from here, or through here: we hold it
@@ -536,6 +550,8 @@ class SubjectStore(CaseBook):
             self._db.execute("UPDATE peers SET applied_seq=?, last_import_ms=? WHERE site=?", (seq, now, site))
         if kind == "delete":
             self._scrub()
+        if effect is not None and settled is not None:
+            settled(*effect)
         return outcome
 
     def flags(self) -> list[Flag]:

@@ -19,6 +19,11 @@ decryption, every template's bytes, and that the range starts no later than the 
 change expected from the sender; then it applies the changes in order, each in one
 transaction with the sender's cursor, skipping those already applied (idempotent).
 
+A change is an enrolment (the subject with its templates), a deletion, or a decision (an
+adjudication case as decided at its site: the receiver closes its own cases on the same
+pair with it, or opens a conflict case where it decided that pair otherwise; see
+:meth:`store.cases.CaseBook._adopt`).
+
 Relaying: a change applied from a peer joins the receiver's own change log, so a country
 server passes one field site's enrolments and deletions on to the others (a person
 registered at camp A is known at camp B after both sync). Each change carries the site

@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from matcher.cases import Case, CaseState
 from matcher.errors import InvalidInput, NotFound, SequenceGap
 from matcher.repository import Applied, Change, ChangeLog, Flag, Repository
 from matcher.templates import parse_template
@@ -39,6 +40,7 @@ class Kind(StrEnum):
 
     ENROL = "enrol"
     DELETE = "delete"
+    DECISION = "decision"  # an adjudication case decided at its origin: the case record travels
     ERASED = "erased"  # an enrolment or deletion whose subject is gone: the number was used, nothing to apply
     SKIP = "skip"  # a change the recipient holds already (it made it, or relayed it here)
 
@@ -50,6 +52,7 @@ class Record:
     Attributes:
         origin / origin_seq: the site that made the change and its number there.
         subject: for an enrolment, the subject with every template.
+        case: for a decision, the decided case (its record; no capture, no images).
     """
 
     seq: int
@@ -60,6 +63,7 @@ class Record:
     origin: str = ""
     origin_seq: int = 0
     subject: Subject | None = field(default=None, repr=False)
+    case: Case | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, change: Change, site: str, to_site: str, store: Repository) -> "Record":
@@ -69,13 +73,19 @@ class Record:
         kind, subject = Kind(change.kind), None
         if kind is Kind.DELETE and not change.subject_id:
             kind = Kind.ERASED  # a deletion whose id was dropped: this peer never had the subject
+        case = None
         if kind is Kind.ENROL:
             try:
                 subject = store.get(change.partition, change.subject_id)
             except NotFound:
                 kind = Kind.ERASED  # deleted since: its deletion follows; the templates are gone
+        elif kind is Kind.DECISION:
+            try:
+                case = store.case(change.partition, change.case_id)
+            except NotFound:
+                kind = Kind.ERASED  # erased with a subject it named
         return cls(change.seq, kind, change.partition, change.subject_id, change.unix_ms,
-                   change.origin or site, change.origin_seq or change.seq, subject)
+                   change.origin or site, change.origin_seq or change.seq, subject, case)
 
     def to_json(self) -> dict:
         if self.kind is Kind.SKIP:
@@ -86,6 +96,8 @@ class Record:
             d.update(created_ns=self.subject.created_ns, linked=list(self.subject.linked), templates=[
                 {"modality": t.modality, "position": t.position,
                  "data": base64.b64encode(t.template.to_bytes()).decode()} for t in self.subject.templates])
+        if self.case is not None:
+            d["case"] = json.loads(self.case.to_json())
         return d
 
     @classmethod
@@ -108,7 +120,8 @@ class Record:
         if not isinstance(origin, str) or not origin or type(origin_seq) is not int or origin_seq < 1:
             raise BundleRefused(f"change {seq} names no valid origin", "MALFORMED")
         subject = _subject_of(d) if kind is Kind.ENROL else None
-        return cls(seq, kind, partition, subject_id, unix_ms, origin, origin_seq, subject)
+        case = _case_of(d, partition) if kind is Kind.DECISION else None
+        return cls(seq, kind, partition, subject_id, unix_ms, origin, origin_seq, subject, case)
 
 
 def _subject_of(d: dict) -> Subject:
@@ -120,6 +133,17 @@ def _subject_of(d: dict) -> Subject:
         return Subject(d["subject_id"], d["partition"], templates, tuple(d.get("linked", ())), int(d["created_ns"]))
     except (KeyError, TypeError, ValueError) as e:
         raise BundleRefused(f"change {d.get('seq')} is not a readable enrolment", "MALFORMED") from e
+
+
+def _case_of(d: dict, partition: str) -> Case:
+    """The decided case a ``decision`` record carries (BundleRefused if it is not one)."""
+    try:
+        case = Case.from_json(json.dumps(d["case"]).encode())
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleRefused(f"change {d.get('seq')} is not a readable decision", "MALFORMED") from e
+    if case.decision is None or case.state is CaseState.OPEN or case.partition != partition:
+        raise BundleRefused(f"change {d.get('seq')} carries no decided case of its partition", "MALFORMED")
+    return case
 
 
 def _key(shared: bytes, salt: bytes) -> bytes:
@@ -289,12 +313,15 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
     flagged = []
     for r in records:
         outcome, candidates = engine.import_change(site, r.seq, str(r.kind), r.subject, r.partition,
-                                                   r.subject_id, r.origin, r.origin_seq)
+                                                   r.subject_id, r.origin, r.origin_seq, r.case)
         if outcome in (Applied.ALREADY, Applied.KNOWN, Applied.SKIPPED):
             already += 1
             continue
         applied += 1
-        if candidates or outcome is Applied.CONFLICT:
+        if outcome is Applied.DISPUTED:  # a decision there contradicts one made here: a new case
+            flagged.append(Flag(r.subject_id, r.partition, "DECISION_CONFLICT", site,
+                                tuple(c.subject_id for c in r.case.candidates), int(time.time() * 1000)))
+        elif candidates or outcome is Applied.CONFLICT:
             flagged.append(Flag(r.subject_id, r.partition,
                                 "ID_CONFLICT" if outcome is Applied.CONFLICT else "CROSS_SITE_DUPLICATE", site,
                                 tuple(c.subject_id for c in candidates), int(time.time() * 1000)))

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
-from matcher.cases import Actor, Case, CaseState, SampleImage, Verdict
+from matcher.cases import Actor, Case, CaseState, Decision, SampleImage, Verdict
 from matcher.engine import MODALITIES, Engine
 from matcher.finger.iso19794 import export_record
 from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
@@ -192,12 +192,15 @@ _VERDICT_PB = {Verdict.SAME: pb.SAME_PERSON, Verdict.DIFFERENT: pb.DIFFERENT_PEO
 _VERDICT = {v: k for k, v in _VERDICT_PB.items()}
 
 
+def _decision_pb(d: Decision) -> pb.CaseDecision:
+    return pb.CaseDecision(verdict=_VERDICT_PB[d.verdict], principal_id=d.principal_id,
+                           principal_name=d.principal_name, unix_ms=d.unix_ms, reason=d.reason,
+                           subject_id=d.subject_id, attached=d.attached, candidates=list(d.candidates),
+                           removed=d.removed, site=d.site, decided_in=d.case_id)
+
+
 def _case_pb(case: Case, templates=()) -> pb.Case:
-    d = case.decision
-    decision = None if d is None else pb.CaseDecision(
-        verdict=_VERDICT_PB[d.verdict], principal_id=d.principal_id, principal_name=d.principal_name,
-        unix_ms=d.unix_ms, reason=d.reason, subject_id=d.subject_id, attached=d.attached,
-        candidates=list(d.candidates))
+    decision = None if case.decision is None else _decision_pb(case.decision)
     return pb.Case(
         case_id=case.case_id, partition=case.partition, subject_id=case.subject_id,
         state=_CASE_STATE_PB[case.state], source=case.source.value, kind=case.kind, site=case.site,
@@ -207,7 +210,8 @@ def _case_pb(case: Case, templates=()) -> pb.Case:
             for x in c.samples]) for c in case.candidates],
         attempts=[pb.CaseAttempt(unix_ms=a.unix_ms, principal_name=a.principal_name, subject_id=a.subject_id,
                                  score=a.score) for a in case.attempts],
-        decision=decision, templates=[_template_pb(t) for t in templates])
+        decision=decision, templates=[_template_pb(t) for t in templates],
+        conflicting=[_decision_pb(d) for d in case.conflicting], supersedes=list(case.supersedes))
 
 
 def _peer_status(store, site: str) -> pb.PeerStatus:

@@ -199,12 +199,26 @@ def test_sync_flags_open_cases_decided_here_and_a_merge_travels_back(sites, orl)
     assert country.status()["flagged"] == []
     assert country.stub.Identify(pb.IdentifyRequest(samples=[face(orl, 7, 3)]),
                                  timeout=60).candidates[0].subject_id == "C-7"
-    # The merge reaches the field site as a deletion of its enrolment.
+    # The decisions travel: the field's own cases on the same questions (it flags the
+    # country's C-7 and DUP-ID as they arrive) close with them, and the merge is made there
+    # the same way, with the same encounter.
     field.imports(tmp / "a1.tmb")
     country.export("field-1", tmp / "c1.tmb")
     assert field.has("F-7")
-    field.imports(tmp / "c1.tmb")
-    assert not field.has("F-7") and field.has("DUP-ID")
+    report = field.imports(tmp / "c1.tmb")
+    assert {f["kind"] for f in report["flagged"]} == {"CROSS_SITE_DUPLICATE", "ID_CONFLICT"}
+    assert not field.has("F-7") and field.has("DUP-ID") and field.has("C-7")
+    assert field.stub.GetSubject(pb.SubjectRequest(subject_id="C-7"), timeout=30).encounters == 1
+    assert list(field.stub.ListCases(pb.ListCasesRequest(), timeout=30).cases) == []
+    closed = field.stub.ListCases(pb.ListCasesRequest(state=pb.CASE_DECIDED), timeout=30).cases
+    at_field = {c.case_id: c for c in closed}
+    assert dup.case_id in at_field  # the country's case itself, decided there
+    own = [c for c in closed if c.case_id != dup.case_id]
+    assert [(c.kind, c.decision.site, c.decision.decided_in, c.decision.subject_id, c.decision.removed)
+            for c in own] == [("CROSS_SITE_DUPLICATE", "country", dup.case_id, "C-7", "F-7")]
+    withdrawn = field.stub.ListCases(pb.ListCasesRequest(state=pb.CASE_WITHDRAWN), timeout=30).cases
+    assert {c.kind for c in withdrawn} == {"ID_CONFLICT"} and {c.decision.site for c in withdrawn} == {"country"}
+    assert field.status()["flagged"] == []
 
 
 def _tamper(data: bytes) -> bytes:
