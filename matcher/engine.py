@@ -38,7 +38,7 @@ from matcher.cases import (PAIRWISE, Actor, Attempt, Case, CaseCandidate, CaseSo
 from matcher.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidInput, ModelMismatch,
                             NotFound, SequenceGap, Unimplemented)
 from matcher.base import ModalityMatcher
-from matcher.fusion import evidence
+from matcher.fusion import evidence, fuse
 from matcher.galleries import Galleries, LocalGalleries
 from matcher.registry import REGISTRY
 from matcher.repository import Repository
@@ -91,24 +91,42 @@ class _NoObserver:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Decision thresholds as rates (turned into distances with each model's calibration)."""
+    """Decision thresholds as rates (turned into distances with each model's calibration).
+
+    Deduplication has a doubtful band: a candidate above ``dedup_fpir`` is a clear
+    non-match (the person is enrolled); one whose *vouched* FPIR is at or below
+    ``clear_match_fpir`` is a clear match (a held enrolment answers DUPLICATE without a
+    case; an imported one is merged); between the two a person decides. Vouched: each
+    sample's rate counted no lower than the smallest rate its model's calibration measured
+    (:meth:`Engine.vouched_fpir`), so no automatic decision rests on an extrapolated tail;
+    one sample alone never reaches the default (see the model cards for the measured band).
+    """
 
     verify_fmr: float = 1e-3
     dedup_fpir: float = 1e-2
     max_candidates: int = 10
     identify_fpir: float = 1e-2
+    clear_match_fpir: float = 1e-6
 
     def __post_init__(self) -> None:
         if not (0 < self.verify_fmr < 1 and 0 < self.dedup_fpir < 1 and 0 < self.identify_fpir <= 1
                 and self.max_candidates >= 1):
             raise ValueError("rates must be in (0, 1) (identify_fpir up to 1) and max_candidates >= 1")
+        if not 0 <= self.clear_match_fpir < self.dedup_fpir:
+            raise ValueError("clear_match_fpir must be within [0, dedup_fpir) (0: every duplicate to a person)")
+
+
+CLEAR_MATCH = Actor("", "tambua (clear match)")  # who decides a duplicate beyond doubt
 
 
 @dataclass(frozen=True)
 class ScoredCandidate:
+    """A ranked candidate: fused score (-log10 FMR) and FPIR over the ``searched`` subjects."""
+
     subject_id: str
     score: float
     fpir: float
+    searched: int = 1
 
 
 class EnrollOutcome(StrEnum):
@@ -126,6 +144,7 @@ class EnrollResult:
     candidates: tuple[ScoredCandidate, ...]
     templates: tuple[StoredTemplate, ...]
     case_id: str = ""
+    clear_match: bool = False  # DUPLICATE beyond doubt (Thresholds.clear_match_fpir): no case held
 
 
 @dataclass(frozen=True)
@@ -249,8 +268,25 @@ class Engine:
         if within is not None:
             n = max(min(n, len(within)), 1)
         scored = sorted((fused[sid], sid) for sid in shortlist if sid in fused)
-        return [ScoredCandidate(sid, evidence(fmr), at_least_one(fmr, n))
+        return [ScoredCandidate(sid, evidence(fmr), at_least_one(fmr, n), n)
                 for fmr, sid in scored[:k]]
+
+    def vouched_fpir(self, partition: str, templates: tuple[StoredTemplate, ...], candidate: ScoredCandidate
+                     ) -> float:
+        """The candidate's FPIR with each sample's FMR counted no lower than the smallest
+        rate its model's calibration measured: what the development data can vouch for,
+        without the extrapolated tail (a face's Gaussian tail claims rates far below any
+        impostor pair ever compared). Only fused evidence of several samples gets far below."""
+        rates = []
+        for s in self._sample_scores(partition, candidate.subject_id, templates):
+            calibration = getattr(self._matcher(s.modality), "calibration", None)
+            rates.append(max(s.fmr, calibration.min_fmr) if calibration is not None else 1.0)
+        return at_least_one(fuse(rates), candidate.searched) if rates else 1.0
+
+    def _clear(self, partition: str, templates: tuple[StoredTemplate, ...], candidate: ScoredCandidate) -> bool:
+        """Whether a duplicate is beyond doubt (the band's lower edge; 0 turns it off)."""
+        limit = self.thresholds.clear_match_fpir
+        return limit > 0 and candidate.fpir <= limit and self.vouched_fpir(partition, templates, candidate) <= limit
 
     def _held(self) -> LocalGalleries:
         """The captures held by open cases, searched by enrolments only: loaded from the
@@ -353,9 +389,13 @@ class Engine:
                 return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates,
                                     held[0].subject_id)
             if candidates and not force:
+                # Only a doubtful duplicate goes to a person: one beyond doubt is answered
+                # as one (the registration app uses the candidate's id).
+                clear = self._clear(partition, templates, candidates[0])
                 case_id = (self._open_case(subject_id, partition, templates, candidates, by, deadline, images)
-                           if hold else "")
-                return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates, case_id)
+                           if hold and not clear else "")
+                return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates, case_id,
+                                    clear)
             # Enrolled anyway: the links are the candidates named by the adjudicator and the
             # ones this search found (what the enrolment was decided against).
             links = tuple(dict.fromkeys((*adjudicated, *(c.subject_id for c in candidates))))
@@ -518,6 +558,7 @@ class Engine:
         if seq <= self.store.peer(site).applied_seq:
             return Applied.ALREADY, ()
         candidates: tuple[ScoredCandidate, ...] = ()
+        clear: list[Case] = []
         part = subject.partition if subject is not None else partition
         with self._lock(part):
             if kind == "enrol":
@@ -539,6 +580,8 @@ class Engine:
                     if case.kind == "ID_CONFLICT":  # held: a later enrolment of this person joins it
                         self._held().add(part, case.case_id, subject.templates)
                         self._held_cases.setdefault(part, set()).add(case.case_id)
+                clear = [c for c in opened if c.kind == "CROSS_SITE_DUPLICATE"
+                         and self._clear(part, subject.templates, candidates[0])]
             elif kind == "decision":
                 effects: list[Settled] = []
                 outcome = self.store.apply_remote(site, seq, kind, partition=part, origin=origin,
@@ -554,6 +597,11 @@ class Engine:
                     self._subjects[partition] = max(0, self._subjects.get(partition, 1) - 1)
         if outcome is Applied.GAP:
             raise SequenceGap(f"change {seq} of site {site!r} arrived before the ones preceding it")
+        if kind == "enrol" and outcome is Applied.APPLIED:
+            for case in clear:  # beyond doubt: merged now, as a person would (the decision travels)
+                vouched = self.vouched_fpir(part, subject.templates, candidates[0])
+                self.decide(part, case.case_id, "same", f"clear match: vouched FPIR {vouched:.1e} at or below "
+                            f"{self.thresholds.clear_match_fpir:g}", CLEAR_MATCH, subject_id=candidates[0].subject_id)
         return outcome, candidates
 
     def capture(self, partition: str, case: Case) -> tuple[tuple[StoredTemplate, ...], tuple[SampleImage, ...]]:

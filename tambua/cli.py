@@ -702,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
                                              partition=args.partition, force=args.force, hold=args.hold,
                                              adjudicated_candidates=args.adjudicated), timeout=60, metadata=md)
             out = {"outcome": pb.EnrollResponse.Outcome.Name(r.outcome), "subject_id": r.subject_id,
-                   "candidates": _candidates(r.candidates), **({"case_id": r.case_id} if r.case_id else {})}
+                   "candidates": _candidates(r.candidates), **({"case_id": r.case_id} if r.case_id else {}),
+                   **({"clear_match": True} if r.clear_match else {})}
         elif args.command == "identify":
             r = stub.Identify(pb.IdentifyRequest(samples=_samples(args), partition=args.partition,
                                                  max_candidates=args.max_candidates, max_fpir=args.max_fpir),

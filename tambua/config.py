@@ -27,6 +27,9 @@ class Config:
         verify_fmr / dedup_fpir / max_candidates: decision rates (see the model cards).
         identify_fpir: Identify returns candidates at or below this FPIR unless the
             request asks for another (``max_fpir``; 1 lists every ranked candidate).
+        clear_match_fpir: the doubtful band's lower edge: a duplicate whose vouched FPIR
+            is at or below it is decided without a person (0: every duplicate to a person;
+            see :class:`matcher.engine.Thresholds`).
         grace_s: seconds in-flight requests get at shutdown.
         insecure: plain-text gRPC and no authentication, for local development only.
         tls_cert / tls_key: the server's PEM certificate chain and key (required unless insecure).
@@ -70,6 +73,7 @@ class Config:
     dedup_fpir: float = 1e-2
     max_candidates: int = 10
     identify_fpir: float = 1e-2
+    clear_match_fpir: float = 1e-6
     grace_s: float = 5.0
     insecure: bool = False
     tls_cert: Path | None = None
@@ -115,7 +119,8 @@ class Config:
 
     @property
     def thresholds(self) -> Thresholds:
-        return Thresholds(self.verify_fmr, self.dedup_fpir, self.max_candidates, self.identify_fpir)
+        return Thresholds(self.verify_fmr, self.dedup_fpir, self.max_candidates, self.identify_fpir,
+                          self.clear_match_fpir)
 
     @classmethod
     def load(cls, path: Path | None = None, env: dict[str, str] | None = None, **overrides) -> "Config":

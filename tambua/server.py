@@ -268,6 +268,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             templates=[_template_pb(t) for t in r.templates],
             model_ids=self._model_ids(r.templates),
             case_id=r.case_id,
+            clear_match=r.clear_match,
         )
 
     def _actor(self) -> Actor:

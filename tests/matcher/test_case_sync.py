@@ -12,6 +12,7 @@ from matcher.cases import Actor, CaseSource, CaseState, Verdict
 from matcher.engine import Engine
 from matcher.errors import NotFound
 from matcher.repository import Applied
+from matcher.types import StoredTemplate
 from store.sqlite import SubjectStore
 from sync.bundles import export_bundle, import_ack, import_bundle
 from sync.site import Peers, SiteKeys
@@ -21,10 +22,10 @@ AMINA, JOSEPH = Actor("key-1", "amina"), Actor("key-2", "joseph")
 
 
 class Site:
-    def __init__(self, root, name: str) -> None:
+    def __init__(self, root, name: str, models: dict[str, str] | None = None) -> None:
         self.name, d = name, root / name
         self.store = SubjectStore(d / "db.sqlite")
-        self.engine = Engine(self.store, {"face": FACE})
+        self.engine = Engine(self.store, models or {"face": FACE})
         self.keys, self.peers = SiteKeys.create(d, name), Peers(d)
 
     def sync_to(self, other: "Site"):
@@ -191,3 +192,30 @@ def test_the_country_relays_a_field_decision_to_another_field_which_merges_the_s
     finally:
         for site in (field, country, other):
             site.store.close()
+
+
+def test_a_cross_site_duplicate_beyond_doubt_is_merged_without_a_person(tmp_path, models, orl, irises,
+                                                                        iris_extractor):
+    def capture(shot: int):
+        eye = sorted((irises / "casia_v1" / "001").iterdir())[shot - 1]
+        return _face(orl, 1, shot) + (StoredTemplate("iris", 1, iris_extractor.extract(eye.read_bytes())),)
+
+    kinds = {"face": FACE, "iris": iris_extractor.model_id}
+    field, country = Site(tmp_path, "field-1", kinds), Site(tmp_path, "country", kinds)
+    field.peers.add(country.keys.identity())
+    country.peers.add(field.keys.identity())
+    try:
+        assert country.engine.enroll("A-1", "default", capture(1)).outcome == "ENROLLED"
+        assert field.engine.enroll("F-1", "default", capture(2)).outcome == "ENROLLED"
+        assert [f.kind for f in country.sync_to(field).flagged] == ["CROSS_SITE_DUPLICATE"]
+        # Face and iris agree beyond doubt: merged into the earlier enrolment at once.
+        assert field.store.cases()[0] == [] and not field.has("F-1") and field.has("A-1")
+        (case,) = field.cases(CaseState.DECIDED).values()
+        assert (case.decision.principal_name, case.decision.subject_id, case.decision.removed) == \
+            ("tambua (clear match)", "A-1", "F-1") and case.decision.reason.startswith("clear match")
+        # The country never saw F-1 (merged before it was sent); it keeps the decided case.
+        assert field.sync_to(country).flagged == ()
+        assert not country.has("F-1") and set(country.cases(CaseState.DECIDED)) == {case.case_id}
+    finally:
+        field.store.close()
+        country.store.close()

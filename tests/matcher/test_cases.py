@@ -254,3 +254,43 @@ def test_a_held_capture_whose_case_was_erased_no_longer_catches_enrolments(engin
         engine.store._db.execute("DELETE FROM cases WHERE case_id=?", (case_id,))
     r = engine.enroll("NEW-7b", "default", _face(orl, 7, 5), hold=True)
     assert r.outcome == "DUPLICATE" and r.case_id not in ("", case_id) and r.candidates[0].subject_id == "P7"
+
+
+@pytest.fixture
+def two_modal(tmp_path, models, orl, irises, iris_extractor):
+    """An engine of faces and irises with persons 1 and 2 (face and left eye, first shot)."""
+    def capture(person: int, shot: int, iris: bool = True) -> tuple[StoredTemplate, ...]:
+        eye = sorted((irises / "casia_v1" / f"{person:03d}").iterdir())[shot - 1]
+        return _face(orl, person, shot) + ((StoredTemplate("iris", 1, iris_extractor.extract(eye.read_bytes())),)
+                                           if iris else ())
+
+    def make(**thresholds) -> Engine:
+        from matcher.engine import Thresholds
+
+        store = SubjectStore(tmp_path / f"db{len(thresholds)}.sqlite")
+        e = Engine(store, {"face": FACE, "iris": iris_extractor.model_id}, Thresholds(**thresholds))
+        for person in (1, 2):
+            assert e.enroll(f"P{person}", "default", capture(person, 1)).outcome == "ENROLLED"
+        return e
+
+    return make, capture
+
+
+def test_only_doubtful_duplicates_go_to_a_person(two_modal):
+    make, capture = two_modal
+    engine = make()
+    # Face and iris of one person: beyond doubt even counting each sample no lower than its
+    # model's measured floor; answered as a duplicate, no case held.
+    both = engine.enroll("N1", "default", capture(1, 2), hold=True)
+    assert (both.outcome, both.case_id, both.clear_match) == ("DUPLICATE", "", True)
+    assert both.candidates[0].subject_id == "P1"
+    assert engine.vouched_fpir("default", capture(1, 2), both.candidates[0]) <= 1e-6
+    # One face alone never is (its extrapolated tail may claim less; the data vouches for
+    # no rate below the face calibration's smallest): a person decides.
+    face = engine.enroll("N2", "default", capture(1, 2, iris=False), hold=True)
+    assert face.outcome == "DUPLICATE" and face.case_id and not face.clear_match
+    assert engine.vouched_fpir("default", capture(1, 2, iris=False), face.candidates[0]) >= \
+        face.candidates[0].fpir
+    # With the band's lower edge at 0, every duplicate goes to a person.
+    everyone = make(clear_match_fpir=0).enroll("N1", "default", capture(1, 2), hold=True)
+    assert everyone.case_id and not everyone.clear_match
