@@ -370,11 +370,17 @@ def _case(c) -> dict:
                          "score": a.score} for a in c.attempts]}
     if c.templates:
         out["templates"] = _templates(c.templates)
+    def decision(d) -> dict:
+        return {"verdict": pb.Verdict.Name(d.verdict).lower(), "by": d.principal_name, "unix_ms": d.unix_ms,
+                "reason": d.reason, "subject_id": d.subject_id, "attached": d.attached,
+                "candidates": list(d.candidates), **({"removed": d.removed} if d.removed else {}),
+                **({"site": d.site, "decided_in": d.decided_in} if d.site else {})}
+
     if c.HasField("decision"):
-        d = c.decision
-        out["decision"] = {"verdict": pb.Verdict.Name(d.verdict).lower(), "by": d.principal_name,
-                           "unix_ms": d.unix_ms, "reason": d.reason, "subject_id": d.subject_id,
-                           "attached": d.attached, "candidates": list(d.candidates)}
+        out["decision"] = decision(c.decision)
+    if c.conflicting:
+        out["conflicting"] = [decision(d) for d in c.conflicting]
+        out["supersedes"] = list(c.supersedes)
     return out
 
 
@@ -391,8 +397,10 @@ def _print_cases(out: dict) -> None:
                 print(f"  {x['subject_id']}: score {x['score']:.1f}, FPIR {x['fpir']:.1e} ({per})")
             if "decision" in c:
                 d = c["decision"]
-                print(f"  {d['verdict']} by {d['by']}: {d['reason']}" + (f" -> use {d['subject_id']}" if d["subject_id"]
-                                                                         else ""))
+                print(f"  {d['verdict']} by {d['by']}" + (f" at {d['site']}" if "site" in d else "") +
+                      f": {d['reason']}" + (f" -> use {d['subject_id']}" if d["subject_id"] else ""))
+            for d in c.get("conflicting", ()):
+                print(f"  conflicting: {d['verdict']} by {d['by']} at {d.get('site') or 'this site'}: {d['reason']}")
     if out.get("next_page_token"):
         print(f"more: --page-token {out['next_page_token']}")
 

@@ -54,19 +54,18 @@ class Site:
         return cli(*args[:2], "--address", self.server.address, "--json", *args[2:])
 
     def export(self, to: str, out: Path, *extra: str) -> dict:
-        r = self.rpc("sync", "export", "--to", to, "--out", str(out), *extra)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+        return self.rpc_json("sync", "export", "--to", to, "--out", str(out), *extra)
 
     def imports(self, bundle: Path, ack: Path | None = None) -> dict:
-        r = self.rpc("sync", "import", str(bundle), *(["--ack-out", str(ack)] if ack else []))
+        return self.rpc_json("sync", "import", str(bundle), *(["--ack-out", str(ack)] if ack else []))
+
+    def rpc_json(self, *args: str) -> dict:
+        r = self.rpc(*args)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
     def status(self) -> dict:
-        r = self.rpc("sync", "status")
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+        return self.rpc_json("sync", "status")
 
     def enrol(self, sid: str, orl: Path, person: int, shot: int) -> None:
         r = self.stub.Enroll(pb.EnrollRequest(subject_id=sid, samples=[face(orl, person, shot)], force=True), timeout=60)
@@ -219,6 +218,9 @@ def test_sync_flags_open_cases_decided_here_and_a_merge_travels_back(sites, orl)
     withdrawn = field.stub.ListCases(pb.ListCasesRequest(state=pb.CASE_WITHDRAWN), timeout=30).cases
     assert {c.kind for c in withdrawn} == {"ID_CONFLICT"} and {c.decision.site for c in withdrawn} == {"country"}
     assert field.status()["flagged"] == []
+    shown = [c for c in field.rpc_json("cases", "list", "--state", "decided")["cases"] if c["case_id"] != dup.case_id]
+    assert [(c["decision"]["site"], c["decision"]["decided_in"], c["decision"]["removed"]) for c in shown] == \
+        [("country", dup.case_id, "F-7")]
 
 
 def _tamper(data: bytes) -> bytes:
