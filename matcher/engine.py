@@ -36,7 +36,7 @@ from matcher.calibration import Calibration, at_least_one
 from matcher.cases import (PAIRWISE, Actor, Attempt, Case, CaseCandidate, CaseSource, CaseState, Decision,
                            KeepImages, SampleImage, SampleScore, Settled, Verdict, check_reason, new_case_id)
 from matcher.errors import (AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidInput, ModelMismatch,
-                            NotFound, SequenceGap, Unimplemented)
+                            NotFound, SequenceGap, TambuaError, Unimplemented)
 from matcher.base import ModalityMatcher
 from matcher.fusion import evidence, fuse
 from matcher.galleries import Galleries, LocalGalleries
@@ -600,8 +600,12 @@ class Engine:
         if kind == "enrol" and outcome is Applied.APPLIED:
             for case in clear:  # beyond doubt: merged now, as a person would (the decision travels)
                 vouched = self.vouched_fpir(part, subject.templates, candidates[0])
-                self.decide(part, case.case_id, "same", f"clear match: vouched FPIR {vouched:.1e} at or below "
-                            f"{self.thresholds.clear_match_fpir:g}", CLEAR_MATCH, subject_id=candidates[0].subject_id)
+                try:
+                    self.decide(part, case.case_id, "same", f"clear match: vouched FPIR {vouched:.1e} at or below "
+                                f"{self.thresholds.clear_match_fpir:g}", CLEAR_MATCH,
+                                subject_id=candidates[0].subject_id)
+                except TambuaError as e:  # changed meanwhile (decided, erased): the case stays for a person
+                    log.warning("case %s left for a person: %s", case.case_id, e.reason)
         return outcome, candidates
 
     def capture(self, partition: str, case: Case) -> tuple[tuple[StoredTemplate, ...], tuple[SampleImage, ...]]:
