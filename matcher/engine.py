@@ -145,6 +145,7 @@ class EnrollResult:
     templates: tuple[StoredTemplate, ...]
     case_id: str = ""
     clear_match: bool = False  # DUPLICATE beyond doubt (Thresholds.clear_match_fpir): no case held
+    replayed: bool = False  # ENROLLED earlier from the same import record: nothing stored now
 
 
 @dataclass(frozen=True)
@@ -358,7 +359,8 @@ class Engine:
 
     def enroll(self, subject_id: str, partition: str, templates: tuple[StoredTemplate, ...], force: bool = False,
                adjudicated: tuple[str, ...] = (), deadline: float | None = None, hold: bool = False,
-               by: Actor = Actor(), images: tuple[SampleImage, ...] = ()) -> EnrollResult:
+               by: Actor = Actor(), images: tuple[SampleImage, ...] = (), import_key: str = "",
+               dedup: bool = True) -> EnrollResult:
         """Deduplicate (against the enrolled and the captures held by open cases), then
         store. A duplicate stores nothing unless ``force``; with ``hold`` it opens a case
         (or, matching a held capture, joins that case) for a person to decide.
@@ -370,6 +372,11 @@ class Engine:
             by: who asks (recorded in a case it opens or joins).
             images: the samples' images, kept with a case it opens (or with the subject
                 when ``keep_images`` is ``all``).
+            import_key: the bulk-import record this enrolment comes from: sent again once
+                enrolled (a lost reply, an import killed and run again), it answers ENROLLED
+                with ``replayed`` instead of ALREADY_EXISTS, and stores nothing.
+            dedup: False stores without searching (an import loaded first and audited
+                after; no candidates, no links).
 
         Raises:
             AlreadyExists: the id is enrolled, or (``hold``) held by another open case.
@@ -379,9 +386,11 @@ class Engine:
         adjudicated = tuple(normalise_id(a) for a in adjudicated)
         templates = self._check(templates)
         with self._lock(partition):
+            if import_key and self.store.imported(partition, subject_id, import_key):
+                return EnrollResult(EnrollOutcome.ENROLLED, subject_id, (), templates, replayed=True)
             candidates = [c for c in self._candidates(partition, templates, self.thresholds.max_candidates)
-                          if c.fpir <= self.thresholds.dedup_fpir]
-            held = [] if force else self._held_matches(partition, templates)
+                          if c.fpir <= self.thresholds.dedup_fpir] if dedup else []
+            held = [] if force or not dedup else self._held_matches(partition, templates)
             if held:  # the same person is waiting for a decision already
                 if hold:
                     self.store.join_case(partition, held[0].subject_id, Attempt(
@@ -401,7 +410,8 @@ class Engine:
             links = tuple(dict.fromkeys((*adjudicated, *(c.subject_id for c in candidates))))
             subject = Subject(subject_id, partition, templates, links)
             self.check_deadline(deadline)
-            self.store.add(subject, images if self.keep_images is KeepImages.ALL else ())  # synced before we answer
+            self.store.add(subject, images if self.keep_images is KeepImages.ALL else (),  # synced before we answer
+                           import_key)
             self.galleries.add(partition, subject_id, templates)
             self._subjects[partition] = self._subjects.get(partition, 0) + 1
         return EnrollResult(EnrollOutcome.ENROLLED, subject_id, tuple(candidates), templates)

@@ -8,7 +8,7 @@ import sqlite3
 SCHEMA_VERSION = 8  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
 # 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed;
 # 7: adjudication cases, their held captures, and encounters attached to subjects; 8: decisions travel (a
-# change names its case)
+# change names its case), import keys
 
 PEERS = """
 -- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
@@ -147,6 +147,15 @@ CREATE TABLE IF NOT EXISTS origins (
     site TEXT NOT NULL,
     seq INTEGER NOT NULL,
     PRIMARY KEY (partition, ref)
+);
+-- Subjects enrolled by a bulk import: a keyed hash (like refs) of the record's import key,
+-- so that the same record sent again is recognised as enrolled already (idempotent import).
+CREATE TABLE IF NOT EXISTS import_keys (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    key BLOB NOT NULL,
+    PRIMARY KEY (partition, ref),
+    FOREIGN KEY (partition, ref) REFERENCES subjects (partition, ref) ON DELETE CASCADE
 );
 """ + PEERS + """
 -- Imported enrolments that need a person's decision (a cross-site duplicate, an id taken);

@@ -322,17 +322,31 @@ class SubjectStore(CaseBook):
         with self._lock:
             self._db.close()
 
-    def add(self, subject: Subject, images: tuple[SampleImage, ...] = ()) -> None:
+    def _import_ref(self, import_key: str) -> bytes:
+        return self._ref("\x00import\x00" + import_key)  # keyed like refs: no record's hash is kept in clear
+
+    def imported(self, partition: str, subject_id: str, import_key: str) -> bool:
+        """Whether ``subject_id`` is enrolled from the import record with this key (sent
+        again after a lost reply or a killed import: nothing to do)."""
+        with self._lock:
+            row = self._db.execute("SELECT key FROM import_keys WHERE partition=? AND ref=?",
+                                   (partition, self._ref(subject_id))).fetchone()
+        return row is not None and hmac.compare_digest(row[0], self._import_ref(import_key))
+
+    def add(self, subject: Subject, images: tuple[SampleImage, ...] = (), import_key: str = "") -> None:
         """Store a subject and its templates (and the images to keep) in one synced transaction.
 
         Raises:
             AlreadyExists: the subject id is taken in that partition.
         """
-        self.add_many([subject], {subject.subject_id: images} if images else None)
+        self.add_many([subject], {subject.subject_id: images} if images else None,
+                      {subject.subject_id: import_key} if import_key else None)
 
-    def add_many(self, subjects: list[Subject], images: dict[str, tuple[SampleImage, ...]] | None = None) -> None:
+    def add_many(self, subjects: list[Subject], images: dict[str, tuple[SampleImage, ...]] | None = None,
+                 import_keys: dict[str, str] | None = None) -> None:
         """Store several subjects in one synced transaction (bulk import): all or none.
-        Each becomes an ``enrol`` change of this site.
+        Each becomes an ``enrol`` change of this site; ``import_keys`` (by subject id) are
+        kept for :meth:`imported`.
 
         Raises:
             AlreadyExists: a subject id is taken; nothing is stored.
@@ -344,6 +358,9 @@ class SubjectStore(CaseBook):
                     self._log("enrol", s.partition, s.subject_id)
                     if images and images.get(s.subject_id):
                         self._put_subject_images(s.partition, s.subject_id, images[s.subject_id])
+                    if import_keys and import_keys.get(s.subject_id):
+                        self._db.execute("INSERT INTO import_keys VALUES (?, ?, ?)", (
+                            s.partition, self._ref(s.subject_id), self._import_ref(import_keys[s.subject_id])))
         except sqlite3.IntegrityError as e:
             what = f"subject {subjects[0].subject_id!r} is" if len(subjects) == 1 else "a subject of the batch is"
             raise AlreadyExists(f"{what} already enrolled") from e

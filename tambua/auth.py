@@ -319,14 +319,17 @@ def authorize(principal: Principal, method: str, request) -> None:
 
     Args:
         method: the RPC's short name (``Enroll``).
-        request: the request message: its ``partition`` and ``force`` fields are checked.
+        request: the request message: its ``partition``, ``force`` and ``skip_dedup``
+            fields are checked.
     """
-    forced = method == "Enroll" and request.force
-    needed = frozenset({"adjudicator"}) if forced else RULES.get(method)
+    # Enrol-anyway is adjudication; enrolling without deduplication (a legacy import loaded
+    # first and audited after) is an administrator's call.
+    special = ("force" if request.force else "skip_dedup" if request.skip_dedup else "") if method == "Enroll" else ""
+    needed = {"force": frozenset({"adjudicator"}), "skip_dedup": frozenset({"admin"})}.get(special, RULES.get(method))
     if needed is None:
         raise PermissionDenied(f"{method} is not open to any role")
     if not principal.roles & needed:
-        raise PermissionDenied(f"{method}{' with force' if forced else ''} needs the role "
+        raise PermissionDenied(f"{method}{' with ' + special if special else ''} needs the role "
                                f"{' or '.join(sorted(needed))}; {principal.name!r} has "
                                f"{', '.join(sorted(principal.roles))}")
     if hasattr(request, "partition") and not principal.may_use(request.partition):

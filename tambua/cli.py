@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from enroll.finger.networks import AUTO as FINGER_AUTO, NETWORKS as FINGER_NETWORKS
 from matcher.errors import TambuaError
@@ -434,17 +432,29 @@ def _print(obj: dict, as_json: bool) -> None:
             print(f"{k}: {v}")
 
 
+def _import(args, stub, md) -> int:
+    """``tambua import``: the summary printed, the report written; exit 1 if a record failed."""
+    from tambua import importer
+
+    try:
+        outcomes, summary = importer.run(stub, md, args.manifest, args.dedup, args.jobs, args.state)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.report:
+        importer.write_report(outcomes, args.report)
+        summary["report"] = str(args.report)
+    _print(summary, args.json)
+    return 1 if summary["failed"] else 0
+
+
 def _error(e: grpc.RpcError) -> int:
-    reason = ""
-    status = rpc_status.from_call(e)
-    if status is not None:
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                reason = info.reason
+    from tambua.status import reason_of
+
+    reason = reason_of(e)
     # The code, then the reason where it says more than the code (NOT_FOUND, not NOT_FOUND NOT_FOUND).
     code = e.code().name
-    said = f"{code} ({reason})" if reason and reason != code else code
+    said = f"{code} ({reason})" if reason != code else code
     print(f"error: {said}: {e.details()}", file=sys.stderr)
     return 1
 
@@ -586,6 +596,16 @@ def main(argv: list[str] | None = None) -> int:
     c = client("delete", "delete a subject")
     c.add_argument("--subject", required=True)
     client("stats", "gallery statistics")
+
+    c = client("import", "bulk enrolment from a manifest (CSV or JSON Lines): resumable, idempotent, reported")
+    c.add_argument("--manifest", required=True, type=Path,
+                   help="subject_id,partition,modality,position,path per sample (paths relative to it)")
+    c.add_argument("--report", type=Path, help="every line's outcome and reason: CSV, or JSON for a .json name")
+    c.add_argument("--dedup", choices=["hold", "refuse", "skip"], default="hold",
+                   help="hold: duplicates become adjudication cases (default); refuse: reported, not stored; "
+                        "skip: load without deduplicating, to audit after (admin)")
+    c.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="records in flight at once")
+    c.add_argument("--state", type=Path, help="the resume file (default: beside the manifest)")
 
     cs = sub.add_parser("cases", help="adjudication cases: suspected duplicates a person decides (adjudicator role)")
     csub = cs.add_subparsers(dest="cases_command", required=True)
@@ -737,6 +757,8 @@ def main(argv: list[str] | None = None) -> int:
                 {"seq": e.seq, "unix_ms": e.unix_ms, "principal_id": e.principal_id,
                  "principal_name": e.principal_name, "rpc": e.rpc, "partition": e.partition,
                  "subject_ids": list(e.subject_ids), "outcome": e.outcome, "hash": e.hash} for e in r.entries]}
+        elif args.command == "import":
+            return _import(args, stub, md)
         elif args.command == "sync":
             out = _sync_rpc(args, stub, md)
         elif args.command == "cases":

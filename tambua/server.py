@@ -253,6 +253,8 @@ class MatcherServicer(pb_grpc.MatcherServicer):
     def Enroll(self, request, context):
         # Ids and positions first: a bad one is refused before seconds of extraction.
         subject_id, partition = normalise_id(request.subject_id), normalise_id(partition_of(request), "partition")
+        if len(request.import_key) > 200:
+            raise InvalidInput("import_key has at most 200 characters")
         deadline = _deadline(context)
         samples = _samples(request.samples)
         templates = self.extraction.templates(samples, deadline, enrolment=True)
@@ -260,7 +262,8 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         images = tuple(SampleImage(s.modality, s.position, s.image) for s in samples if s.image)
         r = self.engine.enroll(subject_id, partition, templates, force=request.force,
                                adjudicated=tuple(request.adjudicated_candidates), deadline=deadline,
-                               hold=request.hold, by=self._actor(), images=images)
+                               hold=request.hold, by=self._actor(), images=images, import_key=request.import_key,
+                               dedup=not request.skip_dedup)
         return pb.EnrollResponse(
             outcome=pb.EnrollResponse.Outcome.Value(r.outcome),
             subject_id=r.subject_id,
@@ -269,6 +272,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             model_ids=self._model_ids(r.templates),
             case_id=r.case_id,
             clear_match=r.clear_match,
+            replayed=r.replayed,
         )
 
     def _actor(self) -> Actor:

@@ -65,3 +65,13 @@ def rich_status(err: BaseException) -> status_pb2.Status:
         error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata={"retriable": str(retriable).lower()})
     )
     return status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=[detail])
+
+
+def reason_of(e: grpc.RpcError) -> str:
+    """A caller's side: the stable reason of a failed call (its ErrorInfo), else the code's name."""
+    status = rpc_status.from_call(e)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info) and info.reason:
+            return info.reason
+    return e.code().name

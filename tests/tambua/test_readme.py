@@ -15,6 +15,7 @@ test are listed in ``NOT_RUN`` with the reason; a new block fails
 from __future__ import annotations
 
 import ast
+import csv
 import json
 import os
 import re
@@ -145,7 +146,7 @@ def _png(src: Path, dst: Path) -> None:
 RUN = ("make setup", "make run", ".venv/bin/tambua enroll --subject A-001", ".venv/bin/tambua enroll --subject B-7",
        ".venv/bin/tambua enroll --subject C-3", ".venv/bin/tambua enroll --subject D-1", "tambua dev-certs", "tambua serve", "tambua keys create",
        "export TAMBUA_CA", "tambua keys new-kek > kek.next", "tambua audit verify", "tambua backup",
-       "tambua sync identity",
+       "tambua sync identity", ".venv/bin/tambua import --manifest",
        "export RAY_USAGE_STATS_ENABLED")  # the cluster block: tests/cluster/test_readme_cluster.py
 
 
@@ -236,6 +237,35 @@ def test_adjudication_walkthrough_and_its_pages(tmp_path, orl, models):
         assert shell.run(decide, **{"case id": case["case_id"]})["decision"]["subject_id"] == "D-1"
         assert shell.run(get)["encounters"] == 1
         assert case["case_id"] not in urllib.request.urlopen(f"{web}/", timeout=30).read().decode()
+    finally:
+        server.stop()
+
+
+def test_legacy_import_block(tmp_path, orl, fingerprints, irises, models):
+    """The README's manifest, written as it stands with real images at its paths, imported
+    by its block: counts first, then nothing new."""
+    work = tmp_path / "import"
+    legacy = work / "legacy"
+    (manifest,) = blocks("csv")
+    images = {"face": lambda i: orl / f"s{30 + i}" / "1.pgm",
+              "finger": lambda i: fingerprints / "fvc2000_db1_b" / f"{100 + i}" / f"{100 + i}_1.tif",
+              "iris": lambda i: sorted((irises / "mmu1" / f"{i}_left").iterdir())[0]}
+    rows = list(csv.DictReader(manifest))
+    for row in rows:
+        dst = legacy / row["path"]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _png(images[row["modality"]](int(row["subject_id"][-1])), dst)
+    (legacy / "manifest.csv").write_text("\n".join(manifest) + "\n")
+    server = Background([str(VENV_BIN / "tambua"), "serve", "--insecure", "--port", "0", "--metrics-port", "-1",
+                         "--data-dir", str(work / "tambua-data")], REPO)
+    shell = Shell(work, TAMBUA_ADDRESS=server.address)
+    try:
+        first, again = block(".venv/bin/tambua import --manifest")
+        out = shell.run(first)
+        assert (out["records"], out["samples"], out["enrolled"], out["failed"]) == (2, len(rows), 2, 0)
+        assert len(list(csv.DictReader(open(legacy / "report.csv")))) == len(rows)
+        out = shell.run(again)
+        assert (out["enrolled"], out["already"]) == (0, 2)
     finally:
         server.stop()
 
