@@ -52,7 +52,7 @@ def build(folder: Path, cases: int):
     from enroll.finger.pipeline import FingerExtractor
     from enroll.iris.pipeline import IrisExtractor
     from matcher.cases import Case, CaseCandidate, CaseSource, SampleImage, SampleScore, new_case_id
-    from matcher.engine import Engine
+    from matcher.engine import Engine, Thresholds
     from matcher.face.template import EmbeddingTemplate
     from matcher.types import StoredTemplate, Subject
     from store.sqlite import SubjectStore
@@ -73,8 +73,10 @@ def build(folder: Path, cases: int):
                                                for j, f in zip(named, fpir)), updated_ms=now + i * 1000)
         store.open_case(case, (StoredTemplate("face", 0, EmbeddingTemplate(FACE, xb[2 * cases + i])),))
 
+    # Every duplicate to a person (clear_match_fpir 0): the case of one person's three
+    # modalities is otherwise beyond doubt, decided without a page.
     engine = Engine(store, {"face": FACE, "finger": "finger/leader-mcc-v1", "iris": "iris/gabor-v2"},
-                    keep_images="all")
+                    Thresholds(clear_match_fpir=0), keep_images="all")
     extract = {"face": FaceExtractor(), "finger": FingerExtractor(), "iris": IrisExtractor()}
     fingers = sorted((DATA / "fingerprint" / "fvc2000_db1_b" / "101").iterdir())
     eyes = sorted((DATA / "iris" / "casia_v1" / "005").iterdir())

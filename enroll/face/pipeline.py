@@ -23,7 +23,7 @@ from enroll.face.landmarks import LandmarkPredictor, box_from_mean_shape, grey_f
 from enroll.face.quality import FaceQuality, FaceQualityConfig, assess, check_image, select_face
 from enroll.image import DecodedImage, decode_image
 from enroll.onnx_model import OnnxModel
-from matcher.errors import TambuaError
+from matcher.errors import QualityError, TambuaError
 from matcher.face.template import EmbeddingTemplate
 from enroll.model_files import model_dir as default_model_dir
 
@@ -48,12 +48,18 @@ class FaceConfig:
         max_detect_side: photos are shrunk so their longer side is at most this
             before detection (detection cost grows with pixels; faces stay large enough).
         detector: MTCNN parameters.
+        pad_retry: when no face is found, detect again with this fraction of the image's
+            longer side added as a plain border on every side (0: never): a tightly
+            cropped portrait (the face filling the frame, as in old ID photos) has no
+            margin for the detector's windows or the alignment chip (model card:
+            failure to enrol on tight crops).
         flip_average: embed the chip and its mirror image and average the two
             (test-time augmentation; measured on LFW in the model card).
         quality: quality gate thresholds.
     """
 
     max_detect_side: int = 640
+    pad_retry: float = 0.5
     flip_average: bool = True
     detector: DetectorParams = DetectorParams()
     quality: FaceQualityConfig = FaceQualityConfig()
@@ -61,6 +67,8 @@ class FaceConfig:
     def __post_init__(self) -> None:
         if self.max_detect_side < 64:
             raise ValueError("max_detect_side must be at least 64")
+        if not 0 <= self.pad_retry <= 2:
+            raise ValueError("pad_retry must be within 0..2")
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,16 @@ class AlignedFace:
     chip: np.ndarray
     landmarks: np.ndarray  # (5, 2) dlib points in original-image pixels
     quality: FaceQuality
+
+
+def _pad(rgb: np.ndarray, fraction: float) -> np.ndarray:
+    """The image inside a plain border of ``fraction`` of its longer side, in the mean
+    colour of its own edge (a uniform background, as a photo studio's, adds no edges the
+    detector could take for a face)."""
+    h, w = rgb.shape[:2]
+    m = max(1, round(fraction * max(h, w)))
+    edge = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).mean(axis=0)
+    return cv2.copyMakeBorder(rgb, m, m, m, m, cv2.BORDER_CONSTANT, value=[float(v) for v in edge])
 
 
 class FaceExtractor:
@@ -91,14 +109,28 @@ class FaceExtractor:
         self._embedder = OnnxModel(d / EMBED_FILE, threads)
 
     def align(self, image: DecodedImage) -> AlignedFace:
-        """Detect, gate and align the one face of a decoded image.
+        """Detect, gate and align the one face of a decoded image (with a margin added
+        when a tight crop shows none: ``FaceConfig.pad_retry``).
 
         Raises:
             QualityError: the capture fails a quality gate (reason says which).
         """
         rgb = image.rgb
-        grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-        check_image(grey, self.config.quality)
+        check_image(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self.config.quality)
+        try:
+            return self._align(rgb)
+        except QualityError as e:
+            if e.reason != "NO_FACE" or not self.config.pad_retry:
+                raise
+        try:
+            return self._align(_pad(rgb, self.config.pad_retry))
+        except QualityError as e:
+            if e.reason != "NO_FACE":
+                raise
+            raise QualityError("no face found in the image, nor with a margin added around it (a tight crop)",
+                               "NO_FACE") from None
+
+    def _align(self, rgb: np.ndarray) -> AlignedFace:
         h, w = rgb.shape[:2]
         scale = max(1.0, max(h, w) / self.config.max_detect_side)
         small = rgb if scale == 1.0 else cv2.resize(
