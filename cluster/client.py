@@ -173,6 +173,9 @@ class RemoteEngine:
     def import_change(self, *args, **kwargs):
         return self._call("import_change", *args, **kwargs)
 
+    def audit(self, *args, **kwargs):
+        return self._call("audit", *args, **kwargs)
+
     def cluster_status(self) -> dict:
         """Each shard copy's node, subjects, resident bytes and search counters (metrics)."""
         return get(self.coordinator.status.remote())

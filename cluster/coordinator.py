@@ -39,7 +39,7 @@ NAME, NAMESPACE = "tambua-coordinator", "tambua"
 _COPY_NAME = re.compile(r"tambua-shard-(\d+)-(\d+)(?:-m(\d+))?")
 # What a front-end may ask of the engine and of the store through the coordinator.
 # (Identify is not one: front-ends read the shards themselves.)
-ENGINE_CALLS = frozenset({"enroll", "verify", "delete", "import_change", "decide", "capture"})
+ENGINE_CALLS = frozenset({"enroll", "verify", "delete", "import_change", "decide", "capture", "audit"})
 STORE_CALLS = frozenset({"get", "count", "count_by_partition", "model_counts", "changes_since", "last_seq",
                          "pending", "peer", "note_peer", "note_audit_head", "flags", "seal_secret",
                          "open_secret", "derive_key", "pseudonym", "resolve", "encrypted",

@@ -229,7 +229,7 @@ class Settled:
 
 # Cases whose question is about two enrolled subjects (or one id two sites use): their
 # decisions merge or link those subjects at every site that holds them.
-PAIRWISE = frozenset({"CROSS_SITE_DUPLICATE", "DECISION_CONFLICT"})
+PAIRWISE = frozenset({"CROSS_SITE_DUPLICATE", "DECISION_CONFLICT", "AUDIT_CLUSTER"})
 
 
 def new_case_id() -> str:

@@ -279,7 +279,7 @@ class Engine:
         without the extrapolated tail (a face's Gaussian tail claims rates far below any
         impostor pair ever compared). Only fused evidence of several samples gets far below."""
         rates = []
-        for s in self._sample_scores(partition, candidate.subject_id, templates):
+        for s in self.sample_scores(partition, candidate.subject_id, templates):
             calibration = getattr(self._matcher(s.modality), "calibration", None)
             rates.append(max(s.fmr, calibration.min_fmr) if calibration is not None else 1.0)
         return at_least_one(fuse(rates), candidate.searched) if rates else 1.0
@@ -322,7 +322,7 @@ class Engine:
             return self._held_matches(partition, templates)
         return []
 
-    def _sample_scores(self, partition: str, subject_id: str,
+    def sample_scores(self, partition: str, subject_id: str,
                        templates: tuple[StoredTemplate, ...]) -> tuple[SampleScore, ...]:
         """Each sample against the subject's template of its modality and position (what
         the adjudicator sees beside the fused score)."""
@@ -348,7 +348,7 @@ class Engine:
         now = int(time.time() * 1000)
         case = Case(new_case_id(), partition, subject_id, CaseSource.ENROL, "DUPLICATE", now, by.principal_id,
                     by.principal_name, by.site, candidates=tuple(
-                        CaseCandidate(c.subject_id, c.score, c.fpir, self._sample_scores(partition, c.subject_id,
+                        CaseCandidate(c.subject_id, c.score, c.fpir, self.sample_scores(partition, c.subject_id,
                                                                                         templates))
                         for c in candidates), updated_ms=now)
         self.check_deadline(deadline)
@@ -450,7 +450,7 @@ class Engine:
             # A case about two enrolled subjects (an imported enrolment that matched here, or
             # two sites' decisions on one) has no held capture: "same" merges them, the later
             # enrolment into the earlier one, as every site decides it; "different" links them.
-            pairwise = case.source is CaseSource.SYNC and case.kind in PAIRWISE
+            pairwise = case.kind in PAIRWISE
             templates = () if pairwise else self.store.case_templates(partition, case_id)
             named = tuple(c.subject_id for c in case.candidates)
             one_id = named == (case.subject_id,)  # one id two sites gave two people
@@ -505,6 +505,17 @@ class Engine:
             self.galleries.add(partition, subject_id, self.store.get(partition, subject_id).templates)
         self._subjects[partition] = max(0, self._subjects.get(partition, 0) + len(settled.restored)
                                         - len(settled.removed))
+
+    def audit(self, partition: str | None = None, max_fpir: float = 0.0, cases: bool = False,
+              progress=None):
+        """The gallery searched against itself for suspected duplicates (:mod:`matcher.audit`);
+        ``cases``: each cluster becomes an adjudication case."""
+        from dataclasses import replace
+
+        from matcher import audit
+
+        report = audit.audit(self, normalise_id(partition, "partition") if partition else None, max_fpir, progress)
+        return replace(report, cases=audit.open_cases(self, report)) if cases else report
 
     def identify(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,
                  within: frozenset[str] | None = None, deadline: float | None = None,
@@ -619,10 +630,10 @@ class Engine:
         return outcome, candidates
 
     def capture(self, partition: str, case: Case) -> tuple[tuple[StoredTemplate, ...], tuple[SampleImage, ...]]:
-        """What a case is about, for a person to look at: its held capture, or (an imported
-        enrolment that matched here, enrolled already) that subject's templates and images;
-        empty once decided or erased."""
-        if case.source is CaseSource.SYNC and case.kind == "CROSS_SITE_DUPLICATE":
+        """What a case is about, for a person to look at: its held capture, or (a case about
+        enrolled subjects: an imported enrolment that matched here, an audit's cluster) that
+        subject's templates and images; empty once decided or erased."""
+        if case.kind in PAIRWISE:
             if case.state is not CaseState.OPEN:
                 return (), ()
             try:
@@ -644,7 +655,7 @@ class Engine:
         now = int(time.time() * 1000)
         return Case(new_case_id(), partition, subject.subject_id, CaseSource.SYNC, kind, now, "", f"site {site}", site,
                     candidates=tuple(CaseCandidate(c.subject_id, c.score, c.fpir,
-                                                   self._sample_scores(partition, c.subject_id, subject.templates))
+                                                   self.sample_scores(partition, c.subject_id, subject.templates))
                                      for c in candidates), updated_ms=now)
 
     def delete(self, partition: str, subject_id: str) -> None:

@@ -74,6 +74,7 @@ RULES: dict[str, frozenset[str]] = {
     "ListCases": frozenset({"adjudicator", "admin"}),
     "GetCase": frozenset({"adjudicator", "admin"}),
     "DecideCase": frozenset({"adjudicator", "admin"}),
+    "AuditDuplicates": frozenset({"admin"}),
 }
 
 

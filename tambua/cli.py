@@ -607,6 +607,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="records in flight at once")
     c.add_argument("--state", type=Path, help="the resume file (default: beside the manifest)")
 
+    c = client("audit-duplicates", "the partition's gallery searched against itself: clusters of suspected "
+                                   "duplicates (admin)")
+    c.add_argument("--fpir", type=float, default=0.0, help="a pair at or below this FPIR ties two subjects "
+                                                            "(default: the server's dedup_fpir)")
+    c.add_argument("--cases", action="store_true", help="open an adjudication case per cluster")
+
     cs = sub.add_parser("cases", help="adjudication cases: suspected duplicates a person decides (adjudicator role)")
     csub = cs.add_subparsers(dest="cases_command", required=True)
     c = client("list", "cases, oldest first", csub)
@@ -759,6 +765,15 @@ def main(argv: list[str] | None = None) -> int:
                  "subject_ids": list(e.subject_ids), "outcome": e.outcome, "hash": e.hash} for e in r.entries]}
         elif args.command == "import":
             return _import(args, stub, md)
+        elif args.command == "audit-duplicates":
+            r = stub.AuditDuplicates(pb.AuditDuplicatesRequest(partition=args.partition, max_fpir=args.fpir,
+                                                               open_cases=args.cases), timeout=3600, metadata=md)
+            out = {"subjects": r.subjects, "max_fpir": r.max_fpir, "seconds": round(r.seconds, 3),
+                   "clusters": [{"partition": c.partition, "subject_ids": list(c.subject_ids),
+                                 "best_fpir": c.best_fpir,
+                                 "pairs": [{"subject_ids": list(p.subject_ids), "score": p.score, "fpir": p.fpir}
+                                           for p in c.pairs]} for c in r.clusters],
+                   **({"case_ids": list(r.case_ids)} if args.cases else {})}
         elif args.command == "sync":
             out = _sync_rpc(args, stub, md)
         elif args.command == "cases":

@@ -312,6 +312,18 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         return _case_pb(case)
 
     @_rpc
+    def AuditDuplicates(self, request, context):
+        if not 0 <= request.max_fpir < 1:
+            raise InvalidInput("max_fpir must be within [0, 1)")
+        r = self.engine.audit(partition_of(request) or "default", request.max_fpir, request.open_cases)
+        note_touched(s for c in r.clusters for s in c.subject_ids)
+        return pb.AuditDuplicatesResponse(
+            subjects=r.subjects, max_fpir=r.max_fpir, seconds=r.seconds, case_ids=list(r.cases),
+            clusters=[pb.AuditCluster(partition=c.partition, subject_ids=list(c.subject_ids), best_fpir=c.best_fpir,
+                                      pairs=[pb.AuditPair(subject_ids=list(p.subject_ids), score=p.score, fpir=p.fpir)
+                                             for p in c.pairs]) for c in r.clusters])
+
+    @_rpc
     def Identify(self, request, context):
         within = frozenset(request.within_subject_ids) if request.within_subject_ids else None
         deadline = _deadline(context)

@@ -67,3 +67,52 @@ def test_large_photo_is_downscaled_for_detection(face_extractor, lfw):
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=95)
     assert _dist(face_extractor.extract(buf.getvalue()), face_extractor.extract(src)) < 0.3
+
+
+def _tight(path, fraction: float = 0.6) -> bytes:
+    """An ORL portrait cropped so that the face fills the frame (as old ID photos are)."""
+    img = Image.open(path)
+    w, h = img.size
+    cw, ch = int(w * fraction), int(h * fraction)
+    x0, y0 = (w - cw) // 2, int((h - ch) * 0.55)
+    out = io.BytesIO()
+    img.crop((x0, y0, x0 + cw, y0 + ch)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_tight_crop_enrols_and_matches_its_person(face_extractor, orl):
+    """Without a margin the detector finds no face in most of these (86% on ORL); the
+    padded retry enrols them, and they match the same person's full portrait."""
+    from enroll.face.pipeline import FaceConfig, FaceExtractor
+    from matcher.errors import QualityError
+
+    no_margin = FaceExtractor(config=FaceConfig(pad_retry=0))
+    people = range(1, 11)
+    tight = {p: _tight(orl / f"s{p}" / "2.pgm") for p in people}
+    refused = 0
+    for p in people:
+        try:
+            no_margin.extract(tight[p])
+        except QualityError as e:
+            refused += e.reason == "NO_FACE"
+    assert refused >= 5
+    enrolled = {}
+    for p in people:
+        try:
+            enrolled[p] = face_extractor.extract(tight[p])
+        except QualityError:
+            pass
+    assert len(enrolled) >= 8
+    full = {p: face_extractor.extract((orl / f"s{p}" / "1.pgm").read_bytes()) for p in enrolled}
+    mated = [_dist(enrolled[p], full[p]) for p in enrolled]
+    non_mated = [_dist(enrolled[p], full[q]) for p in enrolled for q in enrolled if q != p]
+    assert np.mean(np.array(mated) < DLIB_THRESHOLD) >= 0.85
+    assert np.mean(np.array(non_mated) >= DLIB_THRESHOLD) >= 0.95
+
+
+def test_no_face_says_the_margin_was_tried(face_extractor, fingerprints):
+    from matcher.errors import QualityError
+
+    with pytest.raises(QualityError, match="nor with a margin") as e:
+        face_extractor.extract((fingerprints / "fvc2000_db1_b" / "101" / "101_1.tif").read_bytes())
+    assert e.value.reason == "NO_FACE"

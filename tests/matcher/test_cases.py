@@ -294,3 +294,23 @@ def test_only_doubtful_duplicates_go_to_a_person(two_modal):
     # With the band's lower edge at 0, every duplicate goes to a person.
     everyone = make(clear_match_fpir=0).enroll("N1", "default", capture(1, 2), hold=True)
     assert everyone.case_id and not everyone.clear_match
+
+
+def test_an_audit_finds_planted_duplicates_and_its_cases_settle_them(engine, orl):
+    """P1..P8 are enrolled (fixture); D1..D4 are the same people again under other ids,
+    loaded without deduplication (a legacy import). The audit clusters each pair; as cases,
+    "same" merges one pair and "different" links another, and neither comes back."""
+    for person in range(1, 5):
+        assert engine.enroll(f"D{person}", "default", _face(orl, person, 2), dedup=False).outcome == "ENROLLED"
+    report = engine.audit("default")
+    assert report.subjects == 12
+    assert sorted(c.subject_ids for c in report.clusters) == [(f"D{p}", f"P{p}") for p in range(1, 5)]
+    assert all(c.best_fpir <= 1e-2 for c in report.clusters)
+    opened = engine.audit("default", cases=True).cases
+    assert len(opened) == 4 and engine.audit("default", cases=True).cases == ()  # one case per cluster
+    cases = {engine.store.case("default", c).subject_id: engine.store.case("default", c) for c in opened}
+    assert set(cases) == {"D1", "D2", "D3", "D4"} and cases["D1"].kind == "AUDIT_CLUSTER"
+    merged = engine.decide("default", cases["D1"].case_id, "same", "same person twice", AMINA, subject_id="P1")
+    assert (merged.decision.subject_id, merged.decision.removed) == ("P1", "D1")
+    engine.decide("default", cases["D2"].case_id, "different", "twins", AMINA)
+    assert sorted(c.subject_ids for c in engine.audit("default").clusters) == [("D3", "P3"), ("D4", "P4")]

@@ -165,3 +165,33 @@ def test_loading_without_deduplication_is_an_admins_call():
     with pytest.raises(PermissionDenied, match="admin"):
         authorize(registrar, "Enroll", pb.EnrollRequest(subject_id="A", skip_dedup=True))
     authorize(registrar, "Enroll", pb.EnrollRequest(subject_id="A"))
+
+
+def test_load_first_then_audit_finds_the_people_enrolled_twice(tmp_path, orl, models):
+    """A legacy list where three people appear twice under different ids, loaded without
+    deduplication, then audited: three clusters; as cases, on the adjudication queue."""
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    rows = [{"subject_id": f"L-{p:03d}", "modality": "face", "path": link(folder, orl / f"s{p}" / "1.pgm", f"{p}.pgm")}
+            for p in range(1, 9)]
+    rows += [{"subject_id": f"R-{p:03d}", "modality": "face", "path": link(folder, orl / f"s{p}" / "2.pgm",
+                                                                            f"r{p}.pgm")} for p in (2, 5, 7)]
+    manifest = write_manifest(folder, rows)
+    server = Server(tmp_path / "data")
+    server.start()
+    try:
+        _, loaded = run_import(server.address, manifest, "--dedup", "skip")
+        assert loaded["enrolled"] == 11
+        r = subprocess.run([sys.executable, "-m", "tambua.cli", "audit-duplicates", "--address", server.address,
+                            "--json", "--cases"], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["subjects"] == 11
+        assert sorted(c["subject_ids"] for c in out["clusters"]) == [["L-002", "R-002"], ["L-005", "R-005"],
+                                                                     ["L-007", "R-007"]]
+        assert all(c["pairs"][0]["fpir"] <= 0.01 for c in out["clusters"]) and len(out["case_ids"]) == 3
+        queue = server.stub.ListCases(pb.ListCasesRequest(source="audit"), timeout=30).cases
+        assert sorted(c.subject_id for c in queue) == ["R-002", "R-005", "R-007"]
+        assert {c.kind for c in queue} == {"AUDIT_CLUSTER"}
+    finally:
+        server.stop()

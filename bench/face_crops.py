@@ -1,0 +1,82 @@
+"""Legacy portraits: failure to enrol and accuracy on tightly cropped faces, with and
+without the face pipeline's padded retry (``FaceConfig.pad_retry``).
+
+Usage::
+
+    python -m bench.face_crops --root ../shared/data/face/att_orl --fractions 0.8 0.7 0.6 \\
+        --json bench/results/face_tight_crops.json
+
+Old records hold portraits cropped so that the face fills the frame. Each image of the
+set (folders layout) is cropped to the central ``fraction`` of its width and height
+(a little below the centre, where a portrait's face sits), written to a temporary folder
+(never kept) and measured by :func:`bench.accuracy.evaluate`, once as the service extracts
+(margin added when no face is found) and once without the retry. Output, per fraction
+and per setting: ``failure_to_enrol``, ``failure_reasons``, ``eer``, ``rank1``,
+``fnmr_at_fmr`` (a failure to enrol counts as a non-match).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+
+from bench.accuracy import IMAGE_EXTS, MODALITIES, evaluate, load_folders
+
+
+def crop_set(root: Path, out: Path, fraction: float) -> None:
+    """Every image of ``root`` cropped to its central ``fraction``, as PNG under ``out``."""
+    for f in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
+        img = Image.open(f)
+        w, h = img.size
+        cw, ch = int(w * fraction), int(h * fraction)
+        x0, y0 = (w - cw) // 2, int((h - ch) * 0.55)
+        dst = out / f.parent.name / f"{f.stem}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        img.crop((x0, y0, x0 + cw, y0 + ch)).save(dst)
+
+
+def measure(root: Path, pad: float, progress: bool) -> dict:
+    from dataclasses import replace
+
+    from enroll.face.pipeline import FaceConfig, FaceExtractor
+
+    face = MODALITIES["face"]
+    modality = replace(face, make_extractor=lambda: FaceExtractor(config=FaceConfig(pad_retry=pad)))
+    result, _, _ = evaluate(modality, load_folders(root), progress=progress)
+    return {k: result[k] for k in ("images", "failure_to_enrol", "failure_reasons", "eer", "rank1", "fnmr_at_fmr")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Tightly cropped portraits, with and without the padded retry.")
+    parser.add_argument("--root", required=True, type=Path, help="a face set, folders layout")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.8, 0.7, 0.6])
+    parser.add_argument("--json", required=True, type=Path)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from enroll.face.pipeline import FaceConfig
+
+    out: dict = {"set": args.root.name, "pad_retry": FaceConfig().pad_retry,
+                 "command": "python -m bench.face_crops " + " ".join(sys.argv[1:] if argv is None else argv),
+                 "full": {"with_retry": measure(args.root, FaceConfig().pad_retry, not args.no_progress)},
+                 "crops": {}}
+    for fraction in args.fractions:
+        with tempfile.TemporaryDirectory() as tmp:
+            crop_set(args.root, Path(tmp), fraction)
+            out["crops"][f"{fraction:g}"] = {
+                "with_retry": measure(Path(tmp), FaceConfig().pad_retry, not args.no_progress),
+                "without_retry": measure(Path(tmp), 0.0, not args.no_progress)}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps({f: {k: v["failure_to_enrol"] for k, v in r.items()} for f, r in out["crops"].items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

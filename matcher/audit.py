@@ -1,0 +1,142 @@
+"""Duplicate audit of a gallery against itself (N:N): clusters of suspected duplicates.
+
+Every enrolled subject is searched against its partition with the service's own matchers
+and fusion (:meth:`matcher.engine.Engine.identify`), so an audit finds exactly what
+deduplication at enrolment would have found; each pair at or below the FPIR limit is an
+edge, and the connected groups are the clusters, strongest first. Pairs a person has
+already decided are different people (a subject's ``linked``) are left out. Clusters can
+become adjudication cases (source ``audit``, kind ``AUDIT_CLUSTER``: "same" merges the
+later enrolment into the earlier one, "different" links them), one per cluster, unless
+one is open for its subject already.
+
+Owns the typed results; imports the engine's public calls and :mod:`matcher.cases` only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from matcher.cases import Case, CaseCandidate, CaseSource, new_case_id
+from matcher.errors import NotFound
+from matcher.types import StoredTemplate
+
+
+@dataclass(frozen=True)
+class AuditPair:
+    """Two subjects that search each other out: fused score (-log10 FMR) and FPIR."""
+
+    subject_ids: tuple[str, str]
+    score: float
+    fpir: float
+
+
+@dataclass(frozen=True)
+class AuditCluster:
+    partition: str
+    subject_ids: tuple[str, ...]
+    pairs: tuple[AuditPair, ...]
+
+    @property
+    def best_fpir(self) -> float:
+        return min(p.fpir for p in self.pairs)
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    subjects: int
+    max_fpir: float
+    clusters: tuple[AuditCluster, ...]
+    seconds: float
+    cases: tuple[str, ...] = ()
+
+
+def _gallery(engine, partition: str | None) -> dict[tuple[str, str], list[StoredTemplate]]:
+    """Every enrolled subject's templates, read once per model from the store."""
+    subjects: dict[tuple[str, str], list[StoredTemplate]] = {}
+    for modality, matcher in engine.matchers.items():
+        for p, sid, position, template in engine.store.templates(matcher.model_id):
+            if partition is None or p == partition:
+                subjects.setdefault((p, sid), []).append(StoredTemplate(modality, position, template))
+    return subjects
+
+
+def audit(engine, partition: str | None = None, max_fpir: float = 0.0,
+          progress: Callable[[int, int], None] | None = None) -> AuditReport:
+    """Search every subject of ``partition`` (None: every partition) against its partition.
+
+    Args:
+        max_fpir: the edge threshold (0: the engine's ``dedup_fpir``, as at enrolment).
+        progress: called with (subjects searched, subjects) as the audit goes.
+    """
+    started = time.perf_counter()
+    limit = max_fpir or engine.thresholds.dedup_fpir
+    subjects = _gallery(engine, partition)
+    edges: dict[tuple[str, str, str], AuditPair] = {}
+    k = engine.thresholds.max_candidates + 1  # the subject finds itself first
+    for n, ((p, sid), templates) in enumerate(subjects.items(), 1):
+        for c in engine.identify(p, tuple(templates), max_candidates=k, max_fpir=limit):
+            if c.subject_id == sid:
+                continue
+            a, b = sorted((sid, c.subject_id))
+            old = edges.get((p, a, b))
+            if old is None or c.fpir < old.fpir:
+                edges[(p, a, b)] = AuditPair((a, b), c.score, c.fpir)
+        if progress is not None:
+            progress(n, len(subjects))
+    edges = {key: e for key, e in edges.items() if not _decided(engine, key)}
+    return AuditReport(len(subjects), limit, _clusters(edges), time.perf_counter() - started)
+
+
+def _decided(engine, key: tuple[str, str, str]) -> bool:
+    """Whether a person already decided the pair are different people (a link either way)."""
+    p, a, b = key
+    try:
+        return b in engine.store.get(p, a).linked or a in engine.store.get(p, b).linked
+    except NotFound:  # erased during the audit
+        return True
+
+
+def _clusters(edges: dict[tuple[str, str, str], AuditPair]) -> tuple[AuditCluster, ...]:
+    """Connected groups of the edges (union-find), strongest first, then largest."""
+    parent: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def root(x):
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for p, a, b in edges:
+        parent[root((p, a))] = root((p, b))
+    groups: dict[tuple[str, str], list] = {}
+    for (p, a, b), pair in edges.items():
+        groups.setdefault(root((p, a)), []).append(pair)
+    clusters = [AuditCluster(top[0], tuple(sorted({s for pair in pairs for s in pair.subject_ids})),
+                             tuple(sorted(pairs, key=lambda e: e.fpir)))
+                for top, pairs in groups.items()]
+    return tuple(sorted(clusters, key=lambda c: (c.best_fpir, -len(c.subject_ids), c.subject_ids)))
+
+
+def open_cases(engine, report: AuditReport, by_name: str = "audit") -> tuple[str, ...]:
+    """A case per cluster (its most recent enrolment against the others), unless that
+    subject has an open case already; returns the case ids opened."""
+    opened = []
+    now = int(time.time() * 1000)
+    for cluster in report.clusters:
+        members = sorted((engine.store.get(cluster.partition, s) for s in cluster.subject_ids),
+                         key=lambda s: (s.created_ns, s.subject_id))
+        newest = members[-1]
+        if engine.store.held_case(cluster.partition, newest.subject_id):
+            continue
+        edge = {s: min((e for e in cluster.pairs if s in e.subject_ids and newest.subject_id in e.subject_ids),
+                       key=lambda e: e.fpir, default=None) for s in cluster.subject_ids if s != newest.subject_id}
+        candidates = tuple(CaseCandidate(s, e.score if e else 0.0, e.fpir if e else 1.0,
+                                         engine.sample_scores(cluster.partition, s, newest.templates))
+                           for s, e in sorted(edge.items(), key=lambda kv: kv[1].fpir if kv[1] else 1.0))
+        case = Case(new_case_id(), cluster.partition, newest.subject_id, CaseSource.AUDIT, "AUDIT_CLUSTER", now,
+                    "", by_name, candidates=candidates, updated_ms=now)
+        engine.store.open_case(case, ())
+        opened.append(case.case_id)
+    return tuple(opened)
