@@ -1,9 +1,10 @@
 """Duplicate audit of a gallery against itself (N:N): clusters of suspected duplicates.
 
 Every enrolled subject is searched against its partition with the service's own matchers
-and fusion (:meth:`matcher.engine.Engine.identify`), so an audit finds exactly what
-deduplication at enrolment would have found; each pair at or below the FPIR limit is an
-edge, and the connected groups are the clusters, strongest first. Pairs a person has
+and fusion, so an audit finds what deduplication at enrolment would have found: in one
+batch search per modality where the galleries are in this process (faces: FAISS on every
+core), else subject by subject through :meth:`matcher.engine.Engine.identify`. Each pair
+at or below the FPIR limit is an edge, and the connected groups are the clusters, strongest first. Pairs a person has
 already decided are different people (a subject's ``linked``) are left out. Clusters can
 become adjudication cases (source ``audit``, kind ``AUDIT_CLUSTER``: "same" merges the
 later enrolment into the earlier one, "different" links them), one per cluster, unless
@@ -18,8 +19,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from matcher.calibration import at_least_one
 from matcher.cases import Case, CaseCandidate, CaseSource, new_case_id
 from matcher.errors import NotFound
+from matcher.fusion import evidence
 from matcher.types import StoredTemplate
 
 
@@ -73,20 +76,54 @@ def audit(engine, partition: str | None = None, max_fpir: float = 0.0,
     started = time.perf_counter()
     limit = max_fpir or engine.thresholds.dedup_fpir
     subjects = _gallery(engine, partition)
-    edges: dict[tuple[str, str, str], AuditPair] = {}
     k = engine.thresholds.max_candidates + 1  # the subject finds itself first
-    for n, ((p, sid), templates) in enumerate(subjects.items(), 1):
-        for c in engine.identify(p, tuple(templates), max_candidates=k, max_fpir=limit):
-            if c.subject_id == sid:
-                continue
-            a, b = sorted((sid, c.subject_id))
-            old = edges.get((p, a, b))
-            if old is None or c.fpir < old.fpir:
-                edges[(p, a, b)] = AuditPair((a, b), c.score, c.fpir)
-        if progress is not None:
-            progress(n, len(subjects))
+    if hasattr(engine.galleries, "search_many"):
+        edges = _batched(engine, subjects, k, limit, progress)
+    else:  # galleries elsewhere (cluster mode): each subject through identify
+        edges = {}
+        for n, ((p, sid), templates) in enumerate(subjects.items(), 1):
+            for c in engine.identify(p, tuple(templates), max_candidates=k, max_fpir=limit):
+                if c.subject_id != sid:
+                    _keep(edges, p, sid, c.subject_id, c.score, c.fpir)
+            if progress is not None:
+                progress(n, len(subjects))
     edges = {key: e for key, e in edges.items() if not _decided(engine, key)}
     return AuditReport(len(subjects), limit, _clusters(edges), time.perf_counter() - started)
+
+
+def _keep(edges: dict, p: str, x: str, y: str, score: float, fpir: float) -> None:
+    a, b = sorted((x, y))
+    old = edges.get((p, a, b))
+    if old is None or fpir < old.fpir:
+        edges[(p, a, b)] = AuditPair((a, b), score, fpir)
+
+
+def _batched(engine, subjects: dict[tuple[str, str], list[StoredTemplate]], k: int, limit: float,
+             progress: Callable[[int, int], None] | None) -> dict:
+    """The batch path: every sample's shortlist in one search per modality and partition
+    (faces: one FAISS batch on every core), then each shortlisted pair scored on all its
+    samples both ways with the service's fusion, as identify would (with several samples
+    a subject, a pair identify would rank past ``k`` after fusion is kept too)."""
+    edges: dict = {}
+    partitions: dict[str, list[tuple[str, list[StoredTemplate]]]] = {}
+    for (p, sid), templates in subjects.items():
+        partitions.setdefault(p, []).append((sid, templates))
+    done = 0
+    for p, members in partitions.items():
+        probes = [(sid, t) for sid, templates in members for t in templates]
+        hits = engine.galleries.search_many(p, [t for _, t in probes], k)
+        pairs = {tuple(sorted((sid, other))) for (sid, _), row in zip(probes, hits) for other in row if other != sid}
+        templates_of = dict(members)
+        n = len(members)
+        for a, b in pairs:
+            for probe, other in ((a, b), (b, a)):
+                fmr = engine.galleries.score(p, [other], tuple(templates_of[probe])).get(other)
+                if fmr is not None and at_least_one(fmr, n) <= limit:
+                    _keep(edges, p, probe, other, evidence(fmr), at_least_one(fmr, n))
+        done += n
+        if progress is not None:
+            progress(done, len(subjects))
+    return edges
 
 
 def _decided(engine, key: tuple[str, str, str]) -> bool:

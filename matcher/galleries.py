@@ -104,6 +104,23 @@ class LocalGalleries:
                 observer.timing("search", t.modality, time.perf_counter() - t0)
         return found
 
+    def search_many(self, partition: str, probes: list[StoredTemplate], k: int) -> list[list[str]]:
+        """Each probe's ``k`` best subjects, best first: one batch where the matcher has
+        one (faces: a FAISS search of every probe on every core), else one by one."""
+        out: list[list[str] | None] = [None] * len(probes)
+        by_modality: dict[str, list[int]] = {}
+        for i, t in enumerate(probes):
+            by_modality.setdefault(t.modality, []).append(i)
+        for modality, idx in by_modality.items():
+            matcher = self.matchers[modality]
+            if hasattr(matcher, "ranked_many"):
+                for i, hits in zip(idx, matcher.ranked_many(partition, [probes[i].template for i in idx], k)):
+                    out[i] = hits
+            else:
+                for i in idx:
+                    out[i] = [s for s, *_ in matcher.ranked(partition, probes[i].position, probes[i].template, k)]
+        return out  # type: ignore[return-value]
+
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]:
         """Each subject's fused FMR over every sample it has a template for (subjects with

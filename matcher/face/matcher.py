@@ -44,6 +44,11 @@ class EmbeddingMatcher(Ranked):
         hits = self.gallery.search(partition, [template], k, within)[0]
         return [(h.subject_id, self.calibration.fmr_at_distance(h.distance), float(h.distance)) for h in hits]
 
+    def ranked_many(self, partition: str, templates: list[EmbeddingTemplate], k: int) -> list[list[str]]:
+        """The ``k`` nearest subjects of many probes in one batch search on every core (a
+        gallery audited against itself), nearest first."""
+        return [[h.subject_id for h in hits] for hits in self.gallery.search(partition, templates, k)]
+
     def fmr_against(self, partition: str, subject_id: str, position: int,
                     template: EmbeddingTemplate) -> float | None:
         vectors = list(self._held.of(partition, subject_id).values())

@@ -314,3 +314,31 @@ def test_an_audit_finds_planted_duplicates_and_its_cases_settle_them(engine, orl
     assert (merged.decision.subject_id, merged.decision.removed) == ("P1", "D1")
     engine.decide("default", cases["D2"].case_id, "different", "twins", AMINA)
     assert sorted(c.subject_ids for c in engine.audit("default").clusters) == [("D3", "P3"), ("D4", "P4")]
+
+
+def test_the_audit_s_batch_path_finds_what_identify_finds(engine, orl):
+    """One FAISS batch for every face, or each subject through identify: the same clusters,
+    pairs and rates."""
+    from matcher import audit
+
+    for person in range(1, 7):
+        engine.enroll(f"D{person}", "default", _face(orl, person, 3), dedup=False)
+    real = engine.galleries
+
+    class OneByOne:  # the galleries without their batch search
+        def __getattr__(self, name):
+            if name == "search_many":
+                raise AttributeError(name)
+            return getattr(real, name)
+
+    batch = audit.audit(engine, "default")
+    engine.galleries = OneByOne()
+    try:
+        single = audit.audit(engine, "default")
+    finally:
+        engine.galleries = real
+
+    def shape(r):
+        return [(c.subject_ids, [(p.subject_ids, round(p.fpir, 9)) for p in c.pairs]) for c in r.clusters]
+
+    assert shape(batch) == shape(single) and len(batch.clusters) >= 5
