@@ -112,14 +112,25 @@ def _batched(engine, subjects: dict[tuple[str, str], list[StoredTemplate]], k: i
     for p, members in partitions.items():
         probes = [(sid, t) for sid, templates in members for t in templates]
         hits = engine.galleries.search_many(p, [t for _, t in probes], k)
-        pairs = {tuple(sorted((sid, other))) for (sid, _), row in zip(probes, hits) for other in row if other != sid}
         templates_of = dict(members)
         n = len(members)
+        pairs, scored = set(), {}
+        for (sid, _), row in zip(probes, hits):
+            for other, fmr in row:
+                if other == sid:
+                    continue
+                if len(templates_of[sid]) == 1 and len(templates_of[other]) == 1:
+                    scored[(sid, other)] = fmr  # one sample each: the search's rate is the fused one
+                else:
+                    pairs.add(tuple(sorted((sid, other))))
         for a, b in pairs:
             for probe, other in ((a, b), (b, a)):
                 fmr = engine.galleries.score(p, [other], tuple(templates_of[probe])).get(other)
-                if fmr is not None and at_least_one(fmr, n) <= limit:
-                    _keep(edges, p, probe, other, evidence(fmr), at_least_one(fmr, n))
+                if fmr is not None:
+                    scored[(probe, other)] = fmr
+        for (probe, other), fmr in scored.items():
+            if at_least_one(fmr, n) <= limit:
+                _keep(edges, p, probe, other, evidence(fmr), at_least_one(fmr, n))
         done += n
         if progress is not None:
             progress(done, len(subjects))

@@ -104,10 +104,11 @@ class LocalGalleries:
                 observer.timing("search", t.modality, time.perf_counter() - t0)
         return found
 
-    def search_many(self, partition: str, probes: list[StoredTemplate], k: int) -> list[list[str]]:
-        """Each probe's ``k`` best subjects, best first: one batch where the matcher has
-        one (faces: a FAISS search of every probe on every core), else one by one."""
-        out: list[list[str] | None] = [None] * len(probes)
+    def search_many(self, partition: str, probes: list[StoredTemplate], k: int) -> list[list[tuple[str, float]]]:
+        """Each probe's ``k`` best subjects, best first, as (id, FMR of that sample): one
+        batch where the matcher has one (faces: a FAISS search of every probe on every
+        core), else one by one."""
+        out: list[list[tuple[str, float]] | None] = [None] * len(probes)
         by_modality: dict[str, list[int]] = {}
         for i, t in enumerate(probes):
             by_modality.setdefault(t.modality, []).append(i)
@@ -118,7 +119,8 @@ class LocalGalleries:
                     out[i] = hits
             else:
                 for i in idx:
-                    out[i] = [s for s, *_ in matcher.ranked(partition, probes[i].position, probes[i].template, k)]
+                    out[i] = [(s, f) for s, f, _ in matcher.ranked(partition, probes[i].position, probes[i].template,
+                                                                   k)]
         return out  # type: ignore[return-value]
 
     def score(self, partition: str, subject_ids: Iterable[str],

@@ -44,10 +44,12 @@ class EmbeddingMatcher(Ranked):
         hits = self.gallery.search(partition, [template], k, within)[0]
         return [(h.subject_id, self.calibration.fmr_at_distance(h.distance), float(h.distance)) for h in hits]
 
-    def ranked_many(self, partition: str, templates: list[EmbeddingTemplate], k: int) -> list[list[str]]:
+    def ranked_many(self, partition: str, templates: list[EmbeddingTemplate], k: int
+                    ) -> list[list[tuple[str, float]]]:
         """The ``k`` nearest subjects of many probes in one batch search on every core (a
-        gallery audited against itself), nearest first."""
-        return [[h.subject_id for h in hits] for hits in self.gallery.search(partition, templates, k)]
+        gallery audited against itself): (id, FMR), nearest first."""
+        fmr = self.calibration.fmr_at_distance
+        return [[(h.subject_id, fmr(h.distance)) for h in hits] for hits in self.gallery.search(partition, templates, k)]
 
     def fmr_against(self, partition: str, subject_id: str, position: int,
                     template: EmbeddingTemplate) -> float | None:

@@ -1,0 +1,15 @@
+"""The audit benchmark end to end on a small gallery: its JSON contract, and that the
+planted duplicates (every ORL person twice) are found with no false cluster."""
+
+import json
+
+from bench import audit
+
+
+def test_audit_bench_small(orl, tmp_path, models):
+    out = tmp_path / "audit.json"
+    assert audit.main(["--sizes", "300", "--orl", str(orl), "--json", str(out)]) == 0
+    r = json.loads(out.read_text())["sizes"]["300"]
+    assert {"audit_s", "faiss_s", "ratio", "planted_pairs", "recall", "false_clusters", "clusters"} <= set(r)
+    assert r["subjects"] == 300 and r["planted_pairs"] == 40
+    assert r["recall"] >= 0.8 and r["false_clusters"] == 0
