@@ -612,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--fpir", type=float, default=0.0, help="a pair at or below this FPIR ties two subjects "
                                                             "(default: the server's dedup_fpir)")
     c.add_argument("--cases", action="store_true", help="open an adjudication case per cluster")
+    c.add_argument("--csv", type=Path, help="also write one row per tying pair here")
+    c.add_argument("--html", type=Path, help="also write a page of the clusters here")
 
     cs = sub.add_parser("cases", help="adjudication cases: suspected duplicates a person decides (adjudicator role)")
     csub = cs.add_subparsers(dest="cases_command", required=True)
@@ -774,6 +776,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "pairs": [{"subject_ids": list(p.subject_ids), "score": p.score, "fpir": p.fpir}
                                            for p in c.pairs]} for c in r.clusters],
                    **({"case_ids": list(r.case_ids)} if args.cases else {})}
+            from tambua import audit_report
+
+            if args.csv:
+                audit_report.write_csv(out, args.csv)
+            if args.html:
+                audit_report.write_html(out, args.html)
         elif args.command == "sync":
             out = _sync_rpc(args, stub, md)
         elif args.command == "cases":

@@ -183,13 +183,19 @@ def test_load_first_then_audit_finds_the_people_enrolled_twice(tmp_path, orl, mo
         _, loaded = run_import(server.address, manifest, "--dedup", "skip")
         assert loaded["enrolled"] == 11
         r = subprocess.run([sys.executable, "-m", "tambua.cli", "audit-duplicates", "--address", server.address,
-                            "--json", "--cases"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                            "--json", "--cases", "--csv", str(tmp_path / "audit.csv"), "--html",
+                            str(tmp_path / "audit.html")], cwd=REPO, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)
         assert out["subjects"] == 11
         assert sorted(c["subject_ids"] for c in out["clusters"]) == [["L-002", "R-002"], ["L-005", "R-005"],
                                                                      ["L-007", "R-007"]]
         assert all(c["pairs"][0]["fpir"] <= 0.01 for c in out["clusters"]) and len(out["case_ids"]) == 3
+        pairs = list(csv.DictReader(open(tmp_path / "audit.csv")))
+        assert sorted((p["subject_a"], p["subject_b"]) for p in pairs) == [("L-002", "R-002"), ("L-005", "R-005"),
+                                                                           ("L-007", "R-007")]
+        page = (tmp_path / "audit.html").read_text()
+        assert "<b>3</b> clusters" in page and "L-005, R-005" in page
         queue = server.stub.ListCases(pb.ListCasesRequest(source="audit"), timeout=30).cases
         assert sorted(c.subject_id for c in queue) == ["R-002", "R-005", "R-007"]
         assert {c.kind for c in queue} == {"AUDIT_CLUSTER"}
