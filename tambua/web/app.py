@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from matcher.cases import Actor, Case, CaseState, Verdict
+from matcher.cases import PAIRWISE, Actor, Case, CaseState, Verdict
 from matcher.engine import sample_name
 from matcher.errors import TambuaError
 from tambua.auth import ALL_PARTITIONS, DEV_PRINCIPAL, Principal
@@ -228,7 +228,8 @@ class _Web:
         self.audit_entry(who, "web:GetCase", partition,
                          (case.subject_id, view.candidate.subject_id if view.candidate else ""), "OK")
         return self.page(request, "case.html", who=who, csrf=session.csrf, case=case, view=view, hit=hit, n=n,
-                         partition=partition, now_ms=_now_ms(), views=_VIEWS, message=request.query_params.get("m", ""))
+                         partition=partition, now_ms=_now_ms(), views=_VIEWS, message=request.query_params.get("m", ""),
+                         pairwise=case.kind in PAIRWISE)
 
     async def decide(self, request: Request) -> Response:
         form = await request.form()
