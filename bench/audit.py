@@ -14,6 +14,8 @@ path) and the raw FAISS batch search of the same vectors against themselves (fla
 
 Output per size: ``audit_s``, ``faiss_s``, ``ratio``, ``planted_pairs``, ``recall`` (planted
 pairs tied by an edge), ``false_clusters`` (clusters holding no planted pair), ``clusters``.
+``--import-rate face finger iris``: per modality, ``subjects_per_s`` that ``tambua import``
+enrols through a real server here (``import`` in the JSON).
 """
 
 from __future__ import annotations
@@ -82,19 +84,63 @@ def run_size(size: int, planted, workdir: Path) -> dict:
             "clusters": len(report.clusters), "max_fpir": report.max_fpir}
 
 
+def import_rate(modality: str, limit: int, workdir: Path, jobs: int) -> dict:
+    """Subjects per second that ``tambua import`` enrols through a real server on this
+    machine (one sample a subject, real images of every development set of the modality,
+    deduplicated as they go: ``--dedup refuse``)."""
+    import grpc
+
+    from bench.servers import serve
+    from tambua import importer
+    from tambua.v1 import tambua_pb2_grpc
+
+    roots = {"face": [DATA / "face" / "att_orl"],
+             "finger": sorted((DATA / "fingerprint").iterdir()),
+             "iris": [DATA / "iris" / n for n in ("casia_v1", "mmu1", "iitd_v1")]}[modality]
+    images = [f for root in roots for f in sorted(root.rglob("*")) if f.is_file()
+              and f.suffix.lower() in (".pgm", ".png", ".jpg", ".bmp", ".tif", ".tiff")][:limit]
+    folder = workdir / f"import-{modality}"
+    folder.mkdir()
+    position = {"face": "", "finger": "1", "iris": "left"}[modality]
+    lines = ["subject_id,partition,modality,position,path"]
+    for i, f in enumerate(images):
+        (folder / f"{i}{f.suffix}").symlink_to(f)
+        lines.append(f"I-{i:06d},,{modality},{position},{i}{f.suffix}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    proc, address = serve(workdir / f"server-{modality}")
+    try:
+        with grpc.insecure_channel(address) as channel, open(os.devnull, "w") as quiet:
+            _, summary = importer.run(tambua_pb2_grpc.MatcherStub(channel), [], manifest, "refuse", jobs,
+                                      progress_stream=quiet)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {"subjects": summary["records"], "enrolled": summary["enrolled"], "duplicates": summary["duplicates"],
+            "failed": summary["failed"], "seconds": summary["seconds"],
+            "subjects_per_s": round(summary["records"] / summary["seconds"], 2), "jobs": jobs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The N:N duplicate audit on faces: speed and recall.")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000])
     parser.add_argument("--orl", type=Path, default=DATA / "face" / "att_orl")
+    parser.add_argument("--import-rate", nargs="*", choices=["face", "finger", "iris"], default=[],
+                        help="also time tambua import of real images of these modalities")
+    parser.add_argument("--import-limit", type=int, default=300, help="images per modality for --import-rate")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="records in flight (--import-rate)")
     parser.add_argument("--json", required=True, type=Path)
     args = parser.parse_args(argv)
     planted = _planted(args.orl)
     out = {"modality": "face", "command": "python -m bench.audit " + " ".join(sys.argv[1:] if argv is None else argv),
-           "cores": os.cpu_count(), "sizes": {}}
+           "cores": os.cpu_count(), "sizes": {}, "import": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             out["sizes"][str(size)] = run_size(size, planted, Path(tmp))
             print(json.dumps({size: out["sizes"][str(size)]}), flush=True)
+        for modality in args.import_rate:
+            out["import"][modality] = import_rate(modality, args.import_limit, Path(tmp), args.jobs)
+            print(json.dumps({modality: out["import"][modality]}), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0

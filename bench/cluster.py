@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 
 from bench.ray_local import RayCluster
+from bench.servers import serve
 from bench.search import STATS_DIR, draw
 from matcher.face.template import EmbeddingTemplate
 from matcher.types import StoredTemplate, Subject
@@ -165,21 +166,6 @@ def measure(address: str, probes: list[tuple[str, tuple]], concurrency: int, max
             "qps": qps, "concurrency": concurrency, "mate_rank1": hits / len(probes), "queries": len(probes), "max_fpir": max_fpir}
 
 
-def _serve(data_dir: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "tambua.cli", "serve", "--insecure", "--port", "0",
-                             "--metrics-port", "-1", "--data-dir", str(data_dir), *args],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-    except BaseException:  # interrupted while it loads: it goes too
-        proc.kill()
-        raise
-    if "listening on" not in line:
-        proc.kill()
-        raise RuntimeError(f"the server did not start: {line!r}")
-    return proc, line.split("listening on ")[1].split()[0]
-
-
 def _rss(pid: int) -> int:
     with open(f"/proc/{pid}/statm") as f:
         return int(f.read().split()[1]) * 4096
@@ -189,7 +175,7 @@ def single(store_dir: Path, probes, concurrency: int, max_fpir: float = 0.0) -> 
     data = store_dir.parent / "single"
     shutil.copytree(store_dir, data)
     t0 = time.perf_counter()
-    proc, address = _serve(data)
+    proc, address = serve(data)
     ready_s = time.perf_counter() - t0
     try:
         return {"mode": "single", "ready_s": ready_s, **measure(address, probes, concurrency, max_fpir),
@@ -207,7 +193,7 @@ def clustered(store_dir: Path, shards: int, nodes: int, probes, concurrency: int
     try:
         ray.start(workers=nodes - 1)
         t0 = time.perf_counter()
-        proc, address = _serve(data, "--cluster", ray.address, "--shards", str(shards))
+        proc, address = serve(data, "--cluster", ray.address, "--shards", str(shards))
         ready_s = time.perf_counter() - t0
         result = measure(address, probes, concurrency, max_fpir)
         state = json.loads(subprocess.run([sys.executable, "-m", "tambua.cli", "cluster", "status", "--address",
