@@ -650,7 +650,11 @@ def serve(config: Config) -> None:
     if config.cluster:
         threading.Thread(target=_watch_shards, args=(engine, bound.health, done), daemon=True).start()
     threading.Thread(target=_expire_images, args=(store, config.image_retention_days, done), daemon=True).start()
-    done.wait()
+    # Waited in short steps: a signal can land on any of the process's threads (gRPC's own,
+    # say), and then its handler runs only when this thread next runs Python code; a wait
+    # with no timeout would sleep through it (the cause of a stop that once hung in CI).
+    while not done.wait(0.5):
+        pass
     log.info("stopping: in-flight requests get %g s", config.grace_s)
     # A stop that hangs is a bug to find, and no reason to hold the port: well after the
     # grace period every thread's stack goes to the log and the process exits (code 1).

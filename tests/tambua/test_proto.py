@@ -8,7 +8,7 @@ def test_matcher_service_rpcs():
     service = tambua_pb2.DESCRIPTOR.services_by_name["Matcher"]
     assert {m.name for m in service.methods} == {
         "Enroll", "Identify", "Verify", "Compare", "Extract", "GetSubject", "DeleteSubject", "Stats", "ReadAudit",
-        "SyncExport", "SyncImport", "SyncStatus", "SyncPush", "ListCases", "GetCase", "DecideCase",
+        "SyncExport", "SyncImport", "SyncStatus", "SyncPush", "ListCases", "GetCase", "DecideCase", "AuditDuplicates",
     }
     assert hasattr(tambua_pb2_grpc, "MatcherServicer")
 

@@ -91,6 +91,9 @@ def _requests(orl, role: str) -> dict[str, tuple[str, object]]:
         "ReadAudit": ("ReadAudit", pb.ReadAuditRequest(limit=5)),
         "SyncStatus": ("SyncStatus", pb.SyncStatusRequest()),
         "ListCases": ("ListCases", pb.ListCasesRequest()),
+        "AuditDuplicates": ("AuditDuplicates", pb.AuditDuplicatesRequest()),
+        "Enroll skip_dedup": ("Enroll", pb.EnrollRequest(subject_id=f"loaded-{role}", samples=[face(orl, 11, 1)],
+                                                         skip_dedup=True)),
     }
 
 
@@ -101,7 +104,8 @@ ALLOWED = {
     "verifier": {"Verify", "Compare"},
     "adjudicator": {"Enroll force", "DeleteSubject", "GetSubject", "ListCases", "GetCase", "DecideCase"},
     "auditor": {"ReadAudit"},
-    "admin": {"Stats", "SyncStatus", "SyncExport", "SyncImport", "SyncPush", "ListCases", "GetCase", "DecideCase"},
+    "admin": {"Stats", "SyncStatus", "SyncExport", "SyncImport", "SyncPush", "ListCases", "GetCase", "DecideCase",
+              "AuditDuplicates", "Enroll skip_dedup"},
 }
 
 
