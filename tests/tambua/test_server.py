@@ -290,3 +290,26 @@ def _reason(err: grpc.RpcError) -> str:
         if detail.Unpack(info):
             return info.reason
     return ""
+
+
+def test_a_stop_signal_landing_on_another_thread_still_stops_the_server(tmp_path, models):
+    """SIGTERM sent to one of gRPC's threads rather than the main one (the kernel may deliver
+    a process's signal to any thread): the server still stops, promptly and cleanly."""
+    import ctypes
+    import platform
+
+    tgkill = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+    if tgkill is None:
+        pytest.skip(f"no tgkill syscall number known for {platform.machine()}")
+    s = Server(tmp_path / "data")
+    s.start()
+    try:
+        others = [int(t) for t in os.listdir(f"/proc/{s.proc.pid}/task") if int(t) != s.proc.pid]
+        assert others, "the server runs threads besides its main one"
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(tgkill, s.proc.pid, others[-1], signal.SIGTERM) == 0
+        assert s.proc.wait(timeout=30) == 0
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        s.channel.close()
