@@ -12,7 +12,9 @@ set (folders layout) is cropped to the central ``fraction`` of its width and hei
 (never kept) and measured by :func:`bench.accuracy.evaluate`, once as the service extracts
 (margin added when no face is found) and once without the retry. Output, per fraction
 and per setting: ``failure_to_enrol``, ``failure_reasons``, ``eer``, ``rank1``,
-``fnmr_at_fmr`` (a failure to enrol counts as a non-match).
+``fnmr_at_fmr`` (a failure to enrol counts as a non-match). ``degraded``: the set halved in
+size (``small``) and darkened (``dark``), with the quality gates as set now and as they
+were (faces under 40 px and face centres darker than grey 35 refused).
 """
 
 from __future__ import annotations
@@ -41,13 +43,37 @@ def crop_set(root: Path, out: Path, fraction: float) -> None:
         img.crop((x0, y0, x0 + cw, y0 + ch)).save(dst)
 
 
-def measure(root: Path, pad: float, progress: bool) -> dict:
+def degrade_set(root: Path, out: Path, kind: str) -> None:
+    """Every image of ``root`` as an old record might hold it: ``small`` (half the width and
+    height) or ``dark`` (gamma 2.2, then 60% of the light)."""
+    import numpy as np
+
+    for f in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
+        img = Image.open(f)
+        if kind == "small":
+            img = img.resize((img.width // 2, img.height // 2), Image.LANCZOS)
+        else:
+            a = np.asarray(img.convert("L"), np.float32) / 255
+            img = Image.fromarray((255 * a**2.2 * 0.6).astype(np.uint8))
+        dst = out / f.parent.name / f"{f.stem}.png"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        img.save(dst)
+
+
+# The capture-time gates before legacy photos were measured (faces under 40 px, a face
+# centre darker than grey 35 refused): what the small and dark sets are compared against.
+OLD_GATES = {"min_face_px": 40, "dark_mean": 35.0}
+
+
+def measure(root: Path, pad: float, progress: bool, gates: dict | None = None) -> dict:
     from dataclasses import replace
 
     from enroll.face.pipeline import FaceConfig, FaceExtractor
+    from enroll.face.quality import FaceQualityConfig
 
     face = MODALITIES["face"]
-    modality = replace(face, make_extractor=lambda: FaceExtractor(config=FaceConfig(pad_retry=pad)))
+    config = FaceConfig(pad_retry=pad, quality=FaceQualityConfig(**(gates or {})))
+    modality = replace(face, make_extractor=lambda: FaceExtractor(config=config))
     result, _, _ = evaluate(modality, load_folders(root), progress=progress)
     return {k: result[k] for k in ("images", "failure_to_enrol", "failure_reasons", "eer", "rank1", "fnmr_at_fmr")}
 
@@ -56,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Tightly cropped portraits, with and without the padded retry.")
     parser.add_argument("--root", required=True, type=Path, help="a face set, folders layout")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.8, 0.7, 0.6])
+    parser.add_argument("--degraded", nargs="*", choices=["small", "dark"], default=["small", "dark"],
+                        help="also measure the set halved in size / darkened, with the gates as set and as before")
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -72,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
             out["crops"][f"{fraction:g}"] = {
                 "with_retry": measure(Path(tmp), FaceConfig().pad_retry, not args.no_progress),
                 "without_retry": measure(Path(tmp), 0.0, not args.no_progress)}
+    out["degraded"] = {}
+    for kind in args.degraded:
+        with tempfile.TemporaryDirectory() as tmp:
+            degrade_set(args.root, Path(tmp), kind)
+            out["degraded"][kind] = {"gates_now": measure(Path(tmp), FaceConfig().pad_retry, not args.no_progress),
+                                     "gates_before": measure(Path(tmp), FaceConfig().pad_retry, not args.no_progress,
+                                                             OLD_GATES)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({f: {k: v["failure_to_enrol"] for k, v in r.items()} for f, r in out["crops"].items()}))

@@ -27,8 +27,10 @@ class DetectorParams:
         min_face: smallest face side searched for, in pixels of the detection image
             (the paper's 20).
         min_face_fraction: and at least this fraction of the image's shorter side: in a
-            640x480 photo faces under 34 px are below the 40 px quality gate anyway,
-            and skipping the two finest pyramid levels halves the detection time.
+            640x480 photo faces under 34 px are not searched for (a person that far
+            from the camera comes closer), and skipping the two finest pyramid levels
+            halves the detection time; in a small legacy photo the fraction is a few
+            pixels and ``min_face`` rules, so faces down to the 24 px gate are found.
         factor: pyramid scale step.
         thresholds: face-probability thresholds of P-Net, R-Net and O-Net.
     """

@@ -33,11 +33,11 @@ class FaceQualityConfig:
         blank_std: an image whose grey standard deviation is below this is blank.
     """
 
-    min_face_px: int = 40
+    min_face_px: int = 24
     ambiguous_ratio: float = 0.8
     min_detection_score: float = 0.85
     min_sharpness: float = 6.0
-    dark_mean: float = 35.0
+    dark_mean: float = 12.0
     bright_mean: float = 225.0
     max_yaw: float = 1.2
     blank_std: float = 4.0
