@@ -86,10 +86,14 @@ class SampleScore:
 
 @dataclass(frozen=True)
 class CaseCandidate:
+    """A candidate of a case. ``vouched_fpir``: its FPIR with each sample's rate counted no
+    lower than its calibration's measured floor (what decides a clear match; 0: not kept)."""
+
     subject_id: str
     score: float  # fused, -log10 FMR
     fpir: float
     samples: tuple[SampleScore, ...] = ()
+    vouched_fpir: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -180,7 +184,7 @@ class Case:
         d = json.loads(data)
         d["source"], d["state"] = CaseSource(d["source"]), CaseState(d["state"])
         d["candidates"] = tuple(CaseCandidate(c["subject_id"], c["score"], c["fpir"],
-                                              tuple(SampleScore(**s) for s in c["samples"]))
+                                              tuple(SampleScore(**s) for s in c["samples"]), c.get("vouched_fpir", 0.0))
                                 for c in d["candidates"])
         d["attempts"] = tuple(Attempt(**a) for a in d["attempts"])
         if d["decision"] is not None:

@@ -278,11 +278,20 @@ class Engine:
         rate its model's calibration measured: what the development data can vouch for,
         without the extrapolated tail (a face's Gaussian tail claims rates far below any
         impostor pair ever compared). Only fused evidence of several samples gets far below."""
+        return self._vouched(self.sample_scores(partition, candidate.subject_id, templates), candidate.searched)
+
+    def _vouched(self, samples: tuple[SampleScore, ...], searched: int) -> float:
         rates = []
-        for s in self.sample_scores(partition, candidate.subject_id, templates):
+        for s in samples:
             calibration = getattr(self._matcher(s.modality), "calibration", None)
             rates.append(max(s.fmr, calibration.min_fmr) if calibration is not None else 1.0)
-        return at_least_one(fuse(rates), candidate.searched) if rates else 1.0
+        return at_least_one(fuse(rates), searched) if rates else 1.0
+
+    def _case_candidate(self, partition: str, templates: tuple[StoredTemplate, ...], c: ScoredCandidate
+                        ) -> CaseCandidate:
+        """A candidate as a case keeps it: its scores per sample and its vouched FPIR."""
+        samples = self.sample_scores(partition, c.subject_id, templates)
+        return CaseCandidate(c.subject_id, c.score, c.fpir, samples, self._vouched(samples, c.searched))
 
     def _clear(self, partition: str, templates: tuple[StoredTemplate, ...], candidate: ScoredCandidate) -> bool:
         """Whether a duplicate is beyond doubt (the band's lower edge; 0 turns it off)."""
@@ -347,10 +356,9 @@ class Engine:
             pass
         now = int(time.time() * 1000)
         case = Case(new_case_id(), partition, subject_id, CaseSource.ENROL, "DUPLICATE", now, by.principal_id,
-                    by.principal_name, by.site, candidates=tuple(
-                        CaseCandidate(c.subject_id, c.score, c.fpir, self.sample_scores(partition, c.subject_id,
-                                                                                        templates))
-                        for c in candidates), updated_ms=now)
+                    by.principal_name, by.site,
+                    candidates=tuple(self._case_candidate(partition, templates, c) for c in candidates),
+                    updated_ms=now)
         self.check_deadline(deadline)
         self.store.open_case(case, templates, images if self.keep_images is not KeepImages.NONE else ())
         self._held().add(partition, case.case_id, templates)
@@ -654,9 +662,8 @@ class Engine:
                 ScoredCandidate(subject.subject_id, evidence(fmr), at_least_one(fmr, 1)),)
         now = int(time.time() * 1000)
         return Case(new_case_id(), partition, subject.subject_id, CaseSource.SYNC, kind, now, "", f"site {site}", site,
-                    candidates=tuple(CaseCandidate(c.subject_id, c.score, c.fpir,
-                                                   self.sample_scores(partition, c.subject_id, subject.templates))
-                                     for c in candidates), updated_ms=now)
+                    candidates=tuple(self._case_candidate(partition, subject.templates, c) for c in candidates),
+                    updated_ms=now)
 
     def delete(self, partition: str, subject_id: str) -> None:
         subject_id, partition = normalise_id(subject_id), normalise_id(partition, "partition")

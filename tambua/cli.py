@@ -360,7 +360,7 @@ def _case(c) -> dict:
     out = {"case_id": c.case_id, "partition": c.partition, "subject_id": c.subject_id,
            "state": pb.CaseState.Name(c.state).removeprefix("CASE_").lower(), "source": c.source, "kind": c.kind,
            "site": c.site, "opened_by": c.principal_name, "created_unix_ms": c.created_unix_ms,
-           "candidates": [{"subject_id": x.subject_id, "score": x.score, "fpir": x.fpir,
+           "candidates": [{"subject_id": x.subject_id, "score": x.score, "fpir": x.fpir, "vouched_fpir": x.vouched_fpir,
                            "samples": [{"modality": pb.Modality.Name(s.modality).lower(), "position": s.position,
                                         "score": s.score, "fmr": s.fmr} for s in x.samples]}
                           for x in c.candidates],

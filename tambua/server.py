@@ -205,9 +205,10 @@ def _case_pb(case: Case, templates=()) -> pb.Case:
         case_id=case.case_id, partition=case.partition, subject_id=case.subject_id,
         state=_CASE_STATE_PB[case.state], source=case.source.value, kind=case.kind, site=case.site,
         principal_name=case.principal_name, created_unix_ms=case.created_ms,
-        candidates=[pb.CaseCandidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir, samples=[
-            pb.SampleScore(modality=_MODALITY_PB[x.modality], position=x.position, score=x.score, fmr=x.fmr)
-            for x in c.samples]) for c in case.candidates],
+        candidates=[pb.CaseCandidate(subject_id=c.subject_id, score=c.score, fpir=c.fpir, vouched_fpir=c.vouched_fpir,
+                                     samples=[pb.SampleScore(modality=_MODALITY_PB[x.modality], position=x.position,
+                                                             score=x.score, fmr=x.fmr) for x in c.samples])
+                    for c in case.candidates],
         attempts=[pb.CaseAttempt(unix_ms=a.unix_ms, principal_name=a.principal_name, subject_id=a.subject_id,
                                  score=a.score) for a in case.attempts],
         decision=decision, templates=[_template_pb(t) for t in templates],

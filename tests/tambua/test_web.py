@@ -124,6 +124,7 @@ def test_an_adjudicator_decides_two_cases_on_the_pages(site, browser, tmp_path):
     page.click(f"a[href^='/cases/{cases['same']}']")
     assert page.inner_text("#hit-of") == "Hit 1 of 1" and page.inner_text("#hit-id") == "P1"
     assert "1 in" in page.inner_text("#fpir-words")
+    assert "without a person" in page.inner_text("#why-a-person")  # the band, in words
     scores = page.inner_text("#scores")
     assert "face" in scores and "right index finger" in scores and "right iris" in scores
     assert page.locator("section.panel").count() == 3 and page.locator("img.sample").count() == 6
