@@ -293,10 +293,10 @@ class Engine:
         samples = self.sample_scores(partition, c.subject_id, templates)
         return CaseCandidate(c.subject_id, c.score, c.fpir, samples, self._vouched(samples, c.searched))
 
-    def _clear(self, partition: str, templates: tuple[StoredTemplate, ...], candidate: ScoredCandidate) -> bool:
+    def _clear(self, candidate: CaseCandidate) -> bool:
         """Whether a duplicate is beyond doubt (the band's lower edge; 0 turns it off)."""
         limit = self.thresholds.clear_match_fpir
-        return limit > 0 and candidate.fpir <= limit and self.vouched_fpir(partition, templates, candidate) <= limit
+        return limit > 0 and candidate.fpir <= limit and candidate.vouched_fpir <= limit
 
     def _held(self) -> LocalGalleries:
         """The captures held by open cases, searched by enrolments only: loaded from the
@@ -343,7 +343,7 @@ class Engine:
         return tuple(out)
 
     def _open_case(self, subject_id: str, partition: str, templates: tuple[StoredTemplate, ...],
-                   candidates: list[ScoredCandidate], by: Actor, deadline: float | None,
+                   candidates: tuple[CaseCandidate, ...], by: Actor, deadline: float | None,
                    images: tuple[SampleImage, ...]) -> str:
         """Hold a duplicate for adjudication (caller holds the partition's lock)."""
         taken = self.store.held_case(partition, subject_id)
@@ -356,9 +356,7 @@ class Engine:
             pass
         now = int(time.time() * 1000)
         case = Case(new_case_id(), partition, subject_id, CaseSource.ENROL, "DUPLICATE", now, by.principal_id,
-                    by.principal_name, by.site,
-                    candidates=tuple(self._case_candidate(partition, templates, c) for c in candidates),
-                    updated_ms=now)
+                    by.principal_name, by.site, candidates=candidates, updated_ms=now)
         self.check_deadline(deadline)
         self.store.open_case(case, templates, images if self.keep_images is not KeepImages.NONE else ())
         self._held().add(partition, case.case_id, templates)
@@ -408,8 +406,10 @@ class Engine:
             if candidates and not force:
                 # Only a doubtful duplicate goes to a person: one beyond doubt is answered
                 # as one (the registration app uses the candidate's id).
-                clear = self._clear(partition, templates, candidates[0])
-                case_id = (self._open_case(subject_id, partition, templates, candidates, by, deadline, images)
+                first = self._case_candidate(partition, templates, candidates[0])
+                clear = self._clear(first)
+                case_id = (self._open_case(subject_id, partition, templates, (first, *(
+                    self._case_candidate(partition, templates, c) for c in candidates[1:])), by, deadline, images)
                            if hold and not clear else "")
                 return EnrollResult(EnrollOutcome.DUPLICATE, subject_id, tuple(candidates), templates, case_id,
                                     clear)
@@ -609,8 +609,7 @@ class Engine:
                     if case.kind == "ID_CONFLICT":  # held: a later enrolment of this person joins it
                         self._held().add(part, case.case_id, subject.templates)
                         self._held_cases.setdefault(part, set()).add(case.case_id)
-                clear = [c for c in opened if c.kind == "CROSS_SITE_DUPLICATE"
-                         and self._clear(part, subject.templates, candidates[0])]
+                clear = [c for c in opened if c.kind == "CROSS_SITE_DUPLICATE" and self._clear(c.candidates[0])]
             elif kind == "decision":
                 effects: list[Settled] = []
                 outcome = self.store.apply_remote(site, seq, kind, partition=part, origin=origin,
@@ -628,7 +627,7 @@ class Engine:
             raise SequenceGap(f"change {seq} of site {site!r} arrived before the ones preceding it")
         if kind == "enrol" and outcome is Applied.APPLIED:
             for case in clear:  # beyond doubt: merged now, as a person would (the decision travels)
-                vouched = self.vouched_fpir(part, subject.templates, candidates[0])
+                vouched = case.candidates[0].vouched_fpir
                 try:
                     self.decide(part, case.case_id, "same", f"clear match: vouched FPIR {vouched:.1e} at or below "
                                 f"{self.thresholds.clear_match_fpir:g}", CLEAR_MATCH,

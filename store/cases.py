@@ -152,10 +152,14 @@ class CaseBook:
         return self._db.execute("SELECT 1 FROM subjects WHERE partition=? AND ref=?",
                                 (partition, self._ref(subject_id))).fetchone() is not None
 
+    def _case_refs(self, case: Case) -> list[bytes]:
+        """The refs of every subject a case names (its own and its candidates')."""
+        return [self._ref(i) for i in {case.subject_id, *(c.subject_id for c in case.candidates)}]
+
     def _question(self, partition: str, case: Case) -> dict[str, Case]:
         """Every case here (any state; ``case`` too) that asks about a pair of subjects
         ``case`` asks about: the same question, as this or another site put it."""
-        refs = [self._ref(i) for i in {case.subject_id, *(c.subject_id for c in case.candidates)}]
+        refs = self._case_refs(case)
         marks = ",".join("?" * len(refs))
         ids = {r[0] for r in self._db.execute(
             f"SELECT case_id FROM cases WHERE partition=? AND ref IN ({marks}) UNION "
@@ -180,7 +184,7 @@ class CaseBook:
         removed: list[str] = []
         restored: list[str] = []
         merged = False
-        refs = [self._ref(i) for i in {case.subject_id, *(c.subject_id for c in case.candidates)}]
+        refs = self._case_refs(case)
         rows = self._db.execute(
             f"SELECT DISTINCT ref, encounter, case_id, created_ms FROM encounters WHERE partition=? AND "
             f"ref IN ({','.join('?' * len(refs))})", (partition, *refs)).fetchall()
@@ -273,7 +277,7 @@ class CaseBook:
     def _attach(self, partition: str, case_id: str, subject_id: str, templates: tuple[StoredTemplate, ...],
                 unix_ms: int) -> None:
         ref = self._ref(subject_id)
-        if self._db.execute("SELECT 1 FROM subjects WHERE partition=? AND ref=?", (partition, ref)).fetchone() is None:
+        if not self._present(partition, subject_id):
             raise NotFound(f"subject {subject_id!r} is not enrolled")
         n = self._db.execute("SELECT COALESCE(MAX(encounter), 0) + 1 FROM encounters WHERE partition=? AND ref=?",
                              (partition, ref)).fetchone()[0]
