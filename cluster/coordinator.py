@@ -45,7 +45,9 @@ STORE_CALLS = frozenset({"get", "count", "count_by_partition", "model_counts", "
                          "open_secret", "derive_key", "pseudonym", "resolve", "encrypted",
                          # adjudication: reads of cases, their captures, encounters and kept images
                          "case", "cases", "case_counts", "case_templates", "case_images", "subject_images",
-                         "held_case", "encounters", "expire_case_images"})
+                         "held_case", "encounters", "expire_case_images",
+                         # the data-quality report's facts, and refused captures to count
+                         "sample_facts", "refusals", "partitions", "note_refusal"})
 
 
 def shard_nodes() -> list[str]:

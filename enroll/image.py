@@ -147,3 +147,32 @@ def _decode(data: bytes) -> DecodedImage:
     if min(rgb.shape[:2]) < MIN_SIDE:
         raise ImageDecodeError(f"image is {rgb.shape[1]}x{rgb.shape[0]}, too small", "IMAGE_TOO_SMALL")
     return DecodedImage(np.ascontiguousarray(rgb), fmt, was_grey)
+
+
+_WSQ_SOF = b"\xff\xa2"  # WSQ's start-of-frame marker: length, black, white, lines (height), columns (width)
+
+
+def image_info(data: bytes) -> tuple[int, int, int]:
+    """(width, height, dpi) from an image's header, without decoding its pixels; 0 where
+    the header does not say or cannot be read (the data-quality report counts it unknown).
+
+    WSQ's header is read here, not by its plugin (which decodes in the isolated worker,
+    see :func:`decode_image`): its frame header gives the size, a NISTCOM comment the
+    resolution (``PPI``).
+    """
+    if data[:2] == _WSQ_SOI:
+        at = data.find(_WSQ_SOF, 2)
+        if at < 0 or len(data) < at + 10:
+            return 0, 0, 0
+        height, width = int.from_bytes(data[at + 6:at + 8], "big"), int.from_bytes(data[at + 8:at + 10], "big")
+        ppi = data.find(b"PPI ", 2, at)
+        digits = data[ppi + 4:ppi + 9].split(b"\n")[0].strip() if ppi >= 0 else b""
+        return width, height, int(digits) if digits.isdigit() else 0
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im = Image.open(io.BytesIO(data))  # reads the header only
+            dpi = im.info.get("dpi") or (0, 0)
+            return im.width, im.height, int(round(float(dpi[0]))) if dpi and float(dpi[0]) > 1 else 0
+    except Exception:  # noqa: BLE001 - bytes decode_image refuses with its own reason
+        return 0, 0, 0

@@ -43,7 +43,7 @@ from matcher.galleries import Galleries, LocalGalleries
 from matcher.registry import REGISTRY
 from matcher.repository import Repository
 from matcher.repository import Applied
-from matcher.types import StoredTemplate, Subject, normalise_id
+from matcher.types import Capture, StoredTemplate, Subject, normalise_id
 from matcher.templates import Template
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,7 @@ class Engine:
     def enroll(self, subject_id: str, partition: str, templates: tuple[StoredTemplate, ...], force: bool = False,
                adjudicated: tuple[str, ...] = (), deadline: float | None = None, hold: bool = False,
                by: Actor = Actor(), images: tuple[SampleImage, ...] = (), import_key: str = "",
-               dedup: bool = True) -> EnrollResult:
+               dedup: bool = True, capture: Capture | None = None) -> EnrollResult:
         """Deduplicate (against the enrolled and the captures held by open cases), then
         store. A duplicate stores nothing unless ``force``; with ``hold`` it opens a case
         (or, matching a held capture, joins that case) for a person to decide.
@@ -383,6 +383,8 @@ class Engine:
                 with ``replayed`` instead of ALREADY_EXISTS, and stores nothing.
             dedup: False stores without searching (an import loaded first and audited
                 after; no candidates, no links).
+            capture: how the samples were captured, kept with the subject for the
+                data-quality report.
 
         Raises:
             AlreadyExists: the id is enrolled, or (``hold``) held by another open case.
@@ -416,7 +418,7 @@ class Engine:
             # Enrolled anyway: the links are the candidates named by the adjudicator and the
             # ones this search found (what the enrolment was decided against).
             links = tuple(dict.fromkeys((*adjudicated, *(c.subject_id for c in candidates))))
-            subject = Subject(subject_id, partition, templates, links)
+            subject = Subject(subject_id, partition, templates, links, capture=capture)
             self.check_deadline(deadline)
             self.store.add(subject, images if self.keep_images is KeepImages.ALL else (),  # synced before we answer
                            import_key)
@@ -479,7 +481,8 @@ class Engine:
                                        "share an id; withdraw this case (re-capture) and have the site enrol the "
                                        "person under a new id", "ID_TAKEN")
                 if not pairwise:
-                    enrol = Subject(subject_id, partition, templates, named)
+                    enrol = Subject(subject_id, partition, templates, named,
+                                    capture=Capture(case.principal_name, by.site))
             else:
                 subject_id = ""
             decision = Decision(verdict, by.principal_id, by.principal_name, int(time.time() * 1000), reason,

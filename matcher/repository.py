@@ -12,7 +12,7 @@ the store and sync exchange (changes, what applying one did, flags, a peer's sta
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -95,6 +95,50 @@ class PeerState:
     gaps: int = 0
     audit_seq: int | None = None  # the peer's audit head as its newest bundle stated it
     audit_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class SampleFact:
+    """One enrolled sample as the data-quality report counts it (nothing biometric).
+
+    Attributes:
+        subject: an opaque key of its subject (the same for every sample of one subject,
+            never the id): what tells which modalities a subject lacks.
+        quality: the template's 0..100 quality score.
+        components: its named quality measures (ISO/IEC 29794 components where the
+            extractor measures them; empty for samples from before they were kept).
+        width / height / dpi: the image's (0: unknown, or sent as a template).
+        operator / site: who enrolled it and where ("" unknown / this site).
+        unix_ms: when the subject was enrolled.
+    """
+
+    partition: str
+    subject: str
+    modality: str
+    position: int
+    quality: int
+    components: dict = field(default_factory=dict, compare=False)
+    width: int = 0
+    height: int = 0
+    dpi: int = 0
+    operator: str = ""
+    site: str = ""
+    unix_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A capture an enrolment refused (failure to enrol): which sample, why, by whom."""
+
+    unix_ms: int
+    partition: str
+    modality: str
+    position: int
+    reason: str
+    operator: str = ""
+    site: str = ""
+    width: int = 0
+    height: int = 0
 
 
 @runtime_checkable

@@ -28,6 +28,23 @@ class StoredTemplate:
 
 
 @dataclass(frozen=True)
+class Capture:
+    """How an enrolment's samples were captured: what the data-quality report counts.
+    Nothing biometric: who captured them, where, and each image's size.
+
+    Attributes:
+        operator: the principal that enrolled (its name; "" unknown, e.g. from a peer).
+        site: the site where it was enrolled ("" this one).
+        sizes: ``(modality, position, width, height, dpi)`` of each sample sent as an
+            image (0 where unknown; a sample sent as a template has none).
+    """
+
+    operator: str = ""
+    site: str = ""
+    sizes: tuple[tuple[str, int, int, int, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class Subject:
     """An enrolled subject.
 
@@ -37,6 +54,7 @@ class Subject:
         templates: the stored templates.
         linked: subject ids this enrolment was adjudicated against ("enrol anyway").
         created_ns: enrolment time, Unix nanoseconds.
+        capture: how it was captured (kept beside it for the data-quality report).
     """
 
     subject_id: str
@@ -44,6 +62,7 @@ class Subject:
     templates: tuple[StoredTemplate, ...]
     linked: tuple[str, ...] = ()
     created_ns: int = field(default_factory=time.time_ns)
+    capture: Capture | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Frozen, but its ids are normalised once here, so every path in (RPC, sync, restore) agrees.

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 8  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
+SCHEMA_VERSION = 9  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
 # 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed;
 # 7: adjudication cases, their held captures, and encounters attached to subjects; 8: decisions travel (a
-# change names its case), import keys
+# change names its case), import keys; 9: capture facts and refused captures (the data-quality report)
 
 PEERS = """
 -- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
@@ -157,6 +157,38 @@ CREATE TABLE IF NOT EXISTS import_keys (
     PRIMARY KEY (partition, ref),
     FOREIGN KEY (partition, ref) REFERENCES subjects (partition, ref) ON DELETE CASCADE
 );
+-- What each enrolled sample was like (the data-quality report): its quality score and
+-- components, image size, who captured it and where. Nothing biometric; erased with the subject.
+CREATE TABLE IF NOT EXISTS sample_facts (
+    partition TEXT NOT NULL,
+    ref BLOB NOT NULL,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    quality INTEGER NOT NULL,
+    components TEXT NOT NULL DEFAULT '{}',
+    width INTEGER NOT NULL DEFAULT 0,
+    height INTEGER NOT NULL DEFAULT 0,
+    dpi INTEGER NOT NULL DEFAULT 0,
+    operator TEXT NOT NULL DEFAULT '',
+    site TEXT NOT NULL DEFAULT '',
+    unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (partition, ref, modality, position),
+    FOREIGN KEY (partition, ref) REFERENCES subjects (partition, ref) ON DELETE CASCADE
+);
+-- Captures an enrolment refused (failure to enrol): why, of which sample, by whom. No
+-- subject is named: the person was not enrolled.
+CREATE TABLE IF NOT EXISTS refusals (
+    unix_ms INTEGER NOT NULL,
+    partition TEXT NOT NULL,
+    modality TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    operator TEXT NOT NULL DEFAULT '',
+    site TEXT NOT NULL DEFAULT '',
+    width INTEGER NOT NULL DEFAULT 0,
+    height INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS refusals_by_time ON refusals (partition, unix_ms);
 """ + PEERS + """
 -- Imported enrolments that need a person's decision (a cross-site duplicate, an id taken);
 -- candidates are refs (hex).

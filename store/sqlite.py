@@ -41,6 +41,7 @@ from matcher.templates import Template, parse_template
 from matcher.types import StoredTemplate, Subject, normalise_id
 from store import sealing
 from store.cases import CaseBook
+from store.facts import CaptureFacts
 from store.schema import SCHEMA, SCHEMA_V5, SCHEMA_VERSION, run_script
 from store.sealing import PlainSealer, Sealer
 
@@ -64,7 +65,7 @@ _TEMPLATE_ROWS = ("SELECT t.partition, t.ref, s.id, t.modality, t.position, t.da
                   "JOIN subjects s ON s.partition = t.partition AND s.ref = t.ref")
 
 
-class SubjectStore(CaseBook):
+class SubjectStore(CaseBook, CaptureFacts):
     """SQLite-backed subject store. Thread-safe: one connection, calls serialised by a lock.
 
     Args:
@@ -106,6 +107,9 @@ class SubjectStore(CaseBook):
                 if "case_id" not in {r[1] for r in self._db.execute("PRAGMA table_info(changes)")}:
                     self._db.execute("ALTER TABLE changes ADD COLUMN case_id TEXT NOT NULL DEFAULT ''")
                 self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        if version < 9:  # 9: capture facts are new: the quality scores the templates carry
+            with self._transaction():
+                self._fill_facts()
 
     def _migrate(self, version: int) -> None:
         """Version 1 had no change log: every subject enrolled so far becomes a change, in
@@ -172,6 +176,24 @@ class SubjectStore(CaseBook):
         with self._lock:
             db.execute("VACUUM")
         self._scrub()
+
+    def _fill_facts(self) -> None:
+        """Facts for subjects stored before they were kept (schema < 9): the quality score
+        each template carries, where it came from (its origin site); no components, sizes
+        or operator (never recorded). Caller holds a transaction."""
+        rows = self._db.execute(
+            "SELECT t.partition, t.ref, s.id, t.modality, t.position, t.model_id, t.data, s.created_ns, "
+            "COALESCE(o.site, '') FROM templates t JOIN subjects s ON s.partition = t.partition AND s.ref = t.ref "
+            "LEFT JOIN origins o ON o.partition = t.partition AND o.ref = t.ref "
+            "WHERE NOT EXISTS (SELECT 1 FROM sample_facts f WHERE f.partition = t.partition AND f.ref = t.ref "
+            "AND f.modality = t.modality AND f.position = t.position)").fetchall()
+        facts = []
+        for partition, ref, sealed_id, modality, position, model_id, data, created_ns, site in rows:
+            subject_id = self._open_id(partition, ref, sealed_id)
+            template, _ = self._parse(data, None, _context(partition, subject_id, modality, position, model_id))
+            facts.append((partition, ref, modality, position, template.quality, "{}", 0, 0, 0, "", site,
+                          created_ns // 1_000_000))
+        self._db.executemany("INSERT INTO sample_facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", facts)
 
     # --- refs: subject ids as keyed hashes, the ids sealed -------------------------------
 
@@ -365,7 +387,9 @@ class SubjectStore(CaseBook):
             what = f"subject {subjects[0].subject_id!r} is" if len(subjects) == 1 else "a subject of the batch is"
             raise AlreadyExists(f"{what} already enrolled") from e
 
-    def _insert(self, subjects: list[Subject]) -> None:
+    def _insert(self, subjects: list[Subject], site: str = "") -> None:
+        """Insert subjects, their templates and capture facts (``site``: where they were
+        enrolled, when their capture does not say). Caller holds a transaction."""
         heads, rows = [], []
         for s in subjects:
             ref = self._ref(s.subject_id)
@@ -379,6 +403,8 @@ class SubjectStore(CaseBook):
         self._db.executemany("INSERT INTO subjects VALUES (?, ?, ?, ?, ?)", heads)
         self._db.executemany("INSERT INTO templates (partition, ref, modality, position, model_id, data, "
                              "derived) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        for s, head in zip(subjects, heads):
+            self._put_facts(s, head[1], site)
 
     def _seal_derived(self, template: Template, context: bytes) -> bytes | None:
         derive = getattr(template, "derived_bytes", None)
@@ -540,7 +566,7 @@ class SubjectStore(CaseBook):
                 elif taken:
                     outcome, flag = Applied.CONFLICT, ("ID_CONFLICT", [subject.subject_id])
                 else:
-                    self._insert([subject])
+                    self._insert([subject], origin)
                     self._db.execute("INSERT INTO origins VALUES (?, ?, ?, ?)",
                                      (subject.partition, ref, origin, origin_seq))
                     self._log("enrol", subject.partition, subject.subject_id, site, origin, origin_seq)

@@ -75,6 +75,7 @@ RULES: dict[str, frozenset[str]] = {
     "GetCase": frozenset({"adjudicator", "admin"}),
     "DecideCase": frozenset({"adjudicator", "admin"}),
     "AuditDuplicates": frozenset({"admin"}),
+    "QualityReport": frozenset({"admin"}),
 }
 
 
@@ -320,8 +321,8 @@ def authorize(principal: Principal, method: str, request) -> None:
 
     Args:
         method: the RPC's short name (``Enroll``).
-        request: the request message: its ``partition``, ``force`` and ``skip_dedup``
-            fields are checked.
+        request: the request message: its ``partition`` (or ``partitions``), ``force`` and
+            ``skip_dedup`` fields are checked.
     """
     # Enrol-anyway is adjudication; enrolling without deduplication (a legacy import loaded
     # first and audited after) is an administrator's call.
@@ -335,6 +336,9 @@ def authorize(principal: Principal, method: str, request) -> None:
                                f"{', '.join(sorted(principal.roles))}")
     if hasattr(request, "partition") and not principal.may_use(request.partition):
         raise PermissionDenied(f"{principal.name!r} may not use partition {partition_of(request)!r}")
+    for partition in getattr(request, "partitions", ()):  # a call over several partitions (reports)
+        if not principal.may_use(partition):
+            raise PermissionDenied(f"{principal.name!r} may not use partition {partition!r}")
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

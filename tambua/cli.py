@@ -432,6 +432,21 @@ def _print(obj: dict, as_json: bool) -> None:
             print(f"{k}: {v}")
 
 
+def _print_quality(report: dict) -> None:
+    """The report's headline in lines (the whole is in --json, --out and --html)."""
+    print(f"subjects: {report['totals']['subjects']}")
+    for m, d in report["modalities"].items():
+        q = d["quality"]
+        print(f"{m}: {d['samples']} samples, mean quality {q.get('mean', '-')}, {d['refused']} refused "
+              f"({100 * d['refusal_rate']:.1f}%)" + (f": {', '.join(f'{r} {n}' for r, n in d['refusal_reasons'].items())}"
+                                                     if d["refusal_reasons"] else ""))
+    miss = report["missing"]
+    print(f"short of a modality: {miss['without_face']} without a face, {miss['without_iris']} without an iris, "
+          f"{miss['fingers_short_of_ten']} with fewer than ten fingers")
+    for peer in report["sync"]:
+        print(f"peer {peer['site']}: last sync {peer['lag_s']} s ago, {peer['pending']} changes pending")
+
+
 def _import(args, stub, md) -> int:
     """``tambua import``: the summary printed, the report written; exit 1 if a record failed."""
     from tambua import importer
@@ -615,6 +630,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--csv", type=Path, help="also write one row per tying pair here")
     c.add_argument("--html", type=Path, help="also write a page of the clusters here")
 
+    c = client("quality-report", "the data-quality report: quality, refused captures, missing modalities, "
+                                 "image sizes, duplicates and sync lag per site, partition, operator and day (admin)")
+    c.add_argument("--since", type=int, default=0, metavar="UNIX_MS", help="count enrolments and refusals from then")
+    c.add_argument("--html", type=Path, help="write the report as a page (plots inside) here")
+    c.add_argument("--out", type=Path, help="write the report's JSON here")
+
     cs = sub.add_parser("cases", help="adjudication cases: suspected duplicates a person decides (adjudicator role)")
     csub = cs.add_subparsers(dest="cases_command", required=True)
     c = client("list", "cases, oldest first", csub)
@@ -782,6 +803,16 @@ def main(argv: list[str] | None = None) -> int:
                 audit_report.write_csv(out, args.csv)
             if args.html:
                 audit_report.write_html(out, args.html)
+        elif args.command == "quality-report":
+            r = stub.QualityReport(pb.QualityReportRequest(partitions=[args.partition] if args.partition else [],
+                                                           since_unix_ms=args.since), timeout=600, metadata=md)
+            out = json.loads(r.report_json)
+            if args.out:
+                args.out.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            if args.html:
+                from tambua import quality_report
+
+                quality_report.write_html(out, args.html)
         elif args.command == "sync":
             out = _sync_rpc(args, stub, md)
         elif args.command == "cases":
@@ -799,6 +830,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "cases" and not args.json:
         _print_cases(out)
+    elif args.command == "quality-report" and not args.json:
+        _print_quality(out)
     else:
         _print(out, args.json)
     return 0

@@ -75,10 +75,13 @@ class Extraction:
             try:
                 out.append(StoredTemplate(s.modality, s.position, self._template(s)))
             except TambuaError as e:
+                e.sample = s  # what the data-quality report counts a refused capture against
                 if len(samples) == 1:
                     raise
                 # Which of the request's samples failed, so the operator re-captures that one.
-                raise type(e)(f"{sample_name(s.modality, s.position)}: {e.message}", e.reason) from e
+                named = type(e)(f"{sample_name(s.modality, s.position)}: {e.message}", e.reason)
+                named.sample = s
+                raise named from e
         return tuple(out)
 
     def _template(self, s: SampleInput) -> Template:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import faulthandler
 import functools
+import json
 import logging
 import os
 import signal
@@ -25,13 +26,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from enroll.finger import networks
 from enroll.finger.networks import NETWORKS
+from enroll.image import image_info
 from matcher.cases import Actor, Case, CaseState, Decision, SampleImage, Verdict
 from matcher.engine import MODALITIES, Engine
 from matcher.finger.iso19794 import export_record
-from matcher.errors import FailedPrecondition, InvalidInput, ModelMismatch, NotFound, QualityError
-from matcher.repository import Flag
-from matcher.types import normalise_id
+from matcher.errors import FailedPrecondition, ImageDecodeError, InvalidInput, ModelMismatch, NotFound, QualityError
+from matcher.repository import Flag, Refusal
+from matcher.types import Capture, normalise_id
 import sync
+from tambua import quality
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
 from tambua.auth import AccessStore, AuthInterceptor, current, note_touched, partition_of
 from tambua.config import Config
@@ -153,6 +156,12 @@ def _samples(msgs) -> list[SampleInput]:
     return out
 
 
+def _image_size(s: SampleInput) -> tuple[int, int, int]:
+    """(width, height, dpi) of a sample's image from its header; the dpi the request gives wins."""
+    width, height, dpi = image_info(s.image)
+    return width, height, s.dpi or dpi
+
+
 def _deadline(context) -> float | None:
     """The call's deadline on ``time.monotonic()``'s clock, or None without one."""
     remaining = context.time_remaining()
@@ -258,13 +267,20 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             raise InvalidInput("import_key has at most 200 characters")
         deadline = _deadline(context)
         samples = _samples(request.samples)
-        templates = self.extraction.templates(samples, deadline, enrolment=True)
+        by = self._actor()
+        try:
+            templates = self.extraction.templates(samples, deadline, enrolment=True)
+        except (QualityError, ImageDecodeError) as e:
+            self._note_refusal(partition, by, e)
+            raise
         # Kept (sealed) only where a case holds them or keep_images says so; never logged.
         images = tuple(SampleImage(s.modality, s.position, s.image) for s in samples if s.image)
+        capture = Capture(by.principal_name, by.site, tuple(
+            (s.modality, s.position, *_image_size(s)) for s in samples if s.image))
         r = self.engine.enroll(subject_id, partition, templates, force=request.force,
                                adjudicated=tuple(request.adjudicated_candidates), deadline=deadline,
-                               hold=request.hold, by=self._actor(), images=images, import_key=request.import_key,
-                               dedup=not request.skip_dedup)
+                               hold=request.hold, by=by, images=images, import_key=request.import_key,
+                               dedup=not request.skip_dedup, capture=capture)
         return pb.EnrollResponse(
             outcome=pb.EnrollResponse.Outcome.Value(r.outcome),
             subject_id=r.subject_id,
@@ -275,6 +291,18 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             clear_match=r.clear_match,
             replayed=r.replayed,
         )
+
+    def _note_refusal(self, partition: str, by: Actor, e: Exception) -> None:
+        """Keep a capture the enrolment refused, for the data-quality report (failure to enrol)."""
+        sample = getattr(e, "sample", None)
+        if sample is None:
+            return
+        width, height, _ = _image_size(sample) if sample.image else (0, 0, 0)
+        try:
+            self.engine.store.note_refusal(Refusal(int(time.time() * 1000), partition, sample.modality, sample.position,
+                                                   e.reason, by.principal_name, by.site, width, height))
+        except Exception:  # noqa: BLE001 - the caller gets the refusal's reason, not a bookkeeping failure
+            log.exception("could not record a refused capture")
 
     def _actor(self) -> Actor:
         """Who the current call is, as a case records it."""
@@ -323,6 +351,20 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             clusters=[pb.AuditCluster(partition=c.partition, subject_ids=list(c.subject_ids), best_fpir=c.best_fpir,
                                       pairs=[pb.AuditPair(subject_ids=list(p.subject_ids), score=p.score, fpir=p.fpir)
                                              for p in c.pairs]) for c in r.clusters])
+
+    @_rpc
+    def QualityReport(self, request, context):
+        store, principal = self.engine.store, current.get()
+        partitions = ([normalise_id(p, "partition") for p in request.partitions]
+                      or [p for p in store.partitions() if principal.may_use(p)])
+        since = request.since_unix_ms
+        peers = {site: quality.Peer(store.peer(site), store.pending(site)) for site in self.peers.all()} \
+            if self.peers else {}
+        report = quality.build(
+            [f for f in store.sample_facts(partitions) if f.unix_ms >= since], store.refusals(partitions, since),
+            partitions, {state.value: store.case_counts(partitions, state) for state in CaseState}, peers,
+            self.site.site if self.site else "")
+        return pb.QualityReportResponse(report_json=json.dumps(report, sort_keys=True))
 
     @_rpc
     def Identify(self, request, context):

@@ -211,4 +211,10 @@ class FaceExtractor:
         return results  # type: ignore[return-value]
 
     def _template(self, face: AlignedFace, vector: np.ndarray) -> EmbeddingTemplate:
-        return EmbeddingTemplate(self.model_id, np.asarray(vector, np.float32), face.quality.score)
+        q = face.quality
+        # The measures behind the score, for the data-quality report (after ISO/IEC 29794-5's
+        # components: face size, sharpness, illumination, pose), not certified values.
+        components = (("detection_score", round(q.detection_score, 4)), ("face_px", round(q.face_px, 1)),
+                      ("sharpness", round(q.sharpness, 4)), ("brightness", round(q.brightness, 2)),
+                      ("yaw", round(q.yaw, 2)))
+        return EmbeddingTemplate(self.model_id, np.asarray(vector, np.float32), q.score, components)

@@ -146,7 +146,7 @@ def _png(src: Path, dst: Path) -> None:
 RUN = ("make setup", "make run", ".venv/bin/tambua enroll --subject A-001", ".venv/bin/tambua enroll --subject B-7",
        ".venv/bin/tambua enroll --subject C-3", ".venv/bin/tambua enroll --subject D-1", "tambua dev-certs", "tambua serve", "tambua keys create",
        "export TAMBUA_CA", "tambua keys new-kek > kek.next", "tambua audit verify", "tambua backup",
-       "tambua sync identity", ".venv/bin/tambua import --manifest",
+       "tambua sync identity", ".venv/bin/tambua import --manifest", ".venv/bin/tambua quality-report",
        "export RAY_USAGE_STATS_ENABLED")  # the cluster block: tests/cluster/test_readme_cluster.py
 
 
@@ -266,6 +266,12 @@ def test_legacy_import_block(tmp_path, orl, fingerprints, irises, models):
         assert len(list(csv.DictReader(open(legacy / "report.csv")))) == len(rows)
         out = shell.run(again)
         assert (out["enrolled"], out["already"]) == (0, 2)
+        (report,) = block(".venv/bin/tambua quality-report")
+        printed = shell.run(report)
+        assert "subjects: 2" in printed and "face: 2 samples" in printed
+        quality = json.loads((legacy / "quality.json").read_text())
+        assert quality["totals"]["samples"] == {"face": 2, "finger": 1, "iris": 1}
+        assert quality["missing"]["without_iris"] == 1 and "data-json" in (legacy / "quality.html").read_text()
     finally:
         server.stop()
 

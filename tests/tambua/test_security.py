@@ -92,6 +92,7 @@ def _requests(orl, role: str) -> dict[str, tuple[str, object]]:
         "SyncStatus": ("SyncStatus", pb.SyncStatusRequest()),
         "ListCases": ("ListCases", pb.ListCasesRequest()),
         "AuditDuplicates": ("AuditDuplicates", pb.AuditDuplicatesRequest()),
+        "QualityReport": ("QualityReport", pb.QualityReportRequest()),
         "Enroll skip_dedup": ("Enroll", pb.EnrollRequest(subject_id=f"loaded-{role}", samples=[face(orl, 11, 1)],
                                                          skip_dedup=True)),
     }
@@ -105,7 +106,7 @@ ALLOWED = {
     "adjudicator": {"Enroll force", "DeleteSubject", "GetSubject", "ListCases", "GetCase", "DecideCase"},
     "auditor": {"ReadAudit"},
     "admin": {"Stats", "SyncStatus", "SyncExport", "SyncImport", "SyncPush", "ListCases", "GetCase", "DecideCase",
-              "AuditDuplicates", "Enroll skip_dedup"},
+              "AuditDuplicates", "QualityReport", "Enroll skip_dedup"},
 }
 
 
