@@ -76,6 +76,7 @@ RULES: dict[str, frozenset[str]] = {
     "DecideCase": frozenset({"adjudicator", "admin"}),
     "AuditDuplicates": frozenset({"admin"}),
     "QualityReport": frozenset({"admin"}),
+    "ExportSubject": frozenset({"admin"}),
 }
 
 

@@ -432,6 +432,28 @@ def _print(obj: dict, as_json: bool) -> None:
             print(f"{k}: {v}")
 
 
+def _export(args, r) -> dict:
+    """``tambua export``: the files written, and what they hold."""
+    from tambua import ansi_nist, iso19794
+    from tambua.v1 import tambua_pb2 as pb
+
+    names = {pb.FACE: "face", pb.FINGER: "finger", pb.IRIS: "iris"}
+    templates = [(names[t.modality], t.position, t.data, t.iso19794_2) for t in r.subject.templates]
+    images = [(names[i.modality], i.position, i.data) for i in r.images]
+    out = {"subject_id": r.subject.subject_id, "templates": len(templates), "images": len(images), "files": []}
+    if args.nist:
+        args.nist.parent.mkdir(parents=True, exist_ok=True)
+        args.nist.write_bytes(ansi_nist.build(r.subject.subject_id, templates, images))
+        out["files"].append(str(args.nist))
+    if args.iso:
+        args.iso.mkdir(parents=True, exist_ok=True)
+        for name, data in iso19794.records(templates, images).items():
+            path = args.iso / f"{r.subject.subject_id}{name}"
+            path.write_bytes(data)
+            out["files"].append(str(path))
+    return out
+
+
 def _print_quality(report: dict) -> None:
     """The report's headline in lines (the whole is in --json, --out and --html)."""
     print(f"subjects: {report['totals']['subjects']}")
@@ -452,7 +474,9 @@ def _import(args, stub, md) -> int:
     from tambua import importer
 
     try:
-        outcomes, summary = importer.run(stub, md, args.manifest, args.dedup, args.jobs, args.state)
+        outcomes, summary = importer.run(stub, md, args.manifest, args.dedup, args.jobs, args.state,
+                                         nist=args.nist or (), partition=args.partition,
+                                         subject_field=args.subject_field)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -612,9 +636,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--subject", required=True)
     client("stats", "gallery statistics")
 
-    c = client("import", "bulk enrolment from a manifest (CSV or JSON Lines): resumable, idempotent, reported")
-    c.add_argument("--manifest", required=True, type=Path,
-                   help="subject_id,partition,modality,position,path per sample (paths relative to it)")
+    c = client("import", "bulk enrolment from a manifest (CSV or JSON Lines) or ANSI/NIST-ITL files: resumable, "
+                         "idempotent, reported")
+    source = c.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", type=Path,
+                        help="subject_id,partition,modality,position,path per sample (paths relative to it)")
+    source.add_argument("--nist", type=Path, nargs="+", metavar="FILE_OR_DIR",
+                        help="ANSI/NIST-ITL 1-2011 transactions, one subject each (Type-4/14 fingers, WSQ too; "
+                             "Type-10 face; Type-17 iris; Type-9 minutiae; Type-99 Tambua templates), into --partition")
+    c.add_argument("--subject-field", default="2.015", help="the field that holds a transaction's subject id "
+                                                            "(default 2.015)")
     c.add_argument("--report", type=Path, help="every line's outcome and reason: CSV, or JSON for a .json name")
     c.add_argument("--dedup", choices=["hold", "refuse", "skip"], default="hold",
                    help="hold: duplicates become adjudication cases (default); refuse: reported, not stored; "
@@ -629,6 +660,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--cases", action="store_true", help="open an adjudication case per cluster")
     c.add_argument("--csv", type=Path, help="also write one row per tying pair here")
     c.add_argument("--html", type=Path, help="also write a page of the clusters here")
+
+    c = client("export", "a subject as an ANSI/NIST-ITL transaction and ISO/IEC 19794 records, to leave "
+                         "Tambua (admin)")
+    c.add_argument("--subject", required=True)
+    c.add_argument("--nist", type=Path, help="write the ANSI/NIST-ITL 1-2011 transaction here")
+    c.add_argument("--iso", type=Path, metavar="DIR", help="write ISO/IEC 19794 records here (fingers: -2 minutiae; "
+                                                           "face -5 and iris -6 where images were kept)")
 
     c = client("quality-report", "the data-quality report: quality, refused captures, missing modalities, "
                                  "image sizes, duplicates and sync lag per site, partition, operator and day (admin)")
@@ -803,6 +841,10 @@ def main(argv: list[str] | None = None) -> int:
                 audit_report.write_csv(out, args.csv)
             if args.html:
                 audit_report.write_html(out, args.html)
+        elif args.command == "export":
+            out = _export(args, stub.ExportSubject(pb.SubjectRequest(subject_id=args.subject,
+                                                                     partition=args.partition),
+                                                   timeout=120, metadata=md))
         elif args.command == "quality-report":
             r = stub.QualityReport(pb.QualityReportRequest(partitions=[args.partition] if args.partition else [],
                                                            since_unix_ms=args.since), timeout=600, metadata=md)

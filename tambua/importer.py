@@ -1,4 +1,5 @@
-"""Bulk import of legacy records through a running server: ``tambua import --manifest``.
+"""Bulk import of legacy records through a running server: ``tambua import --manifest`` or
+``--nist`` (ANSI/NIST-ITL transactions, one subject each: ``tambua/ansi_nist.py``).
 
 A manifest lists samples, one per line: CSV with a header, or JSON Lines, with the keys
 ``subject_id, partition, modality, position, path`` (modality ``face``, ``finger`` or
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import grpc
 
+from tambua import ansi_nist
 from tambua.status import reason_of
 
 FIELDS = ("subject_id", "partition", "modality", "position", "path")
@@ -56,6 +58,7 @@ class Row:
     position: int
     path: Path
     metadata: dict = field(default_factory=dict, compare=False)
+    member: str = ""  # an ANSI/NIST-ITL file's record (``TYPE.IDC``) that holds the sample
 
 
 @dataclass(frozen=True)
@@ -241,17 +244,46 @@ class Progress:
             self.bar.close()
 
 
+def read_nist(paths: list[Path], partition: str = "", subject_field: str = ansi_nist.SUBJECT_FIELD
+              ) -> tuple[list[Record], list[Outcome]]:
+    """The records of ANSI/NIST-ITL transaction files (one subject a file; a folder stands
+    for the files in it), and the files that cannot be imported, with their reasons."""
+    files = sorted(f for p in paths for f in (sorted(p.iterdir()) if p.is_dir() else [p])
+                   if f.is_file() and not f.name.startswith("."))  # not the state file kept in the folder
+    records, failed = [], []
+    for n, path in enumerate(files, 1):
+        try:
+            tx = ansi_nist.parse(path.read_bytes(), subject_field)
+        except ansi_nist.NistError as e:
+            failed.append(Outcome(Record(partition, "", (Row(n, "", partition, "", 0, path),)), "failed", e.reason,
+                                  f"{path.name}: {e.message}"))
+            continue
+        rows = tuple(Row(n, tx.subject_id, partition, i.modality, i.position, path, {"kind": i.kind}, i.record)
+                     for i in tx.samples())
+        records.append(Record(partition, tx.subject_id, rows))
+    return records, failed
+
+
 def _samples(record: Record) -> tuple[list, str]:
-    """The record's samples for Enroll and its import key (a hash of its id and image bytes)."""
+    """The record's samples for Enroll and its import key (a hash of its id and sample bytes)."""
     from tambua.v1 import tambua_pb2 as pb
 
     modality = {"face": pb.FACE, "finger": pb.FINGER, "iris": pb.IRIS}
     h = hashlib.sha256(json.dumps([record.partition, record.subject_id]).encode())
     samples = []
+    transactions: dict[Path, dict[str, ansi_nist.Item]] = {}
     for r in sorted(record.rows, key=lambda r: (r.modality, r.position)):
-        data = r.path.read_bytes()
+        if r.member:  # a record of an ANSI/NIST-ITL file (read once per file)
+            if r.path not in transactions:
+                tx = ansi_nist.parse(r.path.read_bytes())
+                transactions[r.path] = {i.record + i.kind: i for i in tx.items}
+            item = transactions[r.path][r.member + r.metadata["kind"]]
+            data, dpi, as_image = item.data, item.dpi, item.kind == "image"
+        else:
+            data, dpi, as_image = r.path.read_bytes(), 0, True
         h.update(json.dumps([r.modality, r.position, hashlib.sha256(data).hexdigest()]).encode())
-        samples.append(pb.Sample(modality=modality[r.modality], position=r.position, image=data))
+        samples.append(pb.Sample(modality=modality[r.modality], position=r.position, dpi=dpi,
+                                 **({"image": data} if as_image else {"template": data})))
     return samples, h.hexdigest()
 
 
@@ -263,6 +295,9 @@ def enrol(stub, metadata, record: Record, dedup: str, timeout_s: float = 300) ->
         samples, key = _samples(record)
     except OSError as e:
         return Outcome(record, "failed", "FILE_UNREADABLE", str(e.strerror or e))
+    except (ansi_nist.NistError, KeyError) as e:  # the file changed since it was listed
+        return Outcome(record, "failed", getattr(e, "reason", "NIST_CHANGED"),
+                       getattr(e, "message", "the transaction no longer holds the sample it listed"))
     try:
         r = stub.Enroll(pb.EnrollRequest(subject_id=record.subject_id, partition=record.partition, samples=samples,
                                          hold=dedup == "hold", skip_dedup=dedup == "skip", import_key=key),
@@ -275,12 +310,21 @@ def enrol(stub, metadata, record: Record, dedup: str, timeout_s: float = 300) ->
                    tuple(c.subject_id for c in r.candidates))
 
 
-def run(stub, metadata, manifest: Path, dedup: str = "hold", jobs: int = 2, state_path: Path | None = None,
-        progress_stream=sys.stderr) -> tuple[list[Outcome], dict]:
-    """Import a manifest: (every record's outcome, in manifest order; the summary)."""
+def run(stub, metadata, manifest: Path | None = None, dedup: str = "hold", jobs: int = 2,
+        state_path: Path | None = None, progress_stream=sys.stderr, nist: list[Path] = (), partition: str = "",
+        subject_field: str = ansi_nist.SUBJECT_FIELD) -> tuple[list[Outcome], dict]:
+    """Import a manifest, or ANSI/NIST-ITL files (``nist``: files or folders, into
+    ``partition``): (every record's outcome, in input order; the summary)."""
     started = time.monotonic()
-    records, outcomes = read_manifest(manifest)
-    state = State(state_path or manifest.with_name(manifest.name + ".import-state"))
+    if manifest is not None:
+        records, outcomes = read_manifest(manifest)
+        state_path = state_path or manifest.with_name(manifest.name + ".import-state")
+    else:
+        records, outcomes = read_nist(list(nist), partition, subject_field)
+        first = Path(nist[0])
+        state_path = state_path or (first / ".import-state" if first.is_dir() else
+                                    first.with_name(first.name + ".import-state"))
+    state = State(state_path)
     todo, signatures = [], {}
     for record in records:
         signatures[record] = record.signature()

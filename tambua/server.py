@@ -397,13 +397,23 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         templates = self.extraction.templates(_samples(request.samples), _deadline(context))
         return pb.ExtractResponse(templates=[_template_pb(t) for t in templates])
 
-    @_rpc
-    def GetSubject(self, request, context):
+    def _subject_pb(self, request) -> pb.GetSubjectResponse:
         s = self.engine.store.get(partition_of(request), request.subject_id)
         return pb.GetSubjectResponse(subject_id=s.subject_id, partition=s.partition,
                                      templates=[_template_pb(t) for t in s.templates],
                                      created_unix_ms=s.created_ns // 1_000_000, linked_subject_ids=list(s.linked),
                                      encounters=len(self.engine.store.encounters(s.partition, s.subject_id)))
+
+    @_rpc
+    def GetSubject(self, request, context):
+        return self._subject_pb(request)
+
+    @_rpc
+    def ExportSubject(self, request, context):
+        subject = self._subject_pb(request)  # NOT_FOUND before any image is read
+        images = self.engine.store.subject_images(subject.partition, subject.subject_id)
+        return pb.SubjectExport(subject=subject, images=[
+            pb.SampleImage(modality=_MODALITY_PB[i.modality], position=i.position, data=i.data) for i in images])
 
     @_rpc
     def DeleteSubject(self, request, context):

@@ -59,7 +59,31 @@ def _iso_records() -> list[bytes]:
             export_record([(1, parse_template(_templates()[1])), (7, parse_template(_templates()[1]))])]
 
 
+def _transactions() -> list[bytes]:
+    """Small ANSI/NIST-ITL transactions as our export writes them: images (PNG, WSQ), a
+    finger's minutiae (Type-9) and our templates (Type-99)."""
+    from tambua import ansi_nist
+
+    images, templates = _images(), _templates()
+    iso = export_record([(2, parse_template(templates[1]))])
+    return [ansi_nist.build("S-1", [("finger", 2, templates[1], iso), ("face", 0, templates[0], b"")],
+                            [("finger", 2, images[5]), ("face", 0, images[0])]),
+            ansi_nist.build("S-2", [("iris", 1, templates[2], b"")], [("iris", 1, images[0])])]
+
+
+def _parse_transaction(data: bytes):
+    """A transaction parses, or is refused with a reason (the importer reports it): both keep the contract."""
+    from tambua import ansi_nist
+
+    try:
+        return ansi_nist.parse(data)
+    except ansi_nist.NistError as e:
+        assert e.reason and e.message
+        return None
+
+
 TARGETS: dict[str, tuple[Callable[[bytes], object], Callable[[], list[bytes]]]] = {
+    "ansi_nist": (_parse_transaction, _transactions),
     "image": (decode_image, _images),
     "template": (parse_template, _templates),
     "iso19794": (lambda data: import_record(data, FINGER_MODEL), _iso_records),

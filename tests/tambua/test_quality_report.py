@@ -24,6 +24,7 @@ from tambua.v1 import tambua_pb2 as pb
 from tambua.v1 import tambua_pb2_grpc as pb_grpc
 from tests.tambua.test_security import _config, create
 from tests.tambua.test_server import REPO, Server
+from tests.tambua.test_nist import _wsq
 from tests.tambua.test_web import CHROMIUM
 
 
@@ -34,14 +35,6 @@ def _md(key: str) -> list[tuple[str, str]]:
 def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _wsq(path: Path) -> bytes:
-    import wsq  # noqa: F401 - registers the codec
-
-    buf = io.BytesIO()
-    Image.open(path).convert("L").save(buf, "WSQ")
     return buf.getvalue()
 
 

@@ -147,6 +147,7 @@ RUN = ("make setup", "make run", ".venv/bin/tambua enroll --subject A-001", ".ve
        ".venv/bin/tambua enroll --subject C-3", ".venv/bin/tambua enroll --subject D-1", "tambua dev-certs", "tambua serve", "tambua keys create",
        "export TAMBUA_CA", "tambua keys new-kek > kek.next", "tambua audit verify", "tambua backup",
        "tambua sync identity", ".venv/bin/tambua import --manifest", ".venv/bin/tambua quality-report",
+       ".venv/bin/tambua export --subject",
        "export RAY_USAGE_STATS_ENABLED")  # the cluster block: tests/cluster/test_readme_cluster.py
 
 
@@ -272,6 +273,15 @@ def test_legacy_import_block(tmp_path, orl, fingerprints, irises, models):
         quality = json.loads((legacy / "quality.json").read_text())
         assert quality["totals"]["samples"] == {"face": 2, "finger": 1, "iris": 1}
         assert quality["missing"]["without_iris"] == 1 and "data-json" in (legacy / "quality.html").read_text()
+        export, into = block(".venv/bin/tambua export --subject")
+        exported = shell.run(export)
+        assert exported["templates"] == 3 and exported["files"] == ["out/K-0001.an2", "out/iso/K-0001-fingers.fmr"]
+        other = Background([str(VENV_BIN / "tambua"), "serve", "--insecure", "--port", "0", "--metrics-port", "-1",
+                            "--data-dir", str(work / "country-data")], REPO)
+        try:
+            assert shell.run(into, **{"country server": other.address})["enrolled"] == 1
+        finally:
+            other.stop()
     finally:
         server.stop()
 

@@ -93,6 +93,7 @@ def _requests(orl, role: str) -> dict[str, tuple[str, object]]:
         "ListCases": ("ListCases", pb.ListCasesRequest()),
         "AuditDuplicates": ("AuditDuplicates", pb.AuditDuplicatesRequest()),
         "QualityReport": ("QualityReport", pb.QualityReportRequest()),
+        "ExportSubject": ("ExportSubject", pb.SubjectRequest(subject_id="S1")),
         "Enroll skip_dedup": ("Enroll", pb.EnrollRequest(subject_id=f"loaded-{role}", samples=[face(orl, 11, 1)],
                                                          skip_dedup=True)),
     }
@@ -106,7 +107,7 @@ ALLOWED = {
     "adjudicator": {"Enroll force", "DeleteSubject", "GetSubject", "ListCases", "GetCase", "DecideCase"},
     "auditor": {"ReadAudit"},
     "admin": {"Stats", "SyncStatus", "SyncExport", "SyncImport", "SyncPush", "ListCases", "GetCase", "DecideCase",
-              "AuditDuplicates", "QualityReport", "Enroll skip_dedup"},
+              "AuditDuplicates", "QualityReport", "ExportSubject", "Enroll skip_dedup"},
 }
 
 
