@@ -666,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--subject", required=True)
     c.add_argument("--nist", type=Path, help="write the ANSI/NIST-ITL 1-2011 transaction here")
     c.add_argument("--iso", type=Path, metavar="DIR", help="write ISO/IEC 19794 records here (fingers: -2 minutiae; "
-                                                           "face -5 and iris -6 where images were kept)")
+                                                           "face -5 and irises -6 where images were kept)")
 
     c = client("quality-report", "the data-quality report: quality, refused captures, missing modalities, "
                                  "image sizes, duplicates and sync lag per site, partition, operator and day (admin)")

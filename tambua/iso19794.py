@@ -1,6 +1,6 @@
 """ISO/IEC 19794 records of an exported subject: finger minutiae (part 2, 2005: one record
-holding every finger view, ``matcher/finger/iso19794.py``) and the face image (part 5,
-2005: a Face Image Record holding the kept photo as JPEG). No gRPC: ``tambua export`` and
+holding every finger view, ``matcher/finger/iso19794.py``), the face image (part 5, 2005:
+a Face Image Record holding the kept photo as JPEG) and the iris images (part 6, 2005). No gRPC: ``tambua export`` and
 the tests use it.
 
 Part 5 layout (big-endian): the record header (``FAC\\0``, version ``010\\0``, record
@@ -10,7 +10,17 @@ expression (2), pose angles yaw/pitch/roll (3), their uncertainty (3): all writt
 "unspecified"), then the image information (face image type (1; 1 full frontal), image
 data type (1; 0 JPEG), width and height (2 + 2), colour space (1; 1 RGB 24-bit, 3 grey
 8-bit), source type (1; 2 digital still), device type (2), quality (2; 0 unspecified)),
-then the image. Iris image records (part 6) are not written yet.
+then the image.
+
+Part 6 layout (2005, big-endian; as NIST's public-domain BIOMDI library reads it): the
+45-byte record header (``IIR\0``, version ``010\0``, record length (4), capture device id
+(2), number of eyes (1), header length (2; 45), image property bits (2), iris diameter
+(2), image format (2; 0x0002 grey raw), width and height (2 + 2), intensity depth (1; 8
+bits), image transformation (1), device unique id (16)); per eye a subtype header (eye:
+1 right, 2 left (1); number of images (2)); per image its header (number (2), quality (1;
+255 not available), rotation angle and its uncertainty (2 + 2; 0xFFFF undefined), image
+length (4)) and the pixels. One record per eye, since the header holds one image size;
+raw grey pixels, so an exported iris is the very image enrolled (no lossy re-encoding).
 """
 
 from __future__ import annotations
@@ -27,6 +37,10 @@ _FACE_HEADER = struct.Struct(">4s4sIH")
 _FACE_INFO = struct.Struct(">IHBBB3sH3s3s")
 _IMAGE_INFO = struct.Struct(">BBHHBBHH")
 _GREY, _RGB = 3, 1
+_IRIS_HEADER = struct.Struct(">4s4sIHBHHHHHHBB16s")
+_IRIS_EYE = struct.Struct(">BH")
+_IRIS_IMAGE = struct.Struct(">HBHHI")
+_MONO_RAW = 0x0002
 
 
 def face_record(image: bytes) -> bytes:
@@ -69,9 +83,48 @@ def read_face_record(data: bytes) -> list[tuple[bytes, int, int]]:
     return out
 
 
+def iris_record(eye: int, image: bytes) -> bytes:
+    """An ISO/IEC 19794-6:2005 iris image record of one eye (1 right, 2 left), raw grey pixels."""
+    im = Image.open(io.BytesIO(image)).convert("L")
+    pixels = im.tobytes()
+    body = _IRIS_EYE.pack(eye, 1) + _IRIS_IMAGE.pack(1, 255, 0xFFFF, 0xFFFF, len(pixels)) + pixels
+    length = _IRIS_HEADER.size + len(body)
+    return _IRIS_HEADER.pack(b"IIR\x00", b"010\x00", length, 0, 1, _IRIS_HEADER.size, 0, 0, _MONO_RAW, im.width,
+                             im.height, 8, 0, b"0" * 16) + body
+
+
+def read_iris_record(data: bytes) -> list[tuple[int, bytes]]:
+    """The eyes of an iris image record (grey raw images): (eye, PNG bytes) each.
+
+    Raises:
+        ValueError: not such a record, an image format other than grey raw, or cut short.
+    """
+    if len(data) < _IRIS_HEADER.size:
+        raise ValueError("shorter than an iris record header")
+    magic, _, length, _, eyes, header, _, _, fmt, width, height, depth, _, _ = _IRIS_HEADER.unpack_from(data)
+    if magic != b"IIR\x00" or length != len(data) or header != _IRIS_HEADER.size:
+        raise ValueError("not an ISO/IEC 19794-6:2005 iris image record, or its length is wrong")
+    if fmt != _MONO_RAW or depth != 8:
+        raise ValueError(f"image format {fmt:#06x} at {depth} bits: only 8-bit grey raw is read")
+    out, at = [], header
+    for _ in range(eyes):
+        eye, images = _IRIS_EYE.unpack_from(data, at)
+        at += _IRIS_EYE.size
+        for _ in range(images):
+            *_, size = _IRIS_IMAGE.unpack_from(data, at)
+            at += _IRIS_IMAGE.size
+            if size != width * height or at + size > len(data):
+                raise ValueError("an iris image's length is not its size, or runs past the record")
+            buf = io.BytesIO()
+            Image.frombytes("L", (width, height), data[at:at + size]).save(buf, "PNG")
+            out.append((eye, buf.getvalue()))
+            at += size
+    return out
+
+
 def records(templates: list[tuple[str, int, bytes, bytes]], images: list[tuple[str, int, bytes]]) -> dict[str, bytes]:
     """The records for an export, by file-name suffix: ``-fingers.fmr`` (every finger view),
-    ``-face.fac`` (when the photo was kept)."""
+    ``-face.fac`` and ``-iris-right.iir`` / ``-iris-left.iir`` (when the images were kept)."""
     out = {}
     views = [(position, parse_template(data)) for modality, position, data, _ in templates if modality == "finger"]
     if views:
@@ -79,4 +132,6 @@ def records(templates: list[tuple[str, int, bytes, bytes]], images: list[tuple[s
     faces = [data for modality, _, data in images if modality == "face"]
     if faces:
         out["-face.fac"] = face_record(faces[0])
+    for _, position, data in sorted(i for i in images if i[0] == "iris"):
+        out[f"-iris-{'right' if position == 1 else 'left'}.iir"] = iris_record(position, data)
     return out

@@ -22,7 +22,7 @@ from PIL import Image
 
 from matcher.finger.iso19794 import import_record
 from tambua import ansi_nist
-from tambua.iso19794 import read_face_record
+from tambua.iso19794 import read_face_record, read_iris_record
 from tambua.v1 import tambua_pb2 as pb
 from tests.tambua.test_server import REPO, Server, has_subject
 
@@ -95,7 +95,7 @@ def test_iso_records_read_back(servers):
     held = source.stub.GetSubject(pb.SubjectRequest(subject_id="K-1"), timeout=30)
     fingers = {t.position: t.iso19794_2 for t in held.templates if t.modality == pb.FINGER}
     iso = tmp / "iso"
-    assert sorted(p.name for p in iso.iterdir()) == ["K-1-face.fac", "K-1-fingers.fmr"]
+    assert sorted(p.name for p in iso.iterdir()) == ["K-1-face.fac", "K-1-fingers.fmr", "K-1-iris-right.iir"]
     model = next(t.model_id for t in held.templates if t.modality == pb.FINGER)
     views = dict(import_record((iso / "K-1-fingers.fmr").read_bytes(), model))
     assert set(views) == set(fingers) == {2, 7}
@@ -106,6 +106,13 @@ def test_iso_records_read_back(servers):
     assert (width, height) == (92, 112) and Image.open(io.BytesIO(jpeg)).format == "JPEG"
     v = source.stub.Verify(pb.VerifyRequest(subject_id="K-1", samples=[pb.Sample(modality=pb.FACE, image=jpeg)]),
                            timeout=60)
+    assert v.match
+    ((eye, png),) = read_iris_record((iso / "K-1-iris-right.iir").read_bytes())
+    exported = source.stub.ExportSubject(pb.SubjectRequest(subject_id="K-1"), timeout=30)
+    kept = Image.open(io.BytesIO(next(i.data for i in exported.images if i.modality == pb.IRIS)))
+    assert eye == 1 and np.array_equal(np.asarray(Image.open(io.BytesIO(png))), np.asarray(kept.convert("L")))
+    v = source.stub.Verify(pb.VerifyRequest(subject_id="K-1", samples=[pb.Sample(modality=pb.IRIS, position=1,
+                                                                                image=png)]), timeout=60)
     assert v.match
 
 
