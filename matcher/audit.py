@@ -1,7 +1,8 @@
 """Duplicate audit of a gallery against itself (N:N): clusters of suspected duplicates.
 
 Every enrolled subject is searched against its partition with the service's own matchers
-and fusion, so an audit finds what deduplication at enrolment would have found: in one
+and fusion, a block of subjects at a time with a checkpoint in the store after each (an
+audit cut short goes on from there), so an audit finds what deduplication at enrolment would have found: in one
 batch search per modality where the galleries are in this process (faces: FAISS on every
 core), else subject by subject through :meth:`matcher.engine.Engine.identify`. Each pair
 at or below the FPIR limit is an edge, and the connected groups are the clusters, strongest first. Pairs a person has
@@ -48,11 +49,18 @@ class AuditCluster:
 
 @dataclass(frozen=True)
 class AuditReport:
+    """An audit's result. ``resumed``: subjects an earlier, interrupted run had searched
+    (its checkpoint), not searched again."""
+
     subjects: int
     max_fpir: float
     clusters: tuple[AuditCluster, ...]
     seconds: float
     cases: tuple[str, ...] = ()
+    resumed: int = 0
+
+
+BLOCK = 10_000  # subjects searched between checkpoints: one batch search per modality each
 
 
 def _gallery(engine, partition: str | None) -> dict[tuple[str, str], list[StoredTemplate]]:
@@ -65,30 +73,59 @@ def _gallery(engine, partition: str | None) -> dict[tuple[str, str], list[Stored
     return subjects
 
 
+def checkpoint_key(partition: str | None, limit: float) -> str:
+    """What an audit's checkpoint is kept under: its partition (or all) and its threshold."""
+    return f"{partition or '*'}|{limit!r}"
+
+
 def audit(engine, partition: str | None = None, max_fpir: float = 0.0,
-          progress: Callable[[int, int], None] | None = None) -> AuditReport:
-    """Search every subject of ``partition`` (None: every partition) against its partition.
+          progress: Callable[[int, int], None] | None = None, restart: bool = False,
+          block: int = BLOCK) -> AuditReport:
+    """Search every subject of ``partition`` (None: every partition) against its partition,
+    ``block`` subjects at a time; after each block what was searched and found is kept in
+    the store, so that an audit cut short goes on from there next time (``restart``: drop
+    that and start over). Subjects enrolled since the checkpoint are searched when their
+    turn comes; pairs with a subject erased since are dropped.
 
     Args:
         max_fpir: the edge threshold (0: the engine's ``dedup_fpir``, as at enrolment).
-        progress: called with (subjects searched, subjects) as the audit goes.
+        progress: called with (subjects searched, subjects) at the start (searched: by an
+            earlier run) and after each block; whatever it raises stops the audit, its
+            checkpoint kept (a caller that went away).
     """
     started = time.perf_counter()
     limit = max_fpir or engine.thresholds.dedup_fpir
+    key = checkpoint_key(partition, limit)
+    saved = None if restart else engine.store.audit_checkpoint(key)
     subjects = _gallery(engine, partition)
+    done = {(p, sid) for p, sid in saved["done"]} & subjects.keys() if saved else set()
+    edges = {(p, a, b): AuditPair((a, b), score, fpir) for p, a, b, score, fpir in saved["edges"]} if saved else {}
+    resumed = len(done)
+    todo = sorted(subjects.keys() - done)
     k = engine.thresholds.max_candidates + 1  # the subject finds itself first
-    if hasattr(engine.galleries, "search_many"):
-        edges = _batched(engine, subjects, k, limit, progress)
-    else:  # galleries elsewhere (cluster mode): each subject through identify
-        edges = {}
-        for n, ((p, sid), templates) in enumerate(subjects.items(), 1):
-            for c in engine.identify(p, tuple(templates), max_candidates=k, max_fpir=limit):
-                if c.subject_id != sid:
-                    _keep(edges, p, sid, c.subject_id, c.score, c.fpir)
-            if progress is not None:
-                progress(n, len(subjects))
-    edges = {key: e for key, e in edges.items() if not _decided(engine, key)}
-    return AuditReport(len(subjects), limit, _clusters(edges), time.perf_counter() - started)
+    sizes: dict[str, int] = {}
+    for p, _ in subjects:
+        sizes[p] = sizes.get(p, 0) + 1
+    if progress is not None:  # where it starts: what an earlier run searched already
+        progress(len(done), len(subjects))
+    for at in range(0, len(todo), max(1, block)):
+        chunk = todo[at:at + max(1, block)]
+        if hasattr(engine.galleries, "search_many"):
+            _batched(engine, subjects, chunk, sizes, k, limit, edges)
+        else:  # galleries elsewhere (cluster mode): each subject through identify
+            for p, sid in chunk:
+                for c in engine.identify(p, tuple(subjects[(p, sid)]), max_candidates=k, max_fpir=limit):
+                    if c.subject_id != sid:
+                        _keep(edges, p, sid, c.subject_id, c.score, c.fpir)
+        done.update(chunk)
+        if at + len(chunk) < len(todo):
+            engine.store.save_audit_checkpoint(key, {
+                "done": sorted(done), "edges": [[*e, pair.score, pair.fpir] for e, pair in sorted(edges.items())]})
+        if progress is not None:
+            progress(len(done), len(subjects))
+    engine.store.drop_audit_checkpoint(key)
+    edges = {e: pair for e, pair in edges.items() if not _decided(engine, e)}
+    return AuditReport(len(subjects), limit, _clusters(edges), time.perf_counter() - started, resumed=resumed)
 
 
 def _keep(edges: dict, p: str, x: str, y: str, score: float, fpir: float) -> None:
@@ -98,43 +135,37 @@ def _keep(edges: dict, p: str, x: str, y: str, score: float, fpir: float) -> Non
         edges[(p, a, b)] = AuditPair((a, b), score, fpir)
 
 
-def _batched(engine, subjects: dict[tuple[str, str], list[StoredTemplate]], k: int, limit: float,
-             progress: Callable[[int, int], None] | None) -> dict:
-    """The batch path: every sample's shortlist in one search per modality and partition
-    (faces: one FAISS batch on every core), then each shortlisted pair scored on all its
-    samples both ways with the service's fusion, as identify would (with several samples
-    a subject, a pair identify would rank past ``k`` after fusion is kept too)."""
-    edges: dict = {}
-    partitions: dict[str, list[tuple[str, list[StoredTemplate]]]] = {}
-    for (p, sid), templates in subjects.items():
-        partitions.setdefault(p, []).append((sid, templates))
-    done = 0
+def _batched(engine, subjects: dict[tuple[str, str], list[StoredTemplate]], chunk: list[tuple[str, str]],
+             sizes: dict[str, int], k: int, limit: float, edges: dict) -> None:
+    """The batch path for a block of subjects: every sample's shortlist in one search per
+    modality and partition (faces: one FAISS batch on every core), then each shortlisted
+    pair scored on all its samples both ways with the service's fusion, as identify would
+    (with several samples a subject, a pair identify would rank past ``k`` after fusion is
+    kept too). FPIRs count each partition's whole size."""
+    partitions: dict[str, list[str]] = {}
+    for p, sid in chunk:
+        partitions.setdefault(p, []).append(sid)
     for p, members in partitions.items():
-        probes = [(sid, t) for sid, templates in members for t in templates]
+        probes = [(sid, t) for sid in members for t in subjects[(p, sid)]]
         hits = engine.galleries.search_many(p, [t for _, t in probes], k)
-        templates_of = dict(members)
-        n = len(members)
+        n = sizes[p]
         pairs, scored = set(), {}
         for (sid, _), row in zip(probes, hits):
             for other, fmr in row:
-                if other == sid:
+                if other == sid or (p, other) not in subjects:
                     continue
-                if len(templates_of[sid]) == 1 and len(templates_of[other]) == 1:
+                if len(subjects[(p, sid)]) == 1 and len(subjects[(p, other)]) == 1:
                     scored[(sid, other)] = fmr  # one sample each: the search's rate is the fused one
                 else:
                     pairs.add(tuple(sorted((sid, other))))
         for a, b in pairs:
             for probe, other in ((a, b), (b, a)):
-                fmr = engine.galleries.score(p, [other], tuple(templates_of[probe])).get(other)
+                fmr = engine.galleries.score(p, [other], tuple(subjects[(p, probe)])).get(other)
                 if fmr is not None:
                     scored[(probe, other)] = fmr
         for (probe, other), fmr in scored.items():
             if at_least_one(fmr, n) <= limit:
                 _keep(edges, p, probe, other, evidence(fmr), at_least_one(fmr, n))
-        done += n
-        if progress is not None:
-            progress(done, len(subjects))
-    return edges
 
 
 def _decided(engine, key: tuple[str, str, str]) -> bool:

@@ -518,14 +518,16 @@ class Engine:
                                         - len(settled.removed))
 
     def audit(self, partition: str | None = None, max_fpir: float = 0.0, cases: bool = False,
-              progress=None):
-        """The gallery searched against itself for suspected duplicates (:mod:`matcher.audit`);
-        ``cases``: each cluster becomes an adjudication case."""
+              progress=None, restart: bool = False, block: int = 0):
+        """The gallery searched against itself for suspected duplicates (:mod:`matcher.audit`:
+        ``block`` subjects between checkpoints, 0 its default; ``restart`` drops a checkpoint
+        instead of going on from it); ``cases``: each cluster becomes an adjudication case."""
         from dataclasses import replace
 
         from matcher import audit
 
-        report = audit.audit(self, normalise_id(partition, "partition") if partition else None, max_fpir, progress)
+        report = audit.audit(self, normalise_id(partition, "partition") if partition else None, max_fpir, progress,
+                             restart, block or audit.BLOCK)
         return replace(report, cases=audit.open_cases(self, report)) if cases else report
 
     def identify(self, partition: str, templates: tuple[StoredTemplate, ...], max_candidates: int = 0,

@@ -1,12 +1,14 @@
-"""What the rest of Tambua needs of a subject store, as four interfaces: the engine's
+"""What the rest of Tambua needs of a subject store, as five interfaces: the engine's
 (:class:`Subjects`), site sync's (:class:`ChangeLog`), the keepers of secrets beside the
-store (:class:`SecretKeeper`: the principals table, site keys, the audit chain), and
-adjudication cases (:class:`Cases`). The SQLite
+store (:class:`SecretKeeper`: the principals table, site keys, the audit chain),
+adjudication cases (:class:`Cases`) and a long audit's checkpoints
+(:class:`AuditCheckpoints`). The SQLite
 store (:class:`store.sqlite.SubjectStore`) is the one implementation today; a store per
 shard or a remote one (issue 24's cluster) implements the same, and nothing above it
 changes. The interfaces live here, with the engine that needs them, not in ``store/``:
 ``store/`` implements them and imports ``matcher/``, never the reverse. Also the records
-the store and sync exchange (changes, what applying one did, flags, a peer's state).
+the store and sync exchange (changes, what applying one did, flags, a peer's state), and
+the facts the data-quality report counts (samples' capture facts, refused captures).
 """
 
 from __future__ import annotations
@@ -225,6 +227,17 @@ class Cases(Protocol):
 
 
 @runtime_checkable
+class AuditCheckpoints(Protocol):
+    """Where a long duplicate audit (:mod:`matcher.audit`) keeps its progress, sealed."""
+
+    def audit_checkpoint(self, key: str) -> dict | None: ...
+
+    def save_audit_checkpoint(self, key: str, state: dict) -> None: ...
+
+    def drop_audit_checkpoint(self, key: str) -> None: ...
+
+
+@runtime_checkable
 class SecretKeeper(Protocol):
     """Seals small secrets, derives keys and names subjects under the store's data key."""
 
@@ -242,5 +255,5 @@ class SecretKeeper(Protocol):
     def resolve(self, pseudonyms: Iterable[str]) -> dict[str, str]: ...
 
 
-class Repository(Subjects, ChangeLog, Cases, SecretKeeper, Protocol):
-    """All four: what one server's store is."""
+class Repository(Subjects, ChangeLog, Cases, AuditCheckpoints, SecretKeeper, Protocol):
+    """All of them: what one server's store is."""

@@ -8,7 +8,7 @@ import sqlite3
 SCHEMA_VERSION = 9  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
 # 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed;
 # 7: adjudication cases, their held captures, and encounters attached to subjects; 8: decisions travel (a
-# change names its case), import keys; 9: capture facts and refused captures (the data-quality report)
+# change names its case), import keys; 9: capture facts and refused captures (the data-quality report), audit checkpoints
 
 PEERS = """
 -- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
@@ -189,6 +189,13 @@ CREATE TABLE IF NOT EXISTS refusals (
     height INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS refusals_by_time ON refusals (partition, unix_ms);
+-- A duplicate audit's progress, sealed (it names subjects): what it searched and found so
+-- far, under its partition and threshold; dropped when the audit completes.
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+    key TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
 """ + PEERS + """
 -- Imported enrolments that need a person's decision (a cross-site duplicate, an id taken);
 -- candidates are refs (hex).

@@ -40,6 +40,7 @@ from matcher.repository import Applied, Change, Flag, PeerState
 from matcher.templates import Template, parse_template
 from matcher.types import StoredTemplate, Subject, normalise_id
 from store import sealing
+from store.audits import AuditCheckpoints
 from store.cases import CaseBook
 from store.facts import CaptureFacts
 from store.schema import SCHEMA, SCHEMA_V5, SCHEMA_VERSION, run_script
@@ -65,7 +66,7 @@ _TEMPLATE_ROWS = ("SELECT t.partition, t.ref, s.id, t.modality, t.position, t.da
                   "JOIN subjects s ON s.partition = t.partition AND s.ref = t.ref")
 
 
-class SubjectStore(CaseBook, CaptureFacts):
+class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
     """SQLite-backed subject store. Thread-safe: one connection, calls serialised by a lock.
 
     Args:

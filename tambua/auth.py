@@ -75,6 +75,7 @@ RULES: dict[str, frozenset[str]] = {
     "GetCase": frozenset({"adjudicator", "admin"}),
     "DecideCase": frozenset({"adjudicator", "admin"}),
     "AuditDuplicates": frozenset({"admin"}),
+    "RunAudit": frozenset({"admin"}),
     "QualityReport": frozenset({"admin"}),
     "ExportSubject": frozenset({"admin"}),
 }

@@ -454,6 +454,24 @@ def _export(args, r) -> dict:
     return out
 
 
+def _run_audit(stub, md, request):
+    """RunAudit's stream with a progress bar (a line every 10 s off a terminal); its result."""
+    from tambua.importer import Progress
+
+    progress = None
+    try:
+        for message in stub.RunAudit(request, timeout=24 * 3600, metadata=md):
+            if message.HasField("result"):
+                return message.result
+            if progress is None:  # the first message: where it starts (what an earlier run searched)
+                progress, resumed = Progress(message.subjects, label="audit"), message.searched
+            progress.advance(message.searched, message.subjects, skipped=resumed)
+    finally:
+        if progress is not None:
+            progress.close()
+    raise OSError("the audit's stream ended without a result")
+
+
 def _print_quality(report: dict) -> None:
     """The report's headline in lines (the whole is in --json, --out and --html)."""
     print(f"subjects: {report['totals']['subjects']}")
@@ -658,6 +676,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--fpir", type=float, default=0.0, help="a pair at or below this FPIR ties two subjects "
                                                             "(default: the server's dedup_fpir)")
     c.add_argument("--cases", action="store_true", help="open an adjudication case per cluster")
+    c.add_argument("--restart", action="store_true", help="start over instead of going on from the checkpoint an "
+                                                          "interrupted audit left")
+    c.add_argument("--block", type=int, default=0, help="subjects searched between checkpoints (default 10,000)")
     c.add_argument("--csv", type=Path, help="also write one row per tying pair here")
     c.add_argument("--html", type=Path, help="also write a page of the clusters here")
 
@@ -827,9 +848,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "import":
             return _import(args, stub, md)
         elif args.command == "audit-duplicates":
-            r = stub.AuditDuplicates(pb.AuditDuplicatesRequest(partition=args.partition, max_fpir=args.fpir,
-                                                               open_cases=args.cases), timeout=3600, metadata=md)
-            out = {"subjects": r.subjects, "max_fpir": r.max_fpir, "seconds": round(r.seconds, 3),
+            r = _run_audit(stub, md, pb.AuditDuplicatesRequest(partition=args.partition, max_fpir=args.fpir,
+                                                               open_cases=args.cases, restart=args.restart,
+                                                               block=args.block))
+            out = {"subjects": r.subjects, "max_fpir": r.max_fpir, "seconds": round(r.seconds, 3), "resumed": r.resumed,
                    "clusters": [{"partition": c.partition, "subject_ids": list(c.subject_ids),
                                  "best_fpir": c.best_fpir,
                                  "pairs": [{"subject_ids": list(p.subject_ids), "score": p.score, "fpir": p.fpir}

@@ -210,21 +210,28 @@ class Progress:
     """A bar on a terminal (items, rate, time left, failures); plain lines every
     ``every_s`` seconds otherwise (a log, a CI job)."""
 
-    def __init__(self, total: int, stream=sys.stderr, every_s: float = 10.0) -> None:
-        self.total, self.stream, self.every_s = total, stream, every_s
-        self.done = self.failed = 0
+    def __init__(self, total: int, stream=sys.stderr, every_s: float = 10.0, label: str = "import") -> None:
+        self.total, self.stream, self.every_s, self.label = total, stream, every_s, label
+        self.done = self.failed = self.skipped = 0
         self.start = self.last = time.monotonic()
         self.bar = None
         if stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="subject", file=stream, dynamic_ncols=True)
+            self.bar = tqdm(total=total, unit="subject", file=stream, dynamic_ncols=True, desc=label)
 
     def step(self, failed: bool) -> None:
-        self.done += 1
+        self.advance(self.done + 1, self.total, failed)
+
+    def advance(self, done: int, total: int, failed: bool = False, skipped: int = 0) -> None:
+        """``done`` of ``total`` so far (``skipped`` of them done before this run: not in the rate)."""
+        if self.bar is not None and total != self.total:
+            self.bar.total = total
+        step, self.done, self.total = done - self.done, done, total
         self.failed += failed
+        self.skipped = skipped
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(step)
             self.bar.set_postfix(failed=self.failed, refresh=False)
             return
         now = time.monotonic()
@@ -233,10 +240,10 @@ class Progress:
             print(self.line(now), file=self.stream, flush=True)
 
     def line(self, now: float) -> str:
-        rate = self.done / max(now - self.start, 1e-9)
+        rate = (self.done - self.skipped) / max(now - self.start, 1e-9)
         left = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta = f"{int(left // 60)}m{int(left % 60):02d}s" if left != float("inf") else "?"
-        return (f"import: {self.done}/{self.total} subjects ({100 * self.done / max(self.total, 1):.0f}%), "
+        return (f"{self.label}: {self.done}/{self.total} subjects ({100 * self.done / max(self.total, 1):.0f}%), "
                 f"{rate:.1f}/s, about {eta} left, {self.failed} failed")
 
     def close(self) -> None:

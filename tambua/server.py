@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
@@ -340,17 +341,58 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         note_touched([case.subject_id])
         return _case_pb(case)
 
-    @_rpc
-    def AuditDuplicates(self, request, context):
+    def _audit(self, request, progress=None) -> pb.AuditDuplicatesResponse:
         if not 0 <= request.max_fpir < 1:
             raise InvalidInput("max_fpir must be within [0, 1)")
-        r = self.engine.audit(partition_of(request) or "default", request.max_fpir, request.open_cases)
+        # A callback cannot cross to a cluster's coordinator: there the audit reports at its end.
+        r = self.engine.audit(partition_of(request) or "default", request.max_fpir, request.open_cases,
+                              progress=progress if isinstance(self.engine, Engine) else None,
+                              restart=request.restart, block=request.block)
         note_touched(s for c in r.clusters for s in c.subject_ids)
         return pb.AuditDuplicatesResponse(
-            subjects=r.subjects, max_fpir=r.max_fpir, seconds=r.seconds, case_ids=list(r.cases),
+            subjects=r.subjects, max_fpir=r.max_fpir, seconds=r.seconds, case_ids=list(r.cases), resumed=r.resumed,
             clusters=[pb.AuditCluster(partition=c.partition, subject_ids=list(c.subject_ids), best_fpir=c.best_fpir,
                                       pairs=[pb.AuditPair(subject_ids=list(p.subject_ids), score=p.score, fpir=p.fpir)
                                              for p in c.pairs]) for c in r.clusters])
+
+    @_rpc
+    def AuditDuplicates(self, request, context):
+        return self._audit(request)
+
+    def RunAudit(self, request, context):
+        """The audit in a worker thread, its progress streamed as it goes; a client that
+        leaves stops it at the next block (the checkpoint stays for the next run)."""
+        events: queue.Queue = queue.Queue()
+        gone = threading.Event()
+        started = time.monotonic()
+
+        def progress(searched: int, subjects: int) -> None:
+            if gone.is_set() or not context.is_active():
+                raise FailedPrecondition("the audit's caller went away; its checkpoint stays", "AUDIT_STOPPED")
+            events.put((searched, subjects))
+
+        def work() -> None:
+            try:
+                events.put(self._audit(request, progress))
+            except BaseException as e:  # noqa: BLE001 - handed to the stream, mapped there
+                events.put(e)
+
+        try:
+            threading.Thread(target=work, name="audit", daemon=True).start()
+            while True:
+                event = events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, pb.AuditDuplicatesResponse):
+                    yield pb.AuditProgress(searched=event.subjects, subjects=event.subjects,
+                                           seconds=time.monotonic() - started, result=event)
+                    return
+                yield pb.AuditProgress(searched=event[0], subjects=event[1], seconds=time.monotonic() - started)
+        except GeneratorExit:  # the client left: the worker stops at its next block
+            gone.set()
+            raise
+        except Exception as e:  # noqa: BLE001 - the same one mapping as every unary call
+            self._reject("RunAudit", e, context)
 
     @_rpc
     def QualityReport(self, request, context):

@@ -152,9 +152,9 @@ def test_add_many_is_all_or_nothing(store):
 
 def test_the_sqlite_store_is_what_the_rest_of_tambua_expects_of_a_store(store):
     """The interfaces of matcher/repository.py, which a store per shard would implement too."""
-    from matcher.repository import Cases, ChangeLog, Repository, SecretKeeper, Subjects
+    from matcher.repository import AuditCheckpoints, Cases, ChangeLog, Repository, SecretKeeper, Subjects
 
-    for interface in (Subjects, ChangeLog, Cases, SecretKeeper):
+    for interface in (Subjects, ChangeLog, Cases, AuditCheckpoints, SecretKeeper):
         assert isinstance(store, interface), interface.__name__
     assert issubclass(Repository, Subjects) and issubclass(Repository, ChangeLog)
 

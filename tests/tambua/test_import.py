@@ -201,3 +201,62 @@ def test_load_first_then_audit_finds_the_people_enrolled_twice(tmp_path, orl, mo
         assert {c.kind for c in queue} == {"AUDIT_CLUSTER"}
     finally:
         server.stop()
+
+
+def _load_embeddings(stub, n: int, twins: int) -> list[tuple[str, str]]:
+    """``n`` subjects of random face embeddings (template samples: no extraction), the last
+    ``twins`` a slightly disturbed copy of an earlier one (the duplicates to find)."""
+    import numpy as np
+
+    from matcher.face.template import EmbeddingTemplate
+
+    rng = np.random.default_rng(26)
+    vectors = rng.normal(size=(n, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    pairs = []
+    for i in range(n - twins, n):
+        j = (i - (n - twins)) * 7  # an earlier subject
+        vectors[i] = vectors[j] + rng.normal(scale=0.01, size=128).astype(np.float32)
+        pairs.append((f"E-{j:05d}", f"E-{i:05d}"))
+    for i, v in enumerate(vectors):
+        template = EmbeddingTemplate("face/dlib-resnet-v1", v, 80).to_bytes()
+        stub.Enroll(pb.EnrollRequest(subject_id=f"E-{i:05d}", skip_dedup=True,
+                                     samples=[pb.Sample(modality=pb.FACE, template=template)]), timeout=30)
+    return pairs
+
+
+def _clusters(result) -> list[list[str]]:
+    return sorted(sorted(c.subject_ids) for c in result.clusters)
+
+
+def test_an_audit_cut_short_goes_on_from_its_checkpoint(tmp_path, models):
+    """An audit whose client goes away stops and keeps its checkpoint; one whose server is
+    killed (SIGKILL) keeps it too; each next run goes on from there, and finds what an
+    audit run in one go finds."""
+    server = Server(tmp_path / "data")
+    server.start()
+    try:
+        planted = _load_embeddings(server.stub, 1500, 6)
+        request = pb.AuditDuplicatesRequest(block=5)
+        stream = server.stub.RunAudit(request, timeout=600)
+        first = [next(stream) for _ in range(4)]  # where it starts, then three blocks
+        assert (first[0].searched, first[0].subjects) == (0, 1500) and first[-1].searched == 15
+        stream.cancel()  # the client goes away
+        time.sleep(1)
+        stream = server.stub.RunAudit(request, timeout=600)
+        start = next(stream)
+        assert 15 <= start.searched < 1500  # it went on from the checkpoint
+        for _ in range(3):
+            next(stream)
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=30)
+        server.start()
+        messages = list(server.stub.RunAudit(request, timeout=600))
+        assert messages[0].searched > start.searched
+        resumed = messages[-1].result
+        assert resumed.resumed == messages[0].searched and resumed.subjects == 1500
+        whole = server.stub.AuditDuplicates(pb.AuditDuplicatesRequest(restart=True), timeout=600)
+        assert whole.resumed == 0
+        assert _clusters(resumed) == _clusters(whole) == sorted(sorted(p) for p in planted)
+    finally:
+        server.stop()
