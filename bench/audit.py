@@ -1,8 +1,18 @@
-"""The N:N duplicate audit's speed and what it finds, on faces: ``python -m bench.audit``.
+"""The N:N duplicate audit's speed and what it finds: ``python -m bench.audit``.
 
 Usage::
 
     python -m bench.audit --sizes 10000 100000 --json bench/results/audit_face.json
+    python -m bench.audit --modality iris --sizes 10000 100000 --json bench/results/audit_iris.json
+    python -m bench.audit --modality finger --sizes 10000 --json bench/results/audit_finger.json
+    python -m bench.audit --modality fused --sizes 10000 --json bench/results/audit_fused.json
+
+Iris: every real eye (CASIA-IrisV1, MMU1, IITD; label noise left out) with two usable
+images enrolled twice (first and last image), among synthetic irises (``bench/iris_search``'s
+synthesiser). Finger: the mated FCJ fingers (first and second impression) among fingers
+spliced from the others (``bench/finger_search``). Fused: chimeric people, each an ORL
+face, a real eye and a mated finger, enrolled twice, among subjects of three synthetic
+samples. The audit is the service's (:meth:`matcher.engine.Engine.audit`), on every core.
 
 The gallery: every ORL person enrolled twice under different ids (first and second
 photo: the planted duplicate pairs), then synthetic faces drawn from the Gaussian fitted to
@@ -75,13 +85,142 @@ def run_size(size: int, planted, workdir: Path) -> dict:
     faiss_s = time.perf_counter() - t0
     store.close()
     planted_pairs = {tuple(sorted((f"P-{sid[2:]}", f"D-{sid[2:]}"))) for sid, _ in planted if sid.startswith("P-")}
-    edges = {p.subject_ids for c in report.clusters for p in c.pairs}
-    false = [c for c in report.clusters
-             if not any(tuple(sorted(p.subject_ids)) in planted_pairs for p in c.pairs)]
-    return {"subjects": report.subjects, "audit_s": round(audit_s, 2), "faiss_s": round(faiss_s, 2),
-            "ratio": round(audit_s / faiss_s, 2), "planted_pairs": len(planted_pairs),
-            "recall": len(planted_pairs & edges) / len(planted_pairs), "false_clusters": len(false),
-            "clusters": len(report.clusters), "max_fpir": report.max_fpir}
+    return {"audit_s": round(audit_s, 2), "faiss_s": round(faiss_s, 2), "ratio": round(audit_s / faiss_s, 2),
+            **_found(report, planted_pairs)}
+
+
+def _found(report, planted_pairs: set[tuple[str, str]]) -> dict:
+    """Recall of the planted pairs and the clusters that hold none of them."""
+    edges = {tuple(sorted(p.subject_ids)) for c in report.clusters for p in c.pairs}
+    false = [c for c in report.clusters if not any(tuple(sorted(p.subject_ids)) in planted_pairs for p in c.pairs)]
+    return {"subjects": report.subjects, "planted_pairs": len(planted_pairs),
+            "recall": round(len(planted_pairs & edges) / max(len(planted_pairs), 1), 4),
+            "false_clusters": len(false), "clusters": len(report.clusters), "max_fpir": report.max_fpir}
+
+
+def _iris_people(cache: Path):
+    """Every real eye with two usable images (label noise left out): (eye, first, last) as enrolled templates."""
+    from bench.accuracy import load_exclusions
+    from bench.iris_search import _template, real_responses
+
+    real = real_responses(cache)
+    noise = {str(p) for p in load_exclusions(Path(__file__).parent / "data" / "iris_label_noise.txt")}
+    keep = np.array([not any(n.endswith(f"{e}/{name}") for n in noise) for e, name in zip(real["eye"], real["name"])])
+    out = []
+    for eye in sorted(set(real["eye"][keep])):
+        idx = np.flatnonzero((real["eye"] == eye) & keep)
+        if len(idx) >= 2:
+            out.append((eye, _template(real["response"][idx[0]], real["mask"][idx[0]]),
+                        _template(real["response"][idx[-1]], real["mask"][idx[-1]])))
+    return out, real
+
+
+def _iris_fillers(real: dict, n: int, rng: np.random.Generator):
+    from bench.iris_search import MODEL as IRIS, Synthesiser
+    from matcher.iris.template import IrisTemplate
+
+    syn, masks = Synthesiser(real["response"]), real["mask"]
+    for start in range(0, n, 10_000):
+        bits = syn.draw(min(10_000, n - start), rng)
+        pick, turn = rng.integers(len(masks), size=len(bits)), rng.integers(0, bits.shape[-1], size=len(bits))
+        for j in range(len(bits)):
+            mask = np.broadcast_to(np.roll(masks[pick[j]], turn[j], axis=-1), bits[j].shape).copy()
+            yield IrisTemplate(IRIS, bits[j], mask)
+
+
+def _finger_people(cache: Path):
+    """The mated FCJ fingers (none of them in the fillers' pool): (finger, first, second impression)."""
+    from bench.cluster import _finger_rows
+    from bench.finger_search import real_fingers
+
+    fcj, mated, pool, owners = real_fingers(cache)
+    return [(f, *_templates(_finger_rows((0, "", fcj[f][:2]))[2])) for f in mated], pool, owners
+
+
+def _templates(rows):
+    from matcher.finger.template import MinutiaeTemplate
+
+    out = []
+    for data, derived in rows:
+        t = MinutiaeTemplate.from_bytes(data)
+        t.load_derived(derived)
+        out.append(t)
+    return out
+
+
+def _finger_fillers(pool, owners, n: int, rng: np.random.Generator):
+    """Spliced fingers, their cylinders made on every core (as the service stores them)."""
+    import multiprocessing
+
+    from bench.cluster import _finger_rows
+    from bench.finger_search import fillers
+
+    def chunks():
+        for start in range(0, n, 5000):
+            yield start, "F", fillers(pool, owners, min(5000, n - start), rng, frame=(500, 500))
+
+    with multiprocessing.Pool() as workers:
+        for _, _, rows in workers.imap(_finger_rows, chunks()):
+            yield from _templates(rows)
+
+
+def run_modality(modality: str, size: int, workdir: Path, cache: Path, orl: Path, planted_faces) -> dict:
+    """The audit of ``size`` subjects of one modality (``fused``: face, right iris and right
+    index each), the planted pairs real people enrolled twice, the rest synthetic."""
+    from bench.search import STATS_DIR, draw
+    from matcher.engine import Engine
+    from matcher.face.template import EmbeddingTemplate
+    from matcher.types import StoredTemplate, Subject
+    from store.sqlite import SubjectStore
+
+    rng = np.random.default_rng(size)
+    t0 = time.perf_counter()
+    if modality == "iris":
+        people, real = _iris_people(cache)
+        people = [(e, [("iris", 1, a)], [("iris", 1, b)]) for e, a, b in people]
+        fill = ([("iris", 1, t)] for t in _iris_fillers(real, size - 2 * len(people), rng))
+    elif modality == "finger":
+        found, pool, owners = _finger_people(cache)
+        people = [(f, [("finger", 2, a)], [("finger", 2, b)]) for f, a, b in found]
+        fill = ([("finger", 2, t)] for t in _finger_fillers(pool, owners, size - 2 * len(people), rng))
+    else:  # fused: chimeric people, an ORL face, a real eye and a real finger each
+        eyes, real = _iris_people(cache)
+        fingers, pool, owners = _finger_people(cache)
+        faces = {sid: t for sid, t in planted_faces}
+        n = min(len(faces) // 2, len(eyes), len(fingers))
+        people = [(f"person{i}", [("face", 0, faces[f"P-s{i + 1}"]), ("iris", 1, eyes[i][1]), ("finger", 2, fingers[i][1])],
+                   [("face", 0, faces[f"D-s{i + 1}"]), ("iris", 1, eyes[i][2]), ("finger", 2, fingers[i][2])])
+                  for i in range(n)]
+        rest = size - 2 * n
+        fill = ([("face", 0, EmbeddingTemplate(FACE, v)), ("iris", 1, i), ("finger", 2, f)] for v, i, f in zip(
+            draw(STATS_DIR / "face.stats.npz", rest, seed=size), _iris_fillers(real, rest, rng),
+            _finger_fillers(pool, owners, rest, rng)))
+
+    def subjects():
+        for name, first, second in people:
+            for prefix, samples in (("P", first), ("D", second)):
+                yield Subject(f"{prefix}-{name}", "default", tuple(StoredTemplate(*s) for s in samples))
+        for i, samples in enumerate(fill):
+            yield Subject(f"F-{i:07d}", "default", tuple(StoredTemplate(*s) for s in samples))
+
+    store = SubjectStore(workdir / f"audit-{modality}-{size}.sqlite")
+    batch = []
+    for subject in subjects():
+        batch.append(subject)
+        if len(batch) == 5000:
+            store.add_many(batch)
+            batch = []
+    if batch:
+        store.add_many(batch)
+    build_s = time.perf_counter() - t0
+    models = {"face": FACE, "iris": "iris/gabor-v2", "finger": "finger/leader-mcc-v1"}
+    engine = Engine(store, {m: models[m] for m in (("face", "iris", "finger") if modality == "fused" else (modality,))})
+    t0 = time.perf_counter()
+    report = engine.audit("default")
+    audit_s = time.perf_counter() - t0
+    store.close()
+    planted = {tuple(sorted((f"P-{name}", f"D-{name}"))) for name, _, _ in people}
+    return {"audit_s": round(audit_s, 2), "build_s": round(build_s, 1), **_found(report, planted)}
 
 
 def import_rate(modality: str, limit: int, workdir: Path, jobs: int) -> dict:
@@ -129,14 +268,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time tambua import of real images of these modalities")
     parser.add_argument("--import-limit", type=int, default=300, help="images per modality for --import-rate")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="records in flight (--import-rate)")
+    parser.add_argument("--modality", choices=["face", "iris", "finger", "fused"], default="face",
+                        help="face: also the raw FAISS ratio; iris, finger: real eyes / FCJ fingers enrolled twice "
+                             "among synthetic ones; fused: chimeric people with a face, an iris and a finger")
+    parser.add_argument("--cache", type=Path, default=Path(".bench-cache"), help="real iris codes and minutiae")
     parser.add_argument("--json", required=True, type=Path)
     args = parser.parse_args(argv)
-    planted = _planted(args.orl)
-    out = {"modality": "face", "command": "python -m bench.audit " + " ".join(sys.argv[1:] if argv is None else argv),
+    planted = _planted(args.orl) if args.modality in ("face", "fused") else []
+    out = {"modality": args.modality,
+           "command": "python -m bench.audit " + " ".join(sys.argv[1:] if argv is None else argv),
            "cores": os.cpu_count(), "sizes": {}, "import": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            out["sizes"][str(size)] = run_size(size, planted, Path(tmp))
+            out["sizes"][str(size)] = (run_size(size, planted, Path(tmp)) if args.modality == "face" else
+                                       run_modality(args.modality, size, Path(tmp), args.cache, args.orl, planted))
             print(json.dumps({size: out["sizes"][str(size)]}), flush=True)
         for modality in args.import_rate:
             out["import"][modality] = import_rate(modality, args.import_limit, Path(tmp), args.jobs)

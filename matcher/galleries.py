@@ -13,6 +13,9 @@ partition-wide shortlist that lives there.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
+
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -104,10 +107,12 @@ class LocalGalleries:
                 observer.timing("search", t.modality, time.perf_counter() - t0)
         return found
 
-    def search_many(self, partition: str, probes: list[StoredTemplate], k: int) -> list[list[tuple[str, float]]]:
+    def search_many(self, partition: str, probes: list[StoredTemplate], k: int,
+                    workers: int | None = None) -> list[list[tuple[str, float]]]:
         """Each probe's ``k`` best subjects, best first, as (id, FMR of that sample): one
         batch where the matcher has one (faces: a FAISS search of every probe on every
-        core), else one by one."""
+        core), else the probes spread over ``workers`` threads (default: every core; the
+        iris and finger kernels release the GIL, so the threads run at once)."""
         out: list[list[tuple[str, float]] | None] = [None] * len(probes)
         by_modality: dict[str, list[int]] = {}
         for i, t in enumerate(probes):
@@ -117,10 +122,14 @@ class LocalGalleries:
             if hasattr(matcher, "ranked_many"):
                 for i, hits in zip(idx, matcher.ranked_many(partition, [probes[i].template for i in idx], k)):
                     out[i] = hits
-            else:
-                for i in idx:
-                    out[i] = [(s, f) for s, f, _ in matcher.ranked(partition, probes[i].position, probes[i].template,
-                                                                   k)]
+                continue
+
+            def one(i: int, matcher=matcher) -> list[tuple[str, float]]:
+                return [(s, f) for s, f, _ in matcher.ranked(partition, probes[i].position, probes[i].template, k)]
+
+            with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+                for i, hits in zip(idx, pool.map(one, idx)):
+                    out[i] = hits
         return out  # type: ignore[return-value]
 
     def score(self, partition: str, subject_ids: Iterable[str],

@@ -136,10 +136,10 @@ class FaceDetector:
         self._rnet = OnnxModel(model_dir / "face_detect_mtcnn_rnet.onnx", threads)
         self._onet = OnnxModel(model_dir / "face_detect_mtcnn_onet.onnx", threads)
 
-    def _stage1(self, img: np.ndarray, grid_offset: float) -> np.ndarray:
+    def _stage1(self, img: np.ndarray, grid_offset: float, fraction: float) -> np.ndarray:
         p = self.params
         h, w = img.shape[:2]
-        scale = 12.0 / max(p.min_face, p.min_face_fraction * min(h, w)) * grid_offset
+        scale = 12.0 / max(p.min_face, fraction * min(h, w)) * grid_offset
         min_side = min(h, w) * scale
         found = []
         level = img
@@ -168,7 +168,7 @@ class FaceDetector:
         refined = _regress(boxes[:, :4], boxes[:, 5:9])
         return _square(np.concatenate([refined, boxes[:, 4:5]], axis=1))
 
-    def detect(self, img: np.ndarray) -> list[Detection]:
+    def detect(self, img: np.ndarray, min_face_fraction: float | None = None) -> list[Detection]:
         """Detect faces in an RGB uint8 image, largest first.
 
         P-Net sees the face only at the pyramid's discrete scales, and a face that
@@ -177,16 +177,19 @@ class FaceDetector:
 
         Args:
             img: (H, W, 3) uint8 RGB.
+            min_face_fraction: instead of the parameters' (0: faces down to ``min_face``
+                pixels whatever the image's size: a small photo on a large scan).
 
         Returns:
             Detections sorted by box area, largest first; empty when none.
         """
-        dets = self._detect(img, 1.0)
-        return dets or self._detect(img, self.params.factor**0.5)
+        fraction = self.params.min_face_fraction if min_face_fraction is None else min_face_fraction
+        dets = self._detect(img, 1.0, fraction)
+        return dets or self._detect(img, self.params.factor**0.5, fraction)
 
-    def _detect(self, img: np.ndarray, grid_offset: float) -> list[Detection]:
+    def _detect(self, img: np.ndarray, grid_offset: float, fraction: float) -> list[Detection]:
         _, t2, t3 = self.params.thresholds
-        boxes = self._stage1(img, grid_offset)
+        boxes = self._stage1(img, grid_offset, fraction)
         if len(boxes):
             out = self._rnet.run(_normalise(_crops(img, boxes, 24)))
             score = out["prob"][:, 1]

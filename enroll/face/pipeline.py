@@ -47,6 +47,9 @@ class FaceConfig:
     Attributes:
         max_detect_side: photos are shrunk so their longer side is at most this
             before detection (detection cost grows with pixels; faces stay large enough).
+        thorough_detect_side: when that finds no face, a photo is searched again shrunk
+            only to this, for faces down to the detector's ``min_face`` whatever the
+            photo's size (a passport photo on a scanned form or ID card).
         detector: MTCNN parameters.
         pad_retry: when no face is found, detect again with this fraction of the image's
             longer side added as a plain border on every side (0: never): a tightly
@@ -59,14 +62,15 @@ class FaceConfig:
     """
 
     max_detect_side: int = 640
+    thorough_detect_side: int = 2048
     pad_retry: float = 0.5
     flip_average: bool = True
     detector: DetectorParams = DetectorParams()
     quality: FaceQualityConfig = FaceQualityConfig()
 
     def __post_init__(self) -> None:
-        if self.max_detect_side < 64:
-            raise ValueError("max_detect_side must be at least 64")
+        if not 64 <= self.max_detect_side <= self.thorough_detect_side:
+            raise ValueError("need 64 <= max_detect_side <= thorough_detect_side")
         if not 0 <= self.pad_retry <= 2:
             raise ValueError("pad_retry must be within 0..2")
 
@@ -117,26 +121,37 @@ class FaceExtractor:
         """
         rgb = image.rgb
         check_image(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), self.config.quality)
-        try:
-            return self._align(rgb)
-        except QualityError as e:
-            if e.reason != "NO_FACE" or not self.config.pad_retry:
-                raise
-        try:
-            return self._align(_pad(rgb, self.config.pad_retry))
-        except QualityError as e:
-            if e.reason != "NO_FACE":
-                raise
-            raise QualityError("no face found in the image, nor with a margin added around it (a tight crop)",
-                               "NO_FACE") from None
-
-    def _align(self, rgb: np.ndarray) -> AlignedFace:
+        cfg = self.config
+        # What the first search skips, tried only when it finds nothing: a tight crop gets
+        # a margin (the detector needs some background around a face); a small face on a
+        # large scan (an ID card, a form) a finer search of a larger copy.
+        attempts, tried = [lambda: self._align(rgb)], []
+        if cfg.pad_retry:
+            attempts.append(lambda: self._align(_pad(rgb, cfg.pad_retry)))
+            tried.append("with a margin added around it (a tight crop)")
         h, w = rgb.shape[:2]
-        scale = max(1.0, max(h, w) / self.config.max_detect_side)
+        small_side = min(h, w) / max(1.0, max(h, w) / cfg.max_detect_side)
+        if max(h, w) > cfg.max_detect_side or cfg.detector.min_face_fraction * small_side > cfg.detector.min_face:
+            side = min(max(h, w), cfg.thorough_detect_side)
+            attempts.append(lambda: self._align(rgb, side, thorough=True))
+            tried.append(f"searched for faces down to {cfg.detector.min_face * max(h, w) / side:.0f} px "
+                         "(a small photo on a large scan)")
+        for attempt in attempts:
+            try:
+                return attempt()
+            except QualityError as e:
+                if e.reason != "NO_FACE":
+                    raise
+        raise QualityError("no face found in the image" + "".join(f", nor {t}" for t in tried), "NO_FACE")
+
+    def _align(self, rgb: np.ndarray, max_side: int = 0, thorough: bool = False) -> AlignedFace:
+        h, w = rgb.shape[:2]
+        scale = max(1.0, max(h, w) / (max_side or self.config.max_detect_side))
         small = rgb if scale == 1.0 else cv2.resize(
             rgb, (round(w / scale), round(h / scale)), interpolation=cv2.INTER_AREA
         )
-        det = select_face(self._detector.detect(small), (small.shape[1], small.shape[0]), self.config.quality)
+        found = self._detector.detect(small, 0.0 if thorough else None)
+        det = select_face(found, (small.shape[1], small.shape[0]), self.config.quality)
         # The landmark cascade samples pixels within about a box width of the face: work on
         # that region only (grey conversion of a whole photo costs more than the cascade).
         x1, y1, x2, y2 = (v * scale for v in det.box)

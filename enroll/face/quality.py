@@ -62,10 +62,16 @@ class FaceQuality:
 
 
 def check_image(grey: np.ndarray, cfg: FaceQualityConfig) -> None:
-    """Whole-image gates run before detection: black, blank."""
-    mean, std = float(grey.mean()), float(grey.std())
+    """Whole-image gates run before detection: black, blank. Judged on the image's most
+    lit and most textured tile of a 4x4 grid, not on the whole: a small photo on a large
+    plain scan (an ID card, a form) is neither black nor blank."""
+    h, w = grey.shape
+    tiles = [grey[i * h // 4:(i + 1) * h // 4, j * w // 4:(j + 1) * w // 4] for i in range(4) for j in range(4)]
+    tiles = [t for t in tiles if t.size] or [grey]
+    mean = max(float(t.mean()) for t in tiles)
+    std = max(float(t.std()) for t in tiles)
     if mean < cfg.dark_mean and std < 2 * cfg.blank_std:
-        raise QualityError(f"image is black (mean grey {mean:.0f})", "TOO_DARK")
+        raise QualityError(f"image is black (mean grey {mean:.0f} at its brightest)", "TOO_DARK")
     if std < cfg.blank_std:
         raise QualityError("image is blank (no contrast)", "BLANK_IMAGE")
 

@@ -69,14 +69,13 @@ class MinutiaeMatcher(Ranked):
         probe = template.cylinders
         positions = range(1, 11) if position == 0 else [position]
         fingers_there = sum(self.index.fingers(partition, p) for p in positions)
+        names = None
+        if fingers_there > self.exhaustive_limit:  # the index locks itself: searches run at once
+            n = max(self.shortlist, fingers_there // 1000)
+            names = {s for p in positions for s in self.index.shortlist(partition, p, template, n, within)}
         with self._held.lock:
             held = self._held.by_partition.get(partition, {})
-            if fingers_there <= self.exhaustive_limit:
-                subjects = list(held.items())
-            else:
-                n = max(self.shortlist, fingers_there // 1000)
-                names = {s for p in positions for s in self.index.shortlist(partition, p, template, n, within)}
-                subjects = [(s, held[s]) for s in names if s in held]
+            subjects = list(held.items()) if names is None else [(s, held[s]) for s in names if s in held]
         scored = []
         for subject_id, fingers in subjects:
             if within is not None and subject_id not in within:

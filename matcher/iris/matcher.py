@@ -161,20 +161,22 @@ class IrisMatcher(Ranked):
             # No copies (a copy of a 1M-row owner list costs milliseconds): appends only
             # write rows past this snapshot and compaction builds new arrays and lists, so
             # these stay valid after the lock; a concurrent removal shows as owner None.
-            codes, masks = shelf.codes[:shelf.rows], shelf.masks[:shelf.rows]
-            owner, positions = shelf.owner, shelf.position[:shelf.rows]
-            rows = turn = None
-            if shelf.rows > self.exhaustive_limit:
-                # First pass: unmasked Hamming of 512-bit sketches, best of 17 rotations
-                # (compiled kernel); the ``shortlist`` nearest rows go on to the exact pass.
-                from matcher.iris._kernel import sketch_distances
+            n = shelf.rows
+            codes, masks, sketches = shelf.codes[:n], shelf.masks[:n], shelf.sketches
+            owner, positions = shelf.owner, shelf.position[:n]
+        rows = turn = None
+        if n > self.exhaustive_limit:
+            # First pass (outside the lock, so that searches run at once on every core):
+            # unmasked Hamming of 512-bit sketches, best of 17 rotations (compiled kernel);
+            # the ``shortlist`` nearest rows go on to the exact pass.
+            from matcher.iris._kernel import sketch_distances
 
-                near = np.empty(shelf.rows, np.int32)
-                turn = np.empty(shelf.rows, np.int8)
-                sketch_distances(template.sketch_rotations.view(np.uint64), shelf.sketches, shelf.rows, near, turn)
-                rows = _nearest_with_ties(near, self.shortlist, TIE_ROOM)
-                if rows is None:  # the shortlist holds them all: each still gets its window
-                    rows = np.arange(shelf.rows)
+            near = np.empty(n, np.int32)
+            turn = np.empty(n, np.int8)
+            sketch_distances(template.sketch_rotations.view(np.uint64), sketches, n, near, turn)
+            rows = _nearest_with_ties(near, self.shortlist, TIE_ROOM)
+            if rows is None:  # the shortlist holds them all: each still gets its window
+                rows = np.arange(n)
         if rows is None:
             rows, d = np.arange(len(codes)), iris.distances(template, codes, masks)
         else:

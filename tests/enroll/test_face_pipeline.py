@@ -116,3 +116,32 @@ def test_no_face_says_the_margin_was_tried(face_extractor, fingerprints):
     with pytest.raises(QualityError, match="nor with a margin") as e:
         face_extractor.extract((fingerprints / "fvc2000_db1_b" / "101" / "101_1.tif").read_bytes())
     assert e.value.reason == "NO_FACE"
+
+
+def test_a_small_photo_on_a_large_scan_enrols(face_extractor, orl):
+    """An ORL portrait pasted small onto a plain 2400x1800 scan (a passport photo on a
+    form or ID card: the face about 3% of the scan's shorter side): the first search skips
+    faces that small and the plain scan is mostly blank; the finer search finds the face,
+    and it matches the portrait enrolled as it is."""
+    people = range(1, 11)
+    scanned, direct = {}, {}
+    for p in people:
+        photo = Image.open(orl / f"s{p}" / "1.pgm").convert("RGB").resize((138, 168))
+        scan = Image.new("RGB", (2400, 1800), (214, 208, 196))
+        scan.paste(photo, (1700, 500))
+        buf = io.BytesIO()
+        scan.save(buf, "JPEG", quality=90)
+        scanned[p] = face_extractor.extract(buf.getvalue())
+        direct[p] = face_extractor.extract((orl / f"s{p}" / "1.pgm").read_bytes())
+    assert all(_dist(scanned[p], direct[p]) < DLIB_THRESHOLD for p in people)
+    assert all(_dist(scanned[p], direct[q]) >= DLIB_THRESHOLD for p in people for q in people if q != p)
+
+
+def test_a_plain_scan_is_still_blank(face_extractor):
+    from matcher.errors import QualityError
+
+    buf = io.BytesIO()
+    Image.new("RGB", (2400, 1800), (214, 208, 196)).save(buf, "PNG")
+    with pytest.raises(QualityError) as e:
+        face_extractor.extract(buf.getvalue())
+    assert e.value.reason == "BLANK_IMAGE"
