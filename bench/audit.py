@@ -203,15 +203,12 @@ def run_modality(modality: str, size: int, workdir: Path, cache: Path, orl: Path
         for i, samples in enumerate(fill):
             yield Subject(f"F-{i:07d}", "default", tuple(StoredTemplate(*s) for s in samples))
 
-    store = SubjectStore(workdir / f"audit-{modality}-{size}.sqlite")
-    batch = []
-    for subject in subjects():
-        batch.append(subject)
-        if len(batch) == 5000:
-            store.add_many(batch)
-            batch = []
-    if batch:
-        store.add_many(batch)
+    from bench.cluster import _store
+
+    folder = workdir / f"audit-{modality}-{size}"
+    folder.mkdir()
+    _store(folder, subjects())
+    store = SubjectStore(folder / "subjects.sqlite")
     build_s = time.perf_counter() - t0
     models = {"face": FACE, "iris": "iris/gabor-v2", "finger": "finger/leader-mcc-v1"}
     engine = Engine(store, {m: models[m] for m in (("face", "iris", "finger") if modality == "fused" else (modality,))})
