@@ -47,7 +47,7 @@ STORE_CALLS = frozenset({"get", "count", "count_by_partition", "model_counts", "
                          "case", "cases", "case_counts", "case_templates", "case_images", "subject_images",
                          "held_case", "encounters", "expire_case_images",
                          # the data-quality report's facts, and refused captures to count
-                         "sample_facts", "refusals", "partitions", "note_refusal"})
+                         "sample_facts", "refusals", "partitions", "note_refusal", "audit_results"})
 
 
 def shard_nodes() -> list[str]:

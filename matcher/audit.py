@@ -125,7 +125,12 @@ def audit(engine, partition: str | None = None, max_fpir: float = 0.0,
             progress(len(done), len(subjects))
     engine.store.drop_audit_checkpoint(key)
     edges = {e: pair for e, pair in edges.items() if not _decided(engine, e)}
-    return AuditReport(len(subjects), limit, _clusters(edges), time.perf_counter() - started, resumed=resumed)
+    report = AuditReport(len(subjects), limit, _clusters(edges), time.perf_counter() - started, resumed=resumed)
+    engine.store.note_audit_result(partition or "*", {
+        "unix_ms": int(time.time() * 1000), "subjects": report.subjects, "max_fpir": limit,
+        "clusters": len(report.clusters), "subjects_in_clusters": sum(len(c.subject_ids) for c in report.clusters),
+        "pairs": len(edges)})
+    return report
 
 
 def _keep(edges: dict, p: str, x: str, y: str, score: float, fpir: float) -> None:

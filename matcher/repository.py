@@ -236,6 +236,8 @@ class AuditCheckpoints(Protocol):
 
     def drop_audit_checkpoint(self, key: str) -> None: ...
 
+    def note_audit_result(self, partition: str, summary: dict) -> None: ...
+
 
 @runtime_checkable
 class SecretKeeper(Protocol):

@@ -4,13 +4,17 @@ client) goes on from there next time instead of starting over.
 
 A part of :class:`store.sqlite.SubjectStore` (a mixin over its connection, lock and
 sealer), like ``store/cases.py``. A checkpoint names subjects, so it is sealed like a case
-record (bound to its key); it is dropped when its audit completes.
+record (bound to its key); it is dropped when its audit completes, and the audit's counts
+(no subject named) are kept in its place for the data-quality report.
 """
 
 from __future__ import annotations
 
 import json
 import time
+
+
+_RESULT = "result|"  # the key prefix of completed audits' counts (checkpoints' keys hold a "|" later)
 
 
 def _context(key: str) -> bytes:
@@ -36,3 +40,15 @@ class AuditCheckpoints:
     def drop_audit_checkpoint(self, key: str) -> None:
         with self._transaction():
             self._db.execute("DELETE FROM audit_checkpoints WHERE key=?", (key,))
+
+    def note_audit_result(self, partition: str, summary: dict) -> None:
+        """Keep the counts of a completed audit of ``partition`` ("*": every partition) for
+        the data-quality report: no subject named, only how many."""
+        self.save_audit_checkpoint(_RESULT + partition, summary)
+
+    def audit_results(self) -> dict[str, dict]:
+        """The last completed audit's counts, by partition."""
+        with self._lock:
+            keys = [r[0] for r in self._db.execute("SELECT key FROM audit_checkpoints WHERE key LIKE ?",
+                                                   (_RESULT + "%",)).fetchall()]
+        return {k[len(_RESULT):]: self.audit_checkpoint(k) for k in keys}

@@ -158,7 +158,7 @@ def _sync(peers: dict[str, Peer], now_ms: int) -> list[dict]:
 
 def build(facts: Iterable[SampleFact], refusals: Iterable[Refusal], partitions: list[str],
           cases: dict[str, dict[tuple[str, str], int]] | None = None, peers: dict[str, Peer] | None = None,
-          site: str = "", now_ms: int | None = None) -> dict:
+          site: str = "", now_ms: int | None = None, audits: dict[str, dict] | None = None) -> dict:
     """The report as a JSON-ready dict.
 
     Args:
@@ -168,6 +168,7 @@ def build(facts: Iterable[SampleFact], refusals: Iterable[Refusal], partitions: 
             ``{(partition, source): n}``.
         peers: the peer sites by name.
         site: this server's site name (samples enrolled here; "" names it ``(this server)``).
+        audits: the last completed duplicate audit's counts, by partition ("*": all).
     """
     facts, refusals = list(facts), list(refusals)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
@@ -194,5 +195,6 @@ def build(facts: Iterable[SampleFact], refusals: Iterable[Refusal], partitions: 
         "missing": _missing(facts),
         "groups": {g: _groups(g, facts, refusals, site) for g in GROUPS},
         "duplicates": dup,
+        "audits": {p: a for p, a in sorted((audits or {}).items()) if p == "*" or p in partitions},
         "sync": _sync(peers or {}, now_ms),
     }

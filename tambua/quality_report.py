@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import time
 from pathlib import Path
 
 MODALITIES = ("face", "finger", "iris")
@@ -157,6 +158,11 @@ def render(report: dict) -> str:
             dup_rows.append(f"<tr><td>{html.escape(state)}</td><td>{html.escape(source)}</td>"
                             f"{_cell(report, f'duplicates.{state}.{source}')}</tr>")
     dups = "".join(dup_rows) or '<tr><td colspan="3">no case</td></tr>'
+    audit_rows = "".join(
+        f"<tr><td>{html.escape('every partition' if p == '*' else p)}</td>"
+        f"<td>{time.strftime('%Y-%m-%d %H:%M', time.gmtime(a['unix_ms'] / 1000))} UTC</td>"
+        + "".join(_cell(report, f"audits.{p}.{k}") for k in ("subjects", "clusters", "subjects_in_clusters"))
+        + "</tr>" for p, a in report.get("audits", {}).items()) or '<tr><td colspan="5">no audit yet</td></tr>'
     sync_rows = []
     for i, peer in enumerate(report["sync"]):
         p = f"sync.{i}"
@@ -187,6 +193,10 @@ def render(report: dict) -> str:
         + "".join(_group_table(report, g) for g in ("site", "partition", "operator", "day"))
         + f'<h2 id="duplicates">Suspected duplicates (adjudication cases)</h2><table><tr><th>state</th>'
         f"<th>found by</th><th>cases</th></tr>{dups}</table>"
+        "<p class=note>The last duplicate audit of each partition (tambua audit-duplicates): how many subjects "
+        "it searched and how many groups of suspected duplicates it found.</p><table><tr><th>partition</th>"
+        f"<th>when</th><th>subjects searched</th><th>clusters</th><th>subjects in clusters</th></tr>{audit_rows}"
+        "</table>"
         f'<h2 id="sync">Sync with peer sites</h2><p class=note>Seconds since each peer last sent a bundle that was '
         "applied here; a site that stops syncing risks losing what it enrolled since.</p>"
         "<table><tr><th>site</th><th>seconds since last sync</th><th>changes pending</th><th>bundles refused</th>"

@@ -37,7 +37,7 @@ from matcher.types import Capture, normalise_id
 import sync
 from tambua import quality
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
-from tambua.auth import AccessStore, AuthInterceptor, current, note_touched, partition_of
+from tambua.auth import ALL_PARTITIONS, AccessStore, AuthInterceptor, current, note_touched, partition_of
 from tambua.config import Config
 from tambua.context import RequestIdFilter
 from tambua.extraction import Extraction, Extractor, SampleInput
@@ -405,7 +405,9 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         report = quality.build(
             [f for f in store.sample_facts(partitions) if f.unix_ms >= since], store.refusals(partitions, since),
             partitions, {state.value: store.case_counts(partitions, state) for state in CaseState}, peers,
-            self.site.site if self.site else "")
+            self.site.site if self.site else "",
+            # An audit of every partition is counted for those who may see every partition.
+            audits={p: a for p, a in store.audit_results().items() if p != "*" or ALL_PARTITIONS in principal.partitions})
         return pb.QualityReportResponse(report_json=json.dumps(report, sort_keys=True))
 
     @_rpc

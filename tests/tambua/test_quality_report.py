@@ -79,6 +79,9 @@ def reported(tmp_path_factory, orl, fingerprints, irises, models):
             enrol(who, "R", [sample], partition)
         assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
+    audited = stub.AuditDuplicates(pb.AuditDuplicatesRequest(), metadata=_md(keys["officer"]), timeout=120)
+    assert audited.subjects == 2
+
     def report(who: str, *extra: str) -> tuple[int, dict, str]:
         r = subprocess.run([sys.executable, "-m", "tambua.cli", "quality-report", "--address",
                             f"localhost:{server.address.rsplit(':', 1)[1]}", "--ca", str(ca.ca_pem), "--api-key",
@@ -123,6 +126,7 @@ def test_the_report_counts_what_was_enrolled_and_refused(reported):
     assert [g["key"] for g in out["groups"]["site"]] == ["(this server)"]
     assert sum(g["samples"]["face"] for g in out["groups"]["day"]) == 3
     assert out["sync"] == []
+    assert {p: (a["subjects"], a["clusters"]) for p, a in out["audits"].items()} == {"default": (2, 0)}
 
 
 def test_an_officer_of_one_partition_sees_only_it(reported):
