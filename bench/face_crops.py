@@ -14,7 +14,11 @@ set (folders layout) is cropped to the central ``fraction`` of its width and hei
 and per setting: ``failure_to_enrol``, ``failure_reasons``, ``eer``, ``rank1``,
 ``fnmr_at_fmr`` (a failure to enrol counts as a non-match). ``degraded``: the set halved in
 size (``small``) and darkened (``dark``), with the quality gates as set now and as they
-were (faces under 40 px and face centres darker than grey 35 refused).
+were (faces under 40 px and face centres darker than grey 35 refused); and (``scan``)
+each portrait small on a large plain scan::
+
+    python -m bench.face_crops --root ../shared/data/face/att_orl --fractions --degraded scan \
+        --json bench/results/face_scans.json
 """
 
 from __future__ import annotations
@@ -45,13 +49,20 @@ def crop_set(root: Path, out: Path, fraction: float) -> None:
 
 def degrade_set(root: Path, out: Path, kind: str) -> None:
     """Every image of ``root`` as an old record might hold it: ``small`` (half the width and
-    height) or ``dark`` (gamma 2.2, then 60% of the light)."""
+    height), ``dark`` (gamma 2.2, then 60% of the light) or ``scan`` (the portrait as it is
+    on a plain 2400x1800 scan, as a photo on a form or ID card: the face about 4% of the
+    scan's shorter side, somewhere on its right half)."""
     import numpy as np
 
+    rng = np.random.default_rng(19)
     for f in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS):
         img = Image.open(f)
         if kind == "small":
             img = img.resize((img.width // 2, img.height // 2), Image.LANCZOS)
+        elif kind == "scan":
+            photo = img.convert("RGB")
+            img = Image.new("RGB", (2400, 1800), (214, 208, 196))
+            img.paste(photo, (int(rng.integers(1200, 2400 - photo.width)), int(rng.integers(0, 1800 - photo.height))))
         else:
             a = np.asarray(img.convert("L"), np.float32) / 255
             img = Image.fromarray((255 * a**2.2 * 0.6).astype(np.uint8))
@@ -81,8 +92,8 @@ def measure(root: Path, pad: float, progress: bool, gates: dict | None = None) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Tightly cropped portraits, with and without the padded retry.")
     parser.add_argument("--root", required=True, type=Path, help="a face set, folders layout")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.8, 0.7, 0.6])
-    parser.add_argument("--degraded", nargs="*", choices=["small", "dark"], default=["small", "dark"],
+    parser.add_argument("--fractions", type=float, nargs="*", default=[0.8, 0.7, 0.6])
+    parser.add_argument("--degraded", nargs="*", choices=["small", "dark", "scan"], default=["small", "dark"],
                         help="also measure the set halved in size / darkened, with the gates as set and as before")
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--no-progress", action="store_true")
@@ -104,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind in args.degraded:
         with tempfile.TemporaryDirectory() as tmp:
             degrade_set(args.root, Path(tmp), kind)
-            out["degraded"][kind] = {"gates_now": measure(Path(tmp), FaceConfig().pad_retry, not args.no_progress),
-                                     "gates_before": measure(Path(tmp), FaceConfig().pad_retry, not args.no_progress,
-                                                             OLD_GATES)}
+            now = measure(Path(tmp), FaceConfig().pad_retry, not args.no_progress)
+            # A scan's "before" is the code before the finer search (its gates are today's).
+            out["degraded"][kind] = {"gates_now": now} if kind == "scan" else {
+                "gates_now": now, "gates_before": measure(Path(tmp), FaceConfig().pad_retry, not args.no_progress,
+                                                          OLD_GATES)}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({f: {k: v["failure_to_enrol"] for k, v in r.items()} for f, r in out["crops"].items()}))
