@@ -1,5 +1,6 @@
-"""The durable store: SQLite in WAL mode (``sqlite``, with its part for adjudication cases,
-held captures, encounters and kept images: ``cases``), its schema and migrations' starting
+"""The durable store: SQLite in WAL mode (``sqlite``, with its parts for adjudication cases,
+held captures, encounters and kept images: ``cases``; capture facts and refused captures
+for the data-quality report: ``facts``; duplicate-audit checkpoints: ``audits``), its schema and migrations' starting
 layout (``schema``), and encryption at rest (``sealing``: envelope AES-256-GCM, the
 key-encryption key's loading, sealers). It implements the interfaces the engine, sync and
 auth declare in :mod:`matcher.repository`, so it may import ``matcher/`` (types, errors,
