@@ -52,3 +52,8 @@ class AuditCheckpoints:
             keys = [r[0] for r in self._db.execute("SELECT key FROM audit_checkpoints WHERE key LIKE ?",
                                                    (_RESULT + "%",)).fetchall()]
         return {k[len(_RESULT):]: self.audit_checkpoint(k) for k in keys}
+
+    def _drop_checkpoints(self) -> None:
+        """Every unfinished audit's checkpoint (an erasure: they may name the subject). Caller
+        holds a transaction."""
+        self._db.execute("DELETE FROM audit_checkpoints WHERE key NOT LIKE ?", (_RESULT + "%",))

@@ -445,6 +445,7 @@ class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
             for table in ("origins", "flags"):
                 self._db.execute(f"DELETE FROM {table} WHERE partition=? AND ref=?", (partition, ref))
             self._erase_cases(partition, ref, subject_id, frozenset(keep_cases))
+            self._drop_checkpoints()  # a checkpoint may name the subject: the next audit starts over
             self._db.execute("UPDATE changes SET kind='erased', id=NULL WHERE partition=? AND ref=? AND kind='enrol'",
                              (partition, ref))
         return cur.rowcount == 1

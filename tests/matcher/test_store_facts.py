@@ -77,3 +77,17 @@ def test_the_report_says_how_late_each_peer_is():
     assert (a["site"], a["lag_s"], a["pending"], a["refused_bundles"], a["late"]) == ("camp-a", 90.0, 5, 2, True)
     assert (b["lag_s"], b["late"]) == (None, False)  # never synced, no limit set
     assert report["totals"]["subjects"] == 0 and report["modalities"]["iris"]["quality"] == {"n": 0, "histogram": [0] * 10}
+
+
+def test_erasing_a_subject_drops_unfinished_audit_checkpoints(tmp_path):
+    """A checkpoint names the subjects an audit has paired: an erasure takes it away (the
+    next audit starts over); the completed audits' counts, which name nobody, stay."""
+    store = SubjectStore(tmp_path / "s.sqlite", kek=bytes(range(32)))
+    store.add(_subject("A", 60))
+    store.save_audit_checkpoint("default|0.01", {"done": [["default", "A"]], "edges": []})
+    store.note_audit_result("default", {"subjects": 1, "clusters": 0})
+    assert store.audit_checkpoint("default|0.01")["done"] == [["default", "A"]]
+    store.delete("default", "A")
+    assert store.audit_checkpoint("default|0.01") is None
+    assert store.audit_results() == {"default": {"subjects": 1, "clusters": 0}}
+    store.close()
