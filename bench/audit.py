@@ -9,8 +9,12 @@ Usage::
 
 Iris: every real eye (CASIA-IrisV1, MMU1, IITD; label noise left out) with two usable
 images enrolled twice (first and last image), among synthetic irises (``bench/iris_search``'s
-synthesiser). Finger: the mated FCJ fingers (first and second impression) among fingers
-spliced from the others (``bench/finger_search``). Fused: chimeric people, each an ORL
+synthesiser). Finger: people with two mated FCJ fingers (first and second impression of
+each) among subjects of two fingers spliced from the others (``bench/finger_search``). Two,
+because one finger cannot tie a pair in a gallery of thousands: LEADER's calibration
+claims no rate below the smallest it measured (3.2e-5, ``tail_model: floor``), so one
+finger's FPIR at 10,000 subjects is at least 0.27 (measured: a one-finger audit of 10,000
+ties no planted pair at FPIR 0.01, in 396 s). Fused: chimeric people, each an ORL
 face, a real eye and a mated finger, enrolled twice, among subjects of three synthetic
 samples. The audit is the service's (:meth:`matcher.engine.Engine.audit`), on every core.
 
@@ -129,12 +133,30 @@ def _iris_fillers(real: dict, n: int, rng: np.random.Generator):
 
 
 def _finger_people(cache: Path):
-    """The mated FCJ fingers (none of them in the fillers' pool): (finger, first, second impression)."""
+    """The mated FCJ fingers (none of them in the fillers' pool): (finger, first, second
+    impression), and the pool the fillers are spliced from."""
     from bench.cluster import _finger_rows
     from bench.finger_search import real_fingers
 
     fcj, mated, pool, owners = real_fingers(cache)
     return [(f, *_templates(_finger_rows((0, "", fcj[f][:2]))[2])) for f in mated], pool, owners
+
+
+def _two_finger_people(found) -> list[tuple[str, list, list]]:
+    """People with two mated fingers (an FCJ person's fingers 4 and 5, or 6 and 7: right
+    index and middle, left index and middle here), each enrolled twice."""
+    by_person: dict[str, dict[int, tuple]] = {}
+    for f, a, b in found:
+        person, finger = f.split("/")[1].split("_")
+        by_person.setdefault(person, {})[int(finger)] = (a, b)
+    people = []
+    for person, fingers in sorted(by_person.items()):
+        for pair, positions in (((4, 5), (2, 3)), ((6, 7), (7, 8))):
+            if all(k in fingers for k in pair):
+                people.append((f"{person}-{pair[0]}{pair[1]}",
+                               [("finger", pos, fingers[k][0]) for k, pos in zip(pair, positions)],
+                               [("finger", pos, fingers[k][1]) for k, pos in zip(pair, positions)]))
+    return people
 
 
 def _templates(rows):
@@ -179,10 +201,11 @@ def run_modality(modality: str, size: int, workdir: Path, cache: Path, orl: Path
         people, real = _iris_people(cache)
         people = [(e, [("iris", 1, a)], [("iris", 1, b)]) for e, a, b in people]
         fill = ([("iris", 1, t)] for t in _iris_fillers(real, size - 2 * len(people), rng))
-    elif modality == "finger":
+    elif modality == "finger":  # two fingers a subject: one alone cannot tie a pair (see the module docstring)
         found, pool, owners = _finger_people(cache)
-        people = [(f, [("finger", 2, a)], [("finger", 2, b)]) for f, a, b in found]
-        fill = ([("finger", 2, t)] for t in _finger_fillers(pool, owners, size - 2 * len(people), rng))
+        people = _two_finger_people(found)
+        fingers = _finger_fillers(pool, owners, 2 * (size - 2 * len(people)), rng)
+        fill = ([("finger", 2, a), ("finger", 3, b)] for a, b in zip(fingers, fingers))
     else:  # fused: chimeric people, an ORL face, a real eye and a real finger each
         eyes, real = _iris_people(cache)
         fingers, pool, owners = _finger_people(cache)
