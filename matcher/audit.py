@@ -1,10 +1,11 @@
 """Duplicate audit of a gallery against itself (N:N): clusters of suspected duplicates.
 
 Every enrolled subject is searched against its partition with the service's own matchers
-and fusion, a block of subjects at a time with a checkpoint in the store after each (an
-audit cut short goes on from there), so an audit finds what deduplication at enrolment would have found: in one
-batch search per modality where the galleries are in this process (faces: FAISS on every
-core), else subject by subject through :meth:`matcher.engine.Engine.identify`. Each pair
+and fusion, so an audit finds what deduplication at enrolment would have found: a block of
+subjects at a time with a checkpoint in the store after each (an audit cut short goes on
+from there), in one batch search per modality and block where the galleries are in this
+process (faces: FAISS on every core), else subject by subject through
+:meth:`matcher.engine.Engine.identify`. Each pair
 at or below the FPIR limit is an edge, and the connected groups are the clusters, strongest first. Pairs a person has
 already decided are different people (a subject's ``linked``) are left out. Clusters can
 become adjudication cases (source ``audit``, kind ``AUDIT_CLUSTER``: "same" merges the
@@ -17,6 +18,7 @@ Owns the typed results; imports the engine's public calls and :mod:`matcher.case
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,13 +105,12 @@ def audit(engine, partition: str | None = None, max_fpir: float = 0.0,
     resumed = len(done)
     todo = sorted(subjects.keys() - done)
     k = engine.thresholds.max_candidates + 1  # the subject finds itself first
-    sizes: dict[str, int] = {}
-    for p, _ in subjects:
-        sizes[p] = sizes.get(p, 0) + 1
+    sizes = Counter(p for p, _ in subjects)
     if progress is not None:  # where it starts: what an earlier run searched already
         progress(len(done), len(subjects))
-    for at in range(0, len(todo), max(1, block)):
-        chunk = todo[at:at + max(1, block)]
+    step = max(1, block)
+    for at in range(0, len(todo), step):
+        chunk = todo[at:at + step]
         if hasattr(engine.galleries, "search_many"):
             _batched(engine, subjects, chunk, sizes, k, limit, edges)
         else:  # galleries elsewhere (cluster mode): each subject through identify
@@ -141,7 +142,7 @@ def _keep(edges: dict, p: str, x: str, y: str, score: float, fpir: float) -> Non
 
 
 def _batched(engine, subjects: dict[tuple[str, str], list[StoredTemplate]], chunk: list[tuple[str, str]],
-             sizes: dict[str, int], k: int, limit: float, edges: dict) -> None:
+             sizes: Counter, k: int, limit: float, edges: dict) -> None:
     """The batch path for a block of subjects: every sample's shortlist in one search per
     modality and partition (faces: one FAISS batch on every core), then each shortlisted
     pair scored on all its samples both ways with the service's fusion, as identify would
