@@ -18,6 +18,13 @@ of the secret is stored. A slow password hash (scrypt, argon2) protects low-entr
 passwords against guessing; a 256-bit secret cannot be guessed, and a per-call hash must
 be cheap. Client certificates are named by the SHA-256 fingerprint of their DER bytes
 (a common name can repeat across issuers; a fingerprint cannot).
+
+Hygiene: a principal may carry an expiry (in its authenticated row; refused after it, with
+the reason said), and the server keeps each principal's last use in a side table, written
+behind the calls in batches (a call never waits on a disk write for it). From those,
+:func:`review` ranks principals by risk, and ``tambua keys prune`` revokes the unused ones;
+``tambua keys rotate-key`` gives a key's holder a new key while the old one stays valid
+for a grace period (no downtime while devices are updated).
 """
 
 from __future__ import annotations
@@ -132,6 +139,12 @@ class PrincipalRecord:
     created_unix_ms: int
     revoked_unix_ms: int | None
     authentic: bool = True  # False: the row fails its MAC (altered, or never sealed); it is refused
+    expires_unix_ms: int | None = None
+    last_used_unix_ms: int | None = None  # as last flushed by a server (None: never used)
+    calls: int = 0
+
+    def expired(self, now_ms: int) -> bool:
+        return self.expires_unix_ms is not None and now_ms >= self.expires_unix_ms
 
 
 def certificate_id(pem: bytes) -> str:
@@ -146,7 +159,8 @@ def certificate_id(pem: bytes) -> str:
     return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
-_COLUMNS = "id, kind, name, roles, partitions, salt, digest, created_ms, revoked_ms"
+_COLUMNS = "id, kind, name, roles, partitions, salt, digest, created_ms, revoked_ms, expires_ms"
+_N = 10  # columns in _COLUMNS; the MAC follows them
 _ROW_KEY = "access.sqlite/row-mac"  # what the row key is sealed under
 
 
@@ -176,8 +190,15 @@ class AccessStore:
             "CREATE TABLE IF NOT EXISTS principals (id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,"
             " roles TEXT NOT NULL, partitions TEXT NOT NULL, salt BLOB, digest BLOB,"
             " created_ms INTEGER NOT NULL, revoked_ms INTEGER, mac BLOB)")
-        if "mac" not in {r[1] for r in self._db.execute("PRAGMA table_info(principals)")}:
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(principals)")}
+        if "mac" not in have:
             self._db.execute("ALTER TABLE principals ADD COLUMN mac BLOB")  # a file from before row MACs
+        if "expires_ms" not in have:
+            self._db.execute("ALTER TABLE principals ADD COLUMN expires_ms INTEGER")  # before expiry
+        # Last use: hygiene, not a grant (nothing here lets anyone in), so no MAC; written
+        # behind the calls by note_use/flush_use.
+        self._db.execute("CREATE TABLE IF NOT EXISTS last_use (id TEXT PRIMARY KEY, unix_ms INTEGER NOT NULL,"
+                         " calls INTEGER NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         # Two processes may open a new file at once: the first key written wins, both read it.
         self._db.execute("INSERT OR IGNORE INTO meta VALUES ('row_key', ?)",
@@ -190,9 +211,43 @@ class AccessStore:
                                  "(the file of another store, or altered)") from e
         self._lock = threading.Lock()
         self._cert_ids: dict[bytes, str] = {}  # PEM -> id: parsing a certificate per call costs more
+        self._uses: dict[str, list[int]] = {}  # principal id -> [last use ms, calls] not yet written
+        self._uses_lock = threading.Lock()
 
     def close(self) -> None:
+        self.flush_use()
         self._db.close()
+
+    def note_use(self, principal_id: str) -> None:
+        """Remember that a principal made a call now; written by the next :meth:`flush_use`."""
+        now = int(time.time() * 1000)
+        with self._uses_lock:
+            seen = self._uses.setdefault(principal_id, [now, 0])
+            seen[0] = now
+            seen[1] += 1
+
+    def flush_use(self) -> int:
+        """Write the uses noted since the last flush in one transaction; returns principals written."""
+        with self._uses_lock:
+            uses, self._uses = self._uses, {}
+        if uses:
+            with self._write():
+                self._db.executemany(
+                    "INSERT INTO last_use VALUES (?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+                    " unix_ms = MAX(unix_ms, excluded.unix_ms), calls = calls + excluded.calls",
+                    [(pid, ms, n) for pid, (ms, n) in uses.items()])
+        return len(uses)
+
+    def policy(self) -> dict:
+        """What the server's configuration set for new keys (``key_lifetime_days``), as it
+        last started; the host's ``keys create`` applies it."""
+        with self._lock:
+            found = self._db.execute("SELECT value FROM meta WHERE key = 'policy'").fetchone()
+        return json.loads(found[0]) if found else {}
+
+    def set_policy(self, policy: dict) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('policy', ?)", (json.dumps(policy, sort_keys=True),))
 
     @contextlib.contextmanager
     def _write(self):
@@ -207,37 +262,77 @@ class AccessStore:
             self._db.execute("COMMIT")
 
     def _mac(self, row: tuple) -> bytes:
-        """HMAC of a row's columns (``_COLUMNS``, in order) in one unambiguous spelling."""
+        """HMAC of a row's columns (``_COLUMNS``, in order) in one unambiguous spelling. A
+        row without an expiry is spelled without that column, as rows were before expiry
+        existed (their MACs still hold); adding or removing an expiry breaks the MAC."""
+        row = row[:9] if row[9] is None else row
         body = [v.hex() if isinstance(v, bytes) else v for v in row]
         return hmac.new(self._key, json.dumps(body, separators=(",", ":")).encode(), hashlib.sha256).digest()
 
     def _authentic(self, row: tuple, mac: bytes | None) -> bool:
         return mac is not None and hmac.compare_digest(mac, self._mac(row))
 
-    def _insert(self, p: Principal, salt: bytes | None, digest: bytes | None) -> None:
+    def _insert(self, p: Principal, salt: bytes | None, digest: bytes | None, expires_ms: int | None) -> None:
+        now = int(time.time() * 1000)
+        if expires_ms is not None and expires_ms <= now:
+            raise InvalidInput("the expiry is in the past")
         row = (p.id, p.kind, p.name, ",".join(sorted(p.roles)), ",".join(sorted(p.partitions)),
-               salt, digest, int(time.time() * 1000), None)
+               salt, digest, now, None, expires_ms)
         with self._lock:
             try:
-                self._db.execute(f"INSERT INTO principals ({_COLUMNS}, mac) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                self._db.execute(f"INSERT INTO principals ({_COLUMNS}, mac) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                                  (*row, self._mac(row)))
             except sqlite3.IntegrityError as e:
                 raise InvalidInput(f"principal {p.id} is already registered") from e
 
-    def create_key(self, name: str, roles: set[str], partitions: set[str]) -> tuple[Principal, str]:
-        """Create an API key. Returns the principal and the key, shown this once only."""
+    def create_key(self, name: str, roles: set[str], partitions: set[str],
+                   expires_ms: int | None = None) -> tuple[Principal, str]:
+        """Create an API key (``expires_ms``: refused from then on; None: never). Returns the
+        principal and the key, shown this once only."""
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         p = Principal(key_id, "key", name, frozenset(roles), frozenset(partitions))
         salt = secrets.token_bytes(16)
-        self._insert(p, salt, _digest(salt, secret))
+        self._insert(p, salt, _digest(salt, secret), expires_ms)
         return p, f"{_KEY_PREFIX}_{key_id}_{secret}"
 
-    def add_certificate(self, pem: bytes, name: str, roles: set[str], partitions: set[str]) -> Principal:
-        """Grant roles to the holder of a client certificate (issued by the configured CA)."""
+    def add_certificate(self, pem: bytes, name: str, roles: set[str], partitions: set[str],
+                        expires_ms: int | None = None) -> Principal:
+        """Grant roles to the holder of a client certificate (issued by the configured CA)
+        until ``expires_ms`` (None: as long as the certificate itself is valid)."""
         p = Principal(certificate_id(pem), "cert", name, frozenset(roles), frozenset(partitions))
-        self._insert(p, None, None)
+        self._insert(p, None, None, expires_ms)
         return p
+
+    def rotate_key(self, key_id: str, grace_ms: int) -> tuple[Principal, str]:
+        """A new key for the holder of ``key_id`` (same name, roles and partitions, and the
+        old key's expiry if it had one); the old key stays valid for ``grace_ms`` more, then
+        is refused as expired, so devices can be moved over without downtime.
+
+        Raises:
+            InvalidInput: no active, authentic API key ``key_id``.
+        """
+        now = int(time.time() * 1000)
+        with self._write():
+            found = self._unrevoked(key_id)
+            if found is None or found[0][1] != "key" or not self._authentic(*found):
+                raise InvalidInput(f"no active API key {key_id!r}")
+            row = found[0]
+            if row[9] is not None and row[9] <= now:
+                raise InvalidInput(f"API key {key_id!r} has expired: create a new one")
+            old = _principal(row)
+            secret = secrets.token_urlsafe(32)
+            new = Principal(secrets.token_hex(8), "key", old.name, old.roles, old.partitions)
+            salt = secrets.token_bytes(16)
+            fresh = (new.id, "key", row[2], row[3], row[4], salt, _digest(salt, secret), now, None, row[9])
+            self._db.execute(f"INSERT INTO principals ({_COLUMNS}, mac) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                             (*fresh, self._mac(fresh)))
+            ends = now + max(0, grace_ms)
+            if row[9] is None or ends < row[9]:
+                shortened = (*row[:9], ends)
+                self._db.execute("UPDATE principals SET expires_ms = ?, mac = ? WHERE id = ?",
+                                 (ends, self._mac(shortened), key_id))
+        return new, f"{_KEY_PREFIX}_{new.id}_{secret}"
 
     def revoke(self, principal_id: str) -> bool:
         """Revoke a key or certificate at once. Returns False if it is unknown or already revoked.
@@ -249,7 +344,7 @@ class AccessStore:
             found = self._unrevoked(principal_id)
             if found is not None:
                 row, mac = found
-                revoked = (*row[:8], int(time.time() * 1000))
+                revoked = (*row[:8], int(time.time() * 1000), row[9])
                 self._db.execute("UPDATE principals SET revoked_ms = ?, mac = ? WHERE id = ?",
                                  (revoked[8], self._mac(revoked) if self._authentic(row, mac) else mac, principal_id))
         return found is not None
@@ -257,8 +352,11 @@ class AccessStore:
     def list(self) -> list[PrincipalRecord]:
         """Every principal, revoked ones and ones that fail their MAC included."""
         with self._lock:
-            rows = self._db.execute(f"SELECT {_COLUMNS}, mac FROM principals ORDER BY created_ms, id").fetchall()
-        return [PrincipalRecord(_principal(r[:5]), r[7], r[8], self._authentic(r[:9], r[9])) for r in rows]
+            rows = self._db.execute(
+                f"SELECT {', '.join('p.' + c for c in _COLUMNS.split(', '))}, p.mac, u.unix_ms, u.calls"
+                " FROM principals p LEFT JOIN last_use u ON u.id = p.id ORDER BY p.created_ms, p.id").fetchall()
+        return [PrincipalRecord(_principal(r), r[7], r[8], self._authentic(r[:_N], r[_N]), r[9], r[_N + 1],
+                                r[_N + 2] or 0) for r in rows]
 
     def seal(self) -> list[PrincipalRecord]:
         """Give a MAC to every row that has none (written before rows were authenticated):
@@ -267,13 +365,13 @@ class AccessStore:
         with self._write():
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM principals WHERE mac IS NULL").fetchall()
             self._db.executemany("UPDATE principals SET mac = ? WHERE id = ?", [(self._mac(r), r[0]) for r in rows])
-        return [PrincipalRecord(_principal(r[:5]), r[7], r[8]) for r in rows]
+        return [PrincipalRecord(_principal(r), r[7], r[8], expires_unix_ms=r[9]) for r in rows]
 
     def _unrevoked(self, principal_id: str) -> tuple[tuple, bytes | None] | None:
         """(row as ``_COLUMNS``, its MAC) of a principal not revoked, or None (caller holds the lock)."""
         found = self._db.execute(f"SELECT {_COLUMNS}, mac FROM principals WHERE id = ? AND revoked_ms IS NULL",
                                  (principal_id,)).fetchone()
-        return None if found is None else (found[:9], found[9])
+        return None if found is None else (found[:_N], found[_N])
 
     def _active(self, principal_id: str) -> tuple | None:
         """The row of an unrevoked principal whose MAC holds, or None."""
@@ -288,6 +386,15 @@ class AccessStore:
             return None
         return row
 
+    @staticmethod
+    def _unexpired(row: tuple, what: str) -> Principal:
+        """The row's principal, unless its expiry has passed (said, with when, to the caller)."""
+        if row[9] is not None and time.time() * 1000 >= row[9]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row[9] / 1000))
+            raise Unauthenticated(f"this {what} expired at {when}: ask an administrator for a new one",
+                                  "CREDENTIAL_EXPIRED")
+        return _principal(row)
+
     def by_key(self, token: str) -> Principal | None:
         """The active principal an API key belongs to, or None."""
         prefix, _, rest = token.partition("_")
@@ -297,7 +404,7 @@ class AccessStore:
         row = self._active(key_id)
         if row is None or row[1] != "key" or not hmac.compare_digest(row[6], _digest(row[5], secret)):
             return None
-        return _principal(row[:5])
+        return self._unexpired(row, "API key")
 
     def by_certificate(self, pem: bytes) -> Principal | None:
         """The active principal a verified client certificate was registered as, or None."""
@@ -307,7 +414,64 @@ class AccessStore:
             if len(self._cert_ids) < 10_000:
                 self._cert_ids[pem] = cert_id
         row = self._active(cert_id)
-        return None if row is None or row[1] != "cert" else _principal(row[:5])
+        return None if row is None or row[1] != "cert" else self._unexpired(row, "client certificate's registration")
+
+
+# What makes a principal a risk, and how much (the review's order). A grant nobody uses is
+# a door nobody watches; a wide one opens more; an expired or altered row should not exist.
+RISKS: dict[str, tuple[int, str]] = {
+    "unauthentic": (100, "its row fails authentication (altered, or never sealed): it is refused; find out why"),
+    "expired": (50, "expired but not revoked: revoke it"),
+    "unused": (30, "not used for longer than the review's limit"),
+    "never_used": (20, "never used since it was created"),
+    "admin": (10, "holds the admin role"),
+    "all_partitions": (10, "may use every partition"),
+    "broad_roles": (10, "holds three or more roles"),
+    "no_expiry": (5, "never expires"),
+    "expires_soon": (2, "expires within 14 days"),
+}
+
+
+def review(records: list[PrincipalRecord], now_ms: int, unused_days: float) -> list[dict]:
+    """Every unrevoked principal with its risks (:data:`RISKS`), riskiest first.
+
+    Args:
+        unused_days: a principal unused this long (or never used and this old) is ``unused``.
+    """
+    limit = unused_days * 86_400_000
+    out = []
+    for r in records:
+        if r.revoked_unix_ms is not None:
+            continue
+        p, risks = r.principal, []
+        if not r.authentic:
+            risks.append("unauthentic")
+        if r.expired(now_ms):
+            risks.append("expired")
+        if r.last_used_unix_ms is None:
+            risks += ["never_used"] + (["unused"] if now_ms - r.created_unix_ms > limit else [])
+        elif now_ms - r.last_used_unix_ms > limit:
+            risks.append("unused")
+        risks += [name for name, hit in (("admin", "admin" in p.roles), ("all_partitions", ALL_PARTITIONS in p.partitions),
+                                         ("broad_roles", len(p.roles) >= 3),
+                                         ("no_expiry", r.expires_unix_ms is None),
+                                         ("expires_soon", r.expires_unix_ms is not None and not r.expired(now_ms)
+                                          and r.expires_unix_ms - now_ms < 14 * 86_400_000)) if hit]
+        out.append({"id": p.id, "kind": p.kind, "name": p.name, "roles": sorted(p.roles),
+                    "partitions": sorted(p.partitions), "created_unix_ms": r.created_unix_ms,
+                    "expires_unix_ms": r.expires_unix_ms, "last_used_unix_ms": r.last_used_unix_ms, "calls": r.calls,
+                    "risk": sum(RISKS[k][0] for k in risks), "risks": risks,
+                    "why": [RISKS[k][1] for k in risks]})
+    out.sort(key=lambda e: (-e["risk"], e["last_used_unix_ms"] or 0, e["id"]))
+    return out
+
+
+def unused(records: list[PrincipalRecord], now_ms: int, unused_days: float) -> list[PrincipalRecord]:
+    """Unrevoked principals not used for ``unused_days`` (or never, and created longer ago):
+    what ``keys prune`` revokes."""
+    limit = unused_days * 86_400_000
+    return [r for r in records if r.revoked_unix_ms is None
+            and now_ms - (r.last_used_unix_ms or r.created_unix_ms) > limit]
 
 
 def _digest(salt: bytes, secret: str) -> bytes:
@@ -315,6 +479,7 @@ def _digest(salt: bytes, secret: str) -> bytes:
 
 
 def _principal(row: tuple) -> Principal:
+    """The principal of a row (its first five columns)."""
     return Principal(row[0], row[1], row[2], frozenset(row[3].split(",")), frozenset(row[4].split(",")))
 
 
@@ -374,6 +539,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             p = self.store.by_certificate(pems[0])
             if p is None:
                 raise Unauthenticated("this client certificate is not registered or was revoked")
+            self.store.note_use(p.id)
             return p
         md = dict(context.invocation_metadata() or ())
         header = md.get("authorization", "")
@@ -386,6 +552,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         p = self.store.by_key(header[len("Bearer "):].strip())
         if p is None:
             raise Unauthenticated("unknown or revoked API key")
+        self.store.note_use(p.id)
         return p
 
     def intercept_service(self, continuation, handler_call_details):

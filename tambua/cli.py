@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from enroll.finger.networks import AUTO as FINGER_AUTO, NETWORKS as FINGER_NETWORKS
-from matcher.errors import TambuaError
+from matcher.errors import InvalidInput, TambuaError
 from tambua.auth import ROLES
 
 
@@ -213,11 +213,13 @@ def _kek(args) -> int:
 
 
 def _keys(args) -> int:
-    """``tambua keys create|list|revoke|seal`` on the server's data directory (administrators)."""
-    from matcher.errors import InvalidInput, KeyMismatch
+    """``tambua keys create|list|review|prune|rotate-key|revoke|seal`` on the server's data
+    directory (administrators)."""
+    from matcher.errors import KeyMismatch
     from store.sealing import load_kek
     from store.sqlite import SubjectStore
     from tambua.audit import KEY_NAME as AUDIT_KEY
+    from tambua import auth
     from tambua.auth import AccessStore
 
     if args.keys_command in ("new-kek", "rotate"):
@@ -244,24 +246,54 @@ def _keys(args) -> int:
     except (TambuaError, OSError) as e:
         print(f"error: {getattr(e, 'message', e)}", file=sys.stderr)
         return 1
+    now = int(time.time() * 1000)
     try:
         if args.keys_command == "create":
             partitions = set(args.partition or ["*"])
+            lifetime = store.policy().get("key_lifetime_days", 0)
+            expires = (_expiry(args.expires, now) if args.expires else
+                       now + int(lifetime * 86_400_000) if lifetime else None)
             if args.cert:
-                p, secret = store.add_certificate(_read(args.cert, "the client certificate (--cert)"), args.name, set(args.role), partitions), None
+                p, secret = store.add_certificate(_read(args.cert, "the client certificate (--cert)"), args.name,
+                                                  set(args.role), partitions, expires), None
             else:
-                p, secret = store.create_key(args.name, set(args.role), partitions)
-            out = _principal_json(p)
+                p, secret = store.create_key(args.name, set(args.role), partitions, expires)
+            out = {**_principal_json(p), "expires_unix_ms": expires}
             if secret:
                 out["api_key"] = secret  # shown this once: only its salted hash is kept
             change = (f"create {p.id} ({p.kind} {p.name!r}; roles {','.join(sorted(p.roles))}; "
-                      f"partitions {','.join(sorted(p.partitions))})")
+                      f"partitions {','.join(sorted(p.partitions))}"
+                      f"{'; expires ' + _utc(expires) if expires else ''})")
         elif args.keys_command == "list":
             out = {"principals": [
                 {**_principal_json(r.principal), "created_unix_ms": r.created_unix_ms,
-                 "revoked_unix_ms": r.revoked_unix_ms, "authentic": r.authentic}
+                 "revoked_unix_ms": r.revoked_unix_ms, "authentic": r.authentic,
+                 "expires_unix_ms": r.expires_unix_ms, "expired": r.expired(now),
+                 "last_used_unix_ms": r.last_used_unix_ms, "calls": r.calls}
                 for r in store.list()]}
             change = ""
+        elif args.keys_command == "review":
+            out = {"now_unix_ms": now, "unused_days": args.unused_days,
+                   "principals": auth.review(store.list(), now, args.unused_days)}
+            change = ""
+            if not args.json:
+                _print_review(out)
+                return 0
+        elif args.keys_command == "prune":
+            stale = auth.unused(store.list(), now, args.unused_days)
+            pruned = [r.principal for r in stale if args.dry_run or store.revoke(r.principal.id)]
+            out = {"dry_run": args.dry_run, "unused_days": args.unused_days,
+                   ("would_revoke" if args.dry_run else "revoked"): [
+                       {**_principal_json(r.principal), "last_used_unix_ms": r.last_used_unix_ms}
+                       for r in stale if r.principal in pruned]}
+            change = "" if args.dry_run or not pruned else (
+                f"prune (unused {args.unused_days:g} days): revoke {','.join(p.id for p in pruned)}")
+        elif args.keys_command == "rotate-key":
+            grace_ms = _duration_ms(args.grace)
+            p, secret = store.rotate_key(args.id, grace_ms)
+            out = {**_principal_json(p), "api_key": secret, "replaces": args.id,
+                   "old_key_expires_unix_ms": now + grace_ms}
+            change = f"rotate-key {args.id} -> {p.id} (the old key valid {args.grace} more)"
         elif args.keys_command == "seal":
             sealed = [r.principal for r in store.seal()]
             out = {"sealed": [_principal_json(p) for p in sealed]}
@@ -281,6 +313,53 @@ def _keys(args) -> int:
         _audit_on_host(data_dir, f"keys {change}", audit_key)
     _print(out, args.json)
     return 0
+
+
+def _duration_ms(text: str) -> int:
+    """``90d``, ``12h``, ``30m`` or ``45s`` in milliseconds."""
+    units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}
+    try:
+        if text[-1:] not in units or float(text[:-1]) < 0:
+            raise ValueError
+        return int(float(text[:-1]) * units[text[-1]])
+    except ValueError:
+        raise InvalidInput(f"{text!r} is not a duration: a number and d, h, m or s (90d, 12h)") from None
+
+
+def _expiry(text: str, now_ms: int) -> int | None:
+    """``--expires``: ``never``, a duration from now (``90d``), or a UTC date or time
+    (``2027-06-30``, ``2027-06-30T12:00``)."""
+    import datetime
+
+    if text == "never":
+        return None
+    if text[-1:] in "dhms" and text[:1].isdigit() and "-" not in text:
+        return now_ms + _duration_ms(text)
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(f"--expires {text!r}: give never, a duration (90d, 12h) or a UTC date "
+                           "(2027-06-30)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return int(when.timestamp() * 1000)
+
+
+def _utc(unix_ms: int | None) -> str:
+    return "never" if unix_ms is None else time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(unix_ms / 1000))
+
+
+def _print_review(out: dict) -> None:
+    """``keys review`` for a person: riskiest first, each risk in words."""
+    principals = out["principals"]
+    print(f"{len(principals)} active keys and certificates, riskiest first "
+          f"(unused: more than {out['unused_days']:g} days):")
+    for e in principals:
+        last = "never used" if e["last_used_unix_ms"] is None else f"last used {_utc(e['last_used_unix_ms'])}"
+        print(f"\n{e['id']}  {e['kind']} {e['name']!r}  roles {', '.join(e['roles'])}; partitions "
+              f"{', '.join(e['partitions'])}; {last}; expires {_utc(e['expires_unix_ms'])}  (risk {e['risk']})")
+        for why in e["why"]:
+            print(f"  - {why}")
 
 
 def _principal_json(p) -> dict:
@@ -595,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     kc.add_argument("--role", action="append", required=True, choices=ROLES, help="repeatable")
     kc.add_argument("--partition", action="append", help="repeatable; default: every partition")
     kc.add_argument("--cert", help="PEM client certificate to register instead of creating a key")
+    kc.add_argument("--expires", help="never, a duration (90d, 12h) or a UTC date (2027-06-30); default: the "
+                                      "server's key_lifetime_days (0: never)")
     ks.add_parser("list", parents=[store_options], help="list keys and certificates (never their secrets)")
     ks.add_parser("seal", parents=[store_options], help="authenticate principals written before rows carried a MAC (once, after "
                                "checking `keys list`); until then they are refused")
@@ -604,6 +685,17 @@ def main(argv: list[str] | None = None) -> int:
     kk.add_argument("--new-kek-file", required=True)
     kr = ks.add_parser("revoke", parents=[store_options], help="revoke a key or certificate at once")
     kr.add_argument("id")
+    kv = ks.add_parser("review", parents=[store_options],
+                       help="every active key and certificate by risk: expired, unused, never used, broad grants, admin")
+    kv.add_argument("--unused-days", type=float, default=90.0, help="unused this long is a risk (default 90)")
+    kp = ks.add_parser("prune", parents=[store_options],
+                       help="revoke keys and certificates unused for --unused-days (or never used, and that old)")
+    kp.add_argument("--unused-days", type=float, required=True)
+    kp.add_argument("--dry-run", action="store_true", help="say what would be revoked; change nothing")
+    kt = ks.add_parser("rotate-key", parents=[store_options],
+                       help="a new API key for the holder of one; the old one stays valid for --grace, then expires")
+    kt.add_argument("id")
+    kt.add_argument("--grace", default="7d", help="how long the old key stays valid (90d, 12h, 30m; default 7d)")
 
     def client(name: str, help_: str, parent=sub):
         c = parent.add_parser(name, help=help_)

@@ -61,6 +61,11 @@ class Config:
             decision (0: at once).
         web_port: the adjudication pages' HTTPS port (HTTP when insecure); -1 (default)
             serves none, 0 picks a free one.
+        key_lifetime_days: how long a key or certificate created on this server's host
+            with no ``--expires`` stays valid (0: until revoked). The server records it
+            in ``access.sqlite`` when it starts; ``tambua keys create`` applies it.
+        last_use_flush_s: how often each principal's last use is written to
+            ``access.sqlite`` (batched, behind the calls; ``tambua keys review`` reads it).
     """
 
     host: str = "127.0.0.1"
@@ -89,6 +94,8 @@ class Config:
     keep_images: str = "cases"
     image_retention_days: float = 90.0
     web_port: int = -1
+    key_lifetime_days: float = 0.0
+    last_use_flush_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535 and 0 <= self.mtls_port <= 65535 and -1 <= self.metrics_port <= 65535
@@ -96,8 +103,10 @@ class Config:
             raise ValueError("ports must be within 0..65535 (metrics_port and web_port -1 disable)")
         if self.keep_images not in ("none", "cases", "all"):
             raise ValueError(f"keep_images must be none, cases or all, not {self.keep_images!r}")
-        if self.image_retention_days < 0:
-            raise ValueError("image_retention_days must not be negative")
+        if self.image_retention_days < 0 or self.key_lifetime_days < 0:
+            raise ValueError("image_retention_days and key_lifetime_days must not be negative")
+        if self.last_use_flush_s <= 0:
+            raise ValueError("last_use_flush_s must be positive")
         if self.workers < 1 or self.max_message_mb < 1 or self.shards < 1 or self.replicas < 1:
             raise ValueError("workers, max_message_mb, shards and replicas must be positive")
         self.thresholds  # noqa: B018 - validates the rates

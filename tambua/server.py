@@ -571,6 +571,8 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     limit = config.max_message_mb * 1024 * 1024
     access = None if config.insecure else AccessStore(config.data_dir / "access.sqlite", engine.store)
     refused = [r.principal.id for r in access.list() if not r.authentic and r.revoked_unix_ms is None] if access else []
+    if access is not None:
+        access.set_policy({"key_lifetime_days": config.key_lifetime_days})
     if refused:
         log.warning("%d principals fail authentication and are refused: %s (rows from before row MACs: "
                     "check them with `tambua keys list`, then `tambua keys seal`)", len(refused), ", ".join(refused))
@@ -747,6 +749,8 @@ def serve(config: Config) -> None:
     if config.cluster:
         threading.Thread(target=_watch_shards, args=(engine, bound.health, done), daemon=True).start()
     threading.Thread(target=_expire_images, args=(store, config.image_retention_days, done), daemon=True).start()
+    if bound.access is not None:
+        threading.Thread(target=_write_uses, args=(bound.access, config.last_use_flush_s, done), daemon=True).start()
     # Waited in short steps: a signal can land on any of the process's threads (gRPC's own,
     # say), and then its handler runs only when this thread next runs Python code; a wait
     # with no timeout would sleep through it (the cause of a stop that once hung in CI).
@@ -759,6 +763,8 @@ def serve(config: Config) -> None:
     if web:
         web.stop()
     server.stop(config.grace_s).wait()
+    if bound.access is not None:
+        bound.access.close()  # the last uses noted
     store.close()
     if config.cluster:
         import ray
@@ -780,6 +786,16 @@ def _start_web(config: Config, engine, bound: Bound, extractors):
                     None if config.insecure else config.tls_key)
     web.start()
     return web
+
+
+def _write_uses(access: AccessStore, every_s: float, stop: threading.Event) -> None:
+    """Each principal's last use, written every ``every_s`` in one transaction (calls only
+    note it in memory)."""
+    while not stop.wait(every_s):
+        try:
+            access.flush_use()
+        except Exception:  # noqa: BLE001 - a busy or failed write is retried at the next
+            log.exception("writing the principals' last use failed")
 
 
 def _expire_images(store, retention_days: float, stop: threading.Event, every_s: float = 3600.0) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -70,9 +71,27 @@ def test_an_inserted_row_is_refused_with_or_without_a_borrowed_mac(access, tmp_p
     salt, secret = secrets.token_bytes(16), "s3cret"
     digest = hmac.new(salt, secret.encode(), hashlib.sha256).digest()
     for key_id, mac in [("feedfacefeedface", None), ("deadbeefdeadbeef", b"\0" * 32)]:
-        _edit(tmp_path / "access.sqlite", "INSERT INTO principals VALUES (?, 'key', 'intruder', 'admin', '*', ?, ?, 1,"
+        _edit(tmp_path / "access.sqlite", "INSERT INTO principals (id, kind, name, roles, partitions, salt, digest,"
+              " created_ms, revoked_ms, mac) VALUES (?, 'key', 'intruder', 'admin', '*', ?, ?, 1,"
               " NULL, COALESCE(?, (SELECT mac FROM principals WHERE id = ?)))", key_id, salt, digest, mac, other.id)
         assert access.by_key(f"tmb_{key_id}_{secret}") is None
+
+
+@pytest.mark.parametrize("expires", ["NULL", "expires_ms + 86400000"], ids=["removed", "extended"])
+def test_an_expiry_cannot_be_removed_or_extended_by_editing_the_file(access, tmp_path, expires):
+    p, key = access.create_key("tablet on loan", {"registrar"}, {"*"}, expires_ms=int(time.time() * 1000) + 60_000)
+    assert access.by_key(key) == p
+    _edit(tmp_path / "access.sqlite", f"UPDATE principals SET expires_ms = {expires} WHERE id = ?", p.id)
+    assert access.by_key(key) is None and not _authentic(access, p.id)
+
+
+def test_an_expiry_cannot_be_added_to_a_row_either(access, tmp_path):
+    """A row without an expiry is MACed as rows were before the column existed (so those
+    still authenticate); the expiry, once there, is part of what the MAC covers."""
+    p, key = access.create_key("old tablet", {"registrar"}, {"*"})
+    assert access.by_key(key) == p and _authentic(access, p.id)
+    _edit(tmp_path / "access.sqlite", "UPDATE principals SET expires_ms = 1 WHERE id = ?", p.id)  # made to look expired
+    assert access.by_key(key) is None and not _authentic(access, p.id)
 
 
 def test_revoking_an_altered_row_does_not_make_it_authentic(access, tmp_path):

@@ -22,6 +22,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -145,7 +146,7 @@ def _png(src: Path, dst: Path) -> None:
 # The first lines of the blocks the tests below run.
 RUN = ("make setup", "make run", ".venv/bin/tambua enroll --subject A-001", ".venv/bin/tambua enroll --subject B-7",
        ".venv/bin/tambua enroll --subject C-3", ".venv/bin/tambua enroll --subject D-1", "tambua dev-certs", "tambua serve", "tambua keys create",
-       "export TAMBUA_CA", "tambua keys new-kek > kek.next", "tambua audit verify", "tambua backup",
+       "tambua keys review", "export TAMBUA_CA", "tambua keys new-kek > kek.next", "tambua audit verify", "tambua backup",
        "tambua sync identity", ".venv/bin/tambua import --manifest", ".venv/bin/tambua quality-report",
        ".venv/bin/tambua export --subject",
        "export RAY_USAGE_STATS_ENABLED")  # the cluster block: tests/cluster/test_readme_cluster.py
@@ -319,6 +320,14 @@ def test_security_walkthrough_keys_certificates_rotation_audit_backup(tmp_path, 
             f"tambua enroll --api-key {old_key} --subject K-2 --face today.jpg --json")], cwd=work,
             capture_output=True, text=True, timeout=120)
         assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr  # the revoked key
+        review, dry, made, rotated = block("tambua keys review")
+        said = shell.run(review)
+        assert "distribution point 3" in said and "never used since it was created" in said
+        assert shell.run(dry)["would_revoke"] == []  # nothing is 90 days idle on a new site
+        k14 = shell.run(made)
+        assert abs(k14["expires_unix_ms"] - (time.time() + 90 * 86400) * 1000) < 600_000
+        new = shell.run(rotated, id=k14["id"])
+        assert new["replaces"] == k14["id"] and new["api_key"].startswith("tmb_")
         for line in block("tambua keys new-kek > kek.next"):
             shell.run(line)
         (audit,) = [shell.run(line) for line in block("tambua audit verify")]
