@@ -7,14 +7,19 @@ STAMP := $(VENV)/.installed
 
 PROTOS := $(wildcard proto/tambua/v1/*.proto)
 
-.PHONY: setup models proto browser run test bench clean
+.PHONY: setup models proto browser promtool run test bench clean
 
-setup: $(STAMP) models proto browser
+setup: $(STAMP) models proto browser promtool
 
 # The adjudication pages' tests drive Debian's chromium through Playwright (whose own
 # browser download cannot run here): installed from apt when missing.
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+# The alert rules (docker/alerts.yml) are tested by Debian's promtool (package prometheus;
+# its server is not started): installed from apt when missing.
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)

@@ -41,7 +41,7 @@ _COPY_NAME = re.compile(r"tambua-shard-(\d+)-(\d+)(?:-m(\d+))?")
 # (Identify is not one: front-ends read the shards themselves.)
 ENGINE_CALLS = frozenset({"enroll", "verify", "delete", "import_change", "decide", "capture", "audit"})
 STORE_CALLS = frozenset({"get", "count", "count_by_partition", "model_counts", "changes_since", "last_seq",
-                         "pending", "peer", "note_peer", "note_audit_head", "flags", "seal_secret",
+                         "pending", "oldest_pending_ms", "last_enrolled_ms", "peer", "note_peer", "note_audit_head", "flags", "seal_secret",
                          "open_secret", "derive_key", "pseudonym", "resolve", "encrypted",
                          # adjudication: reads of cases, their captures, encounters and kept images
                          "case", "cases", "case_counts", "case_templates", "case_images", "subject_images",

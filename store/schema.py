@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 9  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
+SCHEMA_VERSION = 10  # 2: the change log, origins and peers of site sync; 3: derived features; 4: peers' audit heads;
 # 5: relayed changes (a change's origin site and the peer it came through); 6: subjects keyed by refs, ids sealed;
 # 7: adjudication cases, their held captures, and encounters attached to subjects; 8: decisions travel (a
-# change names its case), import keys; 9: capture facts and refused captures (the data-quality report), audit checkpoints
+# change names its case), import keys; 9: capture facts and refused captures (the data-quality report), audit checkpoints;
+# 10: when a peer's bundle was last refused (tambua doctor)
 
 PEERS = """
 -- Per peer site: its changes applied here, ours it acknowledged, and the sync history.
@@ -22,7 +23,8 @@ CREATE TABLE IF NOT EXISTS peers (
     refused INTEGER NOT NULL DEFAULT 0,
     gaps INTEGER NOT NULL DEFAULT 0,
     audit_seq INTEGER,
-    audit_hash TEXT
+    audit_hash TEXT,
+    last_refused_ms INTEGER
 );
 """
 CASES = """

@@ -111,6 +111,11 @@ class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
         if version < 9:  # 9: capture facts are new: the quality scores the templates carry
             with self._transaction():
                 self._fill_facts()
+        if version < 10:  # 10: when a peer's bundle was last refused: unknown before, so empty
+            with self._transaction():
+                if "last_refused_ms" not in {r[1] for r in self._db.execute("PRAGMA table_info(peers)")}:
+                    self._db.execute("ALTER TABLE peers ADD COLUMN last_refused_ms INTEGER")
+                self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _migrate(self, version: int) -> None:
         """Version 1 had no change log: every subject enrolled so far becomes a change, in
@@ -468,6 +473,19 @@ class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
         return [Change(seq, kind, p, "" if sealed is None else self._open_id(p, ref, sealed), *rest)
                 for seq, kind, p, ref, sealed, *rest in rows]
 
+    def oldest_pending_ms(self, site: str) -> int | None:
+        """When the oldest change ``site`` has yet to acknowledge was made (None: none pending)."""
+        with self._lock:
+            acked = self._db.execute("SELECT acked_seq FROM peers WHERE site=?", (site,)).fetchone()
+            return self._db.execute("SELECT MIN(unix_ms) FROM changes WHERE seq > ? AND via != ? AND origin != ?",
+                                    (acked[0] if acked else 0, site, site)).fetchone()[0]
+
+    def last_enrolled_ms(self) -> int | None:
+        """When the newest subject was enrolled (None: none)."""
+        with self._lock:
+            newest = self._db.execute("SELECT MAX(created_ns) FROM subjects").fetchone()[0]
+        return None if newest is None else newest // 1_000_000
+
     def pending(self, site: str) -> int:
         """Changes ``site`` has not acknowledged and does not hold already
         (:meth:`Change.held_by`, counted in SQL)."""
@@ -485,13 +503,14 @@ class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
         """What this store knows of a peer site (zeros for one never heard of)."""
         with self._lock:
             row = self._db.execute("SELECT site, applied_seq, acked_seq, last_import_ms, last_export_ms, "
-                                   "last_ack_ms, refused, gaps, audit_seq, audit_hash FROM peers WHERE site=?",
+                                   "last_ack_ms, refused, gaps, audit_seq, audit_hash, last_refused_ms FROM peers "
+                                   "WHERE site=?",
                                    (site,)).fetchone()
         return PeerState(*row) if row else PeerState(site)
 
     def note_peer(self, site: str, **fields: int) -> None:
         """Record sync events of a peer: ``acked_seq`` (only forwards), times, counters (added)."""
-        allowed = {"acked_seq", "last_export_ms", "last_ack_ms", "refused", "gaps"}
+        allowed = {"acked_seq", "last_export_ms", "last_ack_ms", "refused", "gaps", "last_refused_ms"}
         if set(fields) - allowed:
             raise ValueError(f"unknown peer fields {sorted(set(fields) - allowed)}")
         with self._transaction():

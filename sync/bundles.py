@@ -301,7 +301,7 @@ def import_bundle(engine, keys: SiteKeys, peers: Peers, data: bytes) -> ImportRe
     except BundleRefused:
         sender = _claimed_sender(data)
         if sender in peers.all():
-            store.note_peer(sender, refused=1)
+            store.note_peer(sender, refused=1, last_refused_ms=int(time.time() * 1000))
         raise
     site = header["from"]
     applied_before = store.peer(site).applied_seq

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,6 +124,17 @@ class Peers:
         return {site: SiteIdentity(site, d["sign_key"], d["box_key"])
                 for site, d in json.loads(self.path.read_text()).items()}
 
+    def added_ms(self, site: str) -> int | None:
+        """When the peer was first added (None: before this was recorded, or no such peer)."""
+        if not self.path.exists():
+            return None
+        return json.loads(self.path.read_text()).get(site, {}).get("added_unix_ms")
+
+    @staticmethod
+    def _since(known: dict, site: str) -> dict:
+        added = known.get(site, {}).get("added_unix_ms")
+        return {"added_unix_ms": added} if added is not None else {}
+
     def get(self, site: str) -> SiteIdentity:
         peer = self.all().get(site)
         if peer is None:
@@ -133,8 +145,11 @@ class Peers:
         for value in (identity.sign_key, identity.box_key):
             if len(bytes.fromhex(value)) != 32:
                 raise InvalidInput("a site identity's keys are 32 bytes in hex")
-        peers = {s: {"sign_key": p.sign_key, "box_key": p.box_key} for s, p in self.all().items()}
-        peers[identity.site] = {"sign_key": identity.sign_key, "box_key": identity.box_key}
+        known = json.loads(self.path.read_text()) if self.path.exists() else {}
+        peers = {s: {"sign_key": p.sign_key, "box_key": p.box_key, **self._since(known, s)} for s, p in self.all().items()}
+        # When it was first added: a peer that never synced is late from then (tambua doctor).
+        peers[identity.site] = {"sign_key": identity.sign_key, "box_key": identity.box_key,
+                                **(self._since(known, identity.site) or {"added_unix_ms": int(time.time() * 1000)})}
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(peers, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.path)

@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -209,6 +210,13 @@ class AuditLog:
                         break
         return out
 
+    def check(self) -> "VerifyReport":
+        """:func:`verify` of this log while it is written: every entry up to the head this
+        process last wrote or read (a line being appended meanwhile is not judged)."""
+        with self._lock:
+            size, head = self._size, (self._seq, self._head)
+        return verify(self.path, head if head[0] else None, self._key, upto=size)
+
     def close(self) -> None:
         os.close(self._fd)
 
@@ -233,7 +241,8 @@ def head_of(path: Path) -> tuple[int, str]:
     return last.seq, last.hash
 
 
-def verify(path: Path, expect_head: tuple[int, str] | None = None, key: bytes | None = None) -> VerifyReport:
+def verify(path: Path, expect_head: tuple[int, str] | None = None, key: bytes | None = None,
+           upto: int | None = None) -> VerifyReport:
     """Check the whole chain: every entry's hash (an HMAC under ``key``), its link to the
     one before, and the sequence without gaps; optionally that the head is (at least) a
     known one.
@@ -243,7 +252,9 @@ def verify(path: Path, expect_head: tuple[int, str] | None = None, key: bytes | 
     """
     seq, head, n = 0, GENESIS, 0
     at_expected = None  # the hash this log has at the expected head's sequence number
-    with open(path, "rb") as f:
+    with open(path, "rb") as whole:
+        # ``upto``: the bytes a live writer had written whole (the lines after it may be half-written).
+        f = whole if upto is None else io.BytesIO(whole.read(upto))
         for number, raw in enumerate(f, start=1):
             try:
                 e = _entry(raw.decode("ascii"))

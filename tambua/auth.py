@@ -85,6 +85,7 @@ RULES: dict[str, frozenset[str]] = {
     "RunAudit": frozenset({"admin"}),
     "QualityReport": frozenset({"admin"}),
     "ExportSubject": frozenset({"admin"}),
+    "Doctor": frozenset({"admin"}),
 }
 
 

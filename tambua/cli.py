@@ -317,13 +317,12 @@ def _keys(args) -> int:
 
 def _duration_ms(text: str) -> int:
     """``90d``, ``12h``, ``30m`` or ``45s`` in milliseconds."""
-    units = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}
+    from tambua.config import duration_s
+
     try:
-        if text[-1:] not in units or float(text[:-1]) < 0:
-            raise ValueError
-        return int(float(text[:-1]) * units[text[-1]])
-    except ValueError:
-        raise InvalidInput(f"{text!r} is not a duration: a number and d, h, m or s (90d, 12h)") from None
+        return int(duration_s(text) * 1000)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
 
 
 def _expiry(text: str, now_ms: int) -> int | None:
@@ -360,6 +359,20 @@ def _print_review(out: dict) -> None:
               f"{', '.join(e['partitions'])}; {last}; expires {_utc(e['expires_unix_ms'])}  (risk {e['risk']})")
         for why in e["why"]:
             print(f"  - {why}")
+
+
+def _print_doctor(out: dict) -> None:
+    """``tambua doctor`` for a person: what needs action first, then what is fine."""
+    site = f" at {out['site']}" if out.get("site") else ""
+    if out["needs_action"]:
+        print(f"{len(out['needs_action'])} things need action{site}:")
+        for message in out["needs_action"]:
+            print(f"  ! {message}")
+    else:
+        print(f"nothing needs action{site}")
+    for f in out["findings"]:
+        if f["ok"]:
+            print(f"  ok {f['message']}")
 
 
 def _principal_json(p) -> dict:
@@ -787,6 +800,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--html", type=Path, help="write the report as a page (plots inside) here")
     c.add_argument("--out", type=Path, help="write the report's JSON here")
 
+    client("doctor", "what needs a person at this site, in plain words: sync lag and pending changes per peer, "
+                     "refused bundles, the audit chain, disk, enrolments (admin). Exit 0: nothing; 1: something "
+                     "needs action; 2: the server could not be asked")
+
     cs = sub.add_parser("cases", help="adjudication cases: suspected duplicates a person decides (adjudicator role)")
     csub = cs.add_subparsers(dest="cases_command", required=True)
     c = client("list", "cases, oldest first", csub)
@@ -969,6 +986,8 @@ def main(argv: list[str] | None = None) -> int:
                 from tambua import quality_report
 
                 quality_report.write_html(out, args.html)
+        elif args.command == "doctor":
+            out = json.loads(stub.Doctor(pb.DoctorRequest(), timeout=600, metadata=md).report_json)
         elif args.command == "sync":
             out = _sync_rpc(args, stub, md)
         elif args.command == "cases":
@@ -980,10 +999,19 @@ def main(argv: list[str] | None = None) -> int:
             r = stub.Stats(pb.StatsRequest(), timeout=30, metadata=md)
             out = {"subjects": r.subjects, "templates_by_model": dict(r.templates_by_model)}
     except grpc.RpcError as e:
+        if args.command == "doctor":  # not asked is not healthy: a code of its own
+            _error(e)
+            return 2
         return _error(e)
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.command == "doctor":
+        if args.json:
+            _print(out, True)
+        else:
+            _print_doctor(out)
+        return 0 if out["ok"] else 1
     if args.command == "cases" and not args.json:
         _print_cases(out)
     elif args.command == "quality-report" and not args.json:

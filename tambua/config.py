@@ -66,6 +66,13 @@ class Config:
             in ``access.sqlite`` when it starts; ``tambua keys create`` applies it.
         last_use_flush_s: how often each principal's last use is written to
             ``access.sqlite`` (batched, behind the calls; ``tambua keys review`` reads it).
+        sync_max_lag: how long a peer site may go without a successful sync before
+            ``tambua doctor`` and the alert rules call it late: one duration for every
+            peer (``24h``), or per site with a default (``camp-a=6h,camp-b=2d,24h``; in
+            TOML also a table, ``[sync_max_lag]`` with ``camp-a = "6h"`` and ``"*" = "24h"``).
+        enrolment_stall: a site that enrols nothing for this long is reported (``6h``;
+            empty: not checked, the default: many sites are quiet at night and weekends).
+        disk_min_free: the data directory's file system should keep this share free (0.1).
     """
 
     host: str = "127.0.0.1"
@@ -96,6 +103,9 @@ class Config:
     web_port: int = -1
     key_lifetime_days: float = 0.0
     last_use_flush_s: float = 10.0
+    sync_max_lag: str = "24h"
+    enrolment_stall: str = ""
+    disk_min_free: float = 0.1
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535 and 0 <= self.mtls_port <= 65535 and -1 <= self.metrics_port <= 65535
@@ -107,6 +117,11 @@ class Config:
             raise ValueError("image_retention_days and key_lifetime_days must not be negative")
         if self.last_use_flush_s <= 0:
             raise ValueError("last_use_flush_s must be positive")
+        self.max_lag_s("")  # noqa: B018 - validates sync_max_lag
+        if self.enrolment_stall:
+            duration_s(self.enrolment_stall)
+        if not 0 <= self.disk_min_free < 1:
+            raise ValueError("disk_min_free is a share of the disk: 0 to 1")
         if self.workers < 1 or self.max_message_mb < 1 or self.shards < 1 or self.replicas < 1:
             raise ValueError("workers, max_message_mb, shards and replicas must be positive")
         self.thresholds  # noqa: B018 - validates the rates
@@ -125,6 +140,21 @@ class Config:
     def mixed_mode(self) -> bool:
         """API keys on ``port`` and client certificates on ``mtls_port``."""
         return not self.insecure and self.client_ca is not None and self.api_keys
+
+    def max_lag_s(self, site: str) -> float:
+        """``sync_max_lag`` for one peer site, in seconds."""
+        default, per_site = None, {}
+        for part in filter(None, (p.strip() for p in self.sync_max_lag.split(","))):
+            name, _, limit = part.rpartition("=")
+            if name in ("", "*"):
+                default = duration_s(limit)
+            else:
+                per_site[name.strip()] = duration_s(limit)
+        if site in per_site:
+            return per_site[site]
+        if default is None:
+            raise ValueError(f"sync_max_lag {self.sync_max_lag!r} gives no default (add one: ...,24h)")
+        return default
 
     @property
     def thresholds(self) -> Thresholds:
@@ -155,8 +185,29 @@ class Config:
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
+_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def duration_s(text: str) -> float:
+    """``90d``, ``12h``, ``30m`` or ``45s`` in seconds.
+
+    Raises:
+        ValueError: anything else, or a negative duration.
+    """
+    text = text.strip()
+    try:
+        value = float(text[:-1])
+    except ValueError:
+        value = -1.0
+    if text[-1:] not in _UNITS or value < 0:
+        raise ValueError(f"{text!r} is not a duration: a number and d, h, m or s (90d, 12h)")
+    return value * _UNITS[text[-1]]
+
+
 def _typed(field: dataclasses.Field, value):
     """A file or environment value as the field's type (paths, booleans spelt as words)."""
+    if field.name == "sync_max_lag" and isinstance(value, dict):  # a TOML table: site = "6h"
+        return ",".join(f"{site}={limit}" for site, limit in sorted(value.items()))
     if value is None or "Path" in str(field.type):
         return None if value in (None, "") else Path(value)
     if isinstance(field.default, bool) and isinstance(value, str):

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -35,11 +36,12 @@ from matcher.errors import FailedPrecondition, ImageDecodeError, InvalidInput, M
 from matcher.repository import Flag, Refusal
 from matcher.types import Capture, normalise_id
 import sync
-from tambua import quality
+from tambua import doctor, quality
 from tambua.audit import KEY_NAME as AUDIT_KEY, AuditLog
 from tambua.auth import ALL_PARTITIONS, AccessStore, AuthInterceptor, current, note_touched, partition_of
-from tambua.config import Config
+from tambua.config import Config, duration_s
 from tambua.context import RequestIdFilter
+from tambua.doctor import SiteWatch
 from tambua.extraction import Extraction, Extractor, SampleInput
 from tambua.interceptors import CallMetrics, RequestIds
 from sync.site import SiteKeys
@@ -117,27 +119,58 @@ class Metrics:
 
         self.registry.register(_Shards())
 
-    def watch_sync(self, store, peers) -> None:
-        """Per-peer sync gauges, read at scrape time from the store (bounded labels: configured peers)."""
+    def watch_sync(self, watch: SiteWatch) -> None:
+        """Per-peer sync gauges and the site's health (what docker/alerts.yml watches), read at
+        scrape time from the store (bounded labels: configured peers)."""
 
         class _Sync:
             def collect(self_inner):
-                pending = GaugeMetricFamily("tambua_sync_pending_changes",
-                                            "Changes a peer has not acknowledged (made or relayed here)",
-                                            labels=["peer"])
-                seen = GaugeMetricFamily("tambua_sync_last_success_timestamp_seconds",
-                                         "Last import from or acknowledgement by the peer", labels=["peer"])
-                refused = GaugeMetricFamily("tambua_sync_refused_bundles", "Bundles from the peer refused",
-                                            labels=["peer"])
-                gaps = GaugeMetricFamily("tambua_sync_sequence_gaps", "Bundles from the peer that skipped changes",
-                                         labels=["peer"])
-                for site in sorted(peers.all()):
-                    p = store.peer(site)
-                    pending.add_metric([site], store.pending(site))
-                    seen.add_metric([site], max(p.last_import_ms or 0, p.last_ack_ms or 0) / 1000.0)
+                def family(name, help_):
+                    return GaugeMetricFamily(name, help_, labels=["peer"])
+
+                pending = family("tambua_sync_pending_changes", "Changes a peer has not acknowledged (made or relayed here)")
+                seen = family("tambua_sync_last_success_timestamp_seconds", "Last import from or acknowledgement by the peer")
+                refused = family("tambua_sync_refused_bundles", "Bundles from the peer refused")
+                gaps = family("tambua_sync_sequence_gaps", "Bundles from the peer that skipped changes")
+                lag = family("tambua_sync_lag_seconds", "Since the last successful sync with the peer (or since it "
+                             "was added, if it never synced)")
+                limit = family("tambua_sync_max_lag_seconds", "The peer's sync limit (sync_max_lag)")
+                waited = family("tambua_sync_oldest_pending_age_seconds", "How long the oldest change the peer has "
+                                "not acknowledged has waited (0: none)")
+                last_refused = family("tambua_sync_last_refused_timestamp_seconds", "When a bundle from the peer was "
+                                      "last refused (0: never)")
+                now = int(time.time() * 1000)
+                for site, f in watch.peer_facts().items():
+                    p = f.state
+                    pending.add_metric([site], f.pending)
+                    seen.add_metric([site], (f.last_success_ms() or 0) / 1000.0)
                     refused.add_metric([site], p.refused)
                     gaps.add_metric([site], p.gaps)
-                yield from (pending, seen, refused, gaps)
+                    lag.add_metric([site], f.lag_s(now) or 0.0)
+                    limit.add_metric([site], f.max_lag_s)
+                    waited.add_metric([site], max(0, now - f.oldest_pending_ms) / 1000 if f.oldest_pending_ms else 0.0)
+                    last_refused.add_metric([site], (p.last_refused_ms or 0) / 1000.0)
+                yield from (pending, seen, refused, gaps, lag, limit, waited, last_refused)
+
+                usage = shutil.disk_usage(watch.data_dir)
+                yield GaugeMetricFamily("tambua_data_disk_free_bytes", "Free bytes under the data directory",
+                                        value=usage.free)
+                yield GaugeMetricFamily("tambua_data_disk_size_bytes", "Size of the data directory's file system",
+                                        value=usage.total)
+                yield GaugeMetricFamily("tambua_data_disk_min_free_ratio", "The share of the disk to keep free "
+                                        "(disk_min_free)", value=watch.disk_min_free)
+                if watch.audit_state is not None:
+                    ok, checked = watch.audit_state
+                    yield GaugeMetricFamily("tambua_audit_chain_ok", "1 when the audit chain held at its last "
+                                            "check (hourly), 0 when it did not", value=int(ok))
+                    yield GaugeMetricFamily("tambua_audit_checked_timestamp_seconds", "When the audit chain was "
+                                            "last checked", value=checked / 1000.0)
+                if watch.enrolment_stall_s is not None:
+                    yield GaugeMetricFamily("tambua_enrolment_stall_seconds", "Enrolling nobody this long is "
+                                            "reported (enrolment_stall)", value=watch.enrolment_stall_s)
+                last = watch.store.last_enrolled_ms()
+                yield GaugeMetricFamily("tambua_last_enrolment_timestamp_seconds", "When the newest subject was "
+                                        "enrolled (0: none yet)", value=(last or 0) / 1000.0)
 
         self.registry.register(_Sync())
 
@@ -236,13 +269,14 @@ def _peer_status(store, site: str) -> pb.PeerStatus:
 
 class MatcherServicer(pb_grpc.MatcherServicer):
     def __init__(self, engine: Engine, extraction: Extraction, metrics: Metrics, audit: AuditLog | None = None,
-                 site: SiteKeys | None = None, peers: sync.Peers | None = None) -> None:
+                 site: SiteKeys | None = None, peers: sync.Peers | None = None, watch: SiteWatch | None = None) -> None:
         self.engine = engine
         self.extraction = extraction
         self.metrics = metrics
         self.audit = audit
         self.site = site
         self.peers = peers
+        self.watch = watch
 
     def _reject(self, name: str, e: Exception, context) -> None:
         """Log, count and end the call with ``e``'s status (raises)."""
@@ -411,6 +445,13 @@ class MatcherServicer(pb_grpc.MatcherServicer):
         return pb.QualityReportResponse(report_json=json.dumps(report, sort_keys=True))
 
     @_rpc
+    def Doctor(self, request, context):
+        if self.watch is None:
+            raise FailedPrecondition("this server was built without its site checks")
+        report = doctor.report(self.watch.findings(), self.site.site if self.site else "")
+        return pb.DoctorResponse(report_json=json.dumps(report, sort_keys=True), ok=report["ok"])
+
+    @_rpc
     def Identify(self, request, context):
         within = frozenset(request.within_subject_ids) if request.within_subject_ids else None
         deadline = _deadline(context)
@@ -559,6 +600,7 @@ class Bound:
     access: AccessStore | None = None  # the principals (None: insecure mode)
     audit: AuditLog | None = None
     site: str = ""
+    watch: SiteWatch | None = None
 
 
 def create_server(config: Config, engine: Engine, extractors: dict[str, Extractor],
@@ -586,12 +628,14 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
         options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
     )
     peers = sync.Peers(config.data_dir)
-    metrics.watch_sync(engine.store, peers)
+    watch = SiteWatch(engine.store, peers, audit, config.data_dir, config.max_lag_s,
+                      duration_s(config.enrolment_stall) if config.enrolment_stall else None, config.disk_min_free)
+    metrics.watch_sync(watch)
     if hasattr(engine, "cluster_status"):
         metrics.watch_cluster(engine)
     site = SiteKeys.load(config.data_dir, engine.store)
     pb_grpc.add_MatcherServicer_to_server(
-        MatcherServicer(engine, Extraction(extractors, engine), metrics, audit, site, peers), server)
+        MatcherServicer(engine, Extraction(extractors, engine), metrics, audit, site, peers, watch), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -613,7 +657,7 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     if config.metrics_port >= 0:
         http, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
         metrics_port = http.server_port
-    return Bound(server, port, metrics_port, mtls_port, health_servicer, access, audit, site.site if site else "")
+    return Bound(server, port, metrics_port, mtls_port, health_servicer, access, audit, site.site if site else "", watch)
 
 
 def _credentials(config: Config, client_certificates: bool) -> grpc.ServerCredentials:
@@ -751,6 +795,8 @@ def serve(config: Config) -> None:
     threading.Thread(target=_expire_images, args=(store, config.image_retention_days, done), daemon=True).start()
     if bound.access is not None:
         threading.Thread(target=_write_uses, args=(bound.access, config.last_use_flush_s, done), daemon=True).start()
+    if bound.watch is not None:
+        threading.Thread(target=_check_audit, args=(bound.watch, done), daemon=True).start()
     # Waited in short steps: a signal can land on any of the process's threads (gRPC's own,
     # say), and then its handler runs only when this thread next runs Python code; a wait
     # with no timeout would sleep through it (the cause of a stop that once hung in CI).
@@ -786,6 +832,19 @@ def _start_web(config: Config, engine, bound: Bound, extractors):
                     None if config.insecure else config.tls_key)
     web.start()
     return web
+
+
+def _check_audit(watch: SiteWatch, stop: threading.Event, every_s: float = 3600.0) -> None:
+    """The audit chain checked at start, then hourly: ``tambua_audit_chain_ok`` for the alert."""
+    while True:
+        try:
+            found = watch.check_audit()
+            if not found.ok:
+                log.error("%s", found.message)
+        except Exception:  # noqa: BLE001 - retried at the next
+            log.exception("checking the audit chain failed")
+        if stop.wait(every_s):
+            return
 
 
 def _write_uses(access: AccessStore, every_s: float, stop: threading.Event) -> None:

@@ -9,7 +9,7 @@ def test_matcher_service_rpcs():
     assert {m.name for m in service.methods} == {
         "Enroll", "Identify", "Verify", "Compare", "Extract", "GetSubject", "DeleteSubject", "Stats", "ReadAudit",
         "SyncExport", "SyncImport", "SyncStatus", "SyncPush", "ListCases", "GetCase", "DecideCase", "AuditDuplicates",
-        "QualityReport", "ExportSubject", "RunAudit",
+        "QualityReport", "ExportSubject", "RunAudit", "Doctor",
     }
     assert hasattr(tambua_pb2_grpc, "MatcherServicer")
 

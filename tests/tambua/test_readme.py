@@ -367,9 +367,10 @@ def test_field_site_sync(tmp_path, orl, models):
     finally:
         for s in servers.values():
             s.stop()
-    exported, imported, acked, status = out
+    exported, imported, acked, status, doctor = out
     assert exported["changes"] == 2 and imported["applied"] == 2 and acked["acked_seq"] == 2
     assert status["site"] == "kakuma-3" and status["peers"][0]["pending"] == 0
+    assert doctor["ok"] and {f["about"] for f in doctor["findings"] if f["check"] == "sync_lag"} == {"kakuma-3"}
 
 
 def test_python_block_runs_as_written(tmp_path, orl, models):

@@ -95,6 +95,7 @@ def _requests(orl, role: str) -> dict[str, tuple[str, object]]:
         "QualityReport": ("QualityReport", pb.QualityReportRequest()),
         "RunAudit": ("RunAudit", pb.AuditDuplicatesRequest()),
         "ExportSubject": ("ExportSubject", pb.SubjectRequest(subject_id="S1")),
+        "Doctor": ("Doctor", pb.DoctorRequest()),
         "Enroll skip_dedup": ("Enroll", pb.EnrollRequest(subject_id=f"loaded-{role}", samples=[face(orl, 11, 1)],
                                                          skip_dedup=True)),
     }
@@ -108,7 +109,7 @@ ALLOWED = {
     "adjudicator": {"Enroll force", "DeleteSubject", "GetSubject", "ListCases", "GetCase", "DecideCase"},
     "auditor": {"ReadAudit"},
     "admin": {"Stats", "SyncStatus", "SyncExport", "SyncImport", "SyncPush", "ListCases", "GetCase", "DecideCase",
-              "AuditDuplicates", "RunAudit", "QualityReport", "ExportSubject", "Enroll skip_dedup"},
+              "AuditDuplicates", "RunAudit", "QualityReport", "ExportSubject", "Doctor", "Enroll skip_dedup"},
 }
 
 
