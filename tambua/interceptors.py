@@ -91,8 +91,11 @@ class CallMetrics(grpc.ServerInterceptor):
     times it, calls refused before the servicer included.
 
     Args:
-        calls: a prometheus Counter labelled (method, code).
-        latency: a prometheus Histogram labelled (method).
+        calls: a prometheus Counter labelled (method, modality, code).
+        latency: a prometheus Histogram labelled (method, modality).
+
+    ``modality``: the request's samples' modalities (``face``, ``finger+iris``, ...; ``none``
+    for a request without samples): a bounded label, seven combinations at most.
     """
 
     def __init__(self, calls, latency) -> None:
@@ -113,8 +116,9 @@ class CallMetrics(grpc.ServerInterceptor):
                     code = grpc.StatusCode.OK
                     return response
                 finally:
-                    self.calls.labels(name, (code or final_code(context)).name).inc()
-                    self.latency.labels(name).observe(time.perf_counter() - start)
+                    modality = modality_of(request)
+                    self.calls.labels(name, modality, (code or final_code(context)).name).inc()
+                    self.latency.labels(name, modality).observe(time.perf_counter() - start)
             return call
 
         def stream(behaviour):
@@ -127,11 +131,20 @@ class CallMetrics(grpc.ServerInterceptor):
                     code = grpc.StatusCode.CANCELLED
                     raise
                 finally:
-                    self.calls.labels(name, (code or final_code(context)).name).inc()
-                    self.latency.labels(name).observe(time.perf_counter() - start)
+                    self.calls.labels(name, "none", (code or final_code(context)).name).inc()
+                    self.latency.labels(name, "none").observe(time.perf_counter() - start)
             return call
 
         return rewrap(handler, unary, stream)
+
+
+def modality_of(request) -> str:
+    """``face``, ``finger+iris``, ...: the modalities of a request's samples (``none``)."""
+    names = set()
+    for sample in getattr(request, "samples", ()):
+        value = sample.DESCRIPTOR.fields_by_name["modality"].enum_type.values_by_number.get(sample.modality)
+        names.add(value.name.lower() if value is not None and value.number else "unknown")
+    return "+".join(sorted(names)) or "none"
 
 
 def final_code(context) -> grpc.StatusCode:

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from enroll.finger import networks
@@ -62,9 +62,10 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry, engine: Engine) -> None:
         self.registry = registry
-        self.rpcs = Counter("tambua_rpc_total", "RPCs by method and status", ["method", "code"], registry=registry)
+        self.rpcs = Counter("tambua_rpc_total", "RPCs by method, the modalities of their samples and status",
+                            ["method", "modality", "code"], registry=registry)
         self.latency = Histogram(
-            "tambua_rpc_seconds", "RPC latency", ["method"], registry=registry,
+            "tambua_rpc_seconds", "RPC latency", ["method", "modality"], registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.stages = Histogram(
@@ -73,6 +74,10 @@ class Metrics:
         )
         self.rejections = Counter("tambua_quality_rejections_total", "Samples rejected by reason", ["reason"],
                                   registry=registry)
+        self.enrolments = Counter("tambua_enrolments_total", "Enrol calls by outcome (ENROLLED, DUPLICATE, "
+                                  "HELD, ...)", ["outcome"], registry=registry)
+        self.decisions = Counter("tambua_case_decisions_total", "Adjudication decisions by verdict", ["verdict"],
+                                 registry=registry)
         self.refusals = Counter("tambua_refused_total", "Calls refused before any servicer ran (no or bad "
                                 "credentials, a role or partition not granted, a malformed message)",
                                 ["method", "code", "reason"], registry=registry)
@@ -84,6 +89,16 @@ class Metrics:
                 for modality, matcher in engine.matchers.items():
                     g.add_metric([modality], sizes.get(matcher.model_id, 0))
                 yield g
+                yield GaugeMetricFamily("tambua_subjects", "Enrolled subjects", value=engine.store.count())
+                cases = GaugeMetricFamily("tambua_cases", "Adjudication cases by state and source (enrol, sync, "
+                                          "audit)", labels=["state", "source"])
+                for state in CaseState:
+                    by_source: dict[str, int] = {}
+                    for (_, source), n in engine.store.case_counts(None, state).items():
+                        by_source[source] = by_source.get(source, 0) + n
+                    for source, n in sorted(by_source.items()):
+                        cases.add_metric([state.value, source], n)
+                yield cases
 
         registry.register(_Gallery())
 
@@ -316,6 +331,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
                                adjudicated=tuple(request.adjudicated_candidates), deadline=deadline,
                                hold=request.hold, by=by, images=images, import_key=request.import_key,
                                dedup=not request.skip_dedup, capture=capture)
+        self.metrics.enrolments.labels(r.outcome).inc()
         return pb.EnrollResponse(
             outcome=pb.EnrollResponse.Outcome.Value(r.outcome),
             subject_id=r.subject_id,
@@ -372,6 +388,7 @@ class MatcherServicer(pb_grpc.MatcherServicer):
             raise InvalidInput("verdict is missing: SAME_PERSON, DIFFERENT_PEOPLE or RECAPTURE", "VERDICT_UNKNOWN")
         case = self.engine.decide(partition_of(request), request.case_id, _VERDICT[request.verdict], request.reason,
                                   self._actor(), subject_id=request.subject_id, attach=not request.discard)
+        self.metrics.decisions.labels(pb.Verdict.Name(request.verdict)).inc()
         note_touched([case.subject_id])
         return _case_pb(case)
 
@@ -634,6 +651,9 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     if hasattr(engine, "cluster_status"):
         metrics.watch_cluster(engine)
     site = SiteKeys.load(config.data_dir, engine.store)
+    # Which site this server is, for dashboards to name instances by (joined on instance).
+    Gauge("tambua_site_info", "This server's site id (sync identity; standalone: none)", ["site"],
+          registry=registry).labels(site.site if site else "standalone").set(1)
     pb_grpc.add_MatcherServicer_to_server(
         MatcherServicer(engine, Extraction(extractors, engine), metrics, audit, site, peers, watch), server)
     health_servicer = health.HealthServicer()

@@ -24,6 +24,7 @@ from tests.tambua.test_finger_service import fcj  # noqa: F401 - fixture
 from tests.tambua.test_iris_service import _eye
 from tests.tambua.test_server import REPO, Server, face
 from tambua.v1 import tambua_pb2 as pb
+from tests.tambua.test_dashboard import exported, metric_names, panels
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +131,9 @@ def test_identify_through_the_shards_equals_one_server(servers, orl, irises, fcj
     assert len(held) == 6 and sum(held) == 2 * len(gallery)
     assert sum(v for name, _, v in samples if name == "tambua_shard_searches_total") > 0
     assert [v for name, _, v in samples if name == "tambua_cluster_unserved_shards"] == [0]
+    # Every metric the dashboard's cluster panels read is exported here, and the others too.
+    wanted = metric_names(t["expr"] for panel in panels() for t in panel["targets"])
+    assert wanted <= exported(text), sorted(wanted - exported(text))
 
 
 def test_two_front_ends_enrol_one_new_person_once(servers, orl):

@@ -26,12 +26,18 @@ def test_rpc_stage_rejection_and_gallery_metrics(tmp_path, face_extractor, orl):
         with pytest.raises(grpc.RpcError):
             stub.Enroll(pb.EnrollRequest(subject_id="B", samples=[pb.Sample(modality=pb.FACE, image=b"junk")]))
         get = registry.get_sample_value
-        assert get("tambua_rpc_total", {"method": "Enroll", "code": "OK"}) == 1
-        assert get("tambua_rpc_total", {"method": "Enroll", "code": "INVALID_ARGUMENT"}) == 1
+        assert get("tambua_rpc_total", {"method": "Enroll", "modality": "face", "code": "OK"}) == 1
+        assert get("tambua_rpc_total", {"method": "Enroll", "modality": "face", "code": "INVALID_ARGUMENT"}) == 1
         assert get("tambua_quality_rejections_total", {"reason": "IMAGE_UNDECODABLE"}) == 1
         assert get("tambua_stage_seconds_count", {"stage": "extract", "modality": "face"}) == 1
         assert get("tambua_stage_seconds_count", {"stage": "search", "modality": "face"}) == 1
         assert get("tambua_gallery_templates", {"modality": "face"}) == 1
+        assert get("tambua_enrolments_total", {"outcome": "ENROLLED"}) == 1 and get("tambua_subjects") == 1
+        assert get("tambua_enrolments_total", {"outcome": "DUPLICATE"}) is None
+        stub.Enroll(pb.EnrollRequest(subject_id="C", samples=[sample]))  # A again, under another id
+        assert get("tambua_enrolments_total", {"outcome": "DUPLICATE"}) == 1
+        assert get("tambua_rpc_seconds_count", {"method": "Enroll", "modality": "face"}) == 3
+        assert get("tambua_site_info", {"site": "standalone"}) == 1
     finally:
         server.stop(0)
         store.close()

@@ -54,7 +54,7 @@ def test_refused_calls_are_counted_and_logged_with_their_request_id(tmp_path, fa
                 stub.Stats(pb.StatsRequest(), metadata=md)
             assert e.value.code() is grpc.StatusCode.UNAUTHENTICATED
         get = registry.get_sample_value
-        assert get("tambua_rpc_total", {"method": "Stats", "code": "UNAUTHENTICATED"}) == 3
+        assert get("tambua_rpc_total", {"method": "Stats", "modality": "none", "code": "UNAUTHENTICATED"}) == 3
         reasons = {s.labels["reason"]: s.value for m in registry.collect() if m.name == "tambua_refused"
                    for s in m.samples if s.name == "tambua_refused_total"}
         assert sum(reasons.values()) == 3 and all(r.isupper() for r in reasons), reasons
@@ -89,9 +89,9 @@ def test_every_call_is_counted_once_and_logs_its_request_id_through_the_chain(tm
             list(stub.SyncPush(iter([pb.SyncImportRequest(data=b"x")]), metadata=(("x-request-id", "push-1"),)))
         assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION
         get = registry.get_sample_value
-        assert get("tambua_rpc_total", {"method": "Enroll", "code": "INVALID_ARGUMENT"}) == 1
-        assert get("tambua_rpc_total", {"method": "SyncPush", "code": "FAILED_PRECONDITION"}) == 1
-        assert get("tambua_rpc_seconds_count", {"method": "SyncPush"}) == 1
+        assert get("tambua_rpc_total", {"method": "Enroll", "modality": "face", "code": "INVALID_ARGUMENT"}) == 1
+        assert get("tambua_rpc_total", {"method": "SyncPush", "modality": "none", "code": "FAILED_PRECONDITION"}) == 1
+        assert get("tambua_rpc_seconds_count", {"method": "SyncPush", "modality": "none"}) == 1
         assert ("probe-2", "Enroll rejected: IMAGE_UNDECODABLE") in lines.lines, lines.lines
         assert any(rid == "push-1" and msg.startswith("SyncPush rejected") for rid, msg in lines.lines), lines.lines
         logger.info("between calls")
