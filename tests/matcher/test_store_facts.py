@@ -91,3 +91,38 @@ def test_erasing_a_subject_drops_unfinished_audit_checkpoints(tmp_path):
     assert store.audit_checkpoint("default|0.01") is None
     assert store.audit_results() == {"default": {"subjects": 1, "clusters": 0}}
     store.close()
+
+
+def test_what_the_site_checks_read_last_enrolment_oldest_pending_and_last_refusal(tmp_path):
+    store = SubjectStore(tmp_path / "s.sqlite")
+    assert store.last_enrolled_ms() is None and store.oldest_pending_ms("camp-b") is None
+    store.add(_subject("A", 50))
+    store.add(_subject("B", 60))
+    changes = store.changes_since(0)
+    assert store.last_enrolled_ms() == store.get("default", "B").created_ns // 1_000_000
+    assert store.oldest_pending_ms("camp-b") == changes[0].unix_ms
+    store.note_peer("camp-b", acked_seq=changes[0].seq)
+    assert store.oldest_pending_ms("camp-b") == changes[1].unix_ms
+    store.note_peer("camp-b", acked_seq=changes[1].seq)
+    assert store.oldest_pending_ms("camp-b") is None
+    store.note_peer("camp-b", refused=1, last_refused_ms=123)
+    assert (store.peer("camp-b").refused, store.peer("camp-b").last_refused_ms) == (1, 123)
+    store.close()
+
+
+def test_a_store_from_schema_9_gains_the_refusal_time(tmp_path):
+    path = tmp_path / "s.sqlite"
+    store = SubjectStore(path)
+    store.note_peer("camp-b", refused=2)
+    store.close()
+    db = sqlite3.connect(path)  # as schema 9 left it: no last_refused_ms
+    db.execute("ALTER TABLE peers DROP COLUMN last_refused_ms")
+    db.execute("UPDATE meta SET value='9' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    store = SubjectStore(path)
+    assert (store.peer("camp-b").refused, store.peer("camp-b").last_refused_ms) == (2, None)
+    store.note_peer("camp-b", refused=1, last_refused_ms=5)
+    assert store.peer("camp-b").last_refused_ms == 5
+    store.close()
+    assert sqlite3.connect(path).execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "10"
