@@ -170,6 +170,21 @@ class ShardedGalleries:
         return Found(_merge([found.hits for found in per_shard], len(templates), k), fused,
                      sum(found.subjects or 0 for found in per_shard))
 
+    def search_many(self, partition: str, probes: list[StoredTemplate], k: int) -> list[list[tuple[str, float]]]:
+        """Each probe's best ``k`` subjects of the partition, (id, FMR), best first: every
+        shard searches the whole batch over its own subjects at once (the audit's batch
+        path: the shards share the work), merged by rate then id. A subject's hits come from
+        its one shard, so the merge is the one gallery's answer, but for subjects tied at
+        one rate at the ``k``-th place (rates tie only far above any edge's, or at a
+        calibration's floor)."""
+        for t in probes:
+            derive = getattr(t.template, "derived_bytes", None)
+            if derive is not None:  # made once here, not once per shard
+                derive()
+        per_shard = list(self._read("search_many", {i: (partition, probes, k) for i in range(len(self.replicas))}).values())
+        return [sorted((hit for shard in per_shard for hit in shard[j]), key=lambda h: (h[1], h[0]))[:k]
+                for j in range(len(probes))]
+
     def sizes(self) -> dict[str, int]:
         total: dict[str, int] = {}
         for sizes in self._read("sizes", dict.fromkeys(range(len(self.replicas)), ())).values():

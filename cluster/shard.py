@@ -71,6 +71,13 @@ class GalleryShard:
         self.searches, self.search_seconds = self.searches + 1, self.search_seconds + time.perf_counter() - t0
         return Found(found.hits, found.fused, len(self.subjects.get(partition, ())))
 
+    def search_many(self, partition: str, probes: list[StoredTemplate], k: int) -> list[list[tuple[str, float]]]:
+        """This shard's best ``k`` subjects of each probe (a gallery audited against itself)."""
+        t0 = time.perf_counter()
+        found = self.galleries.search_many(partition, probes, k)
+        self.searches, self.search_seconds = self.searches + len(probes), self.search_seconds + time.perf_counter() - t0
+        return found
+
     def score(self, partition: str, subject_ids: Iterable[str],
               templates: tuple[StoredTemplate, ...]) -> dict[str, float]:
         return self.galleries.score(partition, subject_ids, templates)

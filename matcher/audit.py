@@ -164,11 +164,15 @@ def _batched(engine, subjects: dict[tuple[str, str], list[StoredTemplate]], chun
                     scored[(sid, other)] = fmr  # one sample each: the search's rate is the fused one
                 else:
                     pairs.add(tuple(sorted((sid, other))))
-        for a, b in pairs:
-            for probe, other in ((a, b), (b, a)):
-                fmr = engine.galleries.score(p, [other], tuple(subjects[(p, probe)])).get(other)
-                if fmr is not None:
-                    scored[(probe, other)] = fmr
+        # Each subject against every subject it was paired with, in one call (in cluster mode
+        # one round to the shards holding them).
+        against: dict[str, list[str]] = {}
+        for a, b in sorted(pairs):
+            against.setdefault(a, []).append(b)
+            against.setdefault(b, []).append(a)
+        for probe, others in against.items():
+            for other, fmr in engine.galleries.score(p, others, tuple(subjects[(p, probe)])).items():
+                scored[(probe, other)] = fmr
         for (probe, other), fmr in scored.items():
             if at_least_one(fmr, n) <= limit:
                 _keep(edges, p, probe, other, evidence(fmr), at_least_one(fmr, n))

@@ -134,6 +134,17 @@ def test_identify_through_the_shards_equals_one_server(servers, orl, irises, fcj
     # Every metric the dashboard's cluster panels read is exported here, and the others too.
     wanted = metric_names(t["expr"] for panel in panels() for t in panel["targets"])
     assert wanted <= exported(text), sorted(wanted - exported(text))
+    # The duplicate audit through the shards (each searches the whole batch over its part at
+    # once) finds what one server finds: a person enrolled again under another id.
+    again = _templates(x, [face(orl, 3, 3)])
+    for stub in (single.stub, front.stub):
+        # Loaded without deduplication (force would link it to F3: decided different people).
+        r = stub.Enroll(pb.EnrollRequest(subject_id="D3", samples=again, skip_dedup=True), timeout=120)
+        assert r.outcome == pb.EnrollResponse.ENROLLED
+    audits = [[(list(c.subject_ids), [(list(e.subject_ids), round(e.score, 6), round(e.fpir, 9)) for e in c.pairs])
+               for c in stub.AuditDuplicates(pb.AuditDuplicatesRequest(), timeout=600).clusters]
+              for stub in (single.stub, front.stub)]
+    assert audits[0] == audits[1] and any({"D3", "F3"} <= set(ids) for ids, _ in audits[0]), audits[0]
 
 
 def test_two_front_ends_enrol_one_new_person_once(servers, orl):
