@@ -38,11 +38,20 @@ def get(refs):
         raise NotReady(f"a cluster actor is not answering ({type(e).__name__}); retry shortly") from None
 
 
-def _merge(per_shard: list[list[list[tuple[str, float, float]]]], samples: int, k: int) -> list[list]:
-    """Each sample's best ``k`` over every shard's hits, by the matcher's own ranking key,
-    then id: the one gallery's order (:class:`matcher.base.Ranked`)."""
-    return [sorted((hit for shard in per_shard for hit in shard[j]), key=lambda h: (h[2], h[0]))[:k]
+def _merge(per_shard: list[list[list[tuple]]], samples: int, k: int, key: int) -> list[list]:
+    """Each sample's best ``k`` over every shard's hits, by the hit's ranking field
+    ``h[key]``, then id: the one gallery's order (:class:`matcher.base.Ranked`)."""
+    return [sorted((hit for shard in per_shard for hit in shard[j]), key=lambda h: (h[key], h[0]))[:k]
             for j in range(samples)]
+
+
+def _derive(templates) -> None:
+    """Make the probes' derived features (finger: MCC cylinders, index codes) once here,
+    so they travel with them rather than being made again on every shard's cores."""
+    for t in templates:
+        derive = getattr(t.template, "derived_bytes", None)
+        if derive is not None:
+            derive()
 
 
 class ShardedGalleries:
@@ -156,18 +165,13 @@ class ShardedGalleries:
         and its count of the partition's subjects; merged into the partition-wide best
         ``k`` per sample. A subject in those is in its shard's own best ``k``, so its
         evidence came back with it."""
-        for t in templates:
-            # A probe's derived features (finger: MCC cylinders, index codes) are made once
-            # here and travel with it, not once per shard on the shards' cores.
-            derive = getattr(t.template, "derived_bytes", None)
-            if derive is not None:
-                derive()
+        _derive(templates)
         per_shard = list(self._read("candidates", {i: (partition, templates, k, within)
                                                    for i in range(len(self.replicas))}).values())
         fused: dict[str, float] = {}
         for found in per_shard:
             fused.update(found.fused)
-        return Found(_merge([found.hits for found in per_shard], len(templates), k), fused,
+        return Found(_merge([found.hits for found in per_shard], len(templates), k, key=2), fused,
                      sum(found.subjects or 0 for found in per_shard))
 
     def search_many(self, partition: str, probes: list[StoredTemplate], k: int) -> list[list[tuple[str, float]]]:
@@ -177,13 +181,9 @@ class ShardedGalleries:
         its one shard, so the merge is the one gallery's answer, but for subjects tied at
         one rate at the ``k``-th place (rates tie only far above any edge's, or at a
         calibration's floor)."""
-        for t in probes:
-            derive = getattr(t.template, "derived_bytes", None)
-            if derive is not None:  # made once here, not once per shard
-                derive()
+        _derive(probes)
         per_shard = list(self._read("search_many", {i: (partition, probes, k) for i in range(len(self.replicas))}).values())
-        return [sorted((hit for shard in per_shard for hit in shard[j]), key=lambda h: (h[1], h[0]))[:k]
-                for j in range(len(probes))]
+        return _merge(per_shard, len(probes), k, key=1)
 
     def sizes(self) -> dict[str, int]:
         total: dict[str, int] = {}

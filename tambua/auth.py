@@ -145,7 +145,15 @@ class PrincipalRecord:
     calls: int = 0
 
     def expired(self, now_ms: int) -> bool:
-        return self.expires_unix_ms is not None and now_ms >= self.expires_unix_ms
+        return _expired(self.expires_unix_ms, now_ms)
+
+    def unused(self, now_ms: int, limit_ms: float) -> bool:
+        """Not used for ``limit_ms`` (or never used, and created longer ago than that)."""
+        return now_ms - (self.last_used_unix_ms or self.created_unix_ms) > limit_ms
+
+
+def _expired(expires_ms: int | None, now_ms: float) -> bool:
+    return expires_ms is not None and now_ms >= expires_ms
 
 
 def certificate_id(pem: bytes) -> str:
@@ -281,10 +289,14 @@ class AccessStore:
                salt, digest, now, None, expires_ms)
         with self._lock:
             try:
-                self._db.execute(f"INSERT INTO principals ({_COLUMNS}, mac) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                                 (*row, self._mac(row)))
+                self._insert_row(row)
             except sqlite3.IntegrityError as e:
                 raise InvalidInput(f"principal {p.id} is already registered") from e
+
+    def _insert_row(self, row: tuple) -> None:
+        """Write a row (``_COLUMNS``, in order) with its MAC (caller holds the lock)."""
+        self._db.execute(f"INSERT INTO principals ({_COLUMNS}, mac) VALUES ({', '.join('?' * (_N + 1))})",
+                         (*row, self._mac(row)))
 
     def create_key(self, name: str, roles: set[str], partitions: set[str],
                    expires_ms: int | None = None) -> tuple[Principal, str]:
@@ -305,10 +317,12 @@ class AccessStore:
         self._insert(p, None, None, expires_ms)
         return p
 
-    def rotate_key(self, key_id: str, grace_ms: int) -> tuple[Principal, str]:
+    def rotate_key(self, key_id: str, grace_ms: int) -> tuple[Principal, str, int]:
         """A new key for the holder of ``key_id`` (same name, roles and partitions, and the
-        old key's expiry if it had one); the old key stays valid for ``grace_ms`` more, then
-        is refused as expired, so devices can be moved over without downtime.
+        old key's expiry if it had one); the old key stays valid for ``grace_ms`` more (or
+        until its own expiry, if sooner), then is refused as expired, so devices can be
+        moved over without downtime. Returns the new principal, its key, and when the old
+        key expires (as stored: what the caller tells the holder).
 
         Raises:
             InvalidInput: no active, authentic API key ``key_id``.
@@ -319,21 +333,22 @@ class AccessStore:
             if found is None or found[0][1] != "key" or not self._authentic(*found):
                 raise InvalidInput(f"no active API key {key_id!r}")
             row = found[0]
-            if row[9] is not None and row[9] <= now:
+            if _expired(row[9], now):
                 raise InvalidInput(f"API key {key_id!r} has expired: create a new one")
             old = _principal(row)
             secret = secrets.token_urlsafe(32)
             new = Principal(secrets.token_hex(8), "key", old.name, old.roles, old.partitions)
             salt = secrets.token_bytes(16)
             fresh = (new.id, "key", row[2], row[3], row[4], salt, _digest(salt, secret), now, None, row[9])
-            self._db.execute(f"INSERT INTO principals ({_COLUMNS}, mac) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                             (*fresh, self._mac(fresh)))
+            self._insert_row(fresh)
             ends = now + max(0, grace_ms)
             if row[9] is None or ends < row[9]:
                 shortened = (*row[:9], ends)
                 self._db.execute("UPDATE principals SET expires_ms = ?, mac = ? WHERE id = ?",
                                  (ends, self._mac(shortened), key_id))
-        return new, f"{_KEY_PREFIX}_{new.id}_{secret}"
+            else:
+                ends = row[9]
+        return new, f"{_KEY_PREFIX}_{new.id}_{secret}", ends
 
     def revoke(self, principal_id: str) -> bool:
         """Revoke a key or certificate at once. Returns False if it is unknown or already revoked.
@@ -390,7 +405,7 @@ class AccessStore:
     @staticmethod
     def _unexpired(row: tuple, what: str) -> Principal:
         """The row's principal, unless its expiry has passed (said, with when, to the caller)."""
-        if row[9] is not None and time.time() * 1000 >= row[9]:
+        if _expired(row[9], time.time() * 1000):
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(row[9] / 1000))
             raise Unauthenticated(f"this {what} expired at {when}: ask an administrator for a new one",
                                   "CREDENTIAL_EXPIRED")
@@ -449,10 +464,8 @@ def review(records: list[PrincipalRecord], now_ms: int, unused_days: float) -> l
             risks.append("unauthentic")
         if r.expired(now_ms):
             risks.append("expired")
-        if r.last_used_unix_ms is None:
-            risks += ["never_used"] + (["unused"] if now_ms - r.created_unix_ms > limit else [])
-        elif now_ms - r.last_used_unix_ms > limit:
-            risks.append("unused")
+        risks += ["never_used"] if r.last_used_unix_ms is None else []
+        risks += ["unused"] if r.unused(now_ms, limit) else []
         risks += [name for name, hit in (("admin", "admin" in p.roles), ("all_partitions", ALL_PARTITIONS in p.partitions),
                                          ("broad_roles", len(p.roles) >= 3),
                                          ("no_expiry", r.expires_unix_ms is None),
@@ -470,9 +483,7 @@ def review(records: list[PrincipalRecord], now_ms: int, unused_days: float) -> l
 def unused(records: list[PrincipalRecord], now_ms: int, unused_days: float) -> list[PrincipalRecord]:
     """Unrevoked principals not used for ``unused_days`` (or never, and created longer ago):
     what ``keys prune`` revokes."""
-    limit = unused_days * 86_400_000
-    return [r for r in records if r.revoked_unix_ms is None
-            and now_ms - (r.last_used_unix_ms or r.created_unix_ms) > limit]
+    return [r for r in records if r.revoked_unix_ms is None and r.unused(now_ms, unused_days * 86_400_000)]
 
 
 def _digest(salt: bytes, secret: str) -> bytes:

@@ -290,9 +290,9 @@ def _keys(args) -> int:
                 f"prune (unused {args.unused_days:g} days): revoke {','.join(p.id for p in pruned)}")
         elif args.keys_command == "rotate-key":
             grace_ms = _duration_ms(args.grace)
-            p, secret = store.rotate_key(args.id, grace_ms)
+            p, secret, old_expires = store.rotate_key(args.id, grace_ms)
             out = {**_principal_json(p), "api_key": secret, "replaces": args.id,
-                   "old_key_expires_unix_ms": now + grace_ms}
+                   "old_key_expires_unix_ms": old_expires}
             change = f"rotate-key {args.id} -> {p.id} (the old key valid {args.grace} more)"
         elif args.keys_command == "seal":
             sealed = [r.principal for r in store.seal()]

@@ -42,10 +42,13 @@ def metric_names(exprs) -> set[str]:
 
 
 def exported(metrics_text: str) -> set[str]:
-    """Every name a scrape offers: families (declared, even before a first sample) and samples."""
+    """Every name a scrape offers: families (declared, even before a first sample; the
+    parser drops a counter's ``_total``, which its samples carry) and samples."""
     names = set()
     for family in text_string_to_metric_families(metrics_text):
-        names |= {family.name, family.name + "_total"} | {s.name for s in family.samples}
+        names |= {family.name} | {s.name for s in family.samples}
+        if family.type == "counter":
+            names.add(family.name + "_total")
     return names
 
 
