@@ -6,6 +6,12 @@ Usage::
     python -m bench.audit --modality iris --sizes 10000 100000 --json bench/results/audit_iris.json
     python -m bench.audit --modality finger --sizes 10000 --json bench/results/audit_finger.json
     python -m bench.audit --modality fused --sizes 10000 --json bench/results/audit_fused.json
+    python -m bench.audit --modality finger --sizes 100000 --workdir .bench-cache/audit --block 5000 \
+        --json bench/results/audit_finger_100k.json   # hours: killed and run again, it goes on
+
+``--workdir`` keeps the gallery and the audit's checkpoints (every ``--block`` subjects): a run
+cut short goes on from its last checkpoint, and ``audit_s`` is the sum of the runs' times
+(``runs``: each from its start to its last checkpoint, the work after that redone next time).
 
 Iris: every real eye (CASIA-IrisV1, MMU1, IITD; label noise left out) with two usable
 images enrolled twice (first and last image), among synthetic irises (``bench/iris_search``'s
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -194,7 +201,8 @@ def _finger_fillers(pool, owners, n: int, rng: np.random.Generator):
             yield from _templates(rows)
 
 
-def run_modality(modality: str, size: int, workdir: Path, cache: Path, orl: Path, planted_faces) -> dict:
+def run_modality(modality: str, size: int, workdir: Path, cache: Path, orl: Path, planted_faces,
+                 block: int = 0) -> dict:
     """The audit of ``size`` subjects of one modality (``fused``: face, right iris and right
     index each), the planted pairs real people enrolled twice, the rest synthetic."""
     from bench.search import STATS_DIR, draw
@@ -237,18 +245,49 @@ def run_modality(modality: str, size: int, workdir: Path, cache: Path, orl: Path
     from bench.cluster import _store
 
     folder = workdir / f"audit-{modality}-{size}"
-    folder.mkdir()
-    _store(folder, subjects())
+    built = folder / "built.json"
+    if built.exists():  # a kept --workdir: the same gallery, built by an earlier run
+        build_s = json.loads(built.read_text())["build_s"]
+    else:
+        shutil.rmtree(folder, ignore_errors=True)  # a build cut short is built again
+        folder.mkdir(parents=True)
+        _store(folder, subjects())
+        build_s = time.perf_counter() - t0
+        built.write_text(json.dumps({"build_s": build_s}))
     store = SubjectStore(folder / "subjects.sqlite")
-    build_s = time.perf_counter() - t0
     models = {"face": FACE, "iris": "iris/gabor-v2", "finger": "finger/leader-mcc-v1"}
     engine = Engine(store, {m: models[m] for m in (("face", "iris", "finger") if modality == "fused" else (modality,))})
-    t0 = time.perf_counter()
-    report = engine.audit("default")
-    audit_s = time.perf_counter() - t0
+    runs = Runs(folder / "runs.json")
+    report = engine.audit("default", progress=runs.progress, block=block)
+    runs.progress(report.subjects, report.subjects)
     store.close()
     planted = {tuple(sorted((f"P-{name}", f"D-{name}"))) for name, _, _ in people}
-    return {"audit_s": round(audit_s, 2), "build_s": round(build_s, 1), **_found(report, planted)}
+    return {"audit_s": round(runs.total_s(), 2), "build_s": round(build_s, 1), "runs": runs.runs,
+            **_found(report, planted)}
+
+
+class Runs:
+    """The audit's time over the runs that made it (``--workdir``: a run cut short goes on
+    from its last checkpoint next time). Each run counts from its start to its last block
+    kept (what it did after that is done again, and counted again, by the next run)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.runs = json.loads(path.read_text()) if path.exists() else []
+        self.started = time.perf_counter()
+        self.runs.append({"searched_before": None, "searched": None, "seconds": 0.0})
+
+    def progress(self, searched: int, subjects: int) -> None:
+        run = self.runs[-1]
+        if run["searched_before"] is None:
+            run["searched_before"] = searched
+        run.update(searched=searched, subjects=subjects, seconds=round(time.perf_counter() - self.started, 2))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.runs))
+        tmp.replace(self.path)
+
+    def total_s(self) -> float:
+        return sum(run["seconds"] for run in self.runs)
 
 
 def import_rate(modality: str, limit: int, workdir: Path, jobs: int) -> dict:
@@ -330,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="where to write the results (required unless --plot)")
     parser.add_argument("--plot", type=Path, help="draw this PNG from the result files --from names, and stop")
     parser.add_argument("--from", dest="sources", type=Path, nargs="*", default=[])
+    parser.add_argument("--workdir", type=Path,
+                        help="keep the galleries and the audits' checkpoints here (iris, finger, fused): a run cut "
+                             "short goes on from its last checkpoint when run again; default: a temporary folder")
+    parser.add_argument("--block", type=int, default=0, help="subjects between checkpoints (0: the service's)")
     args = parser.parse_args(argv)
     if args.plot:
         plot(args.sources, args.plot)
@@ -343,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             out["sizes"][str(size)] = (run_size(size, planted, Path(tmp)) if args.modality == "face" else
-                                       run_modality(args.modality, size, Path(tmp), args.cache, args.orl, planted))
+                                       run_modality(args.modality, size, args.workdir or Path(tmp), args.cache,
+                                                    args.orl, planted, args.block))
             print(json.dumps({size: out["sizes"][str(size)]}), flush=True)
         for modality in args.import_rate:
             out["import"][modality] = import_rate(modality, args.import_limit, Path(tmp), args.jobs)
