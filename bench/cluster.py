@@ -17,6 +17,7 @@ status``). On one 2-core machine the curve shows the cluster's overhead, not a s
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import shutil
 import subprocess
@@ -134,10 +135,13 @@ def build_fingers(folder: Path, n: int, queries: int, cache: Path) -> list[tuple
     return probes[:queries]
 
 
-def measure(address: str, probes: list[tuple[str, tuple]], concurrency: int, max_fpir: float = 0.0) -> dict:
+def measure(address: str, probes: list[tuple[str, tuple]], concurrency: int, max_fpir: float = 0.0,
+            mark=None) -> dict:
     """Identify latency one at a time, then throughput with ``concurrency`` callers.
     ``max_fpir`` 0 asks at the service's identify FPIR; 1 ranks every candidate (one
-    finger cannot reach FPIR 0.01 among 200,000 people: the bench measures the search)."""
+    finger cannot reach FPIR 0.01 among 200,000 people: the bench measures the search).
+    ``mark()``, if given, is called before and after the one-at-a-time phase; what it
+    returns comes back as ``marks``."""
     from tambua.v1 import tambua_pb2 as pb
     from tambua.v1 import tambua_pb2_grpc as pb_grpc
 
@@ -154,16 +158,20 @@ def measure(address: str, probes: list[tuple[str, tuple]], concurrency: int, max
     for _, p in probes[:5]:  # warm up: connections, first-call paths
         ask(p)
     ms, hits = [], 0
+    marks = [mark()] if mark else []
     for mate, p in probes:
         t0 = time.perf_counter()
         hits += ask(p) == mate
         ms.append((time.perf_counter() - t0) * 1000)
+    if mark:
+        marks.append(mark())
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(ask, [p for _, p in probes]))
     qps = len(probes) / (time.perf_counter() - t0)
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "qps": qps, "concurrency": concurrency, "mate_rank1": hits / len(probes), "queries": len(probes), "max_fpir": max_fpir}
+            "qps": qps, "concurrency": concurrency, "mate_rank1": hits / len(probes), "queries": len(probes), "max_fpir": max_fpir,
+            **({"marks": marks} if mark else {})}
 
 
 def _rss(pid: int) -> int:
@@ -171,14 +179,33 @@ def _rss(pid: int) -> int:
         return int(f.read().split()[1]) * 4096
 
 
+def _searched(metrics_port: int) -> tuple[float, float]:
+    """The server's search stage so far, from its /metrics: (searches, seconds)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=30).read().decode()
+    total = {"count": 0.0, "sum": 0.0}
+    for line in text.splitlines():
+        for part in total:
+            if line.startswith(f"tambua_stage_seconds_{part}{{") and 'stage="search"' in line:
+                total[part] += float(line.rsplit(" ", 1)[1])
+    return total["count"], total["sum"]
+
+
 def single(store_dir: Path, probes, concurrency: int, max_fpir: float = 0.0) -> dict:
+    from bench.ray_local import free_port
+
     data = store_dir.parent / "single"
     shutil.copytree(store_dir, data)
     t0 = time.perf_counter()
-    proc, address = serve(data)
+    metrics = free_port("127.0.0.1")
+    proc, address = serve(data, "--metrics-port", str(metrics))
     ready_s = time.perf_counter() - t0
     try:
-        return {"mode": "single", "ready_s": ready_s, **measure(address, probes, concurrency, max_fpir),
+        result = measure(address, probes, concurrency, max_fpir, mark=lambda: _searched(metrics))
+        (n0, s0), (n1, s1) = result.pop("marks")
+        # Mean time in the engine's search per query, one at a time (cf. shard_search_ms).
+        return {"mode": "single", "ready_s": ready_s, **result, "search_ms": 1000 * (s1 - s0) / max(1.0, n1 - n0),
                 "resident_bytes": _rss(proc.pid)}
     finally:
         proc.terminate()
@@ -195,14 +222,26 @@ def clustered(store_dir: Path, shards: int, nodes: int, probes, concurrency: int
         t0 = time.perf_counter()
         proc, address = serve(data, "--cluster", ray.address, "--shards", str(shards))
         ready_s = time.perf_counter() - t0
-        result = measure(address, probes, concurrency, max_fpir)
-        state = json.loads(subprocess.run([sys.executable, "-m", "tambua.cli", "cluster", "status", "--address",
-                                           ray.address, "--json"], cwd=REPO, capture_output=True, text=True,
-                                          timeout=120).stdout)
+
+        def status() -> dict:
+            return json.loads(subprocess.run([sys.executable, "-m", "tambua.cli", "cluster", "status", "--address",
+                                              ray.address, "--json"], cwd=REPO, capture_output=True, text=True,
+                                             timeout=120).stdout)
+
+        def searched() -> dict:  # each copy's search counters
+            return {f"{c['shard']}/{c['copy']}": (c["searches"], c["search_seconds"]) for c in status()["shards"]}
+
+        result = measure(address, probes, concurrency, max_fpir, mark=searched)
+        before, after = result.pop("marks")
+        state = status()
         per_node = sorted((n["resident_bytes"] for n in state["nodes"] if n["copies"]), reverse=True)
         return {"mode": "cluster", "shards": shards, "nodes": nodes, "ready_s": ready_s, **result,
                 "front_end_resident_bytes": _rss(proc.pid),
                 "shard_resident_bytes": [c["resident_bytes"] for c in state["shards"]],
+                # Mean time inside each copy per search, one query at a time: the rest of a
+                # query's time is the front-end's and the hop's.
+                "shard_search_ms": [1000 * (after[c][1] - before[c][1]) / max(1, after[c][0] - before[c][0])
+                                    for c in sorted(after)],
                 "node_shard_resident_bytes": per_node,
                 "max_node_shard_resident_bytes": per_node[0] if per_node else 0}
     finally:
@@ -247,19 +286,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=200, help="irises: at most the 108 real CASIA-IrisV1 pairs; fingers: the FCJ mates' other impressions")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--cache", type=Path, default=Path(".bench-cache"), help="iris and finger: real codes and minutiae, derived once")
+    p.add_argument("--workdir", type=Path, help="keep the gallery here and reuse it when run again (same "
+                   "modality, size and queries): a 200,000-finger gallery takes ~15 min to build")
     p.add_argument("--json", required=True, type=Path)
     p.add_argument("--plot", type=Path)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         store_dir = Path(tmp) / "store"
-        store_dir.mkdir()
-        t0 = time.perf_counter()
         build = {"face": lambda: build_faces(store_dir, args.gallery, args.queries),
                  "iris": lambda: build_irises(store_dir, args.gallery, args.queries, args.cache),
                  "finger": lambda: build_fingers(store_dir, args.gallery, args.queries, args.cache)}
-        probes = build[args.modality]()
-        result = {"modality": args.modality, "gallery": args.gallery, "bulk_load_s": time.perf_counter() - t0,
-                  "runs": []}
+        kept = args.workdir / f"cluster-{args.modality}-{args.gallery}-{args.queries}" if args.workdir else None
+        if kept is not None and (kept / "built.json").exists():
+            shutil.copytree(kept / "store", store_dir)
+            built = json.loads((kept / "built.json").read_text())
+            probes = [(mate, (m, pos, base64.b64decode(t))) for mate, (m, pos, t) in built["probes"]]
+            bulk_load_s = built["bulk_load_s"]
+        else:
+            store_dir.mkdir()
+            t0 = time.perf_counter()
+            probes = build[args.modality]()
+            bulk_load_s = time.perf_counter() - t0
+            if kept is not None:  # the gallery and its probes, for the next run of this command
+                shutil.rmtree(kept, ignore_errors=True)
+                shutil.copytree(store_dir, kept / "store")
+                (kept / "built.json").write_text(json.dumps({"bulk_load_s": bulk_load_s, "probes": [
+                    (mate, (m, pos, base64.b64encode(t).decode())) for mate, (m, pos, t) in probes]}))
+        result = {"modality": args.modality, "gallery": args.gallery, "bulk_load_s": bulk_load_s, "runs": []}
         if args.modality == "face":
             result["faces"] = args.gallery
         max_fpir = 1.0 if args.modality == "finger" else 0.0

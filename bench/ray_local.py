@@ -26,9 +26,9 @@ ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_health_check_period_ms="
 _READY = "will now block forever"
 
 
-def free_port() -> int:
+def free_port(host: str = HOST) -> int:
     with socket.socket() as s:
-        s.bind((HOST, 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

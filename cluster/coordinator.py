@@ -42,7 +42,7 @@ _COPY_NAME = re.compile(r"tambua-shard-(\d+)-(\d+)(?:-m(\d+))?")
 ENGINE_CALLS = frozenset({"enroll", "verify", "delete", "import_change", "decide", "capture", "audit"})
 STORE_CALLS = frozenset({"get", "count", "count_by_partition", "model_counts", "changes_since", "last_seq",
                          "pending", "oldest_pending_ms", "last_enrolled_ms", "peer", "note_peer", "note_audit_head", "flags", "seal_secret",
-                         "open_secret", "derive_key", "pseudonym", "resolve", "encrypted",
+                         "open_secret", "derive_key", "pseudonym", "pseudonyms", "resolve", "encrypted",
                          # adjudication: reads of cases, their captures, encounters and kept images
                          "case", "cases", "case_counts", "case_templates", "case_images", "subject_images",
                          "held_case", "encounters", "expire_case_images",

@@ -32,6 +32,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from matcher.cases import Case, SampleImage
@@ -64,6 +65,17 @@ _PSEUDONYM = "s:"  # how the audit log writes a ref
 # A template row with its subject's sealed id, and the row's storage cursor (last).
 _TEMPLATE_ROWS = ("SELECT t.partition, t.ref, s.id, t.modality, t.position, t.data, t.derived, t.rowid FROM templates t "
                   "JOIN subjects s ON s.partition = t.partition AND s.ref = t.ref")
+
+
+@dataclass(frozen=True)
+class Pseudonyms:
+    """Names subjects as :meth:`SubjectStore.pseudonym` does (called with an id)."""
+
+    key: bytes = field(repr=False)
+
+    def __call__(self, subject_id: str) -> str:
+        ref = hmac.new(self.key, unicodedata.normalize("NFC", subject_id).encode(), hashlib.sha256).digest()
+        return _PSEUDONYM + ref[:_REF_BYTES].hex()
 
 
 class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
@@ -230,7 +242,12 @@ class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
         """How records outside the store (the audit log) name a subject: ``s:`` and its ref
         in hex. It names the same subject in every partition and after the subject is gone,
         but only the key holder can tell which id it is (:meth:`resolve`)."""
-        return _PSEUDONYM + self._ref(unicodedata.normalize("NFC", subject_id)).hex()
+        return self.pseudonyms()(subject_id)
+
+    def pseudonyms(self) -> "Pseudonyms":
+        """:meth:`pseudonym` as a value that names subjects without the store: a cluster
+        front-end takes it once instead of asking the coordinator for every audited id."""
+        return Pseudonyms(self._id_key)
 
     def resolve(self, pseudonyms) -> dict[str, str]:
         """The ids of those ``pseudonyms`` whose subjects are enrolled (in any partition);

@@ -104,7 +104,7 @@ class AuditLog:
         path: the log file.
         key: the chain key (``store.derive_key(KEY_NAME)``); None: plain SHA-256 (a store
             without encryption).
-        pseudonym: turns a subject id into what the log keeps (``store.pseudonym``); None
+        pseudonym: turns a subject id into what the log keeps (``store.pseudonyms()``); None
             keeps ids as given (logs that name no subjects: the host's ``keys`` commands).
 
     Raises:

@@ -635,7 +635,7 @@ def create_server(config: Config, engine: Engine, extractors: dict[str, Extracto
     if refused:
         log.warning("%d principals fail authentication and are refused: %s (rows from before row MACs: "
                     "check them with `tambua keys list`, then `tambua keys seal`)", len(refused), ", ".join(refused))
-    audit = AuditLog(config.data_dir / "audit.jsonl", engine.store.derive_key(AUDIT_KEY), engine.store.pseudonym)
+    audit = AuditLog(config.data_dir / "audit.jsonl", engine.store.derive_key(AUDIT_KEY), engine.store.pseudonyms())
     guard = AuthInterceptor(access, abort, api_keys=config.api_keys, audit=audit, on_refused=metrics.note_refused)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers),

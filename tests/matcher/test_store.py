@@ -15,6 +15,7 @@ import pytest
 
 from matcher.errors import AlreadyExists, InvalidInput, NotFound
 from matcher.types import StoredTemplate, Subject
+from store.sealing import new_key
 from store.sqlite import SubjectStore
 from matcher.face.template import EmbeddingTemplate
 
@@ -52,6 +53,23 @@ def test_round_trip_and_reopen(tmp_path):
     assert [t[1] for t in s.templates(MODEL)] == ["A-1"]
     assert list(s.templates("face/other")) == []
     s.close()
+
+
+def test_pseudonyms_travel_and_name_subjects_as_the_store_does(store, tmp_path):
+    """A cluster front-end takes the namer once (pickled over Ray) and names audited ids
+    itself: the same pseudonyms the store resolves, NFC-normalised; another store's differ."""
+    import pickle
+
+    store.add(_subject("Zoë-1"))
+    names = pickle.loads(pickle.dumps(store.pseudonyms()))
+    decomposed = "Zoe\u0308-1"  # the same id in NFD
+    assert names("Zoë-1") == names(decomposed) == store.pseudonym("Zoë-1")
+    assert store.resolve([names("Zoë-1")]) == {names("Zoë-1"): "Zoë-1"}
+    assert "Zoë" not in repr(store.pseudonyms()) and str(store.pseudonyms().key) not in repr(store.pseudonyms())
+    keyed = [SubjectStore(tmp_path / f"keyed{i}.sqlite", kek=new_key()) for i in range(2)]
+    assert len({s.pseudonyms()("Zoë-1") for s in keyed} | {names("Zoë-1")}) == 3  # each data key names apart
+    for s in keyed:
+        s.close()
 
 
 def test_ids_are_per_partition(store):
