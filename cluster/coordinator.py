@@ -147,7 +147,7 @@ class Coordinator:
             name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_restarts=-1,
             max_task_retries=-1, max_concurrency=1, num_cpus=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
-        ).remote(self.models, shard, self._me, copy, node if only_there else None)
+        ).remote(self.models, shard, self._me, copy, node if only_there else None, self.layout.share(shard))
 
     def _start_on(self, shard: int, copy: int, node: str, tries: int = 20):
         """A new copy of ``shard`` loaded and running on ``node``, joining the writes from its

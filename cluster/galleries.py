@@ -5,9 +5,12 @@ Answers equal one server's on the same gallery: ``candidates`` merges each sampl
 from every shard into the partition-wide best ``k`` (a subject's hits come from its one
 shard, so the merged list is the single gallery's), and each of those subjects' fused
 evidence comes from its own shard, which scored its own best with them; ``score`` (verify)
-asks the subject's shard alone. Where a matcher shortlists approximately
-(the finger index above ``exhaustive_limit`` fingers, the iris sketch above its limit),
-each shard does so over its own part, which can only add true candidates.
+asks the subject's shard alone. Where a matcher shortlists approximately (the finger
+index above its exhaustive limit, the iris sketch above its limit), each shard takes its
+share of the limits and budgets (:meth:`cluster.layout.Layout.share`) and shortlists over
+its own part: the shards decide as one server would and together compare as many
+candidates exactly, so the recall is one server's in distribution (``bench.cluster``
+measures it), not subject for subject.
 """
 
 from __future__ import annotations

@@ -39,6 +39,11 @@ class Layout:
     def shard_of(self, partition: str, subject_id: str) -> int:
         return self.owners[slot_of(partition, subject_id)]
 
+    def share(self, shard: int) -> float:
+        """The part of every partition that ``shard`` holds (its slots' share: subjects
+        hash evenly over slots)."""
+        return self.owners.count(shard) / SLOTS
+
 
 def plan_moves(where: dict[tuple[int, int], str], alive: list[str]) -> list[tuple[int, int, str]]:
     """Moves that spread shard copies evenly over the live nodes: (shard, copy, to node).

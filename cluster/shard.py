@@ -26,14 +26,16 @@ class GalleryShard:
         coordinator: the coordinator's actor handle (None: start empty, for tests).
         copy: which copy of the shard this is.
         node: where a moved copy must run (it loads only there); None: wherever it starts.
+        share: the part of each partition the shard holds; its matchers take that share of
+            their search budgets, so all shards together do one server's work.
     """
 
     def __init__(self, models: dict[str, str], index: int, coordinator=None, copy: int = 0,
-                 node: str | None = None) -> None:
+                 node: str | None = None, share: float = 1.0) -> None:
         import ray
 
         self.index, self.copy = index, copy
-        self.galleries = LocalGalleries({m: default_matcher(m, model_id) for m, model_id in models.items()})
+        self.galleries = LocalGalleries({m: default_matcher(m, model_id, share) for m, model_id in models.items()})
         self.subjects: dict[str, set[str]] = {}
         self.loaded = 0
         self.searches, self.search_seconds = 0, 0.0

@@ -156,15 +156,16 @@ class VerifyResult:
     model_id: str
 
 
-def default_matcher(modality: str, model_id: str) -> ModalityMatcher:
-    """The matcher the registry gives a model's templates, with the model's calibration file.
+def default_matcher(modality: str, model_id: str, share: float = 1.0) -> ModalityMatcher:
+    """The matcher the registry gives a model's templates, with the model's calibration file;
+    ``share``: the part of each partition its gallery will hold (a cluster shard's).
 
     Raises:
         Unimplemented: a modality the registry does not know.
     """
     if modality not in REGISTRY:
         raise Unimplemented(f"{modality} matching is not available")
-    return REGISTRY[modality].matcher(model_id, Calibration.load(model_id))
+    return REGISTRY[modality].matcher(model_id, Calibration.load(model_id), share)
 
 
 class Engine:

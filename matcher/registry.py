@@ -33,7 +33,9 @@ class Modality:
         positions: valid sample positions (0 where unknown or not applicable).
         sample_name: what a person calls the sample at a position (``left iris``).
         template: the template kind its extractors make and its matcher takes.
-        matcher: the matcher for a model's templates, given the model id and its calibration.
+        matcher: the matcher for a model's templates, given the model id, its calibration
+            and the share of each partition its gallery holds (1 on one server; a shard's
+            share in a cluster: matchers that shortlist scale their budgets by it).
         warm_up: compiles what the matcher compiles on first use (numba kernels), so that a
             server does it before it listens and the first request does not wait.
     """
@@ -42,7 +44,7 @@ class Modality:
     positions: range
     sample_name: Callable[[int], str]
     template: type
-    matcher: Callable[[str, Calibration], ModalityMatcher]
+    matcher: Callable[[str, Calibration, float], ModalityMatcher]
     warm_up: Callable[[], None] = lambda: None
 
 
@@ -60,7 +62,7 @@ def _iris_name(position: int) -> str:
 
 REGISTRY: dict[str, Modality] = {m.name: m for m in (
     Modality("face", range(0, 1), lambda _position: "face", EmbeddingTemplate,
-             lambda model_id, cal: EmbeddingMatcher("face", model_id, FACE_DIM, cal)),
+             lambda model_id, cal, share=1.0: EmbeddingMatcher("face", model_id, FACE_DIM, cal)),  # exact: no budget
     Modality("finger", range(0, 11), _finger_name, MinutiaeTemplate, finger.MinutiaeMatcher, finger.warm_up),
     Modality("iris", range(0, 3), _iris_name, IrisTemplate, iris.IrisMatcher, iris.warm_up),
 )}

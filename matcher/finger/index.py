@@ -102,7 +102,9 @@ class FingerIndex:
         nprobe: inverted lists visited per probe code.
     """
 
-    def __init__(self, neighbours: int = 256, ivf_min_codes: int = 1_000_000, nprobe: int = 16) -> None:
+    IVF_MIN_CODES = 1_000_000
+
+    def __init__(self, neighbours: int = 256, ivf_min_codes: int = IVF_MIN_CODES, nprobe: int = 16) -> None:
         self.neighbours, self.ivf_min_codes, self.nprobe = neighbours, ivf_min_codes, nprobe
         self._shelves: dict[tuple[str, int], _Shelf] = {}
         self._lock = threading.Lock()

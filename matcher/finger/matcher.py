@@ -3,6 +3,8 @@ through the finger index, same finger position only."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from matcher.base import Held, Ranked, parse_own
@@ -24,15 +26,23 @@ class MinutiaeMatcher(Ranked):
     Search: up to ``exhaustive_limit`` fingers at the probe's position every one is
     compared by MCC (about 1 ms each on one core; exact). Above it, the FAISS binary
     index of MCC index codes (:class:`matcher.finger.index.FingerIndex`) shortlists
-    ``shortlist`` fingers (at least 1% of them) and only those are compared by MCC.
+    ``shortlist`` fingers (or one in a thousand, if more) and only those are compared by MCC.
+
+    ``share``: the part of each partition this matcher holds (a cluster shard's, 1 on one
+    server). The limits and budgets above are the whole partition's, so a shard takes its
+    share of them: it then decides as one server would over the whole gallery (exhaustive,
+    flat or inverted index) and the shards together compare as many fingers by MCC as one
+    server, where each taking the whole budget would multiply that work by the shards.
     """
 
     def __init__(self, model_id: str, calibration: Calibration, exhaustive_limit: int = 500,
-                 shortlist: int = 100) -> None:
+                 shortlist: int = 100, share: float = 1.0) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"a gallery's share of a partition is within (0, 1], not {share}")
         self.modality, self.model_id, self.calibration = "finger", model_id, calibration
-        self.exhaustive_limit, self.shortlist = exhaustive_limit, shortlist
+        self.exhaustive_limit, self.shortlist = round(exhaustive_limit * share), math.ceil(shortlist * share)
         self._held = Held()
-        self.index = FingerIndex()
+        self.index = FingerIndex(ivf_min_codes=round(FingerIndex.IVF_MIN_CODES * share))
 
     def parse(self, data: bytes) -> MinutiaeTemplate:
         """Our template bytes, or an ISO/IEC 19794-2:2005 record holding one finger view."""
@@ -71,7 +81,7 @@ class MinutiaeMatcher(Ranked):
         fingers_there = sum(self.index.fingers(partition, p) for p in positions)
         names = None
         if fingers_there > self.exhaustive_limit:  # the index locks itself: searches run at once
-            n = max(self.shortlist, fingers_there // 1000)
+            n = max(self.shortlist, k, fingers_there // 1000)
             names = {s for p in positions for s in self.index.shortlist(partition, p, template, n, within)}
         with self._held.lock:
             held = self._held.by_partition.get(partition, {})

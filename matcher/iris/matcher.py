@@ -3,6 +3,7 @@ partition's packed codes (a sketch shortlist first past a size, then the exact p
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -103,10 +104,16 @@ class IrisMatcher(Ranked):
     its alternates (``python -m bench.search --modality iris`` measures how often that
     keeps the exhaustive answer). A subject's distance is its best eye's, and its rate is
     corrected for the number of eyes tried. Calibration: distance = Daugman's normalised HD.
+
+    ``share``: the part of each partition this matcher holds (a cluster shard's, 1 on one
+    server); it takes that share of the limit and budgets, which are the whole partition's
+    (see :class:`matcher.finger.matcher.MinutiaeMatcher`).
     """
 
     def __init__(self, model_id: str, calibration: Calibration, exhaustive_limit: int = 20_000,
-                 shortlist: int = 50_000, refine: int = 1_000) -> None:
+                 shortlist: int = 50_000, refine: int = 1_000, share: float = 1.0) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"a gallery's share of a partition is within (0, 1], not {share}")
         # A probe from an image brings two radial alternates: 3x the exact work per row
         # (exhaustive: ~45 ms at 20,000 rows, 206 ms at 100k). Above ``exhaustive_limit``
         # the sketch pass picks each row's rotation and the shortlist; the rows get the
@@ -114,7 +121,8 @@ class IrisMatcher(Ranked):
         # every rotation of all three codes. At 1M a 20,000-row shortlist lost a mate the
         # alternates found (sketch rank 47,097), hence 50,000.
         self.modality, self.model_id, self.calibration = "iris", model_id, calibration
-        self.exhaustive_limit, self.shortlist, self.refine = exhaustive_limit, shortlist, refine
+        self.exhaustive_limit = round(exhaustive_limit * share)
+        self.shortlist, self.refine = math.ceil(shortlist * share), math.ceil(refine * share)
         self._held = Held()
         self._codes: dict[str, _Codes] = {}
         self._lock = threading.Lock()

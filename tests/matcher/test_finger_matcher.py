@@ -83,3 +83,40 @@ def test_pose_votes_reward_one_consistent_placement():
     assert score[0] >= 0.9 * k  # nearly every mate vote in one cell despite the edge and the noise
     assert score[1] <= 3  # scattered
     assert score[2] == 1  # one probe minutia, twenty neighbours in one cell: one vote
+
+
+def test_shards_take_their_share_of_the_budget_and_still_rank_mates_first(impressions, monkeypatch):
+    """Two halves of a gallery, each matcher with share 1/2, compare as many fingers by MCC
+    as one matcher over the whole (each taking the whole budget would double it), decide
+    exhaustive against indexed as that one does, and their merged answers rank mates first."""
+    from cluster.layout import Layout
+    from matcher.finger import mcc
+
+    cal = Calibration.load("finger/leader-mcc-v1")
+    layout = Layout.even(2)
+    whole = MinutiaeMatcher("finger/leader-mcc-v1", cal, exhaustive_limit=6, shortlist=6)
+    halves = [MinutiaeMatcher("finger/leader-mcc-v1", cal, exhaustive_limit=6, shortlist=6,
+                              share=layout.share(i)) for i in range(2)]
+    for f in range(101, 111):
+        whole.add("p", f"S{f}", 1, impressions[(f, 1)])
+        halves[layout.shard_of("p", f"S{f}")].add("p", f"S{f}", 1, impressions[(f, 1)])
+    assert sorted(h.size("p") for h in halves) != [0, 10]  # both halves hold subjects
+    compared = []
+    similarity = mcc.similarity
+    monkeypatch.setattr(mcc, "similarity", lambda a, b: compared.append(1) or similarity(a, b))
+    firsts = 0
+    for f in range(101, 111):
+        probe = impressions[(f, 2)]
+        compared.clear()
+        one = whole.ranked("p", 1, probe, 3)
+        alone = len(compared)
+        compared.clear()
+        merged = sorted((hit for h in halves for hit in h.ranked("p", 1, probe, 3)), key=lambda h: (h[2], h[0]))[:3]
+        # One server: 10 fingers are above its limit of 6, so 6 are shortlisted and compared;
+        # a half: its ~5 are above its limit of 3, so 3 are (or all, where it holds 3 or fewer).
+        assert alone <= 6 and len(compared) <= sum(min(h.size("p"), 3) for h in halves) <= 6
+        firsts += merged[0][0] == f"S{f}"
+        assert merged[0][0] == one[0][0]
+    assert firsts >= 9
+    with pytest.raises(ValueError):
+        MinutiaeMatcher("finger/leader-mcc-v1", cal, share=0)

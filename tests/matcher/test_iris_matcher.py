@@ -118,3 +118,18 @@ def test_window_kernel_agrees_with_the_exhaustive_kernel(codes):
     alone = np.empty(len(gc))
     best_distances(pc[8:9], pm[8:9], gc, gm, *args, alone)
     assert one.tolist() == alone[rows].tolist()  # reach 0: the centre rotation only
+
+
+def test_a_shard_takes_its_share_of_the_limit_and_budgets(codes):
+    """A quarter of a partition's irises on a shard: it takes the sketch path where one
+    server would over the whole (limit 40 for 4x its 30 rows, so 10 for it), keeps a quarter
+    of the shortlist and of the alternates' budget, and still ranks its mates first."""
+    enrol, probe = codes
+    cal = Calibration.load("iris/gabor-v2")
+    m = IrisMatcher("iris/gabor-v2", cal, exhaustive_limit=40, shortlist=20, refine=8, share=0.25)
+    assert (m.exhaustive_limit, m.shortlist, m.refine) == (10, 5, 2)
+    for eye, t in enrol.items():
+        m.add("p", eye, 1, t)
+    assert sum(m.search("p", 1, t, 1)[0][0] == eye for eye, t in probe.items()) >= 29
+    with pytest.raises(ValueError):
+        IrisMatcher("iris/gabor-v2", cal, share=1.5)
