@@ -24,6 +24,7 @@ dead, and an inverted file is retrained when it has doubled since its training.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 
@@ -100,12 +101,19 @@ class FingerIndex:
             finger and the inverted file ~15 ms for 1 point less recall (measured at
             10k and 100k fingers, see models/cards/finger.md).
         nprobe: inverted lists visited per probe code.
+        share: the part of each partition this index holds (a cluster shard's; 1 on one
+            server). The parameters above are for a whole partition; a shard scales them so
+            that the shards together do one index's work: a share of the codes before it
+            turns inverted and of the neighbours fetched (a code's rank among a share of
+            the codes is about that share of its rank among all), and ``nprobe`` by the
+            square root of the share (lists number the square root of the codes, so a shard
+            then visits the same fraction of its lists as one index of all the codes would).
     """
 
-    IVF_MIN_CODES = 1_000_000
-
-    def __init__(self, neighbours: int = 256, ivf_min_codes: int = IVF_MIN_CODES, nprobe: int = 16) -> None:
-        self.neighbours, self.ivf_min_codes, self.nprobe = neighbours, ivf_min_codes, nprobe
+    def __init__(self, neighbours: int = 256, ivf_min_codes: int = 1_000_000, nprobe: int = 16,
+                 share: float = 1.0) -> None:
+        self.neighbours, self.ivf_min_codes = math.ceil(neighbours * share), round(ivf_min_codes * share)
+        self.nprobe = max(1, round(nprobe * math.sqrt(share)))
         self._shelves: dict[tuple[str, int], _Shelf] = {}
         self._lock = threading.Lock()
 

@@ -42,7 +42,7 @@ class MinutiaeMatcher(Ranked):
         self.modality, self.model_id, self.calibration = "finger", model_id, calibration
         self.exhaustive_limit, self.shortlist = round(exhaustive_limit * share), math.ceil(shortlist * share)
         self._held = Held()
-        self.index = FingerIndex(ivf_min_codes=round(FingerIndex.IVF_MIN_CODES * share))
+        self.index = FingerIndex(share=share)
 
     def parse(self, data: bytes) -> MinutiaeTemplate:
         """Our template bytes, or an ISO/IEC 19794-2:2005 record holding one finger view."""
