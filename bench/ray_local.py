@@ -91,8 +91,11 @@ class RayCluster:
 
 def stop_nodes(nodes: list[subprocess.Popen], root: Path) -> None:
     """SIGTERM each ``ray start --block`` (workers first), then SIGKILL what is left of the
-    cluster: every process whose command line names its temp folder ``root`` (actor workers
-    outlive their raylet for a moment). By PID only: never ``ray stop``, never pkill."""
+    cluster: every process that was under a node when it was asked to stop (a node's agents
+    outlive their raylet, renamed ``ray::DashboardAgent``, and ignore SIGTERM), and every
+    process whose command line names its temp folder ``root`` (actor workers outlive their
+    raylet for a moment). By PID only: never ``ray stop``, never pkill."""
+    tree = set().union(*(_descendants(proc.pid) for proc in nodes)) if nodes else set()
     for proc in reversed(nodes):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -103,7 +106,7 @@ def stop_nodes(nodes: list[subprocess.Popen], root: Path) -> None:
             proc.kill()
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and str(root).encode() in (entry / "cmdline").read_bytes():
+            if entry.name.isdigit() and (int(entry.name) in tree or str(root).encode() in (entry / "cmdline").read_bytes()):
                 os.kill(int(entry.name), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             pass
