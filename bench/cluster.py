@@ -169,7 +169,7 @@ def measure(address: str, probes: list[tuple[str, tuple]], concurrency: int, max
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(ask, [p for _, p in probes]))
     qps = len(probes) / (time.perf_counter() - t0)
-    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+    return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(np.mean(ms)),
             "qps": qps, "concurrency": concurrency, "mate_rank1": hits / len(probes), "queries": len(probes), "max_fpir": max_fpir,
             **({"marks": marks} if mark else {})}
 
@@ -192,10 +192,22 @@ def _searched(metrics_port: int) -> tuple[float, float]:
     return total["count"], total["sum"]
 
 
-def single(store_dir: Path, probes, concurrency: int, max_fpir: float = 0.0) -> dict:
+def single(store_dir: Path, probes, concurrency: int, max_fpir: float = 0.0, beside: int = 0) -> dict:
+    """One server on a copy of the store; ``beside`` > 0: with that many idle Ray nodes
+    running on the machine too (the control run: what the co-located nodes cost a search
+    that does not use them)."""
     from bench.ray_local import free_port
 
+    if beside:
+        idle = RayCluster()
+        try:
+            idle.start(workers=beside - 1)
+            return {**single(store_dir, probes, concurrency, max_fpir), "mode": "single beside idle nodes",
+                    "nodes": beside}
+        finally:
+            idle.stop()
     data = store_dir.parent / "single"
+    shutil.rmtree(data, ignore_errors=True)
     shutil.copytree(store_dir, data)
     t0 = time.perf_counter()
     metrics = free_port("127.0.0.1")
@@ -236,7 +248,7 @@ def clustered(store_dir: Path, shards: int, nodes: int, probes, concurrency: int
         state = status()
         per_node = sorted((n["resident_bytes"] for n in state["nodes"] if n["copies"]), reverse=True)
         return {"mode": "cluster", "shards": shards, "nodes": nodes, "ready_s": ready_s, **result,
-                "front_end_resident_bytes": _rss(proc.pid),
+                "front_end_resident_bytes": _rss(proc.pid), "coordinator_resident_bytes": _rss(state["coordinator_pid"]),
                 "shard_resident_bytes": [c["resident_bytes"] for c in state["shards"]],
                 # Mean time inside each copy per search, one query at a time: the rest of a
                 # query's time is the front-end's and the hop's.
@@ -264,6 +276,9 @@ def plot(result: dict, path: Path) -> None:
     a.plot(shards, [r["p50_ms"] for r in runs], "o-", label="cluster p50")
     a.plot(shards, [r["p99_ms"] for r in runs], "s--", label="cluster p99")
     a.axhline(base["p50_ms"], color="grey", label="one server p50")
+    control = next((r for r in result["runs"] if r["mode"] == "single beside idle nodes"), None)
+    if control is not None:
+        a.axhline(control["p50_ms"], color="grey", ls=":", label="one server beside idle nodes, p50")
     a.axhline(base["p99_ms"], color="grey", ls="--", label="one server p99")
     a.set(xlabel="shards", ylabel="Identify over gRPC, ms",
           title=f"{result['gallery']:,} {result['modality']} subjects, {runs[0]['nodes']} nodes")
@@ -286,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=200, help="irises: at most the 108 real CASIA-IrisV1 pairs; fingers: the FCJ mates' other impressions")
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--cache", type=Path, default=Path(".bench-cache"), help="iris and finger: real codes and minutiae, derived once")
+    p.add_argument("--control", action="store_true", help="also one server beside --nodes idle Ray nodes: what "
+                   "sharing the machine with them costs, apart from the fan-out")
     p.add_argument("--workdir", type=Path, help="keep the gallery here and reuse it when run again (same "
                    "modality, size and queries): a 200,000-finger gallery takes ~15 min to build")
     p.add_argument("--json", required=True, type=Path)
@@ -318,14 +335,28 @@ def main(argv: list[str] | None = None) -> int:
         max_fpir = 1.0 if args.modality == "finger" else 0.0
         result["runs"].append(single(store_dir, probes, args.concurrency, max_fpir))
         print(json.dumps(result["runs"][-1]), flush=True)
+        if args.control:
+            result["runs"].append(single(store_dir, probes, args.concurrency, max_fpir, beside=args.nodes))
+            print(json.dumps(result["runs"][-1]), flush=True)
         for shards in args.shards:
             result["runs"].append(clustered(store_dir, shards, args.nodes, probes, args.concurrency, max_fpir))
             print(json.dumps(result["runs"][-1]), flush=True)
     base = result["runs"][0]
+    control = next((r for r in result["runs"] if r["mode"] == "single beside idle nodes"), None)
     for r in result["runs"][1:]:  # ratios within this run
         r["p50_ratio_to_single"] = r["p50_ms"] / base["p50_ms"]
         r["p50_added_ms"] = r["p50_ms"] - base["p50_ms"]
         r["qps_ratio_to_single"] = r["qps"] / base["qps"]
+        if control is not None and r["mode"] == "cluster":
+            r["p50_ratio_to_control"] = r["p50_ms"] / control["p50_ms"]
+            r["p50_added_to_control_ms"] = r["p50_ms"] - control["p50_ms"]
+        if r["mode"] == "cluster" and "mean_ms" in r and "search_ms" in base:
+            # Means, one query at a time: the time a query spends outside the search (gRPC,
+            # the service, the Ray hop and merge), against one server's outside its engine.
+            # A probe's derived features (finger cylinders) count as search on one server
+            # and as outside on a front-end, which makes them before it scatters.
+            r["outside_search_ms"] = r["mean_ms"] - max(r["shard_search_ms"])
+            r["single_outside_search_ms"] = base["mean_ms"] - base["search_ms"]
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:

@@ -93,7 +93,10 @@ class GalleryShard:
 
         return {"shard": self.index, "copy": self.copy, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "subjects": sum(len(s) for s in self.subjects.values()), "templates": self.galleries.sizes(),
-                "resident_bytes": resident_bytes(), "searches": self.searches, "search_seconds": self.search_seconds}
+                "resident_bytes": resident_bytes(), "searches": self.searches, "search_seconds": self.search_seconds,
+                # Ray starts workers at niceness 15 unless the node has RAY_worker_niceness=0:
+                # then anything else on the machine takes a searching shard's core first.
+                "nice": os.nice(0)}
 
 
 def resident_bytes() -> int:

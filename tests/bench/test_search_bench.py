@@ -64,14 +64,17 @@ def test_cluster_bench_small(tmp_path):
 
     out, png = tmp_path / "c.json", tmp_path / "c.png"
     assert cluster.main(["--faces", "2000", "--shards", "1", "2", "--nodes", "2", "--queries", "20",
-                         "--concurrency", "2", "--json", str(out), "--plot", str(png)]) == 0
+                         "--concurrency", "2", "--control", "--json", str(out), "--plot", str(png)]) == 0
     r = json.loads(out.read_text())
-    single, one, two = r["runs"]
+    single, control, one, two = r["runs"]
     assert single["mode"] == "single" and [one["shards"], two["shards"]] == [1, 2]
+    assert control["mode"] == "single beside idle nodes" and control["mate_rank1"] == 1.0
+    assert one["p50_ratio_to_control"] == one["p50_ms"] / control["p50_ms"]
     assert all(run["mate_rank1"] == 1.0 and run["p99_ms"] >= run["p50_ms"] > 0 and run["qps"] > 0
                for run in r["runs"])
     assert len(two["shard_resident_bytes"]) == 2 and two["p50_ratio_to_single"] > 0
     # Time inside the engine (one server) and inside each shard copy, below the call's own.
     assert 0 < single["search_ms"] < single["p50_ms"] * 2 and len(two["shard_search_ms"]) == 2
     assert all(0 < ms < run["p99_ms"] for run in (one, two) for ms in run["shard_search_ms"])
+    assert all(run["mean_ms"] > run["outside_search_ms"] > 0 for run in (one, two))
     assert png.stat().st_size > 10_000

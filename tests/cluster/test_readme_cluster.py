@@ -47,3 +47,4 @@ def test_the_readme_starts_a_three_node_cluster_and_a_front_end(tmp_path, orl, m
     assert len(status["nodes"]) == 3 and all(n["alive"] for n in status["nodes"])
     assert len(status["shards"]) == 6 and status["subjects"] == 1 and status["unserved_shards"] == []
     assert sorted(n["copies"] for n in status["nodes"]) == [2, 2, 2]
+    assert {c["nice"] for c in status["shards"]} == {0}  # RAY_worker_niceness=0: searches at normal priority
