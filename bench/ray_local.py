@@ -21,8 +21,8 @@ HOST = "127.0.0.2"  # Ray rewrites 127.0.0.1 and localhost to the eth0 address
 RAY = str(Path(sys.executable).with_name("ray"))
 # As an operator sets them, RAY_<setting> in the nodes' environment: a node that stops
 # answering is declared dead after 3 missed checks 0.5 s apart (Ray's default is about
-# 14 s), and actors run at normal priority (Ray's default niceness 15 lets every raylet,
-# front-end and client on the machine take a shard's core: searches 30-40% slower here).
+# 14 s), and actors run at normal priority (Ray's default niceness 15, meant for batch
+# work, would let every raylet, front-end and client on the machine take a shard's core).
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_health_check_period_ms="500",
            RAY_health_check_failure_threshold="3", RAY_worker_niceness="0")
 _READY = "will now block forever"
