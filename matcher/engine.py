@@ -165,7 +165,7 @@ def default_matcher(modality: str, model_id: str, share: float = 1.0) -> Modalit
     """
     if modality not in REGISTRY:
         raise Unimplemented(f"{modality} matching is not available")
-    return REGISTRY[modality].matcher(model_id, Calibration.load(model_id), share)
+    return REGISTRY[modality].matcher(model_id, Calibration.load(model_id), share=share)
 
 
 class Engine:

@@ -34,8 +34,8 @@ class Modality:
         sample_name: what a person calls the sample at a position (``left iris``).
         template: the template kind its extractors make and its matcher takes.
         matcher: the matcher for a model's templates, given the model id, its calibration
-            and the share of each partition its gallery holds (1 on one server; a shard's
-            share in a cluster: matchers that shortlist scale their budgets by it).
+            and, by keyword, ``share``: the part of each partition its gallery holds (1 on
+            one server; a shard's in a cluster: matchers that shortlist scale their budgets).
         warm_up: compiles what the matcher compiles on first use (numba kernels), so that a
             server does it before it listens and the first request does not wait.
     """
@@ -44,7 +44,7 @@ class Modality:
     positions: range
     sample_name: Callable[[int], str]
     template: type
-    matcher: Callable[[str, Calibration, float], ModalityMatcher]
+    matcher: Callable[..., ModalityMatcher]
     warm_up: Callable[[], None] = lambda: None
 
 

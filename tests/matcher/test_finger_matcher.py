@@ -120,3 +120,18 @@ def test_shards_take_their_share_of_the_budget_and_still_rank_mates_first(impres
     assert firsts >= 9
     with pytest.raises(ValueError):
         MinutiaeMatcher("finger/leader-mcc-v1", cal, share=0)
+
+
+def test_the_registry_gives_one_server_the_whole_budget_and_a_shard_its_share():
+    """What servers and shards are built with (``default_matcher``): the whole partition's
+    limits on one server, a quarter of each on a quarter shard (the share once reached the
+    finger matcher as its exhaustive limit)."""
+    from matcher.engine import default_matcher
+
+    whole, quarter = default_matcher("finger", "finger/leader-mcc-v1"), default_matcher("finger", "finger/leader-mcc-v1", 0.25)
+    assert (whole.exhaustive_limit, whole.shortlist, whole.index.ivf_min_codes) == (500, 100, 1_000_000)
+    assert (quarter.exhaustive_limit, quarter.shortlist, quarter.index.ivf_min_codes) == (125, 25, 250_000)
+    assert (quarter.index.neighbours, quarter.index.nprobe) == (64, 8)
+    iris, iris_quarter = default_matcher("iris", "iris/gabor-v2"), default_matcher("iris", "iris/gabor-v2", share=0.25)
+    assert (iris.exhaustive_limit, iris.shortlist, iris.refine) == (20_000, 50_000, 1_000)
+    assert (iris_quarter.exhaustive_limit, iris_quarter.shortlist, iris_quarter.refine) == (5_000, 12_500, 250)
