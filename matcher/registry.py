@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from matcher.calibration import Calibration
 from matcher.base import ModalityMatcher
 from matcher.face.matcher import EmbeddingMatcher
 from matcher.face.template import EmbeddingTemplate
