@@ -73,9 +73,12 @@ class Pseudonyms:
 
     key: bytes = field(repr=False)
 
+    def ref(self, subject_id: str) -> bytes:
+        """The subject's ref: how the store's tables key it (the id already NFC)."""
+        return hmac.new(self.key, subject_id.encode(), hashlib.sha256).digest()[:_REF_BYTES]
+
     def __call__(self, subject_id: str) -> str:
-        ref = hmac.new(self.key, unicodedata.normalize("NFC", subject_id).encode(), hashlib.sha256).digest()
-        return _PSEUDONYM + ref[:_REF_BYTES].hex()
+        return _PSEUDONYM + self.ref(unicodedata.normalize("NFC", subject_id)).hex()
 
 
 class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
@@ -108,7 +111,7 @@ class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
         if version > SCHEMA_VERSION:
             raise RuntimeError(f"store schema {version} is newer than the supported {SCHEMA_VERSION}")
         self._sealer = self._open_sealer(meta, kek)
-        self._id_key = self._sealer.derive("subject ids")
+        self._names = Pseudonyms(self._sealer.derive("subject ids"))
         if version < 6:
             run_script(self._db, SCHEMA_V5)  # tables an old version lacked, in the layout it had
             if version < 5:
@@ -216,7 +219,7 @@ class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
     # --- refs: subject ids as keyed hashes, the ids sealed -------------------------------
 
     def _ref(self, subject_id: str) -> bytes:
-        return hmac.new(self._id_key, subject_id.encode(), hashlib.sha256).digest()[:_REF_BYTES]
+        return self._names.ref(subject_id)
 
     def _refs(self, subject_ids) -> str:
         """JSON list of the refs (hex) of ``subject_ids``: how links and candidates are kept."""
@@ -242,12 +245,12 @@ class SubjectStore(CaseBook, CaptureFacts, AuditCheckpoints):
         """How records outside the store (the audit log) name a subject: ``s:`` and its ref
         in hex. It names the same subject in every partition and after the subject is gone,
         but only the key holder can tell which id it is (:meth:`resolve`)."""
-        return self.pseudonyms()(subject_id)
+        return self._names(subject_id)
 
     def pseudonyms(self) -> "Pseudonyms":
         """:meth:`pseudonym` as a value that names subjects without the store: a cluster
         front-end takes it once instead of asking the coordinator for every audited id."""
-        return Pseudonyms(self._id_key)
+        return self._names
 
     def resolve(self, pseudonyms) -> dict[str, str]:
         """The ids of those ``pseudonyms`` whose subjects are enrolled (in any partition);
