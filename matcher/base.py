@@ -10,6 +10,7 @@ fingers without knowing how each one scores. The matchers live in ``matcher/face
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Protocol
 
@@ -79,6 +80,18 @@ def parse_own(data: bytes, kind: type, modality: str, model_id: str) -> Template
         raise InvalidInput(f"{'an' if modality[0] in 'aeiou' else 'a'} {modality} sample carries a {t.modality} template")
     t.require_model(model_id)
     return t
+
+
+def scaled(budget: int, share: float) -> int:
+    """A whole partition's search budget for a gallery holding ``share`` of it (a cluster
+    shard's; 1 on one server), at least one.
+
+    Raises:
+        ValueError: a share outside (0, 1].
+    """
+    if not 0 < share <= 1:
+        raise ValueError(f"a gallery's share of a partition is within (0, 1], not {share}")
+    return max(1, math.ceil(budget * share)) if budget else 0
 
 
 class Ranked:

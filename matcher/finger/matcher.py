@@ -3,11 +3,9 @@ through the finger index, same finger position only."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from matcher.base import Held, Ranked, parse_own
+from matcher.base import Held, Ranked, parse_own, scaled
 from matcher.calibration import Calibration, at_least_one
 from matcher.errors import InvalidInput
 from matcher.finger import mcc
@@ -37,10 +35,8 @@ class MinutiaeMatcher(Ranked):
 
     def __init__(self, model_id: str, calibration: Calibration, exhaustive_limit: int = 500,
                  shortlist: int = 100, share: float = 1.0) -> None:
-        if not 0 < share <= 1:
-            raise ValueError(f"a gallery's share of a partition is within (0, 1], not {share}")
         self.modality, self.model_id, self.calibration = "finger", model_id, calibration
-        self.exhaustive_limit, self.shortlist = round(exhaustive_limit * share), math.ceil(shortlist * share)
+        self.exhaustive_limit, self.shortlist = scaled(exhaustive_limit, share), scaled(shortlist, share)
         self._held = Held()
         self.index = FingerIndex(share=share)
 

@@ -3,12 +3,11 @@ partition's packed codes (a sketch shortlist first past a size, then the exact p
 
 from __future__ import annotations
 
-import math
 import threading
 
 import numpy as np
 
-from matcher.base import Held, Ranked, parse_own
+from matcher.base import Held, Ranked, parse_own, scaled
 from matcher.calibration import Calibration, at_least_one
 from matcher.iris import template as iris
 from matcher.iris.template import IrisTemplate
@@ -112,8 +111,6 @@ class IrisMatcher(Ranked):
 
     def __init__(self, model_id: str, calibration: Calibration, exhaustive_limit: int = 20_000,
                  shortlist: int = 50_000, refine: int = 1_000, share: float = 1.0) -> None:
-        if not 0 < share <= 1:
-            raise ValueError(f"a gallery's share of a partition is within (0, 1], not {share}")
         # A probe from an image brings two radial alternates: 3x the exact work per row
         # (exhaustive: ~45 ms at 20,000 rows, 206 ms at 100k). Above ``exhaustive_limit``
         # the sketch pass picks each row's rotation and the shortlist; the rows get the
@@ -121,8 +118,8 @@ class IrisMatcher(Ranked):
         # every rotation of all three codes. At 1M a 20,000-row shortlist lost a mate the
         # alternates found (sketch rank 47,097), hence 50,000.
         self.modality, self.model_id, self.calibration = "iris", model_id, calibration
-        self.exhaustive_limit = round(exhaustive_limit * share)
-        self.shortlist, self.refine = math.ceil(shortlist * share), math.ceil(refine * share)
+        self.exhaustive_limit = scaled(exhaustive_limit, share)
+        self.shortlist, self.refine = scaled(shortlist, share), scaled(refine, share)
         self._held = Held()
         self._codes: dict[str, _Codes] = {}
         self._lock = threading.Lock()
