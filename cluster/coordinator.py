@@ -29,6 +29,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from cluster.galleries import ShardedGalleries
 from cluster.layout import Layout, plan_moves
 from cluster.shard import GalleryShard
+from matcher import memory
 from matcher.engine import Engine, Thresholds
 from matcher.errors import NotReady
 from store.sealing import load_kek
@@ -147,6 +148,8 @@ class Coordinator:
             name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", max_restarts=-1,
             max_task_retries=-1, max_concurrency=1, num_cpus=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True),
+            # Its galleries on huge pages (matcher.memory): a worker's glibc reads this at start.
+            runtime_env={"env_vars": huge} if (huge := memory.environment()) else None,
         ).remote(self.models, shard, self._me, copy, node if only_there else None, self.layout.share(shard))
 
     def _start_on(self, shard: int, copy: int, node: str, tries: int = 20):

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterable
 
+from matcher import memory
 from matcher.engine import default_matcher
 from matcher.galleries import Found, LocalGalleries
 from matcher.types import StoredTemplate
@@ -96,7 +97,7 @@ class GalleryShard:
                 "resident_bytes": resident_bytes(), "searches": self.searches, "search_seconds": self.search_seconds,
                 # Ray starts workers at niceness 15 unless the node has RAY_worker_niceness=0:
                 # then anything else on the machine takes a searching shard's core first.
-                "nice": os.nice(0)}
+                "nice": os.nice(0), "huge_pages": memory.asked(), "huge_page_bytes": memory.huge_page_bytes()}
 
 
 def resident_bytes() -> int:

@@ -853,6 +853,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.command == "serve":
+        from matcher import memory
+
+        huge = memory.environment()
+        if huge and argv is None:
+            # The galleries scan ~25% faster on huge pages, and glibc reads the setting
+            # only at process start (see matcher.memory): start again with it, same PID.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execve(sys.executable, sys.orig_argv, {**os.environ, **huge})
         from tambua.config import Config
         from tambua.server import serve
 

@@ -32,6 +32,7 @@ from enroll.image import image_info
 from matcher.cases import Actor, Case, CaseState, Decision, SampleImage, Verdict
 from matcher.engine import MODALITIES, Engine
 from matcher.finger.iso19794 import export_record
+from matcher import memory
 from matcher.errors import FailedPrecondition, ImageDecodeError, InvalidInput, ModelMismatch, NotFound, QualityError
 from matcher.repository import Flag, Refusal
 from matcher.types import Capture, normalise_id
@@ -803,6 +804,8 @@ def serve(config: Config) -> None:
     web = _start_web(config, engine, bound, extractors)
     log.info("serving on %s:%d (metrics on %d), %d subjects", config.host, bound.port, bound.metrics_port,
              store.count())
+    log.info("transparent huge pages: kernel %s, glibc %s, %d MiB on them", memory.system_setting(),
+             "asks" if memory.asked() else "does not ask", memory.huge_page_bytes() >> 20)
     certs = f" (client certificates on {config.host}:{bound.mtls_port})" if bound.mtls_port >= 0 else ""
     pages = f" (web on {web.scheme}://{config.host}:{web.port})" if web else ""
     done = threading.Event()

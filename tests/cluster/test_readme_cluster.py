@@ -48,3 +48,4 @@ def test_the_readme_starts_a_three_node_cluster_and_a_front_end(tmp_path, orl, m
     assert len(status["shards"]) == 6 and status["subjects"] == 1 and status["unserved_shards"] == []
     assert sorted(n["copies"] for n in status["nodes"]) == [2, 2, 2]
     assert {c["nice"] for c in status["shards"]} == {0}  # RAY_worker_niceness=0: searches at normal priority
+    assert all(c["huge_pages"] for c in status["shards"])  # galleries on huge pages (matcher.memory)

@@ -313,3 +313,14 @@ def test_a_stop_signal_landing_on_another_thread_still_stops_the_server(tmp_path
         if s.proc.poll() is None:
             s.proc.kill()
         s.channel.close()
+
+
+def test_the_server_restarts_itself_once_with_huge_pages_for_its_galleries(plain_server):
+    # glibc reads the setting only at start, so `tambua serve` starts again with it: the
+    # same process (the PID the operator got), now with the tunable (matcher.memory).
+    from matcher import memory
+
+    environ = dict(v.split("=", 1) for v in Path(f"/proc/{plain_server.proc.pid}/environ").read_text().split("\0") if "=" in v)
+    assert memory.asked(environ) and not memory.wanted(environ)
+    reply = health_pb2_grpc.HealthStub(plain_server.channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
