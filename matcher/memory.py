@@ -14,12 +14,18 @@ process start: ``tambua serve`` starts itself again with it set, and the cluster
 actors get it in their runtime environment. An older glibc ignores it, and so does a kernel
 set to ``never``; ``always`` needs none. ``TAMBUA_HUGE_PAGES=0`` turns it off.
 
-Owns the environment setting and the readings of what a process got; imports nothing of
-the project.
+:func:`release` is the other half: a process that has passed many small buffers through
+(the cluster's coordinator pages every template to the shards, on many threads) keeps the
+freed memory in glibc's per-thread arenas until asked to give it back.
+
+Owns the environment setting, the readings of what a process got and the release of freed
+memory; imports nothing of the project.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 from collections.abc import Mapping
@@ -72,3 +78,11 @@ def huge_page_bytes() -> int:
     except OSError:
         pass
     return 0
+
+
+def release() -> bool:
+    """Give the memory this process has freed back to the system (glibc's ``malloc_trim``:
+    every arena, not only the main heap's top). False where the C library has no such call."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return bool(trim(0)) if trim is not None else False

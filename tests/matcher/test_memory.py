@@ -36,3 +36,30 @@ def test_a_process_started_with_the_setting_holds_a_faiss_index_on_huge_pages():
     base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     assert _huge_bytes(base) == 0
     assert _huge_bytes({**base, **memory.environment(base)}) >= 128 << 20
+
+
+FRAGMENTS = """
+import threading
+from matcher import memory
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+def churn():
+    pages = [[bytes(12_000) for _ in range(10_000)] for _ in range(3)]  # 360 MB of template-sized buffers
+    del pages
+
+threads = [threading.Thread(target=churn) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+before = rss()
+memory.release()
+print(before, rss())
+"""
+
+
+def test_release_gives_back_what_threads_freed():
+    out = subprocess.run([sys.executable, "-c", FRAGMENTS], capture_output=True, text=True, check=True)
+    before, after = map(int, out.stdout.split())
+    assert after < before / 2, (before, after)
