@@ -159,10 +159,12 @@ def measure(address: str, probes: list[tuple[str, tuple]], concurrency: int, max
         ask(p)
     ms, hits = [], 0
     marks = [mark()] if mark else []
+    stalls = _compaction_stalls()
     for mate, p in probes:
         t0 = time.perf_counter()
         hits += ask(p) == mate
         ms.append((time.perf_counter() - t0) * 1000)
+    stalls = _compaction_stalls() - stalls
     if mark:
         marks.append(mark())
     t0 = time.perf_counter()
@@ -171,7 +173,19 @@ def measure(address: str, probes: list[tuple[str, tuple]], concurrency: int, max
     qps = len(probes) / (time.perf_counter() - t0)
     return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(np.mean(ms)),
             "qps": qps, "concurrency": concurrency, "mate_rank1": hits / len(probes), "queries": len(probes), "max_fpir": max_fpir,
+            # The machine's direct compactions (a process waiting for the kernel to make a
+            # huge page) over the one-at-a-time phase: the cause to rule out of a slow tail.
+            "slowest_ms": float(np.max(ms)), "slowest_query": int(np.argmax(ms)), "compaction_stalls": stalls,
             **({"marks": marks} if mark else {})}
+
+
+def _compaction_stalls() -> int:
+    """The kernel's count of direct compactions so far (Linux; 0 where unreadable)."""
+    try:
+        with open("/proc/vmstat") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("compact_stall ")), 0)
+    except OSError:
+        return 0
 
 
 def _rss(pid: int) -> int:
@@ -241,7 +255,8 @@ def clustered(store_dir: Path, shards: int, nodes: int, probes, concurrency: int
                                              timeout=120).stdout)
 
         def searched() -> dict:  # each copy's search counters
-            return {f"{c['shard']}/{c['copy']}": (c["searches"], c["search_seconds"]) for c in status()["shards"]}
+            return {f"{c['shard']}/{c['copy']}": (c["searches"], c["search_seconds"], c["full_collection_seconds"])
+                    for c in status()["shards"]}
 
         result = measure(address, probes, concurrency, max_fpir, mark=searched)
         before, after = result.pop("marks")
@@ -254,6 +269,8 @@ def clustered(store_dir: Path, shards: int, nodes: int, probes, concurrency: int
                 # query's time is the front-end's and the hop's.
                 "shard_search_ms": [1000 * (after[c][1] - before[c][1]) / max(1, after[c][0] - before[c][0])
                                     for c in sorted(after)],
+                # Python's full collections in each copy over that phase (a pause outside the search).
+                "shard_full_collection_ms": [1000 * (after[c][2] - before[c][2]) for c in sorted(after)],
                 "node_shard_resident_bytes": per_node,
                 "max_node_shard_resident_bytes": per_node[0] if per_node else 0}
     finally:

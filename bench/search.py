@@ -26,6 +26,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from matcher import memory
+
 STATS_DIR = Path(__file__).resolve().parent / "data"
 K = 10
 
@@ -160,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         fit_stats(args.modality, args.fit_root, args.fit_layout, stats)
     threads = os.cpu_count() or 1
     result = {"modality": args.modality, "threads_batch": threads, "k": K, "mate_distance": args.mate_distance,
-              "memory_bandwidth_gbs_1thread": memory_bandwidth_gbs(), "runs": []}
+              "memory_bandwidth_gbs_1thread": memory_bandwidth_gbs(), "runs": [],
+              # as the service runs (tambua serve restarts itself with them): see matcher.memory
+              "huge_pages": memory.asked(), "huge_page_system_setting": memory.system_setting()}
     for n in args.gallery:
         xb = draw(stats, n, seed=1)
         rng = np.random.default_rng(2)
@@ -189,4 +193,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    memory.restart_with_huge_pages()  # measure the search as the service runs it
     raise SystemExit(main())

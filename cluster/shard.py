@@ -8,12 +8,14 @@ subject it holds already replaces it (a write retried after a restart adds nothi
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Iterable
 
 from matcher import memory
 from matcher.engine import default_matcher
+from matcher.registry import warm_up
 from matcher.galleries import Found, LocalGalleries
 from matcher.types import StoredTemplate
 
@@ -40,6 +42,8 @@ class GalleryShard:
         self.subjects: dict[str, set[str]] = {}
         self.loaded = 0
         self.searches, self.search_seconds = 0, 0.0
+        self.full_collections = _FullCollections()
+        warm_up()  # as one server does at start: no kernel compiled on a request's time
         context = ray.get_runtime_context()
         # A copy started for a move on a node that did not take it stays empty: the
         # coordinator sees where it landed and stops it before minutes of loading. A
@@ -52,6 +56,7 @@ class GalleryShard:
             for _, partition, subject_id, _, _ in rows:
                 self.subjects.setdefault(partition, set()).add(subject_id)
             self.loaded += len(rows)
+        memory.freeze_loaded()
 
     def ready(self) -> int:
         """Templates loaded at start (a call that returns once the constructor has run)."""
@@ -97,7 +102,25 @@ class GalleryShard:
                 "resident_bytes": resident_bytes(), "searches": self.searches, "search_seconds": self.search_seconds,
                 # Ray starts workers at niceness 15 unless the node has RAY_worker_niceness=0:
                 # then anything else on the machine takes a searching shard's core first.
+                "full_collections": self.full_collections.count, "full_collection_seconds": self.full_collections.seconds,
                 "nice": os.nice(0), "huge_pages": memory.asked(), "huge_page_bytes": memory.huge_page_bytes()}
+
+
+class _FullCollections:
+    """Python's full (generation 2) garbage collections in this process: how many and
+    their time. A shard holds a Python object per template; a full collection walks them all."""
+
+    def __init__(self) -> None:
+        self.count, self.seconds, self._started = 0, 0.0, 0.0
+        gc.callbacks.append(self._observe)
+
+    def _observe(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count, self.seconds = self.count + 1, self.seconds + time.perf_counter() - self._started
 
 
 def resident_bytes() -> int:

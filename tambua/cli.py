@@ -853,15 +853,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.command == "serve":
-        from matcher import memory
+        if argv is None:  # run as a program, not called
+            from matcher import memory
 
-        huge = memory.environment()
-        if huge and argv is None:
             # The galleries scan ~25% faster on huge pages, and glibc reads the setting
-            # only at process start (see matcher.memory): start again with it, same PID.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.execve(sys.executable, sys.orig_argv, {**os.environ, **huge})
+            # only at process start (see matcher.memory).
+            memory.restart_with_huge_pages()
         from tambua.config import Config
         from tambua.server import serve
 

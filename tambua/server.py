@@ -798,6 +798,7 @@ def serve(config: Config) -> None:
     if not config.cluster:
         engine = Engine(store, {m: ex.model_id for m, ex in extractors.items()}, config.thresholds,
                         keep_images=config.keep_images)
+    memory.freeze_loaded()  # the galleries and models stay for good: no full collection walks them again
     bound = create_server(config, engine, extractors)
     server = bound.server
     server.start()

@@ -72,6 +72,7 @@ def test_cluster_bench_small(tmp_path):
     assert one["p50_ratio_to_control"] == one["p50_ms"] / control["p50_ms"]
     assert all(run["mate_rank1"] == 1.0 and run["p99_ms"] >= run["p50_ms"] > 0 and run["qps"] > 0
                for run in r["runs"])
+    assert all(run["slowest_ms"] >= run["p99_ms"] and run["compaction_stalls"] >= 0 for run in r["runs"])
     assert len(two["shard_resident_bytes"]) == 2 and two["p50_ratio_to_single"] > 0
     # Time inside the engine (one server) and inside each shard copy, below the call's own.
     assert 0 < single["search_ms"] < single["p50_ms"] * 2 and len(two["shard_search_ms"]) == 2

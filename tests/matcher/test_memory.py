@@ -63,3 +63,39 @@ def test_release_gives_back_what_threads_freed():
     out = subprocess.run([sys.executable, "-c", FRAGMENTS], capture_output=True, text=True, check=True)
     before, after = map(int, out.stdout.split())
     assert after < before / 2, (before, after)
+
+
+def test_a_program_restarts_itself_once_with_the_setting_and_keeps_its_pid_and_arguments():
+    import os
+
+    script = ("import os, sys; from matcher import memory; print('start', flush=True); "
+              "memory.restart_with_huge_pages(); print(os.getpid(), memory.asked(), sys.argv[1:])")
+    base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", memory.OPT_OUT)}
+    proc = subprocess.Popen([sys.executable, "-c", script, "--flag", "x"], env=base, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert out.splitlines() == ["start", "start", f"{proc.pid} True ['--flag', 'x']"]  # started twice, once restarted
+    off = subprocess.run([sys.executable, "-c", script], env={**base, memory.OPT_OUT: "0"}, capture_output=True, text=True)
+    lines = off.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] == "start" and lines[1].endswith(" False []")  # turned off: not restarted
+
+
+LOADED = """
+import gc, time
+from matcher import memory
+
+gallery = [[i, (i, str(i))] for i in range(1_000_000)]  # a Python object per template, as galleries hold
+
+def full_collection_s():
+    t = time.perf_counter(); gc.collect(); return time.perf_counter() - t
+
+before = full_collection_s()
+memory.freeze_loaded()
+print(before, full_collection_s(), gc.get_freeze_count() >= 1_000_000, len(gallery))
+"""
+
+
+def test_a_frozen_gallery_is_no_longer_walked_by_full_collections():
+    out = subprocess.run([sys.executable, "-c", LOADED], capture_output=True, text=True, check=True).stdout.split()
+    before, after = float(out[0]), float(out[1])
+    assert out[2:] == ["True", "1000000"]  # the objects are still there, out of the collector's sight
+    assert after < before / 5, (before, after)
