@@ -100,10 +100,11 @@ class GalleryShard:
         return {"shard": self.index, "copy": self.copy, "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                 "subjects": sum(len(s) for s in self.subjects.values()), "templates": self.galleries.sizes(),
                 "resident_bytes": resident_bytes(), "searches": self.searches, "search_seconds": self.search_seconds,
+                "full_collections": self.full_collections.count, "full_collection_seconds": self.full_collections.seconds,
+                "huge_pages": memory.asked(), "huge_page_bytes": memory.huge_page_bytes(),
                 # Ray starts workers at niceness 15 unless the node has RAY_worker_niceness=0:
                 # then anything else on the machine takes a searching shard's core first.
-                "full_collections": self.full_collections.count, "full_collection_seconds": self.full_collections.seconds,
-                "nice": os.nice(0), "huge_pages": memory.asked(), "huge_page_bytes": memory.huge_page_bytes()}
+                "nice": os.nice(0)}
 
 
 class _FullCollections:

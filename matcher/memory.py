@@ -30,7 +30,6 @@ memory and the freezing of loaded objects; imports nothing of the project.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import os
 import sys
@@ -42,11 +41,15 @@ OPT_OUT = "TAMBUA_HUGE_PAGES"
 _SYSTEM = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
+def _tunables(environ: Mapping[str, str]) -> dict[str, str]:
+    """The glibc tunables ``environ`` sets, name to value, in order."""
+    return dict(t.partition("=")[::2] for t in environ.get("GLIBC_TUNABLES", "").split(":") if t)
+
+
 def wanted(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether a process started with ``environ`` should get the tunable: on Linux, not
     already set (by us or the operator, whatever its value) and not turned off."""
-    return (sys.platform.startswith("linux") and environ.get(OPT_OUT, "1") != "0"
-            and TUNABLE not in environ.get("GLIBC_TUNABLES", ""))
+    return sys.platform.startswith("linux") and environ.get(OPT_OUT, "1") != "0" and TUNABLE not in _tunables(environ)
 
 
 def environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -54,8 +57,7 @@ def environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     :func:`wanted`); the operator's other glibc tunables are kept."""
     if not wanted(environ):
         return {}
-    tunables = [t for t in environ.get("GLIBC_TUNABLES", "").split(":") if t]
-    return {"GLIBC_TUNABLES": ":".join([*tunables, f"{TUNABLE}=1"])}
+    return {"GLIBC_TUNABLES": ":".join(f"{k}={v}" for k, v in {**_tunables(environ), TUNABLE: "1"}.items())}
 
 
 def restart_with_huge_pages() -> None:
@@ -72,8 +74,7 @@ def restart_with_huge_pages() -> None:
 
 def asked(environ: Mapping[str, str] = os.environ) -> bool:
     """Whether this process's glibc was told to ask for huge pages."""
-    return any(t.startswith(f"{TUNABLE}=") and t.split("=", 1)[1] != "0"
-               for t in environ.get("GLIBC_TUNABLES", "").split(":"))
+    return _tunables(environ).get(TUNABLE, "0") != "0"
 
 
 def system_setting() -> str:
@@ -101,8 +102,7 @@ def huge_page_bytes() -> int:
 def release() -> bool:
     """Give the memory this process has freed back to the system (glibc's ``malloc_trim``:
     every arena, not only the main heap's top). False where the C library has no such call."""
-    name = ctypes.util.find_library("c")
-    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the C library this process runs on
     return bool(trim(0)) if trim is not None else False
 
 
